@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything mpa-ike needs on Debian 12 (run as root): strongSwan's
+# charon (interop peer), FreeRADIUS later, tshark, iproute2, and this package
+# with its test extras. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+    iproute2 tcpdump tshark
+    strongswan-swanctl charon-systemd strongswan-pki
+    libcharon-extra-plugins libstrongswan-extra-plugins
+)
+
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's strongswan-starter unit is not wanted: tests start their own charons.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet strongswan 2>/dev/null; then
+    systemctl stop strongswan || true
+fi
+
+pip_install() {
+    python3 -m pip install -q "$@" || python3 -m pip install -q --break-system-packages "$@"
+}
+pip_install -e '.[test]'
+echo "setup: done"
