@@ -1,0 +1,186 @@
+"""The gateway's configuration file (``mpa-gateway run -c gateway.yaml``).
+
+Relative file paths are relative to the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from gateway.validation import (
+    DATAPATHS,
+    LOG_LEVELS,
+    ConfigError,
+    Endpoint,
+    IPAddress,
+    IPNetwork,
+    Section,
+    address,
+    boolean,
+    choice,
+    disjoint_networks,
+    endpoint,
+    integer,
+    list_of,
+    load_yaml,
+    mapping_items,
+    network,
+    proposals,
+    psk,
+    readable_file,
+    secret,
+    socket_path,
+    string,
+)
+
+DEFAULT_CONFIG = Path("/etc/mpa-ike/gateway.yaml")
+DEFAULT_CONTROL_SOCKET = Path("/run/mpa-gateway.sock")
+EAP_METHODS = ("md5", "mschapv2")
+# strongSwan's charon.cookie_threshold.
+DEFAULT_HALF_OPEN_THRESHOLD = 30
+FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
+
+
+class AddressPolicy(enum.Enum):
+    """Which new addresses a MOBIKE update may move an IKE SA to (issue 5)."""
+
+    ALLOCATED = "allocated"  # only the address this gateway leased to that IKE SA
+    ANY = "any"  # any address, as strongSwan does
+    PREFIXES = "prefixes"  # any address inside MobikeConfig.prefixes
+
+
+@dataclass(frozen=True)
+class MobikeConfig:
+    address_policy: AddressPolicy = AddressPolicy.ALLOCATED
+    prefixes: tuple[IPNetwork, ...] = ()
+    return_routability: bool = False
+
+
+@dataclass(frozen=True)
+class EapServerConfig:
+    method: str  # one of EAP_METHODS
+    users: Mapping[str, str] = field(repr=False)  # name -> password
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: tuple[Endpoint, ...]
+    id: str
+    eap: EapServerConfig
+    pool: tuple[IPNetwork, ...]
+    certificate: Path | None = None
+    private_key: Path | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    ca: Path | None = None
+    ike: tuple[str, ...] = ("default",)
+    esp: tuple[str, ...] = ("default",)
+    pool_reserved: tuple[IPAddress, ...] = ()
+    dns: tuple[IPAddress, ...] = ()
+    local_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    datapath: str = "auto"
+    mobike: MobikeConfig = MobikeConfig()
+    half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD
+    log_level: str = "info"
+
+    def reserved_addresses(self) -> tuple[IPAddress, ...]:
+        """Pool addresses never to lease: the explicit list, our own and the DNS servers."""
+        own = tuple(listen.address for listen in self.listen)
+        return self.pool_reserved + own + self.dns
+
+
+def load_config(file: Path) -> GatewayConfig:
+    """Read and validate a gateway configuration file; raises ConfigError."""
+    return parse_config(load_yaml(file), file.absolute().parent)
+
+
+def parse_config(data: object, base_dir: Path) -> GatewayConfig:
+    top = Section(data, "")
+    certificate, private_key, key = _authentication(top, base_dir)
+    config = GatewayConfig(
+        listen=top.required("listen", list_of(endpoint)),
+        id=top.required("id", string),
+        certificate=certificate,
+        private_key=private_key,
+        psk=key,
+        ca=top.optional("ca", readable_file(base_dir), None),
+        ike=top.optional("ike", proposals, ("default",)),
+        esp=top.optional("esp", proposals, ("default",)),
+        pool=top.required("pool", disjoint_networks),
+        pool_reserved=top.optional("pool_reserved", list_of(address, non_empty=False), ()),
+        dns=top.optional("dns", list_of(address, non_empty=False), ()),
+        local_ts=top.optional("local_ts", list_of(network), FULL_TUNNEL),
+        eap=top.required("eap", _eap),
+        control_socket=top.optional(
+            "control_socket", socket_path(base_dir), DEFAULT_CONTROL_SOCKET
+        ),
+        datapath=top.optional("datapath", choice(*DATAPATHS), "auto"),
+        mobike=top.optional("mobike", _mobike, MobikeConfig()),
+        half_open_threshold=top.optional(
+            "half_open_threshold", integer(0, 1_000_000), DEFAULT_HALF_OPEN_THRESHOLD
+        ),
+        log_level=top.optional("log_level", choice(*LOG_LEVELS), "info"),
+    )
+    top.check_unknown()
+    return config
+
+
+def _authentication(top: Section, base_dir: Path) -> tuple[Path | None, Path | None, bytes | None]:
+    """The gateway proves its identity with a certificate and its key, or with a PSK."""
+    if top.has("psk"):
+        if top.has("certificate"):
+            raise ConfigError("psk", "give either psk or certificate, not both")
+        if top.has("private_key"):
+            raise ConfigError("private_key", "only used with certificate, not with psk")
+        return None, None, top.required("psk", psk)
+    if not top.has("certificate"):
+        raise ConfigError("certificate", "required (or psk)")
+    certificate = top.required("certificate", readable_file(base_dir))
+    private_key = top.required("private_key", readable_file(base_dir))
+    return certificate, private_key, None
+
+
+def _eap(value: object, path: str) -> EapServerConfig:
+    section = Section(value, path)
+    if section.has("radius"):
+        raise ConfigError(f"{path}.radius", "RADIUS is not supported yet")
+    config = EapServerConfig(
+        method=section.required("method", choice(*EAP_METHODS)),
+        users=section.required("users", _users),
+    )
+    section.check_unknown()
+    return config
+
+
+def _users(value: object, path: str) -> Mapping[str, str]:
+    users = {
+        name: secret(password, f"{path}.{name}") for name, password in mapping_items(value, path)
+    }
+    if not users:
+        raise ConfigError(path, "at least one user is required")
+    return MappingProxyType(users)
+
+
+def _mobike(value: object, path: str) -> MobikeConfig:
+    section = Section(value, path)
+    default: tuple[AddressPolicy, tuple[IPNetwork, ...]] = (AddressPolicy.ALLOCATED, ())
+    policy, prefixes = section.optional("address_policy", _address_policy, default)
+    config = MobikeConfig(
+        address_policy=policy,
+        prefixes=prefixes,
+        return_routability=section.optional("return_routability", boolean, False),
+    )
+    section.check_unknown()
+    return config
+
+
+def _address_policy(value: object, path: str) -> tuple[AddressPolicy, tuple[IPNetwork, ...]]:
+    if isinstance(value, list):
+        return AddressPolicy.PREFIXES, list_of(network)(value, path)
+    if value in ("allocated", "any"):
+        return AddressPolicy(value), ()
+    raise ConfigError(path, f"expected allocated, any or a list of prefixes, got {value!r}")

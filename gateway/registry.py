@@ -1,0 +1,77 @@
+"""What a daemon knows about its SAs, as ``status`` shows it.
+
+The protocol layer fills the registry as IKE SAs come and go (keyed by the same opaque
+IKE SA key the address pool uses); the control socket only reads it. Entries are
+immutable: a change replaces the entry, so a status snapshot never sees half an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChildSaEntry:
+    name: str
+    state: str  # e.g. INSTALLED, REKEYING
+    spi_in: int
+    spi_out: int
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "spi_in": f"{self.spi_in:08x}",
+            "spi_out": f"{self.spi_out:08x}",
+            "local_ts": list(self.local_ts),
+            "remote_ts": list(self.remote_ts),
+        }
+
+
+@dataclass(frozen=True)
+class IkeSaEntry:
+    name: str  # the connection: a gateway name on the mobile node, a peer on the gateway
+    state: str  # e.g. CONNECTING, ESTABLISHED
+    local: str  # our address and port
+    remote: str  # the peer's address and port
+    address: str | None = None  # the address assigned by CP, the nCoA
+    remote_id: str = ""
+    child_sas: tuple[ChildSaEntry, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "local": self.local,
+            "remote": self.remote,
+            "address": self.address,
+            "remote_id": self.remote_id,
+            "child_sas": [child.to_json() for child in self.child_sas],
+        }
+
+
+@dataclass
+class Registry:
+    """The IKE SAs of a daemon, in the order they appeared."""
+
+    ike_sas: dict[Hashable, IkeSaEntry] = field(default_factory=dict)
+
+    def put(self, key: Hashable, entry: IkeSaEntry) -> None:
+        """Add the IKE SA ``key`` or replace what is known about it."""
+        self.ike_sas[key] = entry
+
+    def remove(self, key: Hashable) -> IkeSaEntry | None:
+        return self.ike_sas.pop(key, None)
+
+    def get(self, key: Hashable) -> IkeSaEntry | None:
+        return self.ike_sas.get(key)
+
+    def named(self, name: str) -> list[IkeSaEntry]:
+        return [entry for entry in self.ike_sas.values() if entry.name == name]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [entry.to_json() for entry in self.ike_sas.values()]

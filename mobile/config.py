@@ -1,0 +1,159 @@
+"""The mobile node's configuration file (``mpa-mobile run -c mobile.yaml``).
+
+Relative file paths are relative to the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from gateway.validation import (
+    DATAPATHS,
+    LOG_LEVELS,
+    ConfigError,
+    Endpoint,
+    IPNetwork,
+    Section,
+    boolean,
+    choice,
+    endpoint,
+    interface_name,
+    list_of,
+    load_yaml,
+    mapping_items,
+    network,
+    proposals,
+    psk,
+    readable_file,
+    secret,
+    socket_path,
+    string,
+)
+
+DEFAULT_CONFIG = Path("/etc/mpa-ike/mobile.yaml")
+DEFAULT_CONTROL_SOCKET = Path("/run/mpa-mobile.sock")
+EAP_METHODS = ("md5", "mschapv2")
+HANDOVER_MODES = ("auto", "manual")
+FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
+# Gateway names are typed on the command line and appear in status output.
+_GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class EapPeerConfig:
+    method: str  # one of EAP_METHODS
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GatewayEntry:
+    """One gateway the mobile node may connect to or pre-authenticate with."""
+
+    name: str
+    address: Endpoint
+    id: str
+    ca: Path | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    ike: tuple[str, ...] = ("default",)
+    esp: tuple[str, ...] = ("default",)
+    remote_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
+    interface: str | None = None  # the mobile node's interface on that gateway's network
+    preauth: bool = False
+    handover: str = "manual"  # one of HANDOVER_MODES
+
+
+@dataclass(frozen=True)
+class MobileConfig:
+    identity: str
+    eap: EapPeerConfig
+    gateways: Mapping[str, GatewayEntry]
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    datapath: str = "auto"
+    log_level: str = "info"
+
+
+def load_config(file: Path) -> MobileConfig:
+    """Read and validate a mobile configuration file; raises ConfigError."""
+    return parse_config(load_yaml(file), file.absolute().parent)
+
+
+def parse_config(data: object, base_dir: Path) -> MobileConfig:
+    top = Section(data, "")
+    config = MobileConfig(
+        identity=top.required("identity", string),
+        eap=top.required("eap", _eap),
+        gateways=top.required("gateways", lambda value, path: _gateways(value, path, base_dir)),
+        control_socket=top.optional(
+            "control_socket", socket_path(base_dir), DEFAULT_CONTROL_SOCKET
+        ),
+        datapath=top.optional("datapath", choice(*DATAPATHS), "auto"),
+        log_level=top.optional("log_level", choice(*LOG_LEVELS), "info"),
+    )
+    top.check_unknown()
+    return config
+
+
+def _eap(value: object, path: str) -> EapPeerConfig:
+    section = Section(value, path)
+    config = EapPeerConfig(
+        method=section.required("method", choice(*EAP_METHODS)),
+        password=section.required("password", secret),
+    )
+    section.check_unknown()
+    return config
+
+
+def _gateways(value: object, path: str, base_dir: Path) -> Mapping[str, GatewayEntry]:
+    entries = mapping_items(value, path)
+    if not entries:
+        raise ConfigError(path, "at least one gateway is required")
+    gateways = {}
+    for name, entry in entries:
+        if not _GATEWAY_NAME.fullmatch(name):
+            raise ConfigError(f"{path}.{name}", "names may hold only letters, digits, _ . -")
+        gateways[name] = _gateway(name, entry, f"{path}.{name}", base_dir)
+    return MappingProxyType(gateways)
+
+
+def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntry:
+    section = Section(value, path)
+    ca, key = _gateway_authentication(section, base_dir)
+    entry = GatewayEntry(
+        name=name,
+        address=section.required("address", endpoint),
+        id=section.required("id", string),
+        ca=ca,
+        psk=key,
+        ike=section.optional("ike", proposals, ("default",)),
+        esp=section.optional("esp", proposals, ("default",)),
+        remote_ts=section.optional("remote_ts", list_of(network), FULL_TUNNEL),
+        interface=section.optional("interface", interface_name, None),
+        preauth=section.optional("preauth", boolean, False),
+        handover=section.optional("handover", choice(*HANDOVER_MODES), "manual"),
+    )
+    section.check_unknown()
+    _check_handover(entry, path)
+    return entry
+
+
+def _gateway_authentication(section: Section, base_dir: Path) -> tuple[Path | None, bytes | None]:
+    """The gateway is authenticated by a certificate from ``ca`` or by a PSK."""
+    if section.has("ca") and section.has("psk"):
+        raise ConfigError(f"{section.path}.psk", "give either ca or psk, not both")
+    if section.has("psk"):
+        return None, section.required("psk", psk)
+    if not section.has("ca"):
+        raise ConfigError(f"{section.path}.ca", "required (or psk)")
+    return section.required("ca", readable_file(base_dir)), None
+
+
+def _check_handover(entry: GatewayEntry, path: str) -> None:
+    """Pre-authentication and handover move the nCoA onto ``interface``: it must be known."""
+    if entry.interface is None and entry.preauth:
+        raise ConfigError(f"{path}.interface", "required when preauth is true")
+    if entry.interface is None and entry.handover == "auto":
+        raise ConfigError(f"{path}.interface", "required when handover is auto")
