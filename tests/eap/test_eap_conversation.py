@@ -42,8 +42,12 @@ def counter_random(start: int = 0x40) -> Callable[[int], bytes]:
     return draw
 
 
-def make_server(methods: EapType | tuple[EapType, ...], **kwargs: object) -> EapServer:
-    return EapServer(methods, USERS.get, counter_random(), **kwargs)  # type: ignore[arg-type]
+def make_server(
+    methods: EapType | tuple[EapType, ...], ask_identity: bool = True, identity: bytes | None = None
+) -> EapServer:
+    return EapServer(
+        methods, USERS.get, counter_random(), ask_identity=ask_identity, identity=identity
+    )
 
 
 def run(server: EapServer, peer: EapPeer, limit: int = 12) -> list[bytes]:
