@@ -4,12 +4,13 @@ Feed each EAP message from the IKEv2 EAP payload to :meth:`EapPeer.handle`
 and send back what it returns, if anything. ``handle`` never raises, whatever
 the bytes:
 
-* a malformed packet, a Response, a request for another method in the middle
-  of one (§2.1), a Request reusing the last Identifier with other content
-  (§4.1) and a Success whose Identifier is not the last Response's (§4.2) are
+* a malformed packet, a Response, a Request for another method in the middle
+  of one (§2.1), a method Request the method cannot parse or does not expect,
+  and a Success whose Identifier is not the last Response's (§4.2) are
   silently discarded: ``handle`` returns None and nothing changes;
 * a repeated Request (same Identifier and content) gets the stored Response
-  again (§4.1), even after the conversation ended;
+  again (§4.1), even after the conversation ended; a Request that reuses the
+  Identifier with other content is a new Request;
 * a method failure (wrong password at the server, a wrong authenticator
   response, EAP-Failure, or a Success before the method has finished) sets
   ``result`` to FAILURE and leaves ``msk`` None. The IKE SA then ends the
@@ -182,9 +183,14 @@ class EapPeer:
         return None
 
     def _on_request(self, request: EapPacket) -> bytes | None:
-        """RFC 3748 §4.1: identifiers match Requests to Responses."""
-        if self._last_request is not None and request.identifier == self._last_request.identifier:
-            return self._last_response if request == self._last_request else None
+        """RFC 3748 §4.1: a duplicate Request gets the stored Response, unprocessed.
+
+        A Request reusing the last Identifier with other content is processed
+        as new: strongSwan draws each method's first Identifier at random, so
+        after a Nak the new method may repeat the previous Identifier.
+        """
+        if request == self._last_request:
+            return self._last_response
         if self.result != EapResult.PENDING:
             return None
         reply = self._respond(request)

@@ -210,8 +210,14 @@ def test_peer_duplicate_request_gets_stored_response() -> None:
     first = peer.handle(challenge)
     assert first is not None
     assert peer.handle(challenge) == first  # no new peer challenge drawn
-    other = request(9, MSCHAPV2, MsChapChallenge(9, b"\x01" * 16, b"gw").to_bytes())
-    assert peer.handle(other.to_bytes()) is None  # same identifier, other content
+
+
+def test_peer_treats_reused_identifier_with_new_content_as_new_request() -> None:
+    """strongSwan may reuse an Identifier for the next method's first Request."""
+    peer = EapPeer("alice", "correct horse", methods=[MD5])
+    peer.handle(request(9, MSCHAPV2, MsChapChallenge(9, bytes(16), b"gw").to_bytes()).to_bytes())
+    reply = peer.handle(request(9, MD5, Md5Value(bytes(16)).to_bytes()).to_bytes())
+    assert reply is not None and parse_packet(reply).type == MD5
 
 
 def test_server_ignores_stale_and_foreign_messages() -> None:
