@@ -391,10 +391,18 @@ def require_charon() -> None:
 
 
 def charon_version() -> str:
+    """e.g. ``Linux strongSwan 5.9.8`` plus the Debian package version when known."""
     out = subprocess.run(
-        ["swanctl", "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    return out.strip().splitlines()[0] if out.strip() else "unknown"
+        [str(CHARON_BIN), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pkg = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "strongswan-charon"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    version = out.splitlines()[0] if out else "unknown"
+    return f"{version} (Debian package {pkg})" if pkg else version
 
 
 # --------------------------------------------------------------------------- the daemon
