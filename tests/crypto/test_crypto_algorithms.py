@@ -42,7 +42,7 @@ def test_sizes() -> None:
     ("getter", "ident"),
     [(get_prf, PrfId.AES128_XCBC), (get_integ, IntegId.AES_XCBC_96), (get_encr, EncrId.AES_CTR)],
 )
-def test_unsupported_ids(getter: Any, ident: int) -> None:
+def test_unsupported_ids(getter: Any, ident: PrfId | IntegId | EncrId) -> None:
     with pytest.raises(UnsupportedAlgorithm, match=ident.name):
         getter(ident)
     assert issubclass(UnsupportedAlgorithm, ConfigError)
