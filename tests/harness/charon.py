@@ -408,6 +408,17 @@ def charon_version() -> str:
 # --------------------------------------------------------------------------- the daemon
 
 
+def parse_log_levels(levels: Mapping[str, int] | str) -> dict[str, int]:
+    """``"ike 4, enc 4, net 2"`` (charon's own notation) or a mapping -> {subsystem: level}."""
+    if not isinstance(levels, str):
+        return dict(levels)
+    out: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in levels.split(","))):
+        subsystem, level = item.split()
+        out[subsystem.lower()] = int(level)
+    return out
+
+
 class CharonError(RuntimeError):
     pass
 
@@ -424,14 +435,14 @@ class Charon:
         ns: Netns,
         workdir: Path,
         *,
-        log_levels: Mapping[str, int] = DEFAULT_LOG_LEVELS,
+        log_levels: Mapping[str, int] | str = DEFAULT_LOG_LEVELS,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
         if str(workdir.resolve()).startswith("/run"):
             raise ValueError("workdir must not be under /run: charon gets a private tmpfs there")
         self.ns = ns
         self.workdir = workdir
-        self.log_levels = dict(log_levels)
+        self.log_levels = parse_log_levels(log_levels)
         self.settings = dict(settings or {})
         self.swanctl_dir = workdir / "swanctl"
         self.conf_path = workdir / "strongswan.conf"
@@ -686,7 +697,7 @@ def running_charon(
     workdir: Path,
     config: SwanctlConfig | str,
     *,
-    log_levels: Mapping[str, int] = DEFAULT_LOG_LEVELS,
+    log_levels: Mapping[str, int] | str = DEFAULT_LOG_LEVELS,
     setup: Callable[[Charon], None] | None = None,
 ) -> Iterator[Charon]:
     """Start, configure and load a charon; always stop it on exit.

@@ -111,7 +111,7 @@ def charon_pair(
     sc: Scenario,
     workdir: Path,
     *,
-    log_levels: Mapping[str, int] = DEFAULT_LOG_LEVELS,
+    log_levels: Mapping[str, int] | str = DEFAULT_LOG_LEVELS,
 ) -> Iterator[Pair]:
     """Two namespaces, a gateway charon and a road-warrior charon, configs loaded.
 

@@ -65,7 +65,14 @@ def test_require_charon_skips_or_fails_under_ci(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_swanctl_rendering_and_listing_parser() -> None:
-    from tests.harness.charon import parse_list_sas, render_settings
+    from tests.harness.charon import parse_list_sas, parse_log_levels, render_settings
+
+    assert parse_log_levels("ike 4, enc 4, net 2, cfg 2") == {
+        "ike": 4,
+        "enc": 4,
+        "net": 2,
+        "cfg": 2,
+    }
 
     text = render_settings(
         {"conn": {"id": "C=XX, CN=a b", "addrs": ["192.0.2.1", "%any"], "mobike": False}}

@@ -477,7 +477,7 @@ def build(
         entry.update({name: k.fields.get(name, b"").hex() for name in IKE_LABELS.values()})
         ike_sas.append(entry)
 
-    child_sas = []
+    child_sas: list[dict[str, Any]] = []
     for i, c in enumerate(facts.child):
         n_i, n_r = child_nonces[i]
         seed = c.fields["keymat_seed"]
@@ -501,10 +501,10 @@ def build(
             }
         )
 
-    spi_to_child = {}
-    for c in child_sas:
-        spi_to_child[c["spi_i"]] = (c["index"], "r->i")
-        spi_to_child[c["spi_r"]] = (c["index"], "i->r")
+    spi_to_child: dict[str, tuple[int | None, str]] = {}
+    for entry_c in child_sas:
+        spi_to_child[entry_c["spi_i"]] = (entry_c["index"], "r->i")
+        spi_to_child[entry_c["spi_r"]] = (entry_c["index"], "i->r")
 
     def direction(d: UdpDatagram) -> str:
         return "i->r" if d.src == initiator_addr else "r->i"
@@ -532,7 +532,7 @@ def build(
             }
         )
 
-    esp_packets = []
+    esp_packets: list[dict[str, Any]] = []
     for d, data in esp:
         spi = data[:4].hex()
         child_idx, dirn = spi_to_child.get(spi, (None, direction(d)))
