@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
     iproute2 tcpdump tshark
-    strongswan-swanctl charon-systemd strongswan-pki
+    strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
     libcharon-extra-plugins libstrongswan-extra-plugins
 )
 
