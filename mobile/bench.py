@@ -29,12 +29,14 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["micro"]:
+        # argparse.REMAINDER drops leading options, so micro's arguments skip the parser.
+        return micro(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_OK
-    return micro(args.args)
+    parser.parse_args(argv)
+    parser.print_help()
+    return EXIT_OK
 
 
 def micro(argv: list[str]) -> int:

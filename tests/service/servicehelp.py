@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
@@ -24,3 +31,67 @@ def edited(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
     else:
         node[last] = value
     return result
+
+
+def cli(module: str, *args: str | Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` (works before ``pip install -e .``)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment(),
+        timeout=timeout,
+    )
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def write_yaml(file: Path, data: dict[str, Any]) -> Path:
+    file.write_text(yaml.safe_dump(data))
+    return file
+
+
+class Daemon:
+    """``python -m module run ...`` in the background, ready once its socket answers."""
+
+    def __init__(self, module: str, socket: Path, *args: str | Path) -> None:
+        self.module = module
+        self.socket = socket
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "run", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=environment(),
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{self.module} did not start: {self.process.stderr}")
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> int:
+        """Send ``signum`` and return the exit code."""
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=10)
+
+    def stop(self) -> str:
+        """Terminate if still running; returns what it wrote to stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, stderr = self.process.communicate()
+        return stderr

@@ -119,7 +119,11 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("esp", ["aes128--sha256"], "esp[0]: not a proposal: 'aes128--sha256'"),
     ("pool", DELETE, "pool: required"),
     ("pool", ["nonsense"], "pool[0]: not a CIDR prefix: 'nonsense'"),
-    ("pool", ["10.9.0.1/24"], "pool[0]: host bits set in '10.9.0.1/24' (did you mean 10.9.0.0/24?)"),
+    (
+        "pool",
+        ["10.9.0.1/24"],
+        "pool[0]: host bits set in '10.9.0.1/24' (did you mean 10.9.0.0/24?)",
+    ),
     ("pool", ["10.9.0.0/24", "10.9.0.128/25"], "pool[1]: 10.9.0.128/25 overlaps 10.9.0.0/24"),
     ("pool_reserved", ["10.9.0.x"], "pool_reserved[0]: not an IP address: '10.9.0.x'"),
     ("dns", ["10.9.0.300"], "dns[0]: not an IP address: '10.9.0.300'"),

@@ -1,0 +1,53 @@
+"""mpa-bench: help, and the hand-over of ``micro`` to mobile.bench_micro."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from mobile import bench
+
+
+@pytest.fixture
+def fake_micro() -> Iterator[list[list[str]]]:
+    """A stand-in mobile.bench_micro that records the arguments it is given."""
+    calls: list[list[str]] = []
+    module = types.ModuleType(bench.MICRO_MODULE)
+    module.__spec__ = importlib.machinery.ModuleSpec(bench.MICRO_MODULE, None)
+
+    def main(argv: list[str]) -> int:
+        calls.append(argv)
+        return 0
+
+    setattr(module, "main", main)  # noqa: B010 - a module has no declared attributes
+    saved = sys.modules.get(bench.MICRO_MODULE)
+    sys.modules[bench.MICRO_MODULE] = module
+    yield calls
+    if saved is None:
+        del sys.modules[bench.MICRO_MODULE]
+    else:
+        sys.modules[bench.MICRO_MODULE] = saved
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main([]) == 0
+    assert "micro" in capsys.readouterr().out
+
+
+def test_micro_passes_its_arguments(fake_micro: list[list[str]]) -> None:
+    assert bench.main(["micro", "--rounds", "5", "codec"]) == 0
+    assert fake_micro == [["--rounds", "5", "codec"]]
+
+
+def test_micro_without_its_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench, "MICRO_MODULE", "mobile.no_such_module")
+    assert bench.main(["micro"]) == 1
+    assert capsys.readouterr().err == (
+        "mpa-bench: micro: not available yet (mobile.no_such_module is missing)\n"
+    )
