@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from gateway.validation import (
     DATAPATHS,
+    DEFAULT_PROPOSALS,
     LOG_LEVELS,
     ConfigError,
     Endpoint,
@@ -76,8 +77,8 @@ class GatewayConfig:
     private_key: Path | None = None
     psk: bytes | None = field(default=None, repr=False)
     ca: Path | None = None
-    ike: tuple[str, ...] = ("default",)
-    esp: tuple[str, ...] = ("default",)
+    ike: tuple[str, ...] = DEFAULT_PROPOSALS["ike"]
+    esp: tuple[str, ...] = DEFAULT_PROPOSALS["esp"]
     pool_reserved: tuple[IPAddress, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     local_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
@@ -108,8 +109,8 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         private_key=private_key,
         psk=key,
         ca=top.optional("ca", readable_file(base_dir), None),
-        ike=top.optional("ike", proposals, ("default",)),
-        esp=top.optional("esp", proposals, ("default",)),
+        ike=top.optional("ike", proposals("ike"), DEFAULT_PROPOSALS["ike"]),
+        esp=top.optional("esp", proposals("esp"), DEFAULT_PROPOSALS["esp"]),
         pool=top.required("pool", disjoint_networks),
         pool_reserved=top.optional("pool_reserved", list_of(address, non_empty=False), ()),
         dns=top.optional("dns", list_of(address, non_empty=False), ()),

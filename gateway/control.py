@@ -141,8 +141,11 @@ class ControlServer:
 
 
 def _bind(path: Path, mode: int) -> socket.socket:
-    _remove_stale_socket(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _remove_stale_socket(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ControlError(f"cannot create control socket {path}: {error.strerror}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))

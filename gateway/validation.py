@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mpa_ike.constants import ProtocolId
+from mpa_ike.crypto.proposal import parse_proposal
 from mpa_ike.errors import ConfigError as CoreConfigError
 
 T = TypeVar("T")
@@ -282,30 +284,41 @@ def socket_path(base_dir: Path) -> Parser[Path]:
     return parse
 
 
-_PROPOSAL = re.compile(r"[a-z0-9_]+(?:-[a-z0-9_]+)*")
+# Stand-ins for strongSwan's "default" keyword, which the core does not parse: AES with
+# SHA-2 and AES-GCM, with X25519, ECP-256 and MODP-3072.
+DEFAULT_PROPOSALS = {
+    "ike": (
+        "aes128-aes256-sha256-sha384-x25519-ecp256-modp3072",
+        "aes128gcm16-aes256gcm16-prfsha256-prfsha384-x25519-ecp256-modp3072",
+    ),
+    "esp": ("aes128gcm16-aes256gcm16", "aes128-aes256-sha256-sha384"),
+}
+_PROTOCOLS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP}
 
 
-def validate_proposal(text: str) -> str:
-    """Check the syntax of one strongSwan proposal string such as ``aes128-sha256-modp2048``.
-
-    A loose check for now; the single place to call mpa_ike.crypto.proposal instead once
-    it exists, so that unknown algorithms are refused at load time. Raises ValueError.
-    """
-    if not _PROPOSAL.fullmatch(text):
-        raise ValueError(f"not a proposal: {text!r} (expected e.g. aes128-sha256-modp2048)")
+def validate_proposal(text: str, protocol: str) -> str:
+    """Check one strongSwan proposal string (``aes128-sha256-modp2048``) for ``protocol``
+    ("ike" or "esp") with the core's parser, so that unknown algorithms and incomplete
+    proposals are refused at load time. The one place configuration checks proposals.
+    Raises mpa_ike.errors.ConfigError."""
+    parse_proposal(text, _PROTOCOLS[protocol])
     return text
 
 
-def proposals(value: object, path: str) -> tuple[str, ...]:
+def proposals(protocol: str) -> Parser[tuple[str, ...]]:
     """A list of proposals; like swanctl, one entry may hold several separated by commas."""
-    result: list[str] = []
-    for index, entry in enumerate(list_of(string)(value, path)):
-        for text in entry.split(","):
-            try:
-                result.append(validate_proposal(text.strip()))
-            except ValueError as error:
-                raise ConfigError(f"{path}[{index}]", str(error)) from None
-    return tuple(result)
+
+    def parse(value: object, path: str) -> tuple[str, ...]:
+        result: list[str] = []
+        for index, entry in enumerate(list_of(string)(value, path)):
+            for text in entry.split(","):
+                try:
+                    result.append(validate_proposal(text.strip(), protocol))
+                except CoreConfigError as error:
+                    raise ConfigError(f"{path}[{index}]", str(error)) from None
+        return tuple(result)
+
+    return parse
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from gateway.validation import (
     DATAPATHS,
+    DEFAULT_PROPOSALS,
     LOG_LEVELS,
     ConfigError,
     Endpoint,
@@ -58,8 +59,8 @@ class GatewayEntry:
     id: str
     ca: Path | None = None
     psk: bytes | None = field(default=None, repr=False)
-    ike: tuple[str, ...] = ("default",)
-    esp: tuple[str, ...] = ("default",)
+    ike: tuple[str, ...] = DEFAULT_PROPOSALS["ike"]
+    esp: tuple[str, ...] = DEFAULT_PROPOSALS["esp"]
     remote_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
     interface: str | None = None  # the mobile node's interface on that gateway's network
     preauth: bool = False
@@ -128,8 +129,8 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
         id=section.required("id", string),
         ca=ca,
         psk=key,
-        ike=section.optional("ike", proposals, ("default",)),
-        esp=section.optional("esp", proposals, ("default",)),
+        ike=section.optional("ike", proposals("ike"), DEFAULT_PROPOSALS["ike"]),
+        esp=section.optional("esp", proposals("esp"), DEFAULT_PROPOSALS["esp"]),
         remote_ts=section.optional("remote_ts", list_of(network), FULL_TUNNEL),
         interface=section.optional("interface", interface_name, None),
         preauth=section.optional("preauth", boolean, False),

@@ -180,3 +180,10 @@ def test_close_with_a_client_connected(short_dir: Path) -> None:
 
     asyncio.run(main())
     assert not path.exists()
+
+
+def test_socket_in_an_impossible_place(short_dir: Path) -> None:
+    (short_dir / "file").write_text("x")
+    path = short_dir / "file" / "ctl.sock"
+    with pytest.raises(ControlError, match=r"^cannot create control socket .*: Not a directory$"):
+        asyncio.run(ControlServer(path, HANDLERS).start())

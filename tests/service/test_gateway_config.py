@@ -12,7 +12,7 @@ import yaml
 from servicehelp import DELETE, EXAMPLES, edited
 
 from gateway.config import AddressPolicy, GatewayConfig, load_config, parse_config
-from gateway.validation import ConfigError, Endpoint
+from gateway.validation import DEFAULT_PROPOSALS, ConfigError, Endpoint
 
 
 def parse(data: object, base_dir: Path = Path("/")) -> GatewayConfig:
@@ -82,6 +82,20 @@ def test_address_policies(
     assert config.mobike.prefixes == prefixes
 
 
+def test_default_proposals_are_valid(gateway_data: dict[str, Any]) -> None:
+    data = edited(edited(gateway_data, "ike", DELETE), "esp", DELETE)
+    config = parse(data)
+    assert config.ike == DEFAULT_PROPOSALS["ike"]
+    assert config.esp == DEFAULT_PROPOSALS["esp"]
+
+
+def test_control_socket_is_relative_to_the_config_file(
+    tmp_path: Path, gateway_data: dict[str, Any]
+) -> None:
+    config = parse(edited(gateway_data, "control_socket", "run/gw.sock"), tmp_path)
+    assert config.control_socket == tmp_path / "run" / "gw.sock"
+
+
 def test_psk_encodings(gateway_data: dict[str, Any]) -> None:
     assert parse(edited(gateway_data, "psk", "0x414243")).psk == b"ABC"
     assert parse(edited(gateway_data, "psk", "0sQUJD")).psk == b"ABC"
@@ -115,8 +129,11 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("psk", "0xzz", "psk: malformed 0x (hex) or 0s (base64) key"),
     ("psk", 1234, "psk: expected a string (quote it), got an integer"),
     ("ca", "/nonexistent/ca.crt", "ca: cannot read '/nonexistent/ca.crt': No such file or"),
-    ("ike", ["AES128-SHA256"], "ike[0]: not a proposal: 'AES128-SHA256'"),
-    ("esp", ["aes128--sha256"], "esp[0]: not a proposal: 'aes128--sha256'"),
+    ("ike", ["aes128-sha256"], "ike[0]: a key exchange method is mandatory in IKE proposal"),
+    ("ike", ["aes128-sha256-modp999"], "ike[0]: algorithm 'modp999' not recognized in proposal"),
+    ("ike", "aes128-sha256-modp2048,", "ike[0]: empty algorithm keyword in proposal ''"),
+    ("esp", ["aes128--sha256"], "esp[0]: empty algorithm keyword in proposal 'aes128--sha256'"),
+    ("esp", ["aes128-sha256-noesn-prfsha1-x"], "esp[0]: algorithm 'x' not recognized"),
     ("pool", DELETE, "pool: required"),
     ("pool", ["nonsense"], "pool[0]: not a CIDR prefix: 'nonsense'"),
     (

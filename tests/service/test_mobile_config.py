@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from servicehelp import DELETE, EXAMPLES, edited
 
-from gateway.validation import ConfigError, Endpoint
+from gateway.validation import DEFAULT_PROPOSALS, ConfigError, Endpoint
 from mobile.config import MobileConfig, load_config, parse_config
 
 
@@ -35,7 +35,7 @@ def test_minimal_config_takes_defaults(mobile_data: dict[str, Any]) -> None:
     assert gateway.address == Endpoint(ip_address("192.0.2.1"))
     assert gateway.psk == b"secret"
     assert gateway.ca is None
-    assert gateway.ike == ("default",)
+    assert gateway.ike == DEFAULT_PROPOSALS["ike"]
     assert gateway.handover == "manual"
     assert gateway.preauth
     assert config.eap.password == "alice-secret"
@@ -68,7 +68,7 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("gateways.ngw.id", DELETE, "gateways.ngw.id: required"),
     ("gateways.ngw.psk", DELETE, "gateways.ngw.ca: required (or psk)"),
     ("gateways.ngw.ca", "ca.crt", "gateways.ngw.psk: give either ca or psk, not both"),
-    ("gateways.ngw.ike", ["aes128-sha256-modp2048!x"], "gateways.ngw.ike[0]: not a proposal"),
+    ("gateways.ngw.ike", ["aes128-sha256-modp2047"], "gateways.ngw.ike[0]: algorithm 'modp2047"),
     ("gateways.ngw.esp", [], "gateways.ngw.esp: must not be empty"),
     ("gateways.ngw.remote_ts", ["10.0.0.1/8"], "gateways.ngw.remote_ts[0]: host bits set"),
     ("gateways.ngw.interface", "a-very-long-name0", "gateways.ngw.interface: longer than 15"),
