@@ -1,0 +1,331 @@
+"""Many IKE SAs behind one pair of UDP ports: dispatch, half-open SAs, COOKIE.
+
+:class:`Endpoint` is what the gateway and mobile glue drive, aioquic style:
+``receive_datagram(data, src, dst, now)`` with the IKE message (non-ESP marker
+already stripped, see :mod:`mpa_ike.datagram`), ``handle_timer(now)``,
+commands (``initiate``, ``delete``, ``delete_child_sa``, ``check_liveness``);
+out come ``datagrams_to_send(now)``, ``get_timer()`` and ``next_event()``.
+
+Dispatch: a message is filed by the SPI this side chose (SPIr in messages
+from original initiators, SPIi in those from original responders). A new
+IKE_SA_INIT request (SPIr zero) goes through:
+
+- retransmission detection (RFC 7296 §2.1): the same datagram, or the same
+  (address, SPIi, Ni) as a half-open SA, gets that SA's stored response and
+  creates nothing;
+- the COOKIE check (§2.6): with ``half_open_threshold`` or more half-open SAs,
+  a request without a valid COOKIE gets one, statelessly;
+- malformed requests are answered with the notify of the codec error where
+  §2.5/§2.21 say so (INVALID_MAJOR_VERSION, INVALID_SYNTAX,
+  UNSUPPORTED_CRITICAL_PAYLOAD).
+
+Anything else for an unknown SPI is dropped and counted (§2.21.4 allows an
+INVALID_IKE_SPI answer; strongSwan does not send one either). Nothing raises
+out of ``receive_datagram``, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+
+from mpa_ike.constants import (
+    IKE_MAJOR_VERSION,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+)
+from mpa_ike.datagram import Address, Datagram
+from mpa_ike.errors import CodecError, IkeError
+from mpa_ike.events import Event
+from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
+from mpa_ike.ike_sa import HALF_OPEN_STATES, ZERO_SPI, IkeSa, IkeSaState, Random
+from mpa_ike.wire import (
+    HEADER_LENGTH,
+    IkeHeader,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    parse_header,
+    parse_message,
+    serialize_message,
+)
+from mpa_ike.wire.notify import cookie_notify
+
+# strongSwan's charon.cookie_threshold.
+DEFAULT_HALF_OPEN_THRESHOLD = 30
+COOKIE_VERSION = b"\x01"
+
+
+class Endpoint:
+    """The IKE SAs of one program: initiator SAs it starts, responder SAs it accepts.
+
+    ``responder`` is the gateway's policy; without it IKE_SA_INIT requests are
+    ignored (the mobile node). ``random`` supplies SPIs, nonces, DH private
+    keys, IVs and the COOKIE secret.
+    """
+
+    def __init__(
+        self,
+        *,
+        random: Random = os.urandom,
+        responder: ResponderConfig | None = None,
+        half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD,
+    ) -> None:
+        self._random = random
+        self.responder = responder
+        self.half_open_threshold = half_open_threshold
+        self._cookie_secret = random(32)
+        self._sas: dict[bytes, IkeSa] = {}
+        self._init_packets: dict[bytes, IkeSa] = {}
+        self._init_nonces: dict[tuple[str, bytes, bytes], IkeSa] = {}
+        self._events: deque[Event] = deque()
+        self._outbox: list[Datagram] = []
+        self.counters: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------
+    # Outputs
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        for sa in self._sas.values():
+            out.extend(sa.datagrams_to_send(now))
+        self._forget_closed()
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (sa.get_timer() for sa in self._sas.values()) if t is not None]
+        return min(timers) if timers else None
+
+    # ------------------------------------------------------------------
+    # SAs and status
+
+    @property
+    def sas(self) -> dict[bytes, IkeSa]:
+        return dict(self._sas)
+
+    def __iter__(self) -> Iterator[IkeSa]:
+        return iter(list(self._sas.values()))
+
+    def find(self, name: str) -> list[IkeSa]:
+        return [sa for sa in self._sas.values() if sa.name == name]
+
+    def half_open_count(self) -> int:
+        return sum(
+            1 for sa in self._sas.values() if not sa.is_initiator and sa.state in HALF_OPEN_STATES
+        )
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [sa.snapshot() for sa in self._sas.values() if not sa.closed]
+
+    # ------------------------------------------------------------------
+    # Commands
+
+    def initiate(
+        self, config: InitiatorConfig, local: Address, remote: Address, now: float
+    ) -> IkeSa:
+        """Start an IKE SA to ``remote`` (normally port 500) from ``local``."""
+        sa = IkeSa.initiator(config, local, remote, self._random)
+        while sa.local_spi in self._sas:
+            sa = IkeSa.initiator(config, local, remote, self._random)
+        self._sas[sa.local_spi] = sa
+        sa.start(now)
+        self._collect(sa)
+        return sa
+
+    def delete(self, spi: bytes, now: float) -> None:
+        self._command(spi, lambda sa: sa.delete(now))
+
+    def delete_child_sa(self, spi: bytes, spi_in: bytes, now: float) -> None:
+        self._command(spi, lambda sa: sa.delete_child_sa(spi_in, now))
+
+    def check_liveness(self, spi: bytes, now: float) -> None:
+        self._command(spi, lambda sa: sa.check_liveness(now))
+
+    def delete_all(self, now: float) -> None:
+        """Shutdown: DELETE every IKE SA (SIGTERM in the gateway)."""
+        for spi in list(self._sas):
+            self.delete(spi, now)
+
+    def _command(self, spi: bytes, action: Callable[[IkeSa], None]) -> None:
+        sa = self._sas.get(spi)
+        if sa is None:
+            return
+        action(sa)
+        self._collect(sa)
+
+    # ------------------------------------------------------------------
+    # Inputs
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self._sas.values()):
+            timer = sa.get_timer()
+            if timer is not None and timer <= now:
+                sa.handle_timer(now)
+                self._collect(sa)
+
+    def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        """One received IKE message. Never raises."""
+        try:
+            self._receive(bytes(data), src, dst, now)
+        except Exception:  # a bug must not take the daemon down with every SA
+            self.counters["internal_errors"] += 1
+
+    def _receive(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        if len(data) < HEADER_LENGTH:
+            self.counters["dropped_short"] += 1
+            return
+        header = parse_header(data)
+        if self._is_new_init_request(header):
+            self._on_init_request(data, header, src, dst, now)
+            return
+        local_spi = header.spi_r if header.is_initiator else header.spi_i
+        sa = self._sas.get(local_spi)
+        if sa is None or sa.is_initiator == header.is_initiator:
+            self.counters["dropped_unknown_spi"] += 1
+            return
+        sa.receive(data, header, src, dst, now)
+        self._collect(sa)
+
+    @staticmethod
+    def _is_new_init_request(header: IkeHeader) -> bool:
+        return (
+            header.exchange_type == ExchangeType.IKE_SA_INIT
+            and header.is_initiator
+            and not header.is_response
+            and header.spi_r == ZERO_SPI
+        )
+
+    def _collect(self, sa: IkeSa) -> None:
+        while (event := sa.next_event()) is not None:
+            self._events.append(event)
+
+    def _forget_closed(self) -> None:
+        for spi, sa in list(self._sas.items()):
+            if sa.closed:
+                del self._sas[spi]
+        stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
+        self._init_packets = {
+            k: sa for k, sa in self._init_packets.items() if not sa.closed and id(sa) not in stale
+        }
+        self._init_nonces = {
+            k: sa for k, sa in self._init_nonces.items() if not sa.closed and id(sa) not in stale
+        }
+
+    # ------------------------------------------------------------------
+    # IKE_SA_INIT requests (§1.2, §2.1, §2.5, §2.6)
+
+    def _on_init_request(
+        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
+    ) -> None:
+        if self.responder is None:
+            self.counters["dropped_not_responder"] += 1
+            return
+        digest = hashlib.sha256(data).digest()
+        known = self._init_packets.get(digest)
+        if known is not None:
+            known.resend_init_response(src, dst)
+            return
+        try:
+            message = parse_message(data)
+        except CodecError as error:
+            self._answer_malformed(header, error, src, dst)
+            return
+        if header.message_id != 0:
+            self.counters["dropped_invalid"] += 1
+            return
+        nonce = message.find(NoncePayload)
+        nonce_key = (src[0], header.spi_i, nonce.data if nonce else b"")
+        same_nonce = self._init_nonces.get(nonce_key)
+        if same_nonce is not None and not same_nonce.closed:
+            same_nonce.resend_init_response(src, dst)
+            return
+        if not self._cookie_ok(message, src, dst):
+            return
+        self._create_responder_sa(message, data, digest, nonce_key, src, dst, now)
+
+    def _create_responder_sa(
+        self,
+        message: Message,
+        data: bytes,
+        digest: bytes,
+        nonce_key: tuple[str, bytes, bytes],
+        src: Address,
+        dst: Address,
+        now: float,
+    ) -> None:
+        assert self.responder is not None
+        sa = IkeSa.responder(self.responder, dst, src, self._random)
+        sa.receive_init_request(message, data, now)
+        while not sa.closed and sa.local_spi in self._sas:
+            sa.spi_r = self._random(8)  # an SPI collision: pick another before anyone saw it
+        self._collect(sa)
+        if sa.state != IkeSaState.INIT_DONE:
+            self._outbox.extend(sa.datagrams_to_send(now))
+            self._drop_events_of_refused(sa)
+            return
+        self._sas[sa.local_spi] = sa
+        self._init_packets[digest] = sa
+        self._init_nonces[nonce_key] = sa
+
+    def _drop_events_of_refused(self, sa: IkeSa) -> None:
+        """A refused IKE_SA_INIT never became an SA: its failure is not news."""
+        self._events = deque(e for e in self._events if e.ike_sa != sa.local_spi)
+        self.counters["init_refused"] += 1
+
+    def _answer_malformed(
+        self, header: IkeHeader, error: CodecError, src: Address, dst: Address
+    ) -> None:
+        """§2.5, §2.21.1: answer an unparseable IKE_SA_INIT with the codec's notify."""
+        self.counters["init_malformed"] += 1
+        response = IkeHeader(
+            header.spi_i,
+            ZERO_SPI,
+            ExchangeType.IKE_SA_INIT,
+            int(HeaderFlag.RESPONSE),
+            header.message_id,
+            major_version=IKE_MAJOR_VERSION,
+        )
+        notify = NotifyPayload(error.notify, data=error.data)
+        try:
+            data = serialize_message(Message(response, (notify,)))
+        except IkeError:
+            return
+        self._outbox.append(Datagram(data, dst, src))
+
+    # ------------------------------------------------------------------
+    # COOKIE (§2.6)
+
+    def _cookie_for(self, message: Message, src: Address) -> bytes:
+        """<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>), as §2.6 suggests."""
+        nonce = message.find(NoncePayload)
+        material = (nonce.data if nonce else b"") + ipaddress.ip_address(src[0]).packed
+        material += message.header.spi_i
+        return COOKIE_VERSION + hmac.new(self._cookie_secret, material, hashlib.sha256).digest()
+
+    def _cookie_ok(self, message: Message, src: Address, dst: Address) -> bool:
+        """Under load, demand a COOKIE as the first payload; answer one statelessly."""
+        if self.half_open_count() < self.half_open_threshold:
+            return True
+        expected = self._cookie_for(message, src)
+        first = message.payloads[0] if message.payloads else None
+        if (
+            isinstance(first, NotifyPayload)
+            and first.notify_type == NotifyType.COOKIE
+            and hmac.compare_digest(first.data, expected)
+        ):
+            return True
+        self.counters["cookies_sent"] += 1
+        header = IkeHeader(
+            message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0
+        )
+        data = serialize_message(Message(header, (cookie_notify(expected),)))
+        self._outbox.append(Datagram(data, dst, src))
+        return False

@@ -1,0 +1,93 @@
+"""Configuration of IKE SAs, as the core takes it (the YAML is the glue's business).
+
+:class:`InitiatorConfig` is one mobile-node connection (``gateways.NAME``),
+:class:`ResponderConfig` the gateway's single policy. Proposals are parsed
+:class:`ProposalSpec` lists (``mpa_ike.crypto.proposal.parse_proposals``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from mpa_ike.certificates import CertificateCredential
+from mpa_ike.child_sa import ChildSaConfig
+from mpa_ike.config_payload import AddressAllocator
+from mpa_ike.crypto.proposal import ProposalSpec
+from mpa_ike.eap import EapType
+from mpa_ike.errors import ConfigError
+from mpa_ike.retransmit import RetransmitPolicy
+from mpa_ike.wire import IPAddress
+
+DEFAULT_EAP_METHODS = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE)
+# strongSwan's charon.fragment_size: the largest IP datagram of an IKE fragment.
+DEFAULT_FRAGMENT_SIZE = 1280
+# strongSwan's charon.half_open_timeout.
+DEFAULT_HALF_OPEN_TIMEOUT = 30.0
+WallClock = Callable[[], datetime.datetime]
+UserLookup = Callable[[bytes], str | None]
+
+
+@dataclass(frozen=True)
+class InitiatorConfig:
+    """One connection of the mobile node (the IKE SA initiator, EAP client).
+
+    The gateway is authenticated by a certificate chaining to one of ``ca``
+    (then ``wall_clock`` gives the time to check validity against) or by
+    ``psk``. ``virtual_ip_families`` are the address families asked for by CP.
+    """
+
+    name: str
+    identity: str
+    eap_password: str = field(repr=False)
+    remote_id: str
+    ike_proposals: tuple[ProposalSpec, ...]
+    child: ChildSaConfig
+    ca: tuple[x509.Certificate, ...] = ()
+    wall_clock: WallClock | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    eap_methods: tuple[EapType, ...] = DEFAULT_EAP_METHODS
+    virtual_ip_families: tuple[int, ...] = (4,)
+    mobike: bool = True
+    fragmentation: bool = True
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    max_init_retries: int = 5  # COOKIE and INVALID_KE_PAYLOAD rounds before giving up
+
+    def __post_init__(self) -> None:
+        if self.psk is None and not self.ca:
+            raise ConfigError(f"connection {self.name}: give ca or psk")
+        if self.ca and self.wall_clock is None:
+            raise ConfigError(f"connection {self.name}: certificate checks need wall_clock")
+        if not self.ike_proposals or not self.child.esp_proposals:
+            raise ConfigError(f"connection {self.name}: IKE and ESP proposals are required")
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    """The gateway: its identity and credential, EAP users, pool, proposals."""
+
+    identity: str
+    ike_proposals: tuple[ProposalSpec, ...]
+    child: ChildSaConfig
+    eap_users: UserLookup = field(repr=False)
+    credential: CertificateCredential | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    eap_methods: tuple[EapType, ...] = (EapType.MSCHAPV2,)
+    ask_eap_identity: bool = True
+    allocator: AddressAllocator | None = None
+    dns: tuple[IPAddress, ...] = ()
+    mobike: bool = True
+    fragmentation: bool = True
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    half_open_timeout: float = DEFAULT_HALF_OPEN_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if (self.credential is None) == (self.psk is None):
+            raise ConfigError("the gateway needs a certificate credential or a psk, not both")
+        if not self.ike_proposals or not self.child.esp_proposals:
+            raise ConfigError("IKE and ESP proposals are required")

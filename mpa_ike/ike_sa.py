@@ -1,0 +1,1379 @@
+"""The IKE SA state machine, initiator and responder, sans-I/O (RFC 7296).
+
+Inputs: :meth:`IkeSa.receive` (one datagram already matched to this SA by
+:class:`mpa_ike.endpoint.Endpoint`), :meth:`IkeSa.handle_timer` and the
+commands :meth:`IkeSa.start`, :meth:`IkeSa.delete`, :meth:`IkeSa.delete_child_sa`
+and :meth:`IkeSa.check_liveness`. Outputs: :meth:`datagrams_to_send`,
+:meth:`get_timer` and :meth:`next_event`. Nothing here reads a clock, opens a
+socket or draws randomness except through the injected ``random``.
+
+Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
+
+    initiator                                  responder
+    HDR, SA, KE, Ni, N(NAT-D)x2, N(FRAG), N(SHA)  -->
+                      <--  HDR, SA, KE, Nr, N(NAT-D)x2, N(FRAG), N(SHA)
+    HDR, SK{IDi, [CERTREQ], IDr, CP, SA, TSi, TSr, N(MOBIKE)}  -->   (port 4500)
+                      <--  HDR, SK{IDr, CERT, AUTH, EAP}
+    HDR, SK{EAP}  -->  ...  <--  HDR, SK{EAP(Success)}
+    HDR, SK{AUTH}  -->
+                      <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE)}
+
+Which handler takes a message is decided by the table ``_HANDLERS``
+(role, state, exchange) -> handler, h11 style; a message with no entry is
+dropped and counted. Message IDs (§2.2): ``_my_next_id`` for our requests,
+``_peer_next_id`` for the peer's; window 1 each way (§2.3), so a peer request
+is answered while ours is outstanding. Only our own requests are
+retransmitted (§2.1); a retransmitted peer request gets the stored response,
+all fragments of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from mpa_ike.certificates import certreq_payload, signature_method, verify_peer_certificate
+from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params
+from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
+from mpa_ike.constants import (
+    IKE_PORT,
+    NAT_T_PORT,
+    AuthMethod,
+    CfgType,
+    DhGroup,
+    ExchangeType,
+    HashAlgorithm,
+    HeaderFlag,
+    NotifyType,
+    ProtocolId,
+    TransformType,
+)
+from mpa_ike.crypto.auth import (
+    SUPPORTED_HASH_ALGORITHMS,
+    auth_octets,
+    eap_auth,
+    psk_auth,
+    sign_auth,
+    verify_auth,
+    verify_shared_key_auth,
+)
+from mpa_ike.crypto.dh import KeyExchange, generate_key_exchange
+from mpa_ike.crypto.keys import IkeKeys
+from mpa_ike.crypto.proposal import ProposalSpec
+from mpa_ike.crypto.sk import SkCipher, SkCipherPair, sk_cipher_pair
+from mpa_ike.crypto.suite import IkeSuite
+from mpa_ike.datagram import Address, Datagram
+from mpa_ike.eap import EapPeer, EapResult, EapServer
+from mpa_ike.errors import CodecError, IkeError, IntegrityError, RemoteProtocolError
+from mpa_ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    LeaseReleased,
+    LivenessConfirmed,
+)
+from mpa_ike.identity import Identity, identity_of, parse_identity
+from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
+from mpa_ike.protection import Reassembler, seal_message
+from mpa_ike.retransmit import RetransmitPolicy, Retransmitter, TimerAction
+from mpa_ike.sa_payload import answer, check_answer, sa_payload, select
+from mpa_ike.traffic_selectors import (
+    acceptable_answer,
+    narrow,
+    selector_for_address,
+    selectors_for_networks,
+)
+from mpa_ike.wire import (
+    AuthPayload,
+    CertPayload,
+    ConfigurationPayload,
+    DeletePayload,
+    EapPayload,
+    EncryptedFragmentPayload,
+    IdiPayload,
+    IdrPayload,
+    IkeHeader,
+    IPAddress,
+    KePayload,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TrafficSelector,
+    TsiPayload,
+    TsrPayload,
+    parse_message,
+    serialize_message,
+)
+from mpa_ike.wire.notify import (
+    cookie_notify,
+    invalid_ke_notify,
+    nat_detection_hash,
+    read_invalid_ke_group,
+    read_signature_hash_algorithms,
+    signature_hash_algorithms_notify,
+)
+
+Random = Callable[[int], bytes]
+NONCE_SIZE = 32
+ZERO_SPI = bytes(8)
+IP_HEADER = {4: 20, 6: 40}
+UDP_HEADER = 8
+NON_ESP_MARKER_SIZE = 4
+# Error notifies that fail the CHILD SA only, not the IKE SA (RFC 7296 §2.21.3, §2.19).
+CHILD_ERRORS = frozenset(
+    {
+        NotifyType.NO_PROPOSAL_CHOSEN,
+        NotifyType.TS_UNACCEPTABLE,
+        NotifyType.INTERNAL_ADDRESS_FAILURE,
+        NotifyType.FAILED_CP_REQUIRED,
+        NotifyType.SINGLE_PAIR_REQUIRED,
+        NotifyType.NO_ADDITIONAL_SAS,
+        NotifyType.INVALID_SELECTORS,
+    }
+)
+
+
+class IkeSaState(Enum):
+    INITIAL = "initial"
+    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request out
+    AUTH_SENT = "auth-sent"  # initiator: first IKE_AUTH (no AUTH) out
+    EAP_SENT = "eap-sent"  # initiator: an EAP round out
+    AUTH_FINAL_SENT = "auth-final-sent"  # initiator: AUTH from the MSK out
+    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered (half-open)
+    EAP = "eap"  # responder: EAP under way
+    ESTABLISHED = "established"
+    DELETING = "deleting"
+    CLOSED = "closed"
+
+
+HALF_OPEN_STATES = frozenset({IkeSaState.INIT_DONE, IkeSaState.EAP})
+_LIVE_STATES = frozenset({IkeSaState.ESTABLISHED, IkeSaState.DELETING})
+
+
+def _ip(address: Address) -> IPAddress:
+    return ipaddress.ip_address(address[0])
+
+
+def _natd(spi_i: bytes, spi_r: bytes, address: Address) -> bytes:
+    return nat_detection_hash(spi_i, spi_r, _ip(address), address[1])
+
+
+def _error(notify: NotifyType, why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(why, notify)
+
+
+def _error_notifies(message: Message) -> list[NotifyType]:
+    return [
+        p.notify_type
+        for p in message.find_all(NotifyPayload)
+        if p.notify_type.is_error and p.notify_type.known
+    ]
+
+
+@dataclass
+class _Outstanding:
+    """Our request awaiting its response (window 1)."""
+
+    exchange: ExchangeType
+    message_id: int
+    datagrams: list[bytes]
+    retransmitter: Retransmitter
+    on_response: Callable[[Message, float], None]
+    on_give_up: Callable[[float], None]
+
+
+@dataclass
+class _AuthRequest:
+    """What the responder keeps of the first IKE_AUTH request for its last answer."""
+
+    idi: IdiPayload
+    cp: ConfigurationPayload | None
+    sa: SaPayload | None
+    tsi: TsiPayload | None
+    tsr: TsrPayload | None
+    mobike: bool
+
+
+class IkeSa:
+    """One IKE SA. Build with :meth:`initiator` or :meth:`responder`."""
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        name: str,
+        local: Address,
+        remote: Address,
+        random: Random,
+        retransmit: RetransmitPolicy,
+    ) -> None:
+        self.is_initiator = initiator
+        self.name = name
+        self.local = local
+        self.remote = remote
+        self._random = random
+        self._retransmit = retransmit
+        self.state = IkeSaState.INITIAL
+        self.spi_i = b""
+        self.spi_r = ZERO_SPI
+        self.counters: Counter[str] = Counter()
+        self.children: dict[bytes, ChildSa] = {}
+        self.assigned_addresses: tuple[IPAddress, ...] = ()
+        self.dns: tuple[IPAddress, ...] = ()
+        self.peer_identity: Identity | None = None
+        self.nat_local = False
+        self.nat_remote = False
+        self.peer_fragmentation = False
+        self.peer_mobike = False
+        self.mobike = False
+        self._events: deque[Event] = deque()
+        self._outbox: list[Datagram] = []
+        self._my_next_id = 0
+        self._peer_next_id = 0
+        self._outstanding: _Outstanding | None = None
+        self._queued: deque[Callable[[float], None]] = deque()
+        self._cached_response: tuple[int, list[bytes]] | None = None
+        self._request_reassembler = Reassembler()
+        self._response_reassembler = Reassembler()
+        self._nonce_i = b""
+        self._nonce_r = b""
+        self._dh: KeyExchange | None = None
+        self._suite: IkeSuite | None = None
+        self._keys: IkeKeys | None = None
+        self._ciphers: SkCipherPair | None = None
+        self._init_request = b""
+        self._init_response = b""
+        self._peer_hashes: tuple[HashAlgorithm, ...] = ()
+        self._half_open_deadline: float | None = None
+        self._icfg: InitiatorConfig | None = None
+        self._rcfg: ResponderConfig | None = None
+        self._eap_peer: EapPeer | None = None
+        self._eap_server: EapServer | None = None
+        self._auth_request: _AuthRequest | None = None
+        self._offered_ts: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]] = (
+            (),
+            (),
+        )
+        self._init_retries = 0
+        self._cookie: bytes | None = None
+        self._lease_owner: bytes | None = None
+        self._idi: IdiPayload | None = None
+
+    # ------------------------------------------------------------------
+    # Construction
+
+    @classmethod
+    def initiator(
+        cls, config: InitiatorConfig, local: Address, remote: Address, random: Random
+    ) -> IkeSa:
+        sa = cls(
+            initiator=True,
+            name=config.name,
+            local=local,
+            remote=remote,
+            random=random,
+            retransmit=config.retransmit,
+        )
+        sa._icfg = config
+        sa.spi_i = sa._new_ike_spi()
+        sa._nonce_i = random(NONCE_SIZE)
+        return sa
+
+    @classmethod
+    def responder(
+        cls, config: ResponderConfig, local: Address, remote: Address, random: Random
+    ) -> IkeSa:
+        sa = cls(
+            initiator=False,
+            name=f"{remote[0]}",
+            local=local,
+            remote=remote,
+            random=random,
+            retransmit=config.retransmit,
+        )
+        sa._rcfg = config
+        return sa
+
+    def _new_ike_spi(self) -> bytes:
+        spi = self._random(8)
+        return spi if spi != ZERO_SPI else b"\x00" * 7 + b"\x01"
+
+    @property
+    def local_spi(self) -> bytes:
+        """This side's SPI: the key the endpoint files the SA under."""
+        return self.spi_i if self.is_initiator else self.spi_r
+
+    @property
+    def peer_nonce_init(self) -> bytes:
+        return self._nonce_i
+
+    @property
+    def closed(self) -> bool:
+        return self.state == IkeSaState.CLOSED
+
+    @property
+    def established(self) -> bool:
+        return self.state in _LIVE_STATES
+
+    # ------------------------------------------------------------------
+    # Outputs (aioquic style)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [self._half_open_deadline]
+        if self._outstanding is not None:
+            deadlines.append(self._outstanding.retransmitter.deadline)
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    def snapshot(self) -> dict[str, object]:
+        """Status for ``mpa-gateway status`` / ``mpa-mobile status``."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "role": "initiator" if self.is_initiator else "responder",
+            "local": f"{self.local[0]}[{self.local[1]}]",
+            "remote": f"{self.remote[0]}[{self.remote[1]}]",
+            "spi_i": self.spi_i.hex(),
+            "spi_r": self.spi_r.hex(),
+            "peer_id": str(self.peer_identity) if self.peer_identity else None,
+            "address": str(self.assigned_addresses[0]) if self.assigned_addresses else None,
+            "addresses": [str(a) for a in self.assigned_addresses],
+            "mobike": self.mobike,
+            "nat": self.nat_local or self.nat_remote,
+            "child_sas": [child.snapshot() for child in self.children.values()],
+        }
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _send(self, datagrams: Sequence[bytes]) -> None:
+        self._outbox.extend(Datagram(d, self.local, self.remote) for d in datagrams)
+
+    # ------------------------------------------------------------------
+    # Timers
+
+    def handle_timer(self, now: float) -> None:
+        if self._half_open_deadline is not None and now >= self._half_open_deadline:
+            self._close_failed("half-open IKE SA timed out", None, now)
+            return
+        outstanding = self._outstanding
+        if outstanding is None:
+            return
+        action = outstanding.retransmitter.on_timer(now)
+        if action == TimerAction.RETRANSMIT:
+            self.counters["retransmitted"] += 1
+            self._send(outstanding.datagrams)
+        elif action == TimerAction.GIVE_UP:
+            self._outstanding = None
+            outstanding.on_give_up(now)
+
+    # ------------------------------------------------------------------
+    # Sending requests and responses
+
+    def _header(self, exchange: ExchangeType, message_id: int, response: bool) -> IkeHeader:
+        flags = HeaderFlag.INITIATOR if self.is_initiator else 0
+        if response:
+            flags |= HeaderFlag.RESPONSE
+        return IkeHeader(self.spi_i, self.spi_r, exchange, int(flags), message_id)
+
+    def _max_message_size(self) -> int | None:
+        """RFC 7383 §2.5.1: fragment only when both sides announced support."""
+        config = self._icfg or self._rcfg
+        assert config is not None
+        if not (config.fragmentation and self.peer_fragmentation):
+            return None
+        overhead = IP_HEADER[_ip(self.remote).version] + UDP_HEADER
+        if self.local[1] != IKE_PORT:
+            overhead += NON_ESP_MARKER_SIZE
+        return config.fragment_size - overhead
+
+    def _seal(self, header: IkeHeader, payloads: Sequence[Payload]) -> list[bytes]:
+        assert self._ciphers is not None
+        cipher = self._ciphers.outbound(self.is_initiator)
+        return seal_message(header, payloads, cipher, max_message_size=self._max_message_size())
+
+    def _request(
+        self,
+        exchange: ExchangeType,
+        payloads: Sequence[Payload],
+        on_response: Callable[[Message, float], None],
+        now: float,
+        on_give_up: Callable[[float], None] | None = None,
+    ) -> None:
+        """Send a protected request now, or queue it behind the outstanding one (§2.3)."""
+        if self._outstanding is not None:
+            self._queued.append(
+                lambda later: self._request(exchange, payloads, on_response, later, on_give_up)
+            )
+            return
+        header = self._header(exchange, self._my_next_id, response=False)
+        datagrams = self._seal(header, payloads)
+        self._start_outstanding(exchange, self._my_next_id, datagrams, on_response, now, on_give_up)
+
+    def _start_outstanding(
+        self,
+        exchange: ExchangeType,
+        message_id: int,
+        datagrams: list[bytes],
+        on_response: Callable[[Message, float], None],
+        now: float,
+        on_give_up: Callable[[float], None] | None,
+    ) -> None:
+        self._outstanding = _Outstanding(
+            exchange,
+            message_id,
+            datagrams,
+            Retransmitter(self._retransmit, now),
+            on_response,
+            on_give_up or self._give_up,
+        )
+        self._send(datagrams)
+
+    def _give_up(self, now: float) -> None:
+        """RFC 7296 §2.4: no answer after the last retransmission: the SA is dead."""
+        self._close_failed("peer not responding (retransmissions exhausted)", None, now)
+
+    def _finish_exchange(self, now: float) -> None:
+        """Our request got its answer: next Message ID, then the next queued request."""
+        self._outstanding = None
+        self._my_next_id += 1
+        if self._queued and not self.closed:
+            self._queued.popleft()(now)
+
+    def _respond(self, request: IkeHeader, payloads: Sequence[Payload]) -> None:
+        """Answer the peer's request and keep the answer for its retransmissions (§2.1)."""
+        header = self._header(request.exchange_type, request.message_id, response=True)
+        datagrams = self._seal(header, payloads)
+        self._cached_response = (request.message_id, datagrams)
+        self._peer_next_id = request.message_id + 1
+        self._send(datagrams)
+
+    # ------------------------------------------------------------------
+    # Receiving
+
+    def receive(
+        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
+    ) -> None:
+        """One datagram for this SA (the endpoint matched its SPI). Never raises."""
+        if self.closed:
+            return
+        if header.is_initiator == self.is_initiator:
+            self.counters["dropped_wrong_role"] += 1
+            return
+        try:
+            if header.is_response:
+                self._receive_response(data, header, src, dst, now)
+            else:
+                self._receive_request(data, header, src, dst, now)
+        except IntegrityError:
+            self.counters["dropped_integrity"] += 1  # §2.21.1: drop silently
+        except IkeError:
+            self.counters["dropped_invalid"] += 1
+
+    def _receive_response(
+        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
+    ) -> None:
+        outstanding = self._outstanding
+        if (
+            outstanding is None
+            or header.message_id != outstanding.message_id
+            or header.exchange_type != outstanding.exchange
+        ):
+            self.counters["dropped_unexpected_response"] += 1
+            return
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            message = parse_message(data)
+            self._on_init_response(message, data, src, dst, now)
+            return
+        message_or_none = self._open(data, self._response_reassembler)
+        if message_or_none is None:
+            return
+        outstanding.on_response(message_or_none, now)
+
+    def _open(self, data: bytes, reassembler: Reassembler) -> Message | None:
+        if self._ciphers is None:
+            raise IntegrityError("no keys yet")
+        return reassembler.add(data, self._ciphers.inbound(self.is_initiator))
+
+    def _receive_request(
+        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
+    ) -> None:
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            self.counters["dropped_unexpected_request"] += 1
+            return
+        if header.message_id == self._peer_next_id - 1 and self._cached_response is not None:
+            self._resend_cached(data, src, dst)
+            return
+        if header.message_id != self._peer_next_id:
+            self.counters["dropped_message_id"] += 1
+            return
+        try:
+            message = self._open(data, self._request_reassembler)
+        except CodecError as error:
+            # Authentic but malformed (§2.21.2): answer with the error.
+            self._respond(header, [NotifyPayload(error.notify, data=error.data)])
+            return
+        if message is None:
+            return
+        self._dispatch_request(message, src, dst, now)
+
+    def _resend_cached(self, data: bytes, src: Address, dst: Address) -> None:
+        """§2.1: a retransmitted request gets the stored response, every fragment of it."""
+        assert self._cached_response is not None
+        message = parse_message(data)
+        last = message.payloads[-1] if message.payloads else None
+        if isinstance(last, EncryptedFragmentPayload) and last.fragment_number != 1:
+            return  # answer a fragmented retransmission once, on its first fragment
+        self.counters["retransmissions_answered"] += 1
+        self._outbox.extend(Datagram(d, dst, src) for d in self._cached_response[1])
+
+    def _dispatch_request(self, message: Message, src: Address, dst: Address, now: float) -> None:
+        role = "i" if self.is_initiator else "r"
+        handler = _HANDLERS.get((role, self.state, message.header.exchange_type))
+        if handler is None:
+            self.counters["dropped_no_handler"] += 1
+            return
+        handler(self, message, src, dst, now)
+
+    def resend_init_response(self, src: Address, dst: Address) -> None:
+        """The endpoint saw a retransmitted IKE_SA_INIT request (§2.1)."""
+        if self._init_response and not self.closed:
+            self.counters["retransmissions_answered"] += 1
+            self._outbox.append(Datagram(self._init_response, dst, src))
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    def _close(self, final: Event, by_peer: bool) -> None:
+        for child in self.children.values():
+            if child.state == ChildSaState.INSTALLED:
+                child.state = ChildSaState.DELETED
+                self._emit(
+                    ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
+                )
+        self._release_lease()
+        self._emit(final)
+        self.state = IkeSaState.CLOSED
+        self._outstanding = None
+        self._queued.clear()
+        self._half_open_deadline = None
+
+    def _close_failed(self, reason: str, notify: NotifyType | None, now: float) -> None:
+        self._close(IkeSaFailed(self.local_spi, self.name, reason, notify), by_peer=False)
+
+    def _release_lease(self) -> None:
+        if self._lease_owner is None or self._rcfg is None or self._rcfg.allocator is None:
+            return
+        released = self._rcfg.allocator.release(self._lease_owner)
+        self._lease_owner = None
+        if released:
+            self._emit(LeaseReleased(self.local_spi, self.name, tuple(released)))
+
+    # ------------------------------------------------------------------
+    # Key material
+
+    def _derive_keys(self, shared_secret: bytes) -> None:
+        """SKEYSEED and the seven keys (§2.14), then the SK ciphers."""
+        assert self._suite is not None
+        self._keys = self._suite.derive_keys(
+            self._nonce_i, self._nonce_r, self.spi_i, self.spi_r, shared_secret
+        )
+        self._ciphers = sk_cipher_pair(self._suite, self._keys, self._random)
+
+    @property
+    def _sk_inbound(self) -> SkCipher:
+        assert self._ciphers is not None
+        return self._ciphers.inbound(self.is_initiator)
+
+    def _octets(self, initiator_side: bool, id_body: bytes) -> bytes:
+        """InitiatorSignedOctets / ResponderSignedOctets (§2.15)."""
+        assert self._suite is not None and self._keys is not None
+        prf = self._suite.prf
+        if initiator_side:
+            return auth_octets(self._init_request, self._nonce_r, prf, self._keys.sk_pi, id_body)
+        return auth_octets(self._init_response, self._nonce_i, prf, self._keys.sk_pr, id_body)
+
+    # ------------------------------------------------------------------
+    # NAT detection (§2.23) and fragmentation / hash notifies (RFC 7383, RFC 7427)
+
+    def _natd_notifies(self, spi_r: bytes) -> list[NotifyPayload]:
+        return [
+            NotifyPayload(
+                NotifyType.NAT_DETECTION_SOURCE_IP, data=_natd(self.spi_i, spi_r, self.local)
+            ),
+            NotifyPayload(
+                NotifyType.NAT_DETECTION_DESTINATION_IP, data=_natd(self.spi_i, spi_r, self.remote)
+            ),
+        ]
+
+    def _capability_notifies(self) -> list[NotifyPayload]:
+        config = self._icfg or self._rcfg
+        assert config is not None
+        notifies: list[NotifyPayload] = []
+        if config.fragmentation:
+            notifies.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        notifies.append(signature_hash_algorithms_notify(SUPPORTED_HASH_ALGORITHMS))
+        return notifies
+
+    def _read_capabilities(self, message: Message) -> None:
+        self.peer_fragmentation = (
+            message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        )
+        hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        self._peer_hashes = read_signature_hash_algorithms(hashes) if hashes else ()
+
+    def _detect_nat(self, message: Message, spi_r: bytes, src: Address, dst: Address) -> None:
+        """Compare the peer's NAT-D hashes with the addresses the datagram really had."""
+        sources = [
+            p.data
+            for p in message.find_all(NotifyPayload)
+            if p.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP
+        ]
+        destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+        if not sources or destination is None:
+            return  # the peer does not do NAT-T
+        self.nat_remote = _natd(self.spi_i, spi_r, src) not in sources
+        self.nat_local = destination.data != _natd(self.spi_i, spi_r, dst)
+
+    # ==================================================================
+    # Initiator: IKE_SA_INIT (§1.2, §2.6)
+
+    def start(self, now: float) -> None:
+        """Initiator: send IKE_SA_INIT with the first proposal's first group."""
+        config = self._initiator_config
+        first_group = config.ike_proposals[0].first(TransformType.DH)
+        assert first_group is not None
+        self._dh = generate_key_exchange(first_group.id, self._random)
+        self._send_init(now)
+
+    @property
+    def _initiator_config(self) -> InitiatorConfig:
+        assert self._icfg is not None
+        return self._icfg
+
+    @property
+    def _responder_config(self) -> ResponderConfig:
+        assert self._rcfg is not None
+        return self._rcfg
+
+    def _send_init(self, now: float) -> None:
+        config = self._initiator_config
+        assert self._dh is not None
+        payloads: list[Payload] = []
+        if self._cookie is not None:
+            payloads.append(cookie_notify(self._cookie))  # §2.6: COOKIE first
+        payloads += [
+            sa_payload(config.ike_proposals),
+            KePayload(self._dh.group, self._dh.public_bytes),
+            NoncePayload(self._nonce_i),
+            *self._natd_notifies(ZERO_SPI),
+            *self._capability_notifies(),
+        ]
+        header = self._header(ExchangeType.IKE_SA_INIT, 0, response=False)
+        self._init_request = serialize_message(Message(header, tuple(payloads)))
+        self.state = IkeSaState.INIT_SENT
+        self._start_outstanding(
+            ExchangeType.IKE_SA_INIT, 0, [self._init_request], self._unused_handler, now, None
+        )
+
+    def _unused_handler(self, message: Message, now: float) -> None:
+        raise AssertionError("IKE_SA_INIT responses go to _on_init_response")
+
+    def _on_init_response(
+        self, message: Message, data: bytes, src: Address, dst: Address, now: float
+    ) -> None:
+        if self.state != IkeSaState.INIT_SENT:
+            return
+        cookie = message.notify(NotifyType.COOKIE)
+        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if cookie is not None:
+            self._retry_init(now, cookie=cookie.data)
+        elif invalid_ke is not None:
+            self._retry_with_group(read_invalid_ke_group(invalid_ke), now)
+        elif _error_notifies(message):
+            notify = _error_notifies(message)[0]
+            self._close_failed(f"IKE_SA_INIT refused: {notify.name}", notify, now)
+        else:
+            self._accept_init_response(message, data, src, dst, now)
+
+    def _retry_init(self, now: float, cookie: bytes | None = None) -> None:
+        self._init_retries += 1
+        if self._init_retries > self._initiator_config.max_init_retries:
+            self._close_failed("too many IKE_SA_INIT retries", None, now)
+            return
+        if cookie is not None:
+            self._cookie = cookie
+        self._outstanding = None
+        self._send_init(now)
+
+    def _retry_with_group(self, group: int, now: float) -> None:
+        """§1.3/§2.6: retry with the group the responder wants, if we proposed it."""
+        proposed = {
+            t.id for p in self._initiator_config.ike_proposals for t in p.of_type(TransformType.DH)
+        }
+        assert self._dh is not None
+        if group not in proposed or group == self._dh.group:
+            self._close_failed(
+                f"INVALID_KE_PAYLOAD asks for group {group}, which we did not propose",
+                NotifyType.INVALID_KE_PAYLOAD,
+                now,
+            )
+            return
+        self._dh = generate_key_exchange(group, self._random)
+        self._retry_init(now)
+
+    def _accept_init_response(
+        self, message: Message, data: bytes, src: Address, dst: Address, now: float
+    ) -> None:
+        try:
+            spec = self._check_init_response(message)
+        except RemoteProtocolError as error:
+            self._close_failed(f"bad IKE_SA_INIT response: {error}", error.notify, now)
+            return
+        self.spi_r = message.header.spi_r
+        self._init_response = data
+        self._suite = IkeSuite.from_proposal(spec)
+        ke = message.find(KePayload)
+        nonce = message.find(NoncePayload)
+        assert ke is not None and nonce is not None and self._dh is not None
+        self._nonce_r = nonce.data
+        try:
+            shared = self._dh.shared_secret(ke.data)
+        except RemoteProtocolError as error:
+            self._close_failed(f"bad KE from the responder: {error}", error.notify, now)
+            return
+        self._derive_keys(shared)
+        self._read_capabilities(message)
+        self._detect_nat(message, self.spi_r, src, dst)
+        self._outstanding = None
+        self._my_next_id = 1
+        self._float_to_nat_t()
+        self._send_first_auth(now)
+
+    def _check_init_response(self, message: Message) -> ProposalSpec:
+        sa, ke, nonce = message.find(SaPayload), message.find(KePayload), message.find(NoncePayload)
+        if sa is None or ke is None or nonce is None or message.header.spi_r == ZERO_SPI:
+            raise _error(NotifyType.INVALID_SYNTAX, "SA, KE and Nr are required")
+        _, spec = check_answer(self._initiator_config.ike_proposals, sa, ProtocolId.IKE)
+        group = spec.first(TransformType.DH)
+        assert self._dh is not None
+        if group is None or group.id != self._dh.group or ke.group != self._dh.group:
+            raise _error(NotifyType.INVALID_KE_PAYLOAD, "the responder's group is not ours")
+        return spec
+
+    def _float_to_nat_t(self) -> None:
+        """RFC 7296 §2.23 behind a NAT, RFC 4555 §3.3 with MOBIKE: IKE_AUTH goes to 4500."""
+        if not (self.nat_local or self.nat_remote or self._initiator_config.mobike):
+            return
+        if self.local[1] == IKE_PORT:
+            self.local = (self.local[0], NAT_T_PORT)
+        if self.remote[1] == IKE_PORT:
+            self.remote = (self.remote[0], NAT_T_PORT)
+
+    # ==================================================================
+    # Initiator: IKE_AUTH with EAP (§2.16)
+
+    def _dynamic_local_ts(self) -> tuple[TrafficSelector, ...]:
+        config = self._initiator_config
+        if config.child.local_ts:
+            return selectors_for_networks(config.child.local_ts)
+        networks = [
+            ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+            for family in config.virtual_ip_families
+        ]
+        return selectors_for_networks(networks)
+
+    def _send_first_auth(self, now: float) -> None:
+        config = self._initiator_config
+        identity = parse_identity(config.identity)
+        self._eap_peer = EapPeer(
+            identity.data, config.eap_password, config.eap_methods, self._random
+        )
+        child = ChildSa(spi_in=self._new_child_spi())
+        self.children[child.spi_in] = child
+        tsi = self._dynamic_local_ts()
+        tsr = selectors_for_networks(config.child.remote_ts)
+        self._offered_ts = (tsi, tsr)
+        payloads: list[Payload] = [identity.idi()]
+        if config.ca:
+            payloads.append(certreq_payload(config.ca))
+        payloads += [
+            parse_identity(config.remote_id).idr(),
+            build_request(config.virtual_ip_families),
+            sa_payload(config.child.esp_proposals, child.spi_in),
+            TsiPayload(tsi),
+            TsrPayload(tsr),
+        ]
+        if config.mobike:
+            payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
+        self._idi = identity.idi()
+        self.state = IkeSaState.AUTH_SENT
+        self._request(ExchangeType.IKE_AUTH, payloads, self._on_first_auth_response, now)
+
+    def _new_child_spi(self) -> bytes:
+        while True:
+            spi = self._random(4)
+            if int.from_bytes(spi, "big") >= 256 and spi not in self.children:
+                return spi  # SPIs 1-255 are reserved (RFC 4303 §2.1)
+
+    def _auth_failure_in(self, message: Message) -> NotifyType | None:
+        errors = [n for n in _error_notifies(message) if n not in CHILD_ERRORS]
+        return errors[0] if errors else None
+
+    def _on_first_auth_response(self, message: Message, now: float) -> None:
+        """The gateway's IDr, [CERT], AUTH and first EAP Request."""
+        self._finish_exchange(now)
+        error = self._auth_failure_in(message)
+        if error is not None:
+            self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
+            return
+        try:
+            self._verify_responder(message)
+        except RemoteProtocolError as failure:
+            self._close_failed(f"gateway authentication failed: {failure}", failure.notify, now)
+            return
+        self._continue_eap(message, now)
+
+    def _verify_responder(self, message: Message) -> None:
+        """§2.15: check IDr against the configured id, then AUTH (certificate or PSK)."""
+        config = self._initiator_config
+        idr, auth = message.find(IdrPayload), message.find(AuthPayload)
+        if idr is None or auth is None:
+            raise _error(NotifyType.AUTHENTICATION_FAILED, "IDr and AUTH are required")
+        expected = parse_identity(config.remote_id)
+        if identity_of(idr) != expected:
+            raise _error(NotifyType.AUTHENTICATION_FAILED, f"gateway is not {config.remote_id}")
+        octets = self._octets(False, idr.rest_of_id_payload())
+        assert self._suite is not None
+        if config.psk is not None:
+            if auth.method != AuthMethod.PSK:
+                raise _error(NotifyType.AUTHENTICATION_FAILED, "expected PSK authentication")
+            verify_shared_key_auth(self._suite.prf, config.psk, octets, auth.data)
+        else:
+            assert config.wall_clock is not None
+            key = verify_peer_certificate(
+                message.find_all(CertPayload), config.ca, expected, config.wall_clock()
+            )
+            verify_auth(auth.method, key, octets, auth.data)
+        self.peer_identity = expected
+
+    def _continue_eap(self, message: Message, now: float) -> None:
+        """Feed the EAP payload to the peer; answer, or send AUTH after EAP-Success."""
+        peer = self._eap_peer
+        eap = message.find(EapPayload)
+        assert peer is not None
+        if eap is None:
+            self._close_failed(
+                "IKE_AUTH response without EAP", NotifyType.AUTHENTICATION_FAILED, now
+            )
+            return
+        reply = peer.handle(eap.data)
+        if peer.result == EapResult.SUCCESS:
+            self._send_final_auth(now)
+        elif peer.result == EapResult.FAILURE:
+            self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
+        elif reply is None:
+            self._close_failed("unusable EAP request", NotifyType.AUTHENTICATION_FAILED, now)
+        else:
+            self.state = IkeSaState.EAP_SENT
+            self._request(ExchangeType.IKE_AUTH, [EapPayload(reply)], self._on_eap_response, now)
+
+    def _on_eap_response(self, message: Message, now: float) -> None:
+        self._finish_exchange(now)
+        error = self._auth_failure_in(message)
+        if error is not None:
+            self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
+            return
+        self._continue_eap(message, now)
+
+    def _send_final_auth(self, now: float) -> None:
+        """§2.16: AUTH keyed by the MSK, or SK_pi when the method has none (EAP-MD5)."""
+        assert self._suite is not None and self._keys is not None and self._eap_peer is not None
+        assert self._idi is not None
+        octets = self._octets(True, self._idi.rest_of_id_payload())
+        data = eap_auth(self._suite.prf, self._eap_peer.msk, self._keys.sk_pi, octets)
+        self.state = IkeSaState.AUTH_FINAL_SENT
+        self._request(
+            ExchangeType.IKE_AUTH,
+            [AuthPayload(AuthMethod.PSK, data)],
+            self._on_final_auth_response,
+            now,
+        )
+
+    def _on_final_auth_response(self, message: Message, now: float) -> None:
+        self._finish_exchange(now)
+        error = self._auth_failure_in(message)
+        if error is not None:
+            self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
+            return
+        auth = message.find(AuthPayload)
+        assert self._suite is not None and self._keys is not None and self._eap_peer is not None
+        idr_body = parse_identity(self._initiator_config.remote_id).idr().rest_of_id_payload()
+        try:
+            if auth is None:
+                raise _error(NotifyType.AUTHENTICATION_FAILED, "no AUTH after EAP")
+            key = self._eap_peer.msk or self._keys.sk_pr
+            verify_shared_key_auth(self._suite.prf, key, self._octets(False, idr_body), auth.data)
+        except RemoteProtocolError as failure:
+            self._close_failed(f"gateway AUTH after EAP: {failure}", failure.notify, now)
+            return
+        self._establish_initiator(message)
+
+    def _establish_initiator(self, message: Message) -> None:
+        cp = message.find(ConfigurationPayload)
+        if cp is not None and cp.cfg_type == CfgType.CFG_REPLY:
+            reply = parse_reply(cp)
+            self.assigned_addresses, self.dns = reply.addresses, reply.dns
+        self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
+        self.mobike = self._initiator_config.mobike and self.peer_mobike
+        self.state = IkeSaState.ESTABLISHED
+        self._emit_established()
+        self._initiator_child_result(message)
+
+    def _emit_established(self) -> None:
+        self._emit(
+            IkeSaEstablished(
+                self.local_spi,
+                self.name,
+                self.local,
+                self.remote,
+                str(self.peer_identity) if self.peer_identity else "",
+                self.assigned_addresses,
+                self.dns,
+                self.mobike,
+                self.nat_local or self.nat_remote,
+            )
+        )
+
+    def _initiator_child_result(self, message: Message) -> None:
+        """§2.21.3: a refused CHILD SA leaves the IKE SA up."""
+        child = next(iter(self.children.values()))
+        errors = [n for n in _error_notifies(message) if n in CHILD_ERRORS]
+        sa, tsi, tsr = message.find(SaPayload), message.find(TsiPayload), message.find(TsrPayload)
+        if errors or sa is None or tsi is None or tsr is None:
+            notify = errors[0] if errors else NotifyType.NO_PROPOSAL_CHOSEN
+            self._fail_child(child, notify, "CHILD SA refused by the gateway")
+            return
+        try:
+            proposal, spec = check_answer(
+                self._initiator_config.child.esp_proposals, sa, ProtocolId.ESP
+            )
+            if len(proposal.spi) != 4:
+                raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+            self._check_ts_answer(tsi, tsr)
+        except RemoteProtocolError as error:
+            self._fail_child(child, error.notify, f"unacceptable CHILD SA answer: {error}")
+            return
+        child.spi_out = proposal.spi
+        child.local_ts = tuple(t for t in tsi.selectors if isinstance(t, TrafficSelector))
+        child.remote_ts = tuple(t for t in tsr.selectors if isinstance(t, TrafficSelector))
+        self._install_child(child, spec, initiator=True)
+
+    def _check_ts_answer(self, tsi: TsiPayload, tsr: TsrPayload) -> None:
+        offered_i, offered_r = self._offered_ts
+        if not acceptable_answer(tsi.selectors, offered_i) or not acceptable_answer(
+            tsr.selectors, offered_r
+        ):
+            raise _error(NotifyType.TS_UNACCEPTABLE, "selectors not within those proposed")
+
+    def _fail_child(self, child: ChildSa, notify: NotifyType, reason: str) -> None:
+        child.state = ChildSaState.FAILED
+        self.children.pop(child.spi_in, None)
+        self._emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
+
+    def _install_child(self, child: ChildSa, spec: ProposalSpec, *, initiator: bool) -> None:
+        assert self._suite is not None and self._keys is not None
+        child.params = child_sa_params(
+            child,
+            spec,
+            self._suite.prf,
+            self._keys.sk_d,
+            (self._nonce_i, self._nonce_r),
+            initiator,
+            (self.local, self.remote),
+            self.nat_local or self.nat_remote,
+        )
+        child.state = ChildSaState.INSTALLED
+        self._emit(ChildSaEstablished(self.local_spi, self.name, child.params))
+
+    # ==================================================================
+    # Responder: IKE_SA_INIT (§1.2, §2.6)
+
+    def receive_init_request(self, message: Message, data: bytes, now: float) -> None:
+        """Responder: answer a new IKE_SA_INIT request (the endpoint checked COOKIE)."""
+        self.spi_i = message.header.spi_i
+        try:
+            spec, ke = self._select_ike(message)
+        except RemoteProtocolError as error:
+            self._refuse_init(message.header, error)
+            return
+        nonce = message.find(NoncePayload)
+        assert nonce is not None
+        self._nonce_i, self._init_request = nonce.data, data
+        self.spi_r = self._new_ike_spi()
+        self._nonce_r = self._random(NONCE_SIZE)
+        self._suite = IkeSuite.from_proposal(spec)
+        self._dh = generate_key_exchange(self._suite.dh_group, self._random)
+        try:
+            shared = self._dh.shared_secret(ke.data)
+        except RemoteProtocolError as error:
+            self._refuse_init(message.header, error)
+            return
+        self._read_capabilities(message)
+        self._detect_nat(message, ZERO_SPI, self.remote, self.local)
+        self._answer_init(message, spec)
+        self._derive_keys(shared)
+        self.state = IkeSaState.INIT_DONE
+        self._peer_next_id = 1
+        self._half_open_deadline = now + self._responder_config.half_open_timeout
+
+    def _select_ike(self, message: Message) -> tuple[ProposalSpec, KePayload]:
+        sa, ke, nonce = message.find(SaPayload), message.find(KePayload), message.find(NoncePayload)
+        if sa is None or ke is None or nonce is None:
+            raise _error(NotifyType.INVALID_SYNTAX, "SA, KE and Ni are required")
+        _, spec = select(self._responder_config.ike_proposals, sa, ProtocolId.IKE)
+        group = spec.first(TransformType.DH)
+        assert group is not None
+        if ke.group != group.id:
+            # §1.3: tell the initiator which of its groups we want.
+            raise RemoteProtocolError(
+                "KE of another group",
+                NotifyType.INVALID_KE_PAYLOAD,
+                invalid_ke_notify(DhGroup(group.id)).data,
+            )
+        return spec, ke
+
+    def _refuse_init(self, request: IkeHeader, error: RemoteProtocolError) -> None:
+        """Stateless error answer to IKE_SA_INIT; the SA is dropped by the endpoint."""
+        header = IkeHeader(
+            request.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0
+        )
+        notify = NotifyPayload(error.notify, data=error.data)
+        self._outbox.append(
+            Datagram(serialize_message(Message(header, (notify,))), self.local, self.remote)
+        )
+        self._close_failed(f"IKE_SA_INIT refused: {error}", error.notify, 0.0)
+
+    def _answer_init(self, request: Message, spec: ProposalSpec) -> None:
+        assert self._dh is not None
+        sa = request.find(SaPayload)
+        assert sa is not None
+        received, _ = select(self._responder_config.ike_proposals, sa, ProtocolId.IKE)
+        payloads: list[Payload] = [
+            answer(received, spec, b""),
+            KePayload(self._dh.group, self._dh.public_bytes),
+            NoncePayload(self._nonce_r),
+        ]
+        if request.notify(NotifyType.NAT_DETECTION_SOURCE_IP) is not None:
+            payloads += self._natd_notifies_responder()
+        payloads += self._capability_notifies()
+        header = self._header(ExchangeType.IKE_SA_INIT, 0, response=True)
+        self._init_response = serialize_message(Message(header, tuple(payloads)))
+        self._send([self._init_response])
+
+    def _natd_notifies_responder(self) -> list[NotifyPayload]:
+        return [
+            NotifyPayload(
+                NotifyType.NAT_DETECTION_SOURCE_IP,
+                data=_natd(self.spi_i, self.spi_r, self.local),
+            ),
+            NotifyPayload(
+                NotifyType.NAT_DETECTION_DESTINATION_IP,
+                data=_natd(self.spi_i, self.spi_r, self.remote),
+            ),
+        ]
+
+    # ==================================================================
+    # Responder: IKE_AUTH with EAP (§2.16)
+
+    def _follow_peer(self, src: Address, dst: Address) -> None:
+        """§2.23: answer where the authenticated request came from (the float to 4500)."""
+        self.remote, self.local = src, dst
+
+    def _on_first_auth_request(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        self._follow_peer(src, dst)
+        idi = message.find(IdiPayload)
+        if idi is None or message.find(AuthPayload) is not None:
+            # Only EAP initiators are configured: one that sends AUTH is refused.
+            self._refuse_auth(message.header, "IDi without AUTH (EAP) is required", now)
+            return
+        self.peer_identity = identity_of(idi)
+        self.name = str(self.peer_identity)
+        self._auth_request = _AuthRequest(
+            idi,
+            message.find(ConfigurationPayload),
+            message.find(SaPayload),
+            message.find(TsiPayload),
+            message.find(TsrPayload),
+            message.notify(NotifyType.MOBIKE_SUPPORTED) is not None,
+        )
+        config = self._responder_config
+        self._eap_server = EapServer(
+            config.eap_methods,
+            config.eap_users,
+            self._random,
+            ask_identity=config.ask_eap_identity,
+            identity=idi.data,
+        )
+        payloads: list[Payload] = [parse_identity(config.identity).idr()]
+        payloads += self._responder_auth_payloads()
+        payloads.append(EapPayload(self._eap_server.start()))
+        self.state = IkeSaState.EAP
+        self._respond(message.header, payloads)
+
+    def _responder_auth_payloads(self) -> list[Payload]:
+        """CERT chain and AUTH (RFC 7427 method 14 if the peer announced hashes), or PSK."""
+        config = self._responder_config
+        assert self._suite is not None
+        idr_body = parse_identity(config.identity).idr().rest_of_id_payload()
+        octets = self._octets(False, idr_body)
+        if config.psk is not None:
+            return [AuthPayload(AuthMethod.PSK, psk_auth(self._suite.prf, config.psk, octets))]
+        credential = config.credential
+        assert credential is not None
+        method = signature_method(credential.key, self._peer_hashes)
+        signature = sign_auth(method, credential.key, octets)
+        return [*credential.cert_payloads(), AuthPayload(method, signature)]
+
+    def _refuse_auth(self, request: IkeHeader, reason: str, now: float) -> None:
+        self._respond(request, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
+        self._close_failed(reason, NotifyType.AUTHENTICATION_FAILED, now)
+
+    def _on_eap_request(self, message: Message, src: Address, dst: Address, now: float) -> None:
+        self._follow_peer(src, dst)
+        server = self._eap_server
+        assert server is not None
+        auth, eap = message.find(AuthPayload), message.find(EapPayload)
+        if auth is not None and server.result == EapResult.SUCCESS:
+            self._on_final_auth_request(message, auth, now)
+            return
+        reply = server.handle(eap.data) if eap is not None else None
+        if reply is None:
+            self._refuse_auth(message.header, "IKE_AUTH without a usable EAP message", now)
+        elif server.result == EapResult.FAILURE:
+            self._respond(
+                message.header,
+                [EapPayload(reply), NotifyPayload(NotifyType.AUTHENTICATION_FAILED)],
+            )
+            self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
+        else:
+            self._respond(message.header, [EapPayload(reply)])
+
+    def _on_final_auth_request(self, message: Message, auth: AuthPayload, now: float) -> None:
+        """§2.16: the initiator's AUTH from the MSK (SK_pi without one), then ours and the SA."""
+        assert self._suite is not None and self._keys is not None
+        assert self._eap_server is not None and self._auth_request is not None
+        prf, msk = self._suite.prf, self._eap_server.msk
+        idi_body = self._auth_request.idi.rest_of_id_payload()
+        try:
+            verify_shared_key_auth(
+                prf, msk or self._keys.sk_pi, self._octets(True, idi_body), auth.data
+            )
+        except RemoteProtocolError:
+            self._refuse_auth(message.header, "initiator AUTH after EAP does not verify", now)
+            return
+        idr_body = parse_identity(self._responder_config.identity).idr().rest_of_id_payload()
+        octets = self._octets(False, idr_body)
+        payloads: list[Payload] = [
+            AuthPayload(AuthMethod.PSK, eap_auth(prf, msk, self._keys.sk_pr, octets))
+        ]
+        self._half_open_deadline = None
+        self.state = IkeSaState.ESTABLISHED
+        self.peer_mobike = self._auth_request.mobike
+        self.mobike = self.peer_mobike and self._responder_config.mobike
+        child_payloads, child_result = self._responder_child(self._auth_request)
+        payloads += child_payloads
+        if self.mobike:
+            payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
+        self._respond(message.header, payloads)
+        self._emit_established()
+        child_result()
+
+    # ------------------------------------------------------------------
+    # Responder: CP and the first CHILD SA (§2.19, §2.9, §2.17)
+
+    def _lease(self, request: ConfigurationPayload | None) -> ConfigurationPayload | None:
+        allocator = self._responder_config.allocator
+        if request is None or request.cfg_type != CfgType.CFG_REQUEST or allocator is None:
+            return None
+        wanted = parse_request(request)
+        self._lease_owner = self.local_spi
+        leased: list[IPAddress] = []
+        for family, address in sorted(wanted.addresses.items()):
+            got = allocator.acquire(self._lease_owner, 4 if family == 4 else 6, address)
+            if got is not None:
+                leased.append(got)
+        self.assigned_addresses = tuple(leased)
+        if not leased:
+            return None
+        dns = self._responder_config.dns if wanted.dns else ()
+        return build_reply(leased, dns, sorted(wanted.addresses))
+
+    def _responder_child(self, request: _AuthRequest) -> tuple[list[Payload], Callable[[], None]]:
+        """Payloads for the CHILD SA part of the last IKE_AUTH response, and its event."""
+        reply = self._lease(request.cp)
+        payloads: list[Payload] = [reply] if reply is not None else []
+        if request.sa is None or request.tsi is None or request.tsr is None:
+            return payloads, lambda: None  # childless (RFC 6023 style): nothing to set up
+        if request.cp is not None and reply is None and self._responder_config.allocator:
+            failure = NotifyType.INTERNAL_ADDRESS_FAILURE
+            return [*payloads, NotifyPayload(failure)], lambda: self._child_refused(failure)
+        try:
+            child, spec, sa_answer = self._accept_child(request)
+        except RemoteProtocolError as error:
+            notify = error.notify
+            return [*payloads, NotifyPayload(notify)], lambda: self._child_refused(notify)
+        payloads += [sa_answer, TsiPayload(child.remote_ts), TsrPayload(child.local_ts)]
+        return payloads, lambda: self._install_child(child, spec, initiator=False)
+
+    def _child_refused(self, notify: NotifyType) -> None:
+        self._emit(ChildSaFailed(self.local_spi, self.name, notify, "CHILD SA refused"))
+
+    def _accept_child(self, request: _AuthRequest) -> tuple[ChildSa, ProposalSpec, SaPayload]:
+        assert request.sa is not None and request.tsi is not None and request.tsr is not None
+        config = self._responder_config
+        received, spec = select(config.child.esp_proposals, request.sa, ProtocolId.ESP)
+        if len(received.spi) != 4:
+            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+        tsi = narrow(request.tsi.selectors, self._allowed_remote_ts())
+        tsr = narrow(request.tsr.selectors, selectors_for_networks(config.child.local_ts))
+        if not tsi or not tsr:
+            raise _error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
+        child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
+        child.local_ts, child.remote_ts = tsr, tsi
+        self.children[child.spi_in] = child
+        # USE_TRANSPORT_MODE is refused by leaving it out of the answer (§1.3.1).
+        return child, spec, answer(received, spec, child.spi_in)
+
+    def _allowed_remote_ts(self) -> tuple[TrafficSelector, ...]:
+        """TSi: the CP-assigned addresses; else the configured remote_ts; else the peer."""
+        if self.assigned_addresses:
+            return tuple(selector_for_address(a) for a in self.assigned_addresses)
+        remote_ts = self._responder_config.child.remote_ts
+        if remote_ts:
+            return selectors_for_networks(remote_ts)
+        return (selector_for_address(_ip(self.remote)),)
+
+    # ==================================================================
+    # INFORMATIONAL, both roles (§1.4): DELETE and liveness
+
+    def _on_informational_request(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        deletes = message.find_all(DeletePayload)
+        if any(d.protocol_id == ProtocolId.IKE for d in deletes):
+            # §1.4.1: answer with an empty INFORMATIONAL, then the SA is gone.
+            self._respond(message.header, [])
+            self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=True), by_peer=True)
+            return
+        answer_payloads: list[Payload] = []
+        for delete in deletes:
+            if delete.protocol_id == ProtocolId.ESP:
+                answer_payloads += self._peer_deletes_children(delete.spis)
+        self._respond(message.header, answer_payloads)
+
+    def _peer_deletes_children(self, spis: Sequence[bytes]) -> list[Payload]:
+        """§1.4.1: delete the pairs whose outbound SPI the peer named; list our inbound SPIs."""
+        ours: list[bytes] = []
+        for child in list(self.children.values()):
+            if child.spi_out in spis and child.state != ChildSaState.DELETED:
+                ours.append(child.spi_in)
+                self._child_gone(child, by_peer=True)
+        return [DeletePayload.for_child_sas(tuple(ours))] if ours else []
+
+    def _child_gone(self, child: ChildSa, by_peer: bool) -> None:
+        installed = child.state in (ChildSaState.INSTALLED, ChildSaState.DELETING)
+        child.state = ChildSaState.DELETED
+        self.children.pop(child.spi_in, None)
+        if installed:
+            self._emit(
+                ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
+            )
+
+    def _on_create_child_request(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """CREATE_CHILD_SA comes with issue 5; until then refuse it politely (§1.3)."""
+        self._respond(message.header, [NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)])
+
+    def delete(self, now: float) -> None:
+        """Command: delete the IKE SA and its CHILD SAs (§1.4.1)."""
+        if self.state == IkeSaState.ESTABLISHED:
+            self.state = IkeSaState.DELETING
+            self._request(
+                ExchangeType.INFORMATIONAL,
+                [DeletePayload.for_ike_sa()],
+                self._on_delete_response,
+                now,
+                self._on_delete_response_lost,
+            )
+        elif not self.closed and self.state != IkeSaState.DELETING:
+            self._close_failed("deleted before it was established", None, now)
+
+    def _on_delete_response(self, message: Message, now: float) -> None:
+        self._outstanding = None
+        self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=False), by_peer=False)
+
+    def _on_delete_response_lost(self, now: float) -> None:
+        self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=False), by_peer=False)
+
+    def delete_child_sa(self, spi_in: bytes, now: float) -> None:
+        """Command: delete one CHILD SA (§1.4.1)."""
+        child = self.children.get(spi_in)
+        if child is None or child.state != ChildSaState.INSTALLED or not self.established:
+            return
+        child.state = ChildSaState.DELETING
+        self._request(
+            ExchangeType.INFORMATIONAL,
+            [DeletePayload.for_child_sas((spi_in,))],
+            lambda message, later: self._on_child_delete_response(child, later),
+            now,
+        )
+
+    def _on_child_delete_response(self, child: ChildSa, now: float) -> None:
+        self._finish_exchange(now)
+        self._child_gone(child, by_peer=False)
+
+    def check_liveness(self, now: float) -> None:
+        """Command: an empty INFORMATIONAL; no answer means the peer is dead (§1.4, §2.4)."""
+        if self.state != IkeSaState.ESTABLISHED:
+            return
+        self._request(ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+
+    def _on_liveness_response(self, message: Message, now: float) -> None:
+        self._finish_exchange(now)
+        self._emit(LivenessConfirmed(self.local_spi, self.name))
+
+
+RequestHandler = Callable[[IkeSa, Message, Address, Address, float], None]
+
+# (role, state, exchange) -> handler of a peer's request. A missing entry drops it.
+_HANDLERS: dict[tuple[str, IkeSaState, ExchangeType], RequestHandler] = {
+    ("r", IkeSaState.INIT_DONE, ExchangeType.IKE_AUTH): IkeSa._on_first_auth_request,
+    ("r", IkeSaState.EAP, ExchangeType.IKE_AUTH): IkeSa._on_eap_request,
+}
+for _role in ("i", "r"):
+    for _state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING):
+        _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
+        _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = IkeSa._on_create_child_request
+    # A peer may ask while its IKE_AUTH answer to us is still in flight (§2.3).
+    for _state in (IkeSaState.AUTH_FINAL_SENT,):
+        _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request

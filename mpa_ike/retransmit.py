@@ -1,0 +1,48 @@
+"""Request retransmission with exponential back-off (RFC 7296 §2.1, §2.4).
+
+Only the initiator of an exchange retransmits, bit for bit. The defaults are
+strongSwan's (``charon.retransmit_timeout`` 4 s, ``retransmit_base`` 1.8,
+``retransmit_tries`` 5): retransmission n is sent ``timeout * base**(n-1)``
+after the previous send, and after the last one the exchange waits
+``timeout * base**tries`` more before giving up (165 s in all by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitPolicy:
+    timeout: float = 4.0
+    base: float = 1.8
+    tries: int = 5
+
+    def delay(self, sent: int) -> float:
+        """Wait after the ``sent``-th transmission (1 = the original) before acting."""
+        return self.timeout * self.base ** (sent - 1)
+
+
+class TimerAction(Enum):
+    NONE = "none"
+    RETRANSMIT = "retransmit"
+    GIVE_UP = "give_up"
+
+
+class Retransmitter:
+    """The back-off schedule of one outstanding request."""
+
+    def __init__(self, policy: RetransmitPolicy, now: float) -> None:
+        self.policy = policy
+        self.sent = 1
+        self.deadline = now + policy.delay(1)
+
+    def on_timer(self, now: float) -> TimerAction:
+        if now < self.deadline:
+            return TimerAction.NONE
+        if self.sent > self.policy.tries:
+            return TimerAction.GIVE_UP
+        self.sent += 1
+        self.deadline = now + self.policy.delay(self.sent)
+        return TimerAction.RETRANSMIT
