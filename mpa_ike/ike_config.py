@@ -56,6 +56,8 @@ class InitiatorConfig:
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
     retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
     max_init_retries: int = 5  # COOKIE and INVALID_KE_PAYLOAD rounds before giving up
+    # RFC 7427 §4: announce SIGNATURE_HASH_ALGORITHMS (off: the gateway signs classically).
+    signature_hash_algorithms: bool = True
 
     def __post_init__(self) -> None:
         if self.psk is None and not self.ca:

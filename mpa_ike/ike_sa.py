@@ -628,7 +628,8 @@ class IkeSa:
         notifies: list[NotifyPayload] = []
         if config.fragmentation:
             notifies.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        notifies.append(signature_hash_algorithms_notify(SUPPORTED_HASH_ALGORITHMS))
+        if self._icfg is None or self._icfg.signature_hash_algorithms:
+            notifies.append(signature_hash_algorithms_notify(SUPPORTED_HASH_ALGORITHMS))
         return notifies
 
     def _read_capabilities(self, message: Message) -> None:

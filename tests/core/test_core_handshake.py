@@ -1,0 +1,189 @@
+"""Back-to-back IKE_SA_INIT + IKE_AUTH(EAP) + CP + first CHILD SA, fake clock."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+from conftest import Pki
+from core_harness import (
+    GATEWAY,
+    MOBILE,
+    Link,
+    initiator_config,
+    responder_config,
+    seeded,
+)
+
+from gateway.pool import AddressPool
+from mpa_ike.constants import AuthMethod, NotifyType
+from mpa_ike.eap import EapType
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.events import (
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from mpa_ike.ike_sa import IkeSaState
+
+
+def connect(
+    pki: Pki,
+    pool: AddressPool[object],
+    *,
+    eap: EapType = EapType.MSCHAPV2,
+    key: str = "rsa",
+    **mobile_options: object,
+) -> Link:
+    credential = getattr(pki, key)
+    gateway = Endpoint(
+        random=seeded(2), responder=responder_config(pool, credential=credential, eap_method=eap)
+    )
+    mobile = Endpoint(random=seeded(1))
+    link = Link(mobile, gateway)
+    mobile.initiate(initiator_config(ca=pki.ca.cert, **mobile_options), MOBILE, GATEWAY, 0.0)
+    link.run()
+    return link
+
+
+def assert_established(link: Link) -> None:
+    for side in ("mobile", "gateway"):
+        assert len(link.of_type(IkeSaEstablished, side)) == 1, side
+        assert len(link.of_type(ChildSaEstablished, side)) == 1, side
+        assert not link.of_type(IkeSaFailed, side), side
+    mobile_child = link.of_type(ChildSaEstablished, "mobile")[0]
+    gateway_child = link.of_type(ChildSaEstablished, "gateway")[0]
+    assert isinstance(mobile_child, ChildSaEstablished)
+    assert isinstance(gateway_child, ChildSaEstablished)
+    m, g = mobile_child.params, gateway_child.params
+    assert (m.spi_in, m.spi_out) == (g.spi_out, g.spi_in)
+    assert (m.encr_key_out, m.integ_key_out) == (g.encr_key_in, g.integ_key_in)
+    assert (m.encr_key_in, m.integ_key_in) == (g.encr_key_out, g.integ_key_out)
+    assert m.local_ts == g.remote_ts and m.remote_ts == g.local_ts
+
+
+@pytest.mark.parametrize("eap", [EapType.MSCHAPV2, EapType.MD5_CHALLENGE])
+@pytest.mark.parametrize("key", ["rsa", "ecdsa"])
+def test_eap_with_certificate(
+    pki: Pki, pool: AddressPool[object], eap: EapType, key: str
+) -> None:
+    link = connect(pki, pool, eap=eap, key=key)
+    assert_established(link)
+    established = link.of_type(IkeSaEstablished)[0]
+    assert isinstance(established, IkeSaEstablished)
+    assert established.assigned_addresses == (IPv4Address("10.10.0.1"),)
+    assert established.peer_identity == "gw.example.net"
+    assert established.mobike and not established.nat_detected
+    child = link.of_type(ChildSaEstablished)[0]
+    assert isinstance(child, ChildSaEstablished)
+    assert [str(r) for r in child.params.local_ts] == ["10.10.0.1"]
+    assert [str(r) for r in child.params.remote_ts] == ["0.0.0.0-255.255.255.255"]
+    # RFC 4555 §3.3: with MOBIKE, IKE_AUTH moved to port 4500.
+    assert child.params.local == (MOBILE[0], 4500) and child.params.remote == (GATEWAY[0], 4500)
+    assert not child.params.encap
+    assert pool.lease_of(next(iter(link.gateway)).local_spi) == IPv4Address("10.10.0.1")
+    # Nothing lost: everything happened at t=0 and no timer is left but none pending.
+    assert link.now == 0.0
+    assert link.mobile.get_timer() is None and link.gateway.get_timer() is None
+    (status,) = link.mobile.snapshot()
+    assert status["state"] == "established" and status["address"] == "10.10.0.1"
+    assert status["child_sas"][0]["state"] == "installed"  # type: ignore[index]
+
+
+def test_classic_signature_without_hash_announcement(pki: Pki, pool: AddressPool[object]) -> None:
+    link = connect(pki, pool, key="ecdsa", signature_hash_algorithms=False)
+    assert_established(link)
+    gateway_sa = next(iter(link.gateway))
+    assert gateway_sa._peer_hashes == ()
+    link2 = connect(pki, AddressPool([pool_net()]), key="rsa", signature_hash_algorithms=False)
+    assert_established(link2)
+
+
+def pool_net():  # type: ignore[no-untyped-def]
+    from core_harness import POOL
+
+    return POOL
+
+
+def test_psk_gateway(pool: AddressPool[object]) -> None:
+    gateway = Endpoint(random=seeded(2), responder=responder_config(pool, psk=b"shared secret!"))
+    mobile = Endpoint(random=seeded(1))
+    link = Link(mobile, gateway)
+    mobile.initiate(initiator_config(psk=b"shared secret!"), MOBILE, GATEWAY, 0.0)
+    link.run()
+    assert_established(link)
+
+
+def test_wrong_psk_fails(pool: AddressPool[object]) -> None:
+    gateway = Endpoint(random=seeded(2), responder=responder_config(pool, psk=b"shared secret!"))
+    mobile = Endpoint(random=seeded(1))
+    link = Link(mobile, gateway)
+    mobile.initiate(initiator_config(psk=b"other secret"), MOBILE, GATEWAY, 0.0)
+    link.run()
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+
+
+def test_untrusted_gateway_certificate(pki: Pki, pool: AddressPool[object]) -> None:
+    gateway = Endpoint(random=seeded(2), responder=responder_config(pool, credential=pki.rsa))
+    mobile = Endpoint(random=seeded(1))
+    link = Link(mobile, gateway)
+    mobile.initiate(initiator_config(ca=pki.other_ca.cert), MOBILE, GATEWAY, 0.0)
+    link.run()
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "trusted CA" in failed.reason
+
+
+@pytest.mark.parametrize("eap", [EapType.MSCHAPV2, EapType.MD5_CHALLENGE])
+def test_wrong_password(pki: Pki, pool: AddressPool[object], eap: EapType) -> None:
+    link = connect(pki, pool, eap=eap, password="wrong")
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert link.of_type(IkeSaFailed, "gateway")
+    assert not link.of_type(IkeSaEstablished, "gateway")
+    assert pool.available(4) == pool.size(4)  # no lease leaked
+    assert not list(link.gateway) and not list(link.mobile)
+
+
+def test_ike_no_proposal_chosen(pki: Pki, pool: AddressPool[object]) -> None:
+    link = connect(pki, pool, ike_text="aes256-sha384-ecp384")
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert not list(link.gateway) and not link.gateway_events
+
+
+def test_child_no_proposal_chosen_keeps_ike_sa(pki: Pki, pool: AddressPool[object]) -> None:
+    link = connect(pki, pool, esp_text="aes256-sha512")
+    for side in ("mobile", "gateway"):
+        assert link.of_type(IkeSaEstablished, side)
+        (failed,) = link.of_type(ChildSaFailed, side)
+        assert isinstance(failed, ChildSaFailed)
+        assert failed.notify == NotifyType.NO_PROPOSAL_CHOSEN
+    (sa,) = link.mobile
+    assert sa.state == IkeSaState.ESTABLISHED and not sa.children
+
+
+def test_modp_cbc_suite(pki: Pki, pool: AddressPool[object]) -> None:
+    gateway = Endpoint(
+        random=seeded(2),
+        responder=responder_config(
+            pool, credential=pki.rsa, ike_text="aes128-sha256-modp2048", esp_text="aes128-sha256"
+        ),
+    )
+    mobile = Endpoint(random=seeded(1))
+    link = Link(mobile, gateway)
+    config = initiator_config(ca=pki.ca.cert, ike_text="aes128-sha256-modp2048", esp_text="aes128-sha256")
+    mobile.initiate(config, MOBILE, GATEWAY, 0.0)
+    link.run()
+    assert_established(link)
+
+
+def test_auth_method_is_rfc7427_when_announced(pki: Pki, pool: AddressPool[object]) -> None:
+    from mpa_ike.certificates import signature_method
+    from mpa_ike.constants import HashAlgorithm
+
+    assert signature_method(pki.rsa.key, [HashAlgorithm.SHA2_256]) == AuthMethod.DIGITAL_SIGNATURE
+    assert signature_method(pki.rsa.key, []) == AuthMethod.RSA_SIG
+    assert signature_method(pki.ecdsa.key, []) == AuthMethod.ECDSA_SHA256_P256
