@@ -227,9 +227,10 @@ def split_protected(data: bytes) -> tuple[bytes, bytes]:
         if payload_type == PayloadType.NONE or offset + GENERIC_HEADER_LENGTH > end:
             raise syntax_error("no SK or SKF payload")
         payload_type = data[offset]
-        offset += _U16.unpack_from(data, offset + 2)[0]
-        if offset > end:
-            raise syntax_error("payload runs past the end of the message")
+        length = _U16.unpack_from(data, offset + 2)[0]
+        if length < GENERIC_HEADER_LENGTH or offset + length > end:
+            raise syntax_error(f"payload length {length} at offset {offset}")
+        offset += length
     if offset + GENERIC_HEADER_LENGTH > end:
         raise syntax_error("truncated SK payload header")
     length = _U16.unpack_from(data, offset + 2)[0]

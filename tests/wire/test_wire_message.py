@@ -194,6 +194,13 @@ def test_split_protected_rejects_bad_layouts() -> None:
         split_protected(data + b"x")
 
 
+def test_split_protected_zero_length_payload_terminates() -> None:
+    # Found by the fuzz tests: a zero Payload Length once made the walk loop forever.
+    data = serialize_message(SAMPLES["init_request"])
+    with pytest.raises(CodecError):
+        split_protected(patched(data, HEADER_LENGTH + 2, b"\x00\x00"))
+
+
 def test_protected_prefix_needs_sk_last() -> None:
     with pytest.raises(LocalProtocolError):
         protected_prefix(SAMPLES["init_request"], 10)

@@ -10,6 +10,7 @@ import pytest
 from wire_samples import ALL_PAYLOADS, ESP_PROPOSAL, IKE_PROPOSAL, PLAIN_PAYLOADS
 
 from mpa_ike.constants import (
+    CertEncoding,
     CfgAttrType,
     DhGroup,
     EncrId,
@@ -90,9 +91,10 @@ def test_rest_of_id_payload_keeps_reserved_octets() -> None:
 
 
 def test_certreq_authority_hashes() -> None:
-    assert CertReqPayload(4, bytes(40)).authority_key_hashes() == [bytes(20)] * 2
+    certreq = CertReqPayload(CertEncoding.X509_SIGNATURE, bytes(40))
+    assert certreq.authority_key_hashes() == [bytes(20)] * 2
     with pytest.raises(CodecError):
-        CertReqPayload(4, bytes(21)).authority_key_hashes()
+        CertReqPayload(CertEncoding.X509_SIGNATURE, bytes(21)).authority_key_hashes()
 
 
 def test_unknown_payload_without_critical_bit_is_kept() -> None:
