@@ -13,7 +13,7 @@ from gateway.pool import AddressPool
 from mpa_ike.certificates import CertificateCredential
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.harness.pki import Credential, make_ca, make_cert  # noqa: E402
+from tests.harness.pki import Credential, make_ca, make_cert
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, ip_network
+from typing import Any
 
 from cryptography import x509
 
@@ -63,7 +64,7 @@ def initiator_config(
     ike_text: str = "aes128gcm16-prfsha256-x25519",
     esp_text: str = "aes128gcm16",
     eap_methods: tuple[EapType, ...] = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE),
-    **overrides: object,
+    **overrides: Any,
 ) -> InitiatorConfig:
     return InitiatorConfig(
         name="gw",
@@ -76,7 +77,7 @@ def initiator_config(
         wall_clock=wall_clock if ca is not None else None,
         psk=psk,
         eap_methods=eap_methods,
-        **overrides,  # type: ignore[arg-type]
+        **overrides,
     )
 
 
@@ -88,7 +89,7 @@ def responder_config(
     eap_method: EapType = EapType.MSCHAPV2,
     ike_text: str = "aes128gcm16-prfsha256-x25519",
     esp_text: str = "aes128gcm16",
-    **overrides: object,
+    **overrides: Any,
 ) -> ResponderConfig:
     users = {USER: PASSWORD}
     return ResponderConfig(
@@ -99,9 +100,9 @@ def responder_config(
         credential=credential,
         psk=psk,
         eap_methods=(eap_method,),
-        allocator=pool,  # type: ignore[arg-type]
+        allocator=pool,
         dns=(ip_network("10.10.0.14/32").network_address,),
-        **overrides,  # type: ignore[arg-type]
+        **overrides,
     )
 
 

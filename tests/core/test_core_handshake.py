@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 from conftest import Pki
 from core_harness import (
     GATEWAY,
     MOBILE,
+    POOL,
     Link,
     initiator_config,
     responder_config,
@@ -34,7 +36,7 @@ def connect(
     *,
     eap: EapType = EapType.MSCHAPV2,
     key: str = "rsa",
-    **mobile_options: object,
+    **mobile_options: Any,
 ) -> Link:
     credential = getattr(pki, key)
     gateway = Endpoint(
@@ -65,9 +67,7 @@ def assert_established(link: Link) -> None:
 
 @pytest.mark.parametrize("eap", [EapType.MSCHAPV2, EapType.MD5_CHALLENGE])
 @pytest.mark.parametrize("key", ["rsa", "ecdsa"])
-def test_eap_with_certificate(
-    pki: Pki, pool: AddressPool[object], eap: EapType, key: str
-) -> None:
+def test_eap_with_certificate(pki: Pki, pool: AddressPool[object], eap: EapType, key: str) -> None:
     link = connect(pki, pool, eap=eap, key=key)
     assert_established(link)
     established = link.of_type(IkeSaEstablished)[0]
@@ -96,14 +96,8 @@ def test_classic_signature_without_hash_announcement(pki: Pki, pool: AddressPool
     assert_established(link)
     gateway_sa = next(iter(link.gateway))
     assert gateway_sa._peer_hashes == ()
-    link2 = connect(pki, AddressPool([pool_net()]), key="rsa", signature_hash_algorithms=False)
+    link2 = connect(pki, AddressPool([POOL]), key="rsa", signature_hash_algorithms=False)
     assert_established(link2)
-
-
-def pool_net():  # type: ignore[no-untyped-def]
-    from core_harness import POOL
-
-    return POOL
 
 
 def test_psk_gateway(pool: AddressPool[object]) -> None:
@@ -174,7 +168,9 @@ def test_modp_cbc_suite(pki: Pki, pool: AddressPool[object]) -> None:
     )
     mobile = Endpoint(random=seeded(1))
     link = Link(mobile, gateway)
-    config = initiator_config(ca=pki.ca.cert, ike_text="aes128-sha256-modp2048", esp_text="aes128-sha256")
+    config = initiator_config(
+        ca=pki.ca.cert, ike_text="aes128-sha256-modp2048", esp_text="aes128-sha256"
+    )
     mobile.initiate(config, MOBILE, GATEWAY, 0.0)
     link.run()
     assert_established(link)

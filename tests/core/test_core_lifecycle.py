@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import Pki
 from core_harness import (
@@ -30,8 +32,14 @@ from mpa_ike.events import (
 from mpa_ike.wire import NotifyPayload, parse_header, parse_message
 
 
-def up(pki: Pki, pool: AddressPool[object], *, credential: object = None, nat: bool = False,
-       **mobile_options: object) -> Link:
+def up(
+    pki: Pki,
+    pool: AddressPool[object],
+    *,
+    credential: object = None,
+    nat: bool = False,
+    **mobile_options: Any,
+) -> Link:
     gateway = Endpoint(
         random=seeded(2),
         responder=responder_config(pool, credential=credential or pki.rsa),  # type: ignore[arg-type]
