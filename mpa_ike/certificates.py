@@ -148,7 +148,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def certificate_names(cert: x509.Certificate, identity: Identity) -> bool:
     """Whether ``cert`` is a certificate for ``identity`` (RFC 4945 §3.1)."""
     if identity.id_type == IdType.DER_ASN1_DN:
-        return cert.subject.public_bytes() == identity.data
+        reversed_subject = x509.Name(list(reversed(cert.subject.rdns)))
+        return identity.data in (cert.subject.public_bytes(), reversed_subject.public_bytes())
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

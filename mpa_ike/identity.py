@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from mpa_ike.constants import IdType
 from mpa_ike.errors import ConfigError
@@ -52,16 +53,48 @@ def parse_identity(text: str) -> Identity:
         id_type = IdType.IPV4_ADDR if address.version == 4 else IdType.IPV6_ADDR
         return Identity(id_type, address.packed)
     if "=" in text:
-        try:
-            name = x509.Name.from_rfc4514_string(text)
-        except ValueError as exc:
-            raise ConfigError(f"identity {text!r} is not a distinguished name") from exc
-        return Identity(IdType.DER_ASN1_DN, name.public_bytes())
+        return Identity(IdType.DER_ASN1_DN, parse_dn(text).public_bytes())
     if text.startswith("@"):
         return Identity(IdType.FQDN, text[1:].encode())
     if "@" in text:
         return Identity(IdType.RFC822_ADDR, text.encode())
     return Identity(IdType.FQDN, text.encode())
+
+
+_DN_KEYS = {
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "CN": NameOID.COMMON_NAME,
+    "E": NameOID.EMAIL_ADDRESS,
+    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "SN": NameOID.SERIAL_NUMBER,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+}
+
+
+def parse_dn(text: str) -> x509.Name:
+    """A DN written as strongSwan does: RDNs in ASN.1 order, ``C=XX, O=Org, CN=host``.
+
+    (RFC 4514 strings list the RDNs the other way round; certificate matching
+    accepts either order, see :func:`mpa_ike.certificates.certificate_names`.)
+    """
+    attributes = []
+    for part in text.replace("/", ",").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        oid = _DN_KEYS.get(key.strip().upper())
+        if not sep or oid is None or not value.strip():
+            raise ConfigError(f"identity {text!r}: cannot read {part.strip()!r} as KEY=value")
+        try:
+            attributes.append(x509.NameAttribute(oid, value.strip()))
+        except ValueError as exc:
+            raise ConfigError(f"identity {text!r}: {exc}") from exc
+    return x509.Name(attributes)
 
 
 def identity_of(payload: IdPayload) -> Identity:

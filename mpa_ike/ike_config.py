@@ -58,6 +58,8 @@ class InitiatorConfig:
     max_init_retries: int = 5  # COOKIE and INVALID_KE_PAYLOAD rounds before giving up
     # RFC 7427 §4: announce SIGNATURE_HASH_ALGORITHMS (off: the gateway signs classically).
     signature_hash_algorithms: bool = True
+    # strongSwan's encap=yes: fake NAT-D so both sides use ESP in UDP on 4500.
+    force_encap: bool = False
 
     def __post_init__(self) -> None:
         if self.psk is None and not self.ca:

@@ -613,10 +613,12 @@ class IkeSa:
     # NAT detection (§2.23) and fragmentation / hash notifies (RFC 7383, RFC 7427)
 
     def _natd_notifies(self, spi_r: bytes) -> list[NotifyPayload]:
+        source = _natd(self.spi_i, spi_r, self.local)
+        if self._icfg is not None and self._icfg.force_encap:
+            # strongSwan's encap=yes: a source hash that cannot match claims a NAT.
+            source = self._random(len(source))
         return [
-            NotifyPayload(
-                NotifyType.NAT_DETECTION_SOURCE_IP, data=_natd(self.spi_i, spi_r, self.local)
-            ),
+            NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=source),
             NotifyPayload(
                 NotifyType.NAT_DETECTION_DESTINATION_IP, data=_natd(self.spi_i, spi_r, self.remote)
             ),
@@ -651,6 +653,8 @@ class IkeSa:
             return  # the peer does not do NAT-T
         self.nat_remote = _natd(self.spi_i, spi_r, src) not in sources
         self.nat_local = destination.data != _natd(self.spi_i, spi_r, dst)
+        if self._icfg is not None and self._icfg.force_encap:
+            self.nat_local = True
 
     # ==================================================================
     # Initiator: IKE_SA_INIT (§1.2, §2.6)
@@ -1082,23 +1086,11 @@ class IkeSa:
             NoncePayload(self._nonce_r),
         ]
         if request.notify(NotifyType.NAT_DETECTION_SOURCE_IP) is not None:
-            payloads += self._natd_notifies_responder()
+            payloads += self._natd_notifies(self.spi_r)
         payloads += self._capability_notifies()
         header = self._header(ExchangeType.IKE_SA_INIT, 0, response=True)
         self._init_response = serialize_message(Message(header, tuple(payloads)))
         self._send([self._init_response])
-
-    def _natd_notifies_responder(self) -> list[NotifyPayload]:
-        return [
-            NotifyPayload(
-                NotifyType.NAT_DETECTION_SOURCE_IP,
-                data=_natd(self.spi_i, self.spi_r, self.local),
-            ),
-            NotifyPayload(
-                NotifyType.NAT_DETECTION_DESTINATION_IP,
-                data=_natd(self.spi_i, self.spi_r, self.remote),
-            ),
-        ]
 
     # ==================================================================
     # Responder: IKE_AUTH with EAP (§2.16)

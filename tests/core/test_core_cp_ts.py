@@ -1,0 +1,144 @@
+"""CP address assignment, traffic selector narrowing, identities, certificates, datapath."""
+
+from __future__ import annotations
+
+import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+from conftest import Pki
+from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+
+from gateway.pool import AddressPool
+from mpa_ike.certificates import certificate_names, verify_peer_certificate
+from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
+from mpa_ike.constants import IdType, NotifyType
+from mpa_ike.datapath import RecordingDatapath
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.errors import RemoteProtocolError
+from mpa_ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
+from mpa_ike.identity import parse_identity
+from mpa_ike.traffic_selectors import acceptable_answer, narrow, parse_range, to_range
+from mpa_ike.wire import TrafficSelector
+
+
+def run(
+    pki: Pki, pool: AddressPool[Any], mobile: Endpoint | None = None, seed: int = 2, **options: Any
+) -> Link:
+    gateway = Endpoint(random=seeded(seed), responder=responder_config(pool, credential=pki.rsa))
+    link = Link(mobile or Endpoint(random=seeded(1)), gateway)
+    link.mobile.initiate(initiator_config(ca=pki.ca.cert, **options), MOBILE, GATEWAY, 0.0)
+    link.run()
+    return link
+
+
+def test_dual_stack_addresses(pki: Pki) -> None:
+    pool: AddressPool[Any] = AddressPool(
+        [IPv4Network("10.10.0.0/28"), IPv6Network("2001:db8:b::/64")]
+    )
+    link = run(pki, pool, virtual_ip_families=(4, 6))
+    established = link.of_type(IkeSaEstablished)[0]
+    assert isinstance(established, IkeSaEstablished)
+    assert established.assigned_addresses == (
+        IPv4Address("10.10.0.1"),
+        ip_address("2001:db8:b::1"),
+    )
+    child = link.of_type(ChildSaEstablished)[0]
+    assert isinstance(child, ChildSaEstablished)
+    assert [str(r) for r in child.params.local_ts] == ["10.10.0.1", "2001:db8:b::1"]
+
+
+def test_pool_exhausted_fails_child_only(pki: Pki) -> None:
+    pool: AddressPool[Any] = AddressPool([IPv4Network("10.10.0.1/32")])
+    first = run(pki, pool)
+    assert first.of_type(ChildSaEstablished)
+    second = run(pki, pool, mobile=Endpoint(random=seeded(5)), seed=6)
+    assert second.of_type(IkeSaEstablished)
+    (failed,) = second.of_type(ChildSaFailed)
+    assert isinstance(failed, ChildSaFailed)
+    assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
+
+
+def test_peer_claiming_nat_gets_udp_encapsulation(pki: Pki, pool: AddressPool[Any]) -> None:
+    """strongSwan's encap=yes fakes NAT-D: both sides must encapsulate ESP."""
+    link = run(pki, pool, force_encap=True, mobike=False)
+    for side in ("mobile", "gateway"):
+        child = link.of_type(ChildSaEstablished, side)[0]
+        assert isinstance(child, ChildSaEstablished) and child.params.encap
+        assert child.params.local[1] == 4500 and child.params.remote[1] == 4500
+
+
+def test_recording_datapath_takes_child_sa_events(pki: Pki, pool: AddressPool[Any]) -> None:
+    link = run(pki, pool)
+    datapath = RecordingDatapath()
+    for event in link.mobile_events:
+        if isinstance(event, ChildSaEstablished):
+            datapath.install_child_sa(event.params)
+    (params,) = datapath.installed.values()
+    datapath.update_addresses(params.spi_in, params.spi_out, ("10.0.0.1", 4500), GATEWAY, True)
+    datapath.remove_child_sa(params.spi_in, params.spi_out)
+    assert [c.method for c in datapath.calls] == [
+        "install_child_sa",
+        "update_addresses",
+        "remove_child_sa",
+    ]
+    assert not datapath.installed
+    assert "encr_key_in" not in repr(params).split("encr_id")[0]
+
+
+def _ts(text: str) -> TrafficSelector:
+    return TrafficSelector.from_network(ip_network(text))
+
+
+def test_narrowing() -> None:
+    proposed = [_ts("0.0.0.0/0"), _ts("::/0")]
+    assert narrow(proposed, [parse_range("10.10.0.1")]) == (parse_range("10.10.0.1"),)
+    assert narrow([_ts("192.168.0.0/16")], [_ts("10.0.0.0/8")]) == ()
+    narrowed = narrow([_ts("10.0.0.0/8")], [_ts("10.1.0.0/16"), _ts("0.0.0.0/0")])
+    assert [str(to_range(t)) for t in narrowed] == [
+        "10.1.0.0-10.1.255.255",
+        "10.0.0.0-10.255.255.255",
+    ]
+    assert acceptable_answer([parse_range("10.10.0.1")], [_ts("0.0.0.0/0")])
+    assert not acceptable_answer([_ts("0.0.0.0/0")], [_ts("10.0.0.0/8")])
+    assert not acceptable_answer([], [_ts("10.0.0.0/8")])
+
+
+def test_cp_round_trip() -> None:
+    request = parse_request(build_request([4, 6]))
+    assert request.addresses == {4: None, 6: None} and request.dns
+    reply = parse_reply(
+        build_reply(
+            [IPv4Address("10.0.0.5"), ip_address("2001:db8::5")],
+            [IPv4Address("10.0.0.53"), ip_address("2001:db8::53")],
+            [4, 6],
+        )
+    )
+    assert [str(a) for a in reply.addresses] == ["10.0.0.5", "2001:db8::5"]
+    assert [str(a) for a in reply.dns] == ["10.0.0.53", "2001:db8::53"]
+
+
+def test_identities() -> None:
+    assert parse_identity("192.0.2.1").id_type == IdType.IPV4_ADDR
+    assert parse_identity("2001:db8::1").id_type == IdType.IPV6_ADDR
+    assert parse_identity("alice@example.net").id_type == IdType.RFC822_ADDR
+    assert parse_identity("@gw.example.net").data == b"gw.example.net"
+    assert parse_identity("CN=gw, O=mpa-ike").id_type == IdType.DER_ASN1_DN
+    assert str(parse_identity("gw.example.net")) == "gw.example.net"
+
+
+def test_certificate_checks(pki: Pki) -> None:
+    cert = pki.rsa.chain[0]
+    assert certificate_names(cert, parse_identity("gw.example.net"))
+    assert not certificate_names(cert, parse_identity("other.example.net"))
+    assert certificate_names(cert, parse_identity(cert.subject.rfc4514_string()))
+    now = datetime.datetime.now(datetime.UTC)
+    payloads = pki.chain.cert_payloads()
+    verify_peer_certificate(payloads, [pki.ca.cert], parse_identity("gw.example.net"), now)
+    for cas, when in (([pki.other_ca.cert], now), ([pki.ca.cert], now.replace(year=now.year + 5))):
+        try:
+            verify_peer_certificate(payloads, cas, parse_identity("gw.example.net"), when)
+        except RemoteProtocolError as error:
+            assert error.notify == NotifyType.AUTHENTICATION_FAILED
+        else:
+            raise AssertionError("an untrusted or expired chain was accepted")
