@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from types import TracebackType
+from typing import Any
 
 from mpa_ike.constants import NotifyType
 from mpa_ike.errors import CodecError
@@ -114,6 +115,10 @@ class Buffer:
     def pull_uint64(self) -> int:
         value: int = _U64.unpack_from(self._data, self._advance(8))[0]
         return value
+
+    def pull_struct(self, layout: struct.Struct) -> tuple[Any, ...]:
+        """Several fixed-size fields at once (hot paths: headers of payloads, transforms)."""
+        return layout.unpack_from(self._data, self._advance(layout.size))
 
     def pull_bytes(self, n: int) -> bytes:
         if n < 0:

@@ -42,6 +42,7 @@ CRITICAL_FLAG = 0x80  # §3.2: the only defined bit of the generic header's flag
 
 _HEADER = struct.Struct("!8s8sBBBBII")
 _U16 = struct.Struct("!H")
+_GENERIC_HEADER = struct.Struct("!BBH")
 _PROTECTED_TYPES = (PayloadType.SK, PayloadType.SKF)
 
 
@@ -180,9 +181,9 @@ def _pull_chain(buf: Buffer, first_type: PayloadType) -> list[Payload]:
 
 def _pull_payload(buf: Buffer, payload_type: PayloadType) -> tuple[Payload, PayloadType]:
     """Read one payload (generic header and body); return it and the Next Payload field."""
-    next_type = PayloadType(buf.pull_uint8())
-    critical = bool(buf.pull_uint8() & CRITICAL_FLAG)
-    length = buf.pull_uint16()
+    next_raw, flags, length = buf.pull_struct(_GENERIC_HEADER)
+    next_type = PayloadType(next_raw)
+    critical = bool(flags & CRITICAL_FLAG)
     if length < GENERIC_HEADER_LENGTH:
         raise syntax_error(f"payload length {length}")
     with buf.restrict(length - GENERIC_HEADER_LENGTH):

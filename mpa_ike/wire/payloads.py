@@ -20,6 +20,7 @@ whose reserved bits are zero re-serialize byte for byte.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -155,16 +156,18 @@ _LAST_PROPOSAL, _MORE_PROPOSALS = 0, 2
 _LAST_TRANSFORM, _MORE_TRANSFORMS = 0, 3
 
 
-def _pull_substructure_header(buf: Buffer, more_marker: int, min_length: int) -> tuple[bool, int]:
-    """Read Last Substruc, RESERVED and Length; return (is_last, body length)."""
-    marker = buf.pull_uint8()
-    buf.skip(1)
-    length = buf.pull_uint16()
+# Last Substruc, RESERVED, Length, then the fixed fields of the substructure.
+_TRANSFORM_FIXED = struct.Struct("!BxHBxH")
+_PROPOSAL_FIXED = struct.Struct("!BxHBBBB")
+
+
+def _check_substructure(marker: int, more_marker: int, length: int, fixed: int) -> int:
+    """Validate Last Substruc and Length; return the length of the variable part."""
     if marker not in (0, more_marker):
         raise syntax_error(f"bad Last Substruc value {marker}")
-    if length < min_length:
-        raise syntax_error(f"substructure length {length} below {min_length}")
-    return marker == 0, length - 4
+    if length < fixed:
+        raise syntax_error(f"substructure length {length} below {fixed}")
+    return length - fixed
 
 
 def _pull_transform_attribute(buf: Buffer) -> TransformAttribute:
@@ -175,25 +178,24 @@ def _pull_transform_attribute(buf: Buffer) -> TransformAttribute:
 
 
 def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
-    is_last, body_length = _pull_substructure_header(buf, _MORE_TRANSFORMS, 8)
-    with buf.restrict(body_length):
-        transform_type = TransformType(buf.pull_uint8())
-        buf.skip(1)
-        transform_id = buf.pull_uint16()
-        attributes: list[TransformAttribute] = []
-        while not buf.eof():
-            attributes.append(_pull_transform_attribute(buf))
-    return is_last, Transform(transform_type, transform_id, tuple(attributes))
+    marker, length, transform_type, transform_id = buf.pull_struct(_TRANSFORM_FIXED)
+    rest = _check_substructure(marker, _MORE_TRANSFORMS, length, _TRANSFORM_FIXED.size)
+    attributes: list[TransformAttribute] = []
+    if rest:
+        with buf.restrict(rest):
+            while not buf.eof():
+                attributes.append(_pull_transform_attribute(buf))
+    return marker == 0, Transform(TransformType(transform_type), transform_id, tuple(attributes))
 
 
 def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
-    is_last, body_length = _pull_substructure_header(buf, _MORE_PROPOSALS, 8)
-    with buf.restrict(body_length):
-        number = buf.pull_uint8()
-        protocol = ProtocolId(buf.pull_uint8())
-        spi_size = buf.pull_uint8()
-        transform_count = buf.pull_uint8()
-        _check_spi_size(_PROPOSAL_SPI_SIZES, protocol, spi_size)
+    marker, length, number, protocol_value, spi_size, transform_count = buf.pull_struct(
+        _PROPOSAL_FIXED
+    )
+    rest = _check_substructure(marker, _MORE_PROPOSALS, length, _PROPOSAL_FIXED.size)
+    protocol = ProtocolId(protocol_value)
+    _check_spi_size(_PROPOSAL_SPI_SIZES, protocol, spi_size)
+    with buf.restrict(rest):
         spi = buf.pull_bytes(spi_size)
         transforms = []
         for index in range(transform_count):
@@ -201,7 +203,7 @@ def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
             if last_transform != (index == transform_count - 1):
                 raise syntax_error("Last Substruc disagrees with the transform count")
             transforms.append(transform)
-    return is_last, Proposal(number, protocol, spi, tuple(transforms))
+    return marker == 0, Proposal(number, protocol, spi, tuple(transforms))
 
 
 def _pull_sa(buf: Buffer, critical: bool) -> SaPayload:
