@@ -32,6 +32,7 @@ import ipaddress
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from mpa_ike.constants import (
     IKE_MAJOR_VERSION,
@@ -46,6 +47,7 @@ from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa import HALF_OPEN_STATES, ZERO_SPI, IkeSa, IkeSaState, Random
 from mpa_ike.wire import (
     HEADER_LENGTH,
+    EncryptedFragmentPayload,
     IkeHeader,
     Message,
     NoncePayload,
@@ -59,6 +61,15 @@ from mpa_ike.wire.notify import cookie_notify
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
 COOKIE_VERSION = b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class _Tombstone:
+    """The last response of a closed SA, resent to retransmissions until ``until``."""
+
+    message_id: int
+    datagrams: list[bytes]
+    until: float
 
 
 class Endpoint:
@@ -85,6 +96,7 @@ class Endpoint:
         self._init_nonces: dict[tuple[str, bytes, bytes], IkeSa] = {}
         self._events: deque[Event] = deque()
         self._outbox: list[Datagram] = []
+        self._tombstones: dict[bytes, _Tombstone] = {}
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------
@@ -94,7 +106,7 @@ class Endpoint:
         out, self._outbox = self._outbox, []
         for sa in self._sas.values():
             out.extend(sa.datagrams_to_send(now))
-        self._forget_closed()
+        self._forget_closed(now)
         return out
 
     def next_event(self) -> Event | None:
@@ -188,6 +200,8 @@ class Endpoint:
             return
         local_spi = header.spi_r if header.is_initiator else header.spi_i
         sa = self._sas.get(local_spi)
+        if sa is None and self._answer_from_tombstone(local_spi, data, header, src, dst):
+            return
         if sa is None or sa.is_initiator == header.is_initiator:
             self.counters["dropped_unknown_spi"] += 1
             return
@@ -207,10 +221,12 @@ class Endpoint:
         while (event := sa.next_event()) is not None:
             self._events.append(event)
 
-    def _forget_closed(self) -> None:
+    def _forget_closed(self, now: float) -> None:
         for spi, sa in list(self._sas.items()):
             if sa.closed:
                 del self._sas[spi]
+                self._keep_last_response(sa, now)
+        self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
         stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
         self._init_packets = {
             k: sa for k, sa in self._init_packets.items() if not sa.closed and id(sa) not in stale
@@ -218,6 +234,28 @@ class Endpoint:
         self._init_nonces = {
             k: sa for k, sa in self._init_nonces.items() if not sa.closed and id(sa) not in stale
         }
+
+    def _keep_last_response(self, sa: IkeSa, now: float) -> None:
+        """§2.1: the answer that closed an SA (to DELETE, to a failed AUTH) may be lost;
+        keep it for the peer's retransmissions as long as the peer would retransmit."""
+        if sa.last_response is None:
+            return
+        message_id, datagrams = sa.last_response
+        until = now + sa.retransmit_policy.total()
+        self._tombstones[sa.local_spi] = _Tombstone(message_id, datagrams, until)
+
+    def _answer_from_tombstone(
+        self, local_spi: bytes, data: bytes, header: IkeHeader, src: Address, dst: Address
+    ) -> bool:
+        tombstone = self._tombstones.get(local_spi)
+        if tombstone is None or header.is_response or header.message_id != tombstone.message_id:
+            return False
+        last = parse_message(data).payloads[-1:]
+        if last and isinstance(last[0], EncryptedFragmentPayload) and last[0].fragment_number != 1:
+            return True
+        self.counters["retransmissions_answered_after_close"] += 1
+        self._outbox.extend(Datagram(d, dst, src) for d in tombstone.datagrams)
+        return True
 
     # ------------------------------------------------------------------
     # IKE_SA_INIT requests (§1.2, §2.1, §2.5, §2.6)

@@ -317,6 +317,15 @@ class IkeSa:
         return self._nonce_i
 
     @property
+    def last_response(self) -> tuple[int, list[bytes]] | None:
+        """(Message ID, datagrams) of the last answer to a peer request, for §2.1 resends."""
+        return self._cached_response
+
+    @property
+    def retransmit_policy(self) -> RetransmitPolicy:
+        return self._retransmit
+
+    @property
     def closed(self) -> bool:
         return self.state == IkeSaState.CLOSED
 
@@ -891,13 +900,15 @@ class IkeSa:
         reply = peer.handle(eap.data)
         if peer.result == EapResult.SUCCESS:
             self._send_final_auth(now)
-        elif peer.result == EapResult.FAILURE:
-            self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
-        elif reply is None:
-            self._close_failed("unusable EAP request", NotifyType.AUTHENTICATION_FAILED, now)
-        else:
+        elif reply is not None:
+            # Also after a method failure: MSCHAPv2 acknowledges its Failure
+            # Request, and the server then ends with EAP-Failure.
             self.state = IkeSaState.EAP_SENT
             self._request(ExchangeType.IKE_AUTH, [EapPayload(reply)], self._on_eap_response, now)
+        elif peer.result == EapResult.FAILURE:
+            self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
+        else:
+            self._close_failed("unusable EAP request", NotifyType.AUTHENTICATION_FAILED, now)
 
     def _on_eap_response(self, message: Message, now: float) -> None:
         self._finish_exchange(now)

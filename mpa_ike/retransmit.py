@@ -23,6 +23,10 @@ class RetransmitPolicy:
         """Wait after the ``sent``-th transmission (1 = the original) before acting."""
         return self.timeout * self.base ** (sent - 1)
 
+    def total(self) -> float:
+        """From the first transmission to giving up (165.06 s by default)."""
+        return sum(self.delay(sent) for sent in range(1, self.tries + 2))
+
 
 class TimerAction(Enum):
     NONE = "none"

@@ -135,8 +135,11 @@ def test_wrong_password(pki: Pki, pool: AddressPool[object], eap: EapType) -> No
     link = connect(pki, pool, eap=eap, password="wrong")
     (failed,) = link.of_type(IkeSaFailed)
     assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
-    assert link.of_type(IkeSaFailed, "gateway")
+    (gateway_failed,) = link.of_type(IkeSaFailed, "gateway")
+    assert isinstance(gateway_failed, IkeSaFailed)
+    assert gateway_failed.notify == NotifyType.AUTHENTICATION_FAILED
     assert not link.of_type(IkeSaEstablished, "gateway")
+    assert link.now == 0.0  # both sides ended at once, no timeout involved
     assert pool.available(4) == pool.size(4)  # no lease leaked
     assert not list(link.gateway) and not list(link.mobile)
 

@@ -19,7 +19,7 @@ from gateway.pool import AddressPool
 from mpa_ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
 from mpa_ike.datagram import Datagram
 from mpa_ike.endpoint import Endpoint
-from mpa_ike.events import ChildSaEstablished, IkeSaEstablished, IkeSaFailed
+from mpa_ike.events import ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
 from mpa_ike.wire import IkeHeader, Message, parse_header, serialize_message
 from mpa_ike.wire.notify import invalid_ke_notify
 
@@ -174,3 +174,36 @@ def test_invalid_ke_for_a_group_never_proposed_is_refused(pki: Pki) -> None:
     failed = mobile.next_event()
     assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.INVALID_KE_PAYLOAD
     assert mobile.datagrams_to_send(0.1) == []
+
+
+def test_lost_authentication_failure_is_resent_after_close(
+    pki: Pki, pool: AddressPool[object]
+) -> None:
+    """The gateway closed the SA on EAP failure; the lost answer is still resent (§2.1)."""
+    link = make_link(pki, pool)
+    last_answer = 4  # INIT, IDr/AUTH/EAP, MSCHAPv2 challenge... the failure is answer 4
+
+    def lose(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        return [] if (way, n) == ("g->m", last_answer) else [datagram]
+
+    link.tamper = lose
+    start(link, pki, password="wrong")
+    link.run()
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert link.now == 4.0
+    assert link.gateway.counters["retransmissions_answered_after_close"] == 1
+    assert pool.available(4) == pool.size(4)
+
+
+def test_lost_delete_answer_is_resent_after_close(pki: Pki, pool: AddressPool[object]) -> None:
+    link = make_link(pki, pool)
+    start(link, pki)
+    link.run()
+    answers = sum(1 for t in link.log if t.direction == "g->m")
+    link.tamper = lambda datagram, way, n: [] if (way, n) == ("g->m", answers) else [datagram]
+    (sa,) = link.mobile
+    link.mobile.delete(sa.local_spi, link.now)
+    link.run()
+    assert link.of_type(IkeSaDeleted) and link.now == 4.0
+    assert link.gateway.counters["retransmissions_answered_after_close"] == 1
