@@ -91,3 +91,12 @@ def test_demo_script_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "IKE_AUTH response" in result.stdout
+
+
+def test_micro_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from mobile.bench_micro import main
+
+    assert main(["--iterations", "20", "--repeats", "1", "--signatures", "ecdsa"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("parse IKE_SA_INIT request", "AES-GCM-16-128", "x25519", "modp2048", "TOTAL"):
+        assert needle in out
