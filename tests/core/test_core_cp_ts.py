@@ -6,8 +6,8 @@ import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
-from conftest import Pki
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+from core_pki import Pki
 
 from gateway.pool import AddressPool
 from mpa_ike.certificates import certificate_names, verify_peer_certificate

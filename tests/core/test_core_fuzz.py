@@ -7,8 +7,8 @@ endpoint's safety net counts internal errors; the property is that it never has 
 
 from __future__ import annotations
 
-from conftest import Pki
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+from core_pki import Pki
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,6 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-from conftest import Pki
 from core_harness import (
     GATEWAY,
     MOBILE,
@@ -16,6 +15,7 @@ from core_harness import (
     responder_config,
     seeded,
 )
+from core_pki import Pki
 
 from gateway.pool import AddressPool
 from mpa_ike.constants import AuthMethod, NotifyType

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Pki
 from core_harness import (
     GATEWAY,
     MOBILE,
@@ -15,6 +14,7 @@ from core_harness import (
     responder_config,
     seeded,
 )
+from core_pki import Pki
 
 from gateway.pool import AddressPool
 from mpa_ike.constants import ExchangeType, NotifyType, PayloadType

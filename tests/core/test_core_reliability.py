@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Pki
 from core_harness import (
     GATEWAY,
     MOBILE,
@@ -14,6 +13,7 @@ from core_harness import (
     responder_config,
     seeded,
 )
+from core_pki import Pki
 
 from gateway.pool import AddressPool
 from mpa_ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
