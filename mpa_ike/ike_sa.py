@@ -97,6 +97,7 @@ from mpa_ike.wire import (
     DeletePayload,
     EapPayload,
     EncryptedFragmentPayload,
+    EncryptedPayload,
     IdiPayload,
     IdrPayload,
     IkeHeader,
@@ -532,6 +533,7 @@ class IkeSa:
         if header.message_id != self._peer_next_id:
             self.counters["dropped_message_id"] += 1
             return
+        self._check_outer(data)
         try:
             message = self._open(data, self._request_reassembler)
         except CodecError as error:
@@ -541,6 +543,22 @@ class IkeSa:
         if message is None:
             return
         self._dispatch_request(message, src, dst, now)
+
+    @staticmethod
+    def _check_outer(data: bytes) -> None:
+        """Reject, before any ICV check, what would fail outside the SK payload.
+
+        Only a CodecError raised after the ICV was verified may be answered
+        (§2.21.2); one about the unprotected part is the peer's or a forger's
+        garbage and is dropped (raised as IntegrityError to be counted so).
+        """
+        try:
+            outer = parse_message(data)
+        except CodecError as error:
+            raise IntegrityError(f"unprotected part malformed: {error}") from None
+        last = outer.payloads[-1] if outer.payloads else None
+        if not isinstance(last, EncryptedPayload | EncryptedFragmentPayload):
+            raise IntegrityError("request without SK payload")
 
     def _resend_cached(self, data: bytes, src: Address, dst: Address) -> None:
         """§2.1: a retransmitted request gets the stored response, every fragment of it."""

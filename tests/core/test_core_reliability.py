@@ -19,7 +19,13 @@ from gateway.pool import AddressPool
 from mpa_ike.constants import DhGroup, ExchangeType, HeaderFlag, NotifyType
 from mpa_ike.datagram import Datagram
 from mpa_ike.endpoint import Endpoint
-from mpa_ike.events import ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
+from mpa_ike.events import (
+    ChildSaEstablished,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    LivenessConfirmed,
+)
 from mpa_ike.wire import IkeHeader, Message, parse_header, serialize_message
 from mpa_ike.wire.notify import invalid_ke_notify
 
@@ -207,3 +213,27 @@ def test_lost_delete_answer_is_resent_after_close(pki: Pki, pool: AddressPool[ob
     link.run()
     assert link.of_type(IkeSaDeleted) and link.now == 4.0
     assert link.gateway.counters["retransmissions_answered_after_close"] == 1
+
+
+def test_forged_malformed_request_is_not_answered(pki: Pki, pool: AddressPool[object]) -> None:
+    """A request with the right SPIs and Message ID that does not even parse is a
+    forgery as far as we know: no answer, and the Message ID does not move."""
+    link = make_link(pki, pool)
+    start(link, pki)
+    link.run()
+    (sa,) = link.gateway
+    auth = next(t.datagram for t in link.log if t.direction == "m->g" and t.datagram.dst[1] == 4500)
+    header = parse_header(auth.data)
+    forged = bytearray(auth.data[:28])
+    forged[16] = 41  # Notify first, then garbage
+    forged[20:24] = (6).to_bytes(4, "big")  # the next Message ID of the mobile node
+    forged += b"\x00\x00\x00\x03\xff"
+    forged[24:28] = len(forged).to_bytes(4, "big")
+    assert header.spi_r == sa.spi_r
+    link.gateway.receive_datagram(bytes(forged), auth.src, auth.dst, 1.0)
+    assert link.gateway.datagrams_to_send(1.0) == []
+    assert sa.counters["dropped_integrity"] == 1
+    (mobile_sa,) = link.mobile
+    link.mobile.check_liveness(mobile_sa.local_spi, 1.0)
+    link.run()
+    assert link.of_type(LivenessConfirmed)
