@@ -63,6 +63,7 @@ def initiator_config(
     password: str = PASSWORD,
     ike_text: str = "aes128gcm16-prfsha256-x25519",
     esp_text: str = "aes128gcm16",
+    remote_ts: str = "0.0.0.0/0",
     eap_methods: tuple[EapType, ...] = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE),
     **overrides: Any,
 ) -> InitiatorConfig:
@@ -72,7 +73,7 @@ def initiator_config(
         eap_password=password,
         remote_id=GATEWAY_ID,
         ike_proposals=ike(ike_text),
-        child=ChildSaConfig(esp(esp_text), remote_ts=(ip_network("0.0.0.0/0"),)),
+        child=ChildSaConfig(esp(esp_text), remote_ts=(ip_network(remote_ts),)),
         ca=(ca,) if ca is not None else (),
         wall_clock=wall_clock if ca is not None else None,
         psk=psk,
@@ -89,13 +90,14 @@ def responder_config(
     eap_method: EapType = EapType.MSCHAPV2,
     ike_text: str = "aes128gcm16-prfsha256-x25519",
     esp_text: str = "aes128gcm16",
+    local_ts: str = "0.0.0.0/0",
     **overrides: Any,
 ) -> ResponderConfig:
     users = {USER: PASSWORD}
     return ResponderConfig(
         identity=GATEWAY_ID,
         ike_proposals=ike(ike_text),
-        child=ChildSaConfig(esp(esp_text), local_ts=(ip_network("0.0.0.0/0"),)),
+        child=ChildSaConfig(esp(esp_text), local_ts=(ip_network(local_ts),)),
         eap_users=lambda identity: users.get(identity.decode(errors="replace")),
         credential=credential,
         psk=psk,

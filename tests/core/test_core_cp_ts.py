@@ -142,3 +142,52 @@ def test_certificate_checks(pki: Pki) -> None:
             assert error.notify == NotifyType.AUTHENTICATION_FAILED
         else:
             raise AssertionError("an untrusted or expired chain was accepted")
+
+
+def test_ts_unacceptable_fails_child_only(pki: Pki, pool: AddressPool[Any]) -> None:
+    gateway = Endpoint(
+        random=seeded(2),
+        responder=responder_config(pool, credential=pki.rsa, local_ts="10.0.0.0/8"),
+    )
+    link = Link(Endpoint(random=seeded(1)), gateway)
+    config = initiator_config(ca=pki.ca.cert, remote_ts="192.168.0.0/16")
+    link.mobile.initiate(config, MOBILE, GATEWAY, 0.0)
+    link.run()
+    for side in ("mobile", "gateway"):
+        assert link.of_type(IkeSaEstablished, side)
+        (failed,) = link.of_type(ChildSaFailed, side)
+        assert isinstance(failed, ChildSaFailed) and failed.notify == NotifyType.TS_UNACCEPTABLE
+
+
+def test_tsr_narrowed_to_gateway_policy(pki: Pki, pool: AddressPool[Any]) -> None:
+    gateway = Endpoint(
+        random=seeded(2),
+        responder=responder_config(pool, credential=pki.rsa, local_ts="10.20.0.0/16"),
+    )
+    link = Link(Endpoint(random=seeded(1)), gateway)
+    link.mobile.initiate(initiator_config(ca=pki.ca.cert), MOBILE, GATEWAY, 0.0)
+    link.run()
+    child = link.of_type(ChildSaEstablished)[0]
+    assert isinstance(child, ChildSaEstablished)
+    assert [str(r) for r in child.params.remote_ts] == ["10.20.0.0-10.20.255.255"]
+
+
+def test_delete_all_on_shutdown(pki: Pki, pool: AddressPool[Any]) -> None:
+    link = run(pki, pool)
+    link.gateway.delete_all(link.now)
+    link.run()
+    assert not list(link.gateway) and not list(link.mobile)
+    assert pool.available(4) == pool.size(4)
+
+
+def test_non_esp_marker_framing() -> None:
+    from mpa_ike.datagram import Datagram, frame_for_socket, unframe_from_socket
+
+    on_500 = Datagram(b"ike", ("192.0.2.1", 500), ("192.0.2.2", 500))
+    on_4500 = Datagram(b"ike", ("192.0.2.1", 4500), ("192.0.2.2", 4500))
+    assert frame_for_socket(on_500) == b"ike"
+    assert frame_for_socket(on_4500) == b"\x00\x00\x00\x00ike"
+    assert unframe_from_socket(b"\x00\x00\x00\x00ike", 4500) == b"ike"
+    assert unframe_from_socket(b"\xff", 4500) is None  # NAT keepalive
+    assert unframe_from_socket(b"\x12\x34\x56\x78esp", 4500) is None  # ESP
+    assert unframe_from_socket(b"ike", 500) == b"ike"
