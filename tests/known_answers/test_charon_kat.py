@@ -150,7 +150,7 @@ def _ike_sa_init(replay: Replay) -> None:
     replay.ciphers.append(sk_cipher_pair(suite, keys))
 
 
-def _rekeyed_ike_sa(replay: Replay, old: int) -> None:
+def _rekeyed_ike_sa(replay: Replay, old: int, new: int) -> None:
     """RFC 7296 §2.18 from the CREATE_CHILD_SA that rekeyed IKE SA ``old``."""
     for index, request in replay.of_exchange("CREATE_CHILD_SA", old):
         sa_payload = request.find(SaPayload)
@@ -165,7 +165,7 @@ def _rekeyed_ike_sa(replay: Replay, old: int) -> None:
         (accepted,) = answered.proposals
         offered = next(p for p in sa_payload.proposals if p.number == accepted.number)
         suite = IkeSuite.from_proposal(to_spec(accepted))
-        new_sa = replay.rec["ike_sas"][old + 1]
+        new_sa = replay.rec["ike_sas"][new]
         keys = suite.derive_rekeyed_keys(
             replay.suites[old].prf,
             replay.keys[old].sk_d,
@@ -204,7 +204,8 @@ def _replay(rec: dict[str, Any]) -> Replay:
     _ike_sa_init(replay)
     _decrypt_all(replay, 0)
     for sa in rec["ike_sas"][1:]:
-        _rekeyed_ike_sa(replay, sa["rekeyed_from"])
+        assert sa["index"] == len(replay.keys)
+        _rekeyed_ike_sa(replay, sa["rekeyed_from"], sa["index"])
         _decrypt_all(replay, sa["index"])
     return replay
 
