@@ -314,10 +314,6 @@ class IkeSa:
         return self.spi_i if self.is_initiator else self.spi_r
 
     @property
-    def peer_nonce_init(self) -> bytes:
-        return self._nonce_i
-
-    @property
     def last_response(self) -> tuple[int, list[bytes]] | None:
         """(Message ID, datagrams) of the last answer to a peer request, for §2.1 resends."""
         return self._cached_response

@@ -191,3 +191,15 @@ def test_non_esp_marker_framing() -> None:
     assert unframe_from_socket(b"\xff", 4500) is None  # NAT keepalive
     assert unframe_from_socket(b"\x12\x34\x56\x78esp", 4500) is None  # ESP
     assert unframe_from_socket(b"ike", 500) == b"ike"
+
+
+def test_ipv6_outer_addresses_with_fragments(pki: Pki, pool: AddressPool[Any]) -> None:
+    gateway = Endpoint(random=seeded(2), responder=responder_config(pool, credential=pki.chain))
+    link = Link(Endpoint(random=seeded(1)), gateway)
+    mobile, gw = ("2001:db8:a::10", 500), ("2001:db8:b::1", 500)
+    link.mobile.initiate(initiator_config(ca=pki.ca.cert), mobile, gw, 0.0)
+    link.run()
+    established = link.of_type(IkeSaEstablished, "gateway")[0]
+    assert isinstance(established, IkeSaEstablished)
+    assert established.remote == ("2001:db8:a::10", 4500) and not established.nat_detected
+    assert max(len(t.datagram.data) for t in link.log) <= 1280 - 40 - 8 - 4
