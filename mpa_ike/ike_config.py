@@ -55,6 +55,7 @@ class InitiatorConfig:
     fragmentation: bool = True
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
     retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    eap_identity: str | None = None  # strongSwan's eap_id; default: the IKE identity
     max_init_retries: int = 5  # COOKIE and INVALID_KE_PAYLOAD rounds before giving up
     # RFC 7427 §4: announce SIGNATURE_HASH_ALGORITHMS (off: the gateway signs classically).
     signature_hash_algorithms: bool = True

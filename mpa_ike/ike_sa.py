@@ -597,6 +597,13 @@ class IkeSa:
         self._queued.clear()
         self._half_open_deadline = None
 
+    def _tell_and_close(self, reason: str, notify: NotifyType) -> None:
+        """§2.21.2: tell the peer why (an INFORMATIONAL sent once, as strongSwan does), close."""
+        if self._ciphers is not None and self._outstanding is None:
+            header = self._header(ExchangeType.INFORMATIONAL, self._my_next_id, response=False)
+            self._send(self._seal(header, [NotifyPayload(notify)]))
+        self._close_failed(reason, notify, 0.0)
+
     def _close_failed(self, reason: str, notify: NotifyType | None, now: float) -> None:
         self._close(IkeSaFailed(self.local_spi, self.name, reason, notify), by_peer=False)
 
@@ -830,8 +837,9 @@ class IkeSa:
     def _send_first_auth(self, now: float) -> None:
         config = self._initiator_config
         identity = parse_identity(config.identity)
+        eap_identity = config.eap_identity.encode() if config.eap_identity else identity.data
         self._eap_peer = EapPeer(
-            identity.data, config.eap_password, config.eap_methods, self._random
+            eap_identity, config.eap_password, config.eap_methods, self._random
         )
         child = ChildSa(spi_in=self._new_child_spi())
         self.children[child.spi_in] = child
@@ -874,7 +882,7 @@ class IkeSa:
         try:
             self._verify_responder(message)
         except RemoteProtocolError as failure:
-            self._close_failed(f"gateway authentication failed: {failure}", failure.notify, now)
+            self._tell_and_close(f"gateway authentication failed: {failure}", failure.notify)
             return
         self._continue_eap(message, now)
 
@@ -922,7 +930,7 @@ class IkeSa:
         elif peer.result == EapResult.FAILURE:
             self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
         else:
-            self._close_failed("unusable EAP request", NotifyType.AUTHENTICATION_FAILED, now)
+            self._tell_and_close("unusable EAP request", NotifyType.AUTHENTICATION_FAILED)
 
     def _on_eap_response(self, message: Message, now: float) -> None:
         self._finish_exchange(now)
@@ -961,7 +969,7 @@ class IkeSa:
             key = self._eap_peer.msk or self._keys.sk_pr
             verify_shared_key_auth(self._suite.prf, key, self._octets(False, idr_body), auth.data)
         except RemoteProtocolError as failure:
-            self._close_failed(f"gateway AUTH after EAP: {failure}", failure.notify, now)
+            self._tell_and_close(f"gateway AUTH after EAP: {failure}", failure.notify)
             return
         self._establish_initiator(message)
 
@@ -1326,6 +1334,17 @@ class IkeSa:
                 ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
             )
 
+    def _on_informational_during_setup(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """An INFORMATIONAL before the SA is up: strongSwan reports a failed
+        authentication this way (N(AUTHENTICATION_FAILED) instead of the EAP
+        acknowledgement, §2.21.2). Answer it, and end the SA on an error notify."""
+        self._respond(message.header, [])
+        errors = _error_notifies(message)
+        if errors:
+            self._close_failed(f"peer reported {errors[0].name}", errors[0], now)
+
     def _on_create_child_request(
         self, message: Message, src: Address, dst: Address, now: float
     ) -> None:
@@ -1392,6 +1411,11 @@ for _role in ("i", "r"):
     for _state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING):
         _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
         _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = IkeSa._on_create_child_request
-    # A peer may ask while its IKE_AUTH answer to us is still in flight (§2.3).
-    for _state in (IkeSaState.AUTH_FINAL_SENT,):
-        _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
+for _state in (IkeSaState.EAP, IkeSaState.AUTH_SENT, IkeSaState.EAP_SENT):
+    _HANDLERS[("r" if _state == IkeSaState.EAP else "i", _state, ExchangeType.INFORMATIONAL)] = (
+        IkeSa._on_informational_during_setup
+    )
+# A peer may ask while its last IKE_AUTH answer to us is still in flight (§2.3).
+_HANDLERS[("i", IkeSaState.AUTH_FINAL_SENT, ExchangeType.INFORMATIONAL)] = (
+    IkeSa._on_informational_request
+)

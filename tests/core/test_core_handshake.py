@@ -117,6 +117,12 @@ def test_wrong_psk_fails(pool: AddressPool[object]) -> None:
     link.run()
     (failed,) = link.of_type(IkeSaFailed)
     assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    # The mobile node told the gateway (INFORMATIONAL N(AUTHENTICATION_FAILED), as
+    # strongSwan does), so the gateway's SA ends at once, not at the half-open timeout.
+    (gateway_failed,) = link.of_type(IkeSaFailed, "gateway")
+    assert isinstance(gateway_failed, IkeSaFailed)
+    assert gateway_failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert link.now == 0.0 and not list(gateway)
 
 
 def test_untrusted_gateway_certificate(pki: Pki, pool: AddressPool[object]) -> None:
