@@ -49,11 +49,17 @@ def test_every_payload_type_round_trips(name: str) -> None:
     round_trip([ALL_PAYLOADS[name]])
 
 
-@pytest.mark.parametrize("name", sorted(PLAIN_PAYLOADS))
+# An unknown payload with the critical bit is rejected instead (tested elsewhere).
+KNOWN_PLAIN_PAYLOADS = {
+    name: payload
+    for name, payload in PLAIN_PAYLOADS.items()
+    if not isinstance(payload, UnknownPayload)
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_PLAIN_PAYLOADS))
 def test_critical_bit_survives_round_trip(name: str) -> None:
-    payload = PLAIN_PAYLOADS[name]
-    if isinstance(payload, UnknownPayload):
-        pytest.skip("an unknown critical payload is rejected, tested elsewhere")
+    payload = KNOWN_PLAIN_PAYLOADS[name]
     data = round_trip([replace(payload, critical=True)])
     assert data[1] == 0x80
 
