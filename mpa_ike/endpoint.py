@@ -97,6 +97,7 @@ class Endpoint:
         self._events: deque[Event] = deque()
         self._outbox: list[Datagram] = []
         self._tombstones: dict[bytes, _Tombstone] = {}
+        self._closed_sa_counters: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------
@@ -133,6 +134,14 @@ class Endpoint:
         return sum(
             1 for sa in self._sas.values() if not sa.is_initiator and sa.state in HALF_OPEN_STATES
         )
+
+    def statistics(self) -> Counter[str]:
+        """Endpoint counters plus those of every SA, live or gone (drops, retransmissions)."""
+        total = Counter(self.counters)
+        total.update(self._closed_sa_counters)
+        for sa in self._sas.values():
+            total.update(sa.counters)
+        return total
 
     def snapshot(self) -> list[dict[str, object]]:
         return [sa.snapshot() for sa in self._sas.values() if not sa.closed]
@@ -226,6 +235,7 @@ class Endpoint:
             if sa.closed:
                 del self._sas[spi]
                 self._keep_last_response(sa, now)
+                self._closed_sa_counters.update(sa.counters)
         self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
         stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
         self._init_packets = {

@@ -107,6 +107,7 @@ def test_corrupted_auth_request_is_dropped_silently(pki: Pki, pool: AddressPool[
     assert_up(link)
     (sa,) = link.gateway
     assert sa.counters["dropped_integrity"] == 1
+    assert link.gateway.statistics()["dropped_integrity"] == 1
     assert link.now == 4.0
 
 
