@@ -22,6 +22,20 @@ IKE_SA_INIT request (SPIr zero) goes through:
 Anything else for an unknown SPI is dropped and counted (§2.21.4 allows an
 INVALID_IKE_SPI answer; strongSwan does not send one either). Nothing raises
 out of ``receive_datagram``, whatever the bytes.
+
+The glue around it (one loop, one timer; sockets bound to UDP 500 and 4500)::
+
+    endpoint.initiate(config, (local_ip, 500), (gateway_ip, 500), loop.time())
+    # on every input, then:
+    for datagram in endpoint.datagrams_to_send(now):
+        sockets[datagram.src[1]].sendto(frame_for_socket(datagram), datagram.dst)
+    while (event := endpoint.next_event()) is not None:
+        ...  # ChildSaEstablished -> datapath.install_child_sa(event.params), etc.
+    rearm(endpoint.get_timer())  # then endpoint.handle_timer(now) when it fires
+    # on a received UDP payload on local port p:
+    message = unframe_from_socket(payload, p)  # None: ESP or keepalive, not IKE
+    if message is not None:
+        endpoint.receive_datagram(message, peer_address, (local_ip, p), now)
 """
 
 from __future__ import annotations
