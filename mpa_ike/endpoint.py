@@ -326,8 +326,11 @@ class Endpoint:
         assert self.responder is not None
         sa = IkeSa.responder(self.responder, dst, src, self._random)
         sa.receive_init_request(message, data, now)
-        while not sa.closed and sa.local_spi in self._sas:
-            sa.spi_r = self._random(8)  # an SPI collision: pick another before anyone saw it
+        if not sa.closed and sa.local_spi in self._sas:
+            # An SPI collision (2^-64): forget this one unanswered; the initiator's
+            # retransmission gets a fresh SPI.
+            self.counters["spi_collisions"] += 1
+            return
         self._collect(sa)
         if sa.state != IkeSaState.INIT_DONE:
             self._outbox.extend(sa.datagrams_to_send(now))
