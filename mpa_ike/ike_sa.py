@@ -357,7 +357,7 @@ class IkeSa:
             "remote": f"{self.remote[0]}[{self.remote[1]}]",
             "spi_i": self.spi_i.hex(),
             "spi_r": self.spi_r.hex(),
-            "peer_id": str(self.peer_identity) if self.peer_identity else None,
+            "peer_id": self._peer_name() or None,
             "address": str(self.assigned_addresses[0]) if self.assigned_addresses else None,
             "addresses": [str(a) for a in self.assigned_addresses],
             "mobike": self.mobike,
@@ -984,6 +984,12 @@ class IkeSa:
         self._emit_established()
         self._initiator_child_result(message)
 
+    def _peer_name(self) -> str:
+        """The peer's identity as configured (initiator) or as received (responder)."""
+        if self._icfg is not None:
+            return self._icfg.remote_id
+        return str(self.peer_identity) if self.peer_identity else ""
+
     def _emit_established(self) -> None:
         self._emit(
             IkeSaEstablished(
@@ -991,7 +997,7 @@ class IkeSa:
                 self.name,
                 self.local,
                 self.remote,
-                str(self.peer_identity) if self.peer_identity else "",
+                self._peer_name(),
                 self.assigned_addresses,
                 self.dns,
                 self.mobike,
