@@ -192,3 +192,21 @@ def test_unknown_spi_dropped_and_counted(pki: Pki, pool: AddressPool[object]) ->
     link.gateway.receive_datagram(forged, auth.src, auth.dst, 1.0)
     assert link.gateway.counters["dropped_unknown_spi"] == 1
     assert link.gateway.datagrams_to_send(1.0) == []
+
+
+def test_unsupported_critical_payload_in_init_is_answered(
+    pki: Pki, pool: AddressPool[object]
+) -> None:
+    from mpa_ike.constants import PayloadType
+    from mpa_ike.wire import Message, UnknownPayload, serialize_message
+
+    request = parse_message(_init_request(pki))
+    odd = UnknownPayload(PayloadType(200), b"?", critical=True)
+    data = serialize_message(Message(request.header, (*request.payloads, odd)))
+    gateway = Endpoint(random=seeded(2), responder=responder_config(pool, credential=pki.rsa))
+    gateway.receive_datagram(data, MOBILE, GATEWAY, 0.0)
+    (answer,) = gateway.datagrams_to_send(0.0)
+    (payload,) = parse_message(answer.data).payloads
+    assert isinstance(payload, NotifyPayload)
+    assert payload.notify_type == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD
+    assert payload.data == bytes([200])
