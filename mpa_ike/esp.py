@@ -1,0 +1,617 @@
+"""ESP in tunnel mode (RFC 4303), sans-I/O: packets in, packets out, counters.
+
+The userspace datapath (:mod:`mpa_ike.io.userspace`) feeds this module inner IP
+packets read from a TUN device and ESP packets read from the UDP 4500 socket;
+nothing here touches a socket, a device or a clock.
+
+Transforms:
+
+- AES-GCM with a 16-byte ICV (RFC 4106): key followed by a 4-byte salt, 8-byte
+  explicit IV, AAD = SPI | sequence number (64 bits with ESN, §5).
+- ChaCha20-Poly1305 (RFC 7634): the same layout with a 32-byte key (§2, §2.1).
+- AES-CBC (RFC 3602) with HMAC-SHA1-96 (RFC 2404) or HMAC-SHA2 (RFC 4868).
+
+Per-packet work is kept small: cipher objects are built once per SA, the AEAD
+IV is the sequence number (unique per key, as Linux's seqiv and strongSwan do;
+RFC 4106 §3.1 only asks for uniqueness), and the CBC IV is the encryption of
+the sequence number under the SA key (NIST SP 800-38A Appendix C), produced by
+the same CBC call that encrypts the payload, so no random call per packet.
+
+Nothing raises for received bytes: every failure is a :class:`DropReason`
+returned to the caller and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from mpa_ike.constants import EncrId, IntegId
+from mpa_ike.crypto.cipher import get_encr
+from mpa_ike.crypto.integ import get_integ
+from mpa_ike.datagram import Address
+from mpa_ike.datapath import ChildSaCounters, ChildSaParams, TsRange
+from mpa_ike.errors import LocalProtocolError
+
+NEXT_HEADER_IPV4 = 4
+NEXT_HEADER_IPV6 = 41
+NEXT_HEADER_NONE = 59
+"""RFC 4303 §2.6: a dummy packet (TFC), discarded by the receiver."""
+
+DEFAULT_REPLAY_WINDOW = 128
+ESP_HEADER_SIZE = 8
+
+_PAD = bytes(range(1, 256))
+"""RFC 4303 §2.4: default padding is the monotonic series 1, 2, 3, ..."""
+_ZERO_BLOCK = bytes(16)
+_CBC_NONCE_PREFIX = b"mpa-esp\x00"
+
+
+class DropReason(enum.Enum):
+    """Why a packet was discarded; counted, never raised."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_SPI = "unknown-spi"
+    REPLAY = "replay"
+    BAD_ICV = "bad-icv"
+    BAD_PADDING = "bad-padding"
+    BAD_NEXT_HEADER = "bad-next-header"
+    DUMMY = "dummy"
+    POLICY = "policy"
+    """Inbound: the inner packet is outside the SA's traffic selectors (RFC 4301 §5.2)."""
+    NO_SA = "no-sa"
+    """Outbound: no SA's traffic selectors cover the inner packet."""
+    SEQ_EXHAUSTED = "seq-exhausted"
+    """Outbound: the sequence number would cycle (RFC 4303 §3.3.3); rekey needed."""
+
+
+class SequenceExhausted(LocalProtocolError):
+    """The outbound SA has sent its last sequence number and must be rekeyed."""
+
+
+# --- transforms ------------------------------------------------------------
+
+
+class EspTransform:
+    """One direction's cipher (and integrity) state for an SA."""
+
+    iv_size: int
+    icv_size: int
+    align: int
+    """Payload | padding | pad length | next header is a multiple of this."""
+
+    def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
+        """IV | ciphertext | ICV for ``plaintext`` (already padded)."""
+        raise NotImplementedError
+
+    def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
+        """The padded plaintext of a whole ESP packet, or None when the ICV is wrong."""
+        raise NotImplementedError
+
+
+class _Aead(EspTransform):
+    """AES-GCM-16 or ChaCha20-Poly1305: nonce = salt | explicit IV (RFC 4106 §4)."""
+
+    iv_size = 8
+    icv_size = 16
+    align = 4
+
+    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes) -> None:
+        self._encrypt = aead.encrypt
+        self._decrypt = aead.decrypt
+        self._salt = salt
+
+    def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
+        iv = seq.to_bytes(8, "big")
+        aad = header[:4] + seq_hi + header[4:] if seq_hi else header
+        return iv + self._encrypt(self._salt + iv, plaintext, aad)
+
+    def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
+        aad = packet[:4] + seq_hi + packet[4:8] if seq_hi else packet[:8]
+        try:
+            return self._decrypt(self._salt + packet[8:16], packet[16:], aad)
+        except InvalidTag:
+            return None
+
+
+class _CbcHmac(EspTransform):
+    """AES-CBC with an HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.8)."""
+
+    iv_size = 16
+    align = 16
+
+    def __init__(self, key: bytes, integ_key: bytes, digest: str, icv_size: int) -> None:
+        self._aes = algorithms.AES(key)
+        self._zero_iv_cipher = Cipher(self._aes, modes.CBC(_ZERO_BLOCK))
+        self._integ_key = integ_key
+        self._digest = digest
+        self.icv_size = icv_size
+
+    def _icv(self, data: bytes) -> bytes:
+        return hmac.digest(self._integ_key, data, self._digest)[: self.icv_size]
+
+    def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
+        # CBC from a zero IV over (nonce block | plaintext): the first output block
+        # is E_K(nonce), an unpredictable IV, and the rest is the CBC encryption of
+        # the plaintext under that IV.
+        enc = self._zero_iv_cipher.encryptor()
+        body = enc.update(_CBC_NONCE_PREFIX + seq.to_bytes(8, "big") + plaintext)
+        signed = header + body
+        return body + self._icv(signed + seq_hi if seq_hi else signed)
+
+    def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
+        n = self.icv_size
+        signed = packet[:-n]
+        if not hmac.compare_digest(self._icv(signed + seq_hi if seq_hi else signed), packet[-n:]):
+            return None
+        dec = Cipher(self._aes, modes.CBC(packet[8:24])).decryptor()
+        return dec.update(signed[24:])
+
+
+def make_transform(
+    encr_id: int, encr_key_bits: int | None, integ_id: int | None, encr_key: bytes, integ_key: bytes
+) -> EspTransform:
+    """The transform for negotiated ids and keys (AEAD keys end with the salt)."""
+    encr = get_encr(encr_id)
+    size = encr.key_size(encr_key_bits)
+    if len(encr_key) != size:
+        raise LocalProtocolError(f"{encr.id.name} needs {size} key bytes, got {len(encr_key)}")
+    if encr.is_aead:
+        if integ_id not in (None, IntegId.NONE):
+            raise LocalProtocolError("an AEAD cipher takes no integrity algorithm")
+        key, salt = encr_key[:-4], encr_key[-4:]
+        if encr.id == EncrId.AES_GCM_16:
+            return _Aead(AESGCM(key), salt)
+        return _Aead(ChaCha20Poly1305(key), salt)
+    if integ_id is None or integ_id == IntegId.NONE:
+        raise LocalProtocolError(f"{encr.id.name} needs an integrity algorithm")
+    integ = get_integ(integ_id)
+    if len(integ_key) != integ.key_size:
+        raise LocalProtocolError(f"{integ.id.name} needs {integ.key_size} key bytes")
+    return _CbcHmac(encr_key, integ_key, integ.digest, integ.icv_size)
+
+
+# --- SAs -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SaStats:
+    packets: int = 0
+    bytes: int = 0
+    drops: Counter[DropReason] = field(default_factory=Counter)
+
+
+class OutboundSa:
+    """The sending side of one SA: sequence numbers and encryption (RFC 4303 §3.1)."""
+
+    def __init__(self, spi: bytes, transform: EspTransform, *, esn: bool = False) -> None:
+        if len(spi) != 4:
+            raise LocalProtocolError("an ESP SPI is 4 bytes")
+        self.spi = spi
+        self.transform = transform
+        self.esn = esn
+        self.seq = 0
+        """The last sequence number sent (64 bits with ESN)."""
+        self._seq_limit = (1 << 64) - 1 if esn else (1 << 32) - 1
+        self.stats = SaStats()
+
+    def encrypt(self, inner: bytes) -> bytes:
+        """The ESP packet (from the SPI on) carrying the inner IP packet ``inner``.
+
+        Raises :class:`SequenceExhausted` once the counter would cycle (§3.3.3),
+        and :class:`LocalProtocolError` if ``inner`` is not an IP packet.
+        """
+        if not inner:
+            raise LocalProtocolError("empty inner packet")
+        version = inner[0] >> 4
+        if version == 4:
+            next_header = NEXT_HEADER_IPV4
+        elif version == 6:
+            next_header = NEXT_HEADER_IPV6
+        else:
+            raise LocalProtocolError(f"not an IP packet (version {version})")
+        return self.encrypt_payload(inner, next_header)
+
+    def encrypt_payload(self, payload: bytes, next_header: int) -> bytes:
+        """ESP-protect ``payload`` with an explicit Next Header (e.g. 59 for a dummy)."""
+        if self.seq >= self._seq_limit:
+            raise SequenceExhausted(f"SPI {self.spi.hex()}: sequence number exhausted")
+        self.seq = seq = self.seq + 1
+        t = self.transform
+        pad_len = -(len(payload) + 2) % t.align
+        plaintext = payload + _PAD[:pad_len] + bytes((pad_len, next_header))
+        header = self.spi + (seq & 0xFFFFFFFF).to_bytes(4, "big")
+        seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else b""
+        packet = header + t.seal(header, seq, seq_hi, plaintext)
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(payload)
+        return packet
+
+
+class ReplayWindow:
+    """The receiver's sliding window (RFC 4303 §3.4.3, Appendix A).
+
+    ``top`` is the highest sequence number authenticated so far; bit ``i`` of
+    the bitmap says whether ``top - i`` was received. A window of 0 disables
+    the check.
+    """
+
+    __slots__ = ("_mask", "bitmap", "size", "top")
+
+    def __init__(self, size: int = DEFAULT_REPLAY_WINDOW) -> None:
+        if size < 0:
+            raise LocalProtocolError("replay window size must be >= 0")
+        self.size = size
+        self.top = 0
+        self.bitmap = 0
+        self._mask = (1 << size) - 1
+
+    def infer_esn(self, seq_low: int) -> int:
+        """The full 64-bit sequence number for a received low half (Appendix A2.2)."""
+        w = max(self.size, 1)
+        th, tl = self.top >> 32, self.top & 0xFFFFFFFF
+        if tl >= w - 1:
+            # Case A: the window lies within one 2^32 subspace.
+            seq_hi = th if seq_low >= tl - w + 1 else th + 1
+        else:
+            # Case B: the window spans two subspaces.
+            bottom = (tl - w + 1) & 0xFFFFFFFF
+            seq_hi = th - 1 if seq_low >= bottom else th
+        if seq_hi < 0 or seq_hi > 0xFFFFFFFF:
+            return 0
+        return (seq_hi << 32) | seq_low
+
+    def check(self, seq: int) -> bool:
+        """True when ``seq`` is neither zero, too old, nor already received."""
+        if seq == 0:
+            return False
+        if self.size == 0 or seq > self.top:
+            return True
+        diff = self.top - seq
+        return diff < self.size and not (self.bitmap >> diff) & 1
+
+    def update(self, seq: int) -> None:
+        """Record an authenticated ``seq`` (call only after :meth:`check` and the ICV)."""
+        if seq > self.top:
+            shift = seq - self.top
+            self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+            self.top = seq
+        elif self.size:
+            self.bitmap |= 1 << (self.top - seq)
+
+
+class InboundSa:
+    """The receiving side of one SA: ICV check, decryption, anti-replay (§3.4)."""
+
+    def __init__(
+        self,
+        spi: bytes,
+        transform: EspTransform,
+        *,
+        esn: bool = False,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+    ) -> None:
+        if len(spi) != 4:
+            raise LocalProtocolError("an ESP SPI is 4 bytes")
+        self.spi = spi
+        self.transform = transform
+        self.esn = esn
+        self.window = ReplayWindow(replay_window)
+        self.stats = SaStats()
+        self.policy: Callable[[bytes], bool] | None = None
+        """Checks a decrypted inner packet against the SA's selectors."""
+        t = transform
+        # SPI, seq, IV, at least pad length and next header, ICV; CBC adds a block.
+        self._min_len = ESP_HEADER_SIZE + t.iv_size + max(2, t.align) + t.icv_size
+
+    def decrypt(self, packet: bytes) -> bytes | DropReason:
+        """The inner IP packet carried by ``packet`` (from the SPI on), or why not."""
+        reason = self._decrypt(packet)
+        if isinstance(reason, DropReason):
+            self.stats.drops[reason] += 1
+        return reason
+
+    def _decrypt(self, packet: bytes) -> bytes | DropReason:
+        t = self.transform
+        if len(packet) < self._min_len or packet[:4] != self.spi:
+            return DropReason.MALFORMED if len(packet) < self._min_len else DropReason.UNKNOWN_SPI
+        if t.align > 4 and (len(packet) - ESP_HEADER_SIZE - t.iv_size - t.icv_size) % t.align:
+            return DropReason.MALFORMED
+        seq_low = int.from_bytes(packet[4:8], "big")
+        window = self.window
+        if self.esn:
+            seq = window.infer_esn(seq_low)
+            seq_hi = (seq >> 32).to_bytes(4, "big")
+        else:
+            seq, seq_hi = seq_low, b""
+        # §3.4.3: the cheap replay check comes before the ICV check.
+        if not window.check(seq):
+            return DropReason.REPLAY
+        plaintext = t.open(packet, seq_hi)
+        if plaintext is None:
+            return DropReason.BAD_ICV
+        window.update(seq)
+        next_header = plaintext[-1]
+        end = len(plaintext) - 2 - plaintext[-2]
+        if end < 0:
+            return DropReason.BAD_PADDING
+        if next_header == NEXT_HEADER_NONE:
+            return DropReason.DUMMY
+        inner = _inner_packet(plaintext, end, next_header)
+        if isinstance(inner, DropReason):
+            return inner
+        if self.policy is not None and not self.policy(inner):
+            return DropReason.POLICY
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(inner)
+        return inner
+
+
+def _inner_packet(plaintext: bytes, end: int, next_header: int) -> bytes | DropReason:
+    """The inner IP packet, without any TFC padding after it (RFC 4303 §2.7)."""
+    if next_header == NEXT_HEADER_IPV4:
+        if end < 20 or plaintext[0] >> 4 != 4:
+            return DropReason.MALFORMED
+        length = int.from_bytes(plaintext[2:4], "big")
+        if length < 20:
+            return DropReason.MALFORMED
+    elif next_header == NEXT_HEADER_IPV6:
+        if end < 40 or plaintext[0] >> 4 != 6:
+            return DropReason.MALFORMED
+        length = 40 + int.from_bytes(plaintext[4:6], "big")
+    else:
+        return DropReason.BAD_NEXT_HEADER
+    if length > end:
+        return DropReason.MALFORMED
+    return plaintext[:length] if length < len(plaintext) else plaintext
+
+
+# --- traffic selectors and the SA tables --------------------------------------
+
+_PORT_PROTOCOLS = frozenset((6, 17, 132, 136))
+"""TCP, UDP, SCTP, UDP-Lite: the protocols whose ports selectors can name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A :class:`TsRange` compiled to integers for matching packets."""
+
+    version: int
+    start: int
+    end: int
+    protocol: int
+    start_port: int
+    end_port: int
+
+    @classmethod
+    def from_ts(cls, ts: TsRange) -> Selector:
+        start, end = ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)
+        if start.version != end.version:
+            raise LocalProtocolError(f"traffic selector {ts} mixes address families")
+        return cls(start.version, int(start), int(end), ts.ip_protocol, ts.start_port, ts.end_port)
+
+    @property
+    def single_address(self) -> bool:
+        return self.start == self.end and self.any_port_any_protocol
+
+    @property
+    def any_port_any_protocol(self) -> bool:
+        return self.protocol == 0 and (self.start_port, self.end_port) == (0, 0xFFFF)
+
+    def matches(self, addr: int, protocol: int, port: int | None) -> bool:
+        """Whether an address (and protocol/port, for restricted selectors) is covered."""
+        if not self.start <= addr <= self.end:
+            return False
+        if self.protocol and self.protocol != protocol:
+            return False
+        if (self.start_port, self.end_port) == (0, 0xFFFF):
+            return True
+        return port is not None and self.start_port <= port <= self.end_port
+
+
+@dataclass(frozen=True, slots=True)
+class PacketKeys:
+    """What selector matching reads from an inner IP header."""
+
+    version: int
+    src: int
+    dst: int
+    protocol: int
+    src_port: int | None
+    dst_port: int | None
+
+
+def packet_keys(packet: bytes) -> PacketKeys | None:
+    """Addresses, protocol and ports of an IP packet, or None if it is not one.
+
+    Ports are read only when the transport header follows the IP header
+    directly (no IPv6 extension headers) and in first fragments.
+    """
+    if len(packet) < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        protocol = packet[9]
+        src, dst = int.from_bytes(packet[12:16], "big"), int.from_bytes(packet[16:20], "big")
+        first_fragment = not int.from_bytes(packet[6:8], "big") & 0x1FFF
+        l4 = ihl if first_fragment and ihl >= 20 else -1
+    elif version == 6 and len(packet) >= 40:
+        protocol = packet[6]
+        src, dst = int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
+        l4 = 40
+    else:
+        return None
+    if protocol in _PORT_PROTOCOLS and l4 >= 0 and len(packet) >= l4 + 4:
+        sport = int.from_bytes(packet[l4 : l4 + 2], "big")
+        dport = int.from_bytes(packet[l4 + 2 : l4 + 4], "big")
+        return PacketKeys(version, src, dst, protocol, sport, dport)
+    return PacketKeys(version, src, dst, protocol, None, None)
+
+
+def _covered(
+    selectors: tuple[Selector, ...], version: int, addr: int, proto: int, port: int | None
+) -> bool:
+    return any(s.version == version and s.matches(addr, proto, port) for s in selectors)
+
+
+class SaPair:
+    """An installed CHILD SA: both directions, outer addresses and selectors."""
+
+    def __init__(self, params: ChildSaParams, replay_window: int = DEFAULT_REPLAY_WINDOW) -> None:
+        self.params = params
+        self.local: Address = params.local
+        self.remote: Address = params.remote
+        self.encap = params.encap
+        self.outbound = OutboundSa(
+            params.spi_out,
+            make_transform(
+                params.encr_id,
+                params.encr_key_bits,
+                params.integ_id,
+                params.encr_key_out,
+                params.integ_key_out,
+            ),
+            esn=params.esn,
+        )
+        self.inbound = InboundSa(
+            params.spi_in,
+            make_transform(
+                params.encr_id,
+                params.encr_key_bits,
+                params.integ_id,
+                params.encr_key_in,
+                params.integ_key_in,
+            ),
+            esn=params.esn,
+            replay_window=replay_window,
+        )
+        self.local_sel = tuple(Selector.from_ts(ts) for ts in params.local_ts)
+        self.remote_sel = tuple(Selector.from_ts(ts) for ts in params.remote_ts)
+        self.inbound.policy = self._inbound_policy
+
+    def _inbound_policy(self, inner: bytes) -> bool:
+        keys = packet_keys(inner)
+        return keys is not None and self.covers_inbound(keys)
+
+    def counters(self) -> ChildSaCounters:
+        i, o = self.inbound.stats, self.outbound.stats
+        return ChildSaCounters(i.bytes, o.bytes, i.packets, o.packets)
+
+    def covers_outbound(self, keys: PacketKeys) -> bool:
+        """Source in our selectors, destination in the peer's (RFC 4301 §5.1)."""
+        return _covered(
+            self.local_sel, keys.version, keys.src, keys.protocol, keys.src_port
+        ) and _covered(self.remote_sel, keys.version, keys.dst, keys.protocol, keys.dst_port)
+
+    def covers_inbound(self, keys: PacketKeys) -> bool:
+        """Source in the peer's selectors, destination in ours (RFC 4301 §5.2 step 4)."""
+        return _covered(
+            self.remote_sel, keys.version, keys.src, keys.protocol, keys.src_port
+        ) and _covered(self.local_sel, keys.version, keys.dst, keys.protocol, keys.dst_port)
+
+
+class EspTunnels:
+    """The SAD and SPD of the userspace datapath: SA pairs by SPI and by selector.
+
+    Outbound lookup by destination is a dictionary hit when the peer's selector
+    is one address (a gateway's many mobile nodes, each with its CP address),
+    and a scan of the installed pairs otherwise, in installation order.
+    """
+
+    def __init__(self, replay_window: int = DEFAULT_REPLAY_WINDOW) -> None:
+        self.replay_window = replay_window
+        self.by_spi_in: dict[bytes, SaPair] = {}
+        self._by_dst: dict[tuple[int, int], list[SaPair]] = {}
+        self._ranged: list[SaPair] = []
+        self.drops: Counter[DropReason] = Counter()
+        """Drops not attributable to an SA (unknown SPI, no SA, malformed)."""
+
+    def install(self, params: ChildSaParams) -> SaPair:
+        if params.mode != "tunnel":
+            raise LocalProtocolError(
+                f"the userspace datapath does tunnel mode only ({params.mode})"
+            )
+        if params.spi_in in self.by_spi_in:
+            raise LocalProtocolError(f"inbound SPI {params.spi_in.hex()} already installed")
+        pair = SaPair(params, self.replay_window)
+        self.by_spi_in[params.spi_in] = pair
+        for sel in pair.remote_sel:
+            if sel.single_address:
+                self._by_dst.setdefault((sel.version, sel.start), []).append(pair)
+        if not all(sel.single_address for sel in pair.remote_sel):
+            self._ranged.append(pair)
+        return pair
+
+    def remove(self, spi_in: bytes) -> SaPair | None:
+        pair = self.by_spi_in.pop(spi_in, None)
+        if pair is None:
+            return None
+        for key in [k for k, pairs in self._by_dst.items() if pair in pairs]:
+            self._by_dst[key].remove(pair)
+            if not self._by_dst[key]:
+                del self._by_dst[key]
+        if pair in self._ranged:
+            self._ranged.remove(pair)
+        return pair
+
+    def update_addresses(self, spi_in: bytes, local: Address, remote: Address, encap: bool) -> None:
+        """Move a pair to new outer addresses; sequence numbers and replay state stay."""
+        pair = self.by_spi_in.get(spi_in)
+        if pair is None:
+            raise LocalProtocolError(f"no SA with inbound SPI {spi_in.hex()}")
+        pair.local, pair.remote, pair.encap = local, remote, encap
+
+    def lookup_outbound(self, inner: bytes) -> SaPair | DropReason:
+        keys = packet_keys(inner)
+        if keys is None:
+            return DropReason.MALFORMED
+        for pair in self._by_dst.get((keys.version, keys.dst), ()):
+            if pair.covers_outbound(keys):
+                return pair
+        for pair in self._ranged:
+            if pair.covers_outbound(keys):
+                return pair
+        return DropReason.NO_SA
+
+    def outbound(self, inner: bytes) -> tuple[SaPair, bytes] | DropReason:
+        """The SA for an inner packet and the ESP packet to send to ``pair.remote``."""
+        pair = self.lookup_outbound(inner)
+        if isinstance(pair, DropReason):
+            self.drops[pair] += 1
+            return pair
+        try:
+            return pair, pair.outbound.encrypt(inner)
+        except SequenceExhausted:
+            pair.outbound.stats.drops[DropReason.SEQ_EXHAUSTED] += 1
+            return DropReason.SEQ_EXHAUSTED
+
+    def inbound(self, packet: bytes) -> tuple[SaPair, bytes] | DropReason:
+        """The SA and inner packet for a received ESP packet (from the SPI on)."""
+        pair = self.by_spi_in.get(packet[:4])
+        if pair is None:
+            reason = (
+                DropReason.MALFORMED if len(packet) < ESP_HEADER_SIZE else DropReason.UNKNOWN_SPI
+            )
+            self.drops[reason] += 1
+            return reason
+        inner = pair.inbound.decrypt(packet)
+        if isinstance(inner, DropReason):
+            return inner
+        return pair, inner
+
+    def counters(self, spi_in: bytes) -> ChildSaCounters:
+        pair = self.by_spi_in.get(spi_in)
+        if pair is None:
+            raise LocalProtocolError(f"no SA with inbound SPI {spi_in.hex()}")
+        return pair.counters()
