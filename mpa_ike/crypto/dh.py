@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 
@@ -196,59 +196,40 @@ class EcpKeyExchange:
             raise _invalid(self._group, "not a point on the curve") from exc
 
 
-class X25519KeyExchange:
-    """Curve25519 (RFC 7748 §5, RFC 8031)."""
+class MontgomeryKeyExchange:
+    """Curve25519 and Curve448 (RFC 7748 §5, RFC 8031)."""
 
-    def __init__(self, private: bytes) -> None:
-        if len(private) != 32:
-            raise ConfigError("curve25519 private key must be 32 bytes")
-        self._key = x25519.X25519PrivateKey.from_private_bytes(private)
+    def __init__(self, group: DhGroup, private: bytes) -> None:
+        key_size, private_cls, self._public_cls = _MONTGOMERY_CURVES[group]
+        if len(private) != key_size:
+            raise ConfigError(f"{group.name.lower()} private key must be {key_size} bytes")
+        self._group = group
+        self._key = private_cls.from_private_bytes(private)
         self._public = self._key.public_key().public_bytes_raw()
 
     @property
     def group(self) -> DhGroup:
-        return DhGroup.CURVE25519
+        return self._group
 
     @property
     def public_bytes(self) -> bytes:
         return self._public
 
     def shared_secret(self, peer_public: bytes) -> bytes:
-        if len(peer_public) != 32:
-            raise _invalid(DhGroup.CURVE25519, f"length {len(peer_public)}")
+        if len(peer_public) != len(self._public):
+            raise _invalid(self._group, f"length {len(peer_public)}")
         try:
-            peer = x25519.X25519PublicKey.from_public_bytes(peer_public)
-            return self._key.exchange(peer)
+            peer = self._public_cls.from_public_bytes(peer_public)
+            return bytes(self._key.exchange(peer))
         except ValueError as exc:
             # RFC 8031 §2.3: an all-zero result (small-order point) is refused.
-            raise _invalid(DhGroup.CURVE25519, "small-order point") from exc
+            raise _invalid(self._group, "small-order point") from exc
 
 
-class X448KeyExchange:
-    """Curve448 (RFC 7748 §5, RFC 8031)."""
-
-    def __init__(self, private: bytes) -> None:
-        if len(private) != 56:
-            raise ConfigError("curve448 private key must be 56 bytes")
-        self._key = x448.X448PrivateKey.from_private_bytes(private)
-        self._public = self._key.public_key().public_bytes_raw()
-
-    @property
-    def group(self) -> DhGroup:
-        return DhGroup.CURVE448
-
-    @property
-    def public_bytes(self) -> bytes:
-        return self._public
-
-    def shared_secret(self, peer_public: bytes) -> bytes:
-        if len(peer_public) != 56:
-            raise _invalid(DhGroup.CURVE448, f"length {len(peer_public)}")
-        try:
-            peer = x448.X448PublicKey.from_public_bytes(peer_public)
-            return self._key.exchange(peer)
-        except ValueError as exc:
-            raise _invalid(DhGroup.CURVE448, "small-order point") from exc
+_MONTGOMERY_CURVES: dict[DhGroup, tuple[int, Any, Any]] = {
+    DhGroup.CURVE25519: (32, x25519.X25519PrivateKey, x25519.X25519PublicKey),
+    DhGroup.CURVE448: (56, x448.X448PrivateKey, x448.X448PublicKey),
+}
 
 
 MODP_PRIMES: dict[DhGroup, int] = {
@@ -300,10 +281,8 @@ def key_exchange_from_private(group: int, private: bytes) -> KeyExchange:
         return ModpKeyExchange(group, MODP_PRIMES[group], private)
     if group in ECP_CURVES:
         return EcpKeyExchange(group, ECP_CURVES[group], private)
-    if group == DhGroup.CURVE25519:
-        return X25519KeyExchange(private)
-    if group == DhGroup.CURVE448:
-        return X448KeyExchange(private)
+    if group in _MONTGOMERY_CURVES:
+        return MontgomeryKeyExchange(group, private)
     raise UnsupportedAlgorithm(f"unsupported key exchange {group.name}")
 
 
