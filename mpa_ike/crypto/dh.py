@@ -205,7 +205,7 @@ class MontgomeryKeyExchange:
             raise ConfigError(f"{group.name.lower()} private key must be {key_size} bytes")
         self._group = group
         self._key = private_cls.from_private_bytes(private)
-        self._public = self._key.public_key().public_bytes_raw()
+        self._public: bytes = self._key.public_key().public_bytes_raw()
 
     @property
     def group(self) -> DhGroup:
