@@ -1,0 +1,350 @@
+"""XfrmDatapath's bookkeeping against an in-memory kernel that accepts ESP states.
+
+The kernel here refuses ESP states, so installing, moving (get/delete/add with the
+replay state), counting and removing states is exercised against ``FakeKernel``,
+which decodes every message the backend sends and keeps the SAD and SPD the way
+the kernel keys them. Entries it was seeded with stand for the host's own and
+must come out untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from xfrm_samples import attr, params_cbc_sha256_v4, params_gcm_v6, roundtrip
+
+from mpa_ike.datapath import ChildSaCounters, Datapath, TsRange
+from mpa_ike.io import xfrm
+from mpa_ike.io.xfrm import (
+    AF_INET,
+    XFRM_MSG_DELPOLICY,
+    XFRM_MSG_DELSA,
+    XFRM_MSG_GETPOLICY,
+    XFRM_MSG_GETSA,
+    XFRM_MSG_MIGRATE,
+    XFRM_MSG_NEWPOLICY,
+    XFRM_MSG_NEWSA,
+    XFRM_MSG_UPDPOLICY,
+    XFRM_POLICY_OUT,
+    PolicyKey,
+    Selector,
+    StateKey,
+    XfrmError,
+)
+
+
+class FakeKernel:
+    """A SAD and SPD keyed like the kernel's, fed with decoded netlink messages."""
+
+    def __init__(self, *, migrate: bool = True) -> None:
+        self.states: dict[StateKey, Any] = {}
+        self.policies: dict[PolicyKey, Any] = {}
+        self.log: list[tuple[str, str]] = []
+        self.migrate = migrate
+        self.refuse: dict[int, int] = {}  # message type -> errno, once
+        self.closed = False
+
+    @staticmethod
+    def state_key(msg: Any, prefix: str) -> StateKey:
+        family = msg["family"]
+        return StateKey(xfrm.unpack_addr(msg[f"{prefix}daddr"], family), msg[f"{prefix}spi"])
+
+    def request(self, msg: Any, what: str = "") -> list[Any]:
+        msg = roundtrip(msg)
+        mtype = msg["header"]["type"]
+        self.log.append((xfrm.MSG_NAMES[mtype], what))
+        if mtype in self.refuse:
+            raise XfrmError(self.refuse.pop(mtype), mtype, "refused by the test", what)
+        if mtype == XFRM_MSG_NEWSA:
+            key = self.state_key(msg, "id_")
+            if key in self.states:
+                raise XfrmError(errno.EEXIST, mtype, "", what)
+            self.states[key] = msg
+        elif mtype in (XFRM_MSG_DELSA, XFRM_MSG_GETSA):
+            key = self.state_key(msg, "")
+            if key not in self.states:
+                raise XfrmError(errno.ESRCH, mtype, "", what)
+            if mtype == XFRM_MSG_GETSA:
+                return [self.states[key]]
+            del self.states[key]
+        elif mtype in (XFRM_MSG_NEWPOLICY, XFRM_MSG_UPDPOLICY):
+            pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
+            if mtype == XFRM_MSG_NEWPOLICY and pkey in self.policies:
+                raise XfrmError(errno.EEXIST, mtype, "", what)
+            self.policies[pkey] = msg
+        elif mtype in (XFRM_MSG_DELPOLICY, XFRM_MSG_GETPOLICY):
+            pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
+            if pkey not in self.policies:
+                raise XfrmError(errno.ENOENT, mtype, "", what)
+            if mtype == XFRM_MSG_GETPOLICY:
+                return [self.policies[pkey]]
+            del self.policies[pkey]
+        elif mtype == XFRM_MSG_MIGRATE:
+            if not self.migrate:
+                raise XfrmError(errno.ENOPROTOOPT, mtype, "", what)
+            self._migrate(msg)
+        return []
+
+    def _migrate(self, msg: Any) -> None:
+        pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
+        mig = attr(msg, "XFRMA_MIGRATE")
+        new_dst = xfrm.unpack_addr(mig["new_daddr"], mig["new_family"])
+        tmpl = attr(self.policies[pkey], "XFRMA_TMPL")
+        tmpl["saddr"], tmpl["daddr"] = mig["new_saddr"], mig["new_daddr"]
+        for key, state in list(self.states.items()):
+            if isinstance(state, str):
+                continue  # the host's
+            if state["reqid"] == mig["reqid"] and state["saddr"] == mig["old_saddr"]:
+                if state["id_daddr"] != mig["old_daddr"]:
+                    continue
+                state["saddr"], state["id_daddr"] = mig["new_saddr"], mig["new_daddr"]
+                del self.states[key]
+                self.states[StateKey(new_dst, key.spi)] = state
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FOREIGN_STATE = StateKey("203.0.113.200", 0x1000)
+FOREIGN_POLICY = PolicyKey(
+    Selector(AF_INET, ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("10.9.0.7/32")),
+    XFRM_POLICY_OUT,  # same selector as one of ours but another direction
+)
+HOST_FWD = PolicyKey(FOREIGN_POLICY.selector, xfrm.XFRM_POLICY_FWD)
+
+
+def seeded_kernel(**kwargs: Any) -> FakeKernel:
+    kernel = FakeKernel(**kwargs)
+    kernel.states[FOREIGN_STATE] = "host state"
+    kernel.policies[FOREIGN_POLICY] = "host policy"
+    return kernel
+
+
+def datapath(kernel: FakeKernel, **kwargs: Any) -> xfrm.XfrmDatapath:
+    return xfrm.XfrmDatapath(kernel, reqid_base=7, **kwargs)
+
+
+def tmpl_addrs(msg: Any) -> tuple[str, str]:
+    tmpl = attr(msg, "XFRMA_TMPL")
+    fam = tmpl["family"]
+    return xfrm.unpack_addr(tmpl["saddr"], fam), xfrm.unpack_addr(tmpl["daddr"], fam)
+
+
+def test_is_a_datapath() -> None:
+    dp: Datapath = datapath(FakeKernel())
+    assert dp is not None
+
+
+def test_install_and_remove_touch_only_our_entries() -> None:
+    kernel = seeded_kernel()
+    dp = datapath(kernel)
+    params = params_cbc_sha256_v4()
+    dp.install_child_sa(params)
+    assert set(dp.installed_states) == {
+        StateKey("192.0.2.10", 0xC1A55E01),
+        StateKey("198.51.100.1", 0x0DDBA112),
+    }
+    assert len(dp.installed_policies) == 3
+    assert set(kernel.states) == {FOREIGN_STATE, *dp.installed_states}
+    assert set(kernel.policies) == {FOREIGN_POLICY, *dp.installed_policies}
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert kernel.states == {FOREIGN_STATE: "host state"}
+    assert kernel.policies == {FOREIGN_POLICY: "host policy"}
+    assert dp.installed_states == [] and dp.installed_policies == []
+    dp.remove_child_sa(params.spi_in, params.spi_out)  # unknown now: nothing to do
+    assert not any(name.startswith("XFRM_MSG_FLUSH") for name, _ in kernel.log)
+
+
+def test_counters_read_the_lifetime_of_both_states() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel)
+    params = params_cbc_sha256_v4()
+    dp.install_child_sa(params)
+    kernel.states[StateKey("192.0.2.10", 0xC1A55E01)].update(cur_bytes=1500, cur_packets=3)
+    kernel.states[StateKey("198.51.100.1", 0x0DDBA112)].update(cur_bytes=700, cur_packets=2)
+    counters = dp.counters(params.spi_in)
+    assert (counters.bytes_in, counters.packets_in) == (1500, 3)
+    assert (counters.bytes_out, counters.packets_out) == (700, 2)
+
+
+def test_move_by_readd_keeps_replay_and_counters() -> None:
+    kernel = seeded_kernel()
+    dp = datapath(kernel)
+    params = params_cbc_sha256_v4(encap=True)
+    dp.install_child_sa(params)
+    out_old = StateKey("198.51.100.1", 0x0DDBA112)
+    in_old = StateKey("192.0.2.10", 0xC1A55E01)
+    attr(kernel.states[out_old], "XFRMA_REPLAY_ESN_VAL")["oseq"] = 5000
+    kernel.states[out_old].update(cur_bytes=9000, cur_packets=5000)
+    esn_in = attr(kernel.states[in_old], "XFRMA_REPLAY_ESN_VAL")
+    esn_in["seq"], esn_in["bmp"] = 321, [0xFFFFFFFF, 0x7]
+
+    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
+
+    in_new = StateKey("203.0.113.5", 0xC1A55E01)
+    assert set(kernel.states) == {FOREIGN_STATE, out_old, in_new}
+    moved_out = kernel.states[out_old]
+    assert xfrm.unpack_addr(moved_out["saddr"], AF_INET) == "203.0.113.5"
+    assert attr(moved_out, "XFRMA_REPLAY_ESN_VAL")["oseq"] == 5000
+    assert (moved_out["cur_bytes"], moved_out["cur_packets"]) == (9000, 5000)
+    moved_in = kernel.states[in_new]
+    assert xfrm.unpack_addr(moved_in["saddr"], AF_INET) == "198.51.100.1"
+    esn = attr(moved_in, "XFRMA_REPLAY_ESN_VAL")
+    assert (esn["seq"], esn["bmp"]) == (321, [0xFFFFFFFF, 0x7])
+    assert attr(moved_in, "XFRMA_ALG_AUTH_TRUNC")["alg_trunc_len"] == 128
+    # Order: each state read, deleted, then added.
+    names = [name for name, _ in kernel.log[5:]]
+    assert names[:6] == ["XFRM_MSG_GETSA", "XFRM_MSG_DELSA", "XFRM_MSG_NEWSA"] * 2
+    # Templates follow.
+    for key in dp.installed_policies:
+        src, dst = tmpl_addrs(kernel.policies[key])
+        if key.direction == XFRM_POLICY_OUT:
+            assert (src, dst) == ("203.0.113.5", "198.51.100.1")
+        else:
+            assert (src, dst) == ("198.51.100.1", "203.0.113.5")
+    assert kernel.policies[FOREIGN_POLICY] == "host policy"
+    # Removal after the move deletes the moved entries.
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert set(kernel.states) == {FOREIGN_STATE}
+    assert set(kernel.policies) == {FOREIGN_POLICY}
+
+
+def test_move_turning_encapsulation_on() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel)
+    params = params_gcm_v6(encap=False)
+    dp.install_child_sa(params)
+    dp.update_addresses(
+        params.spi_in, params.spi_out, ("2001:db8:7::5", 4500), ("2001:db8:2::1", 4500), True
+    )
+    for state in kernel.states.values():
+        enc = attr(state, "XFRMA_ENCAP")
+        assert (enc["encap_sport"], enc["encap_dport"]) == (4500, 4500)
+
+
+def test_move_by_migrate_and_fallback() -> None:
+    kernel = seeded_kernel()
+    dp = datapath(kernel, move_method="migrate")
+    params = params_cbc_sha256_v4(encap=True)
+    dp.install_child_sa(params)
+    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
+    assert [n for n, _ in kernel.log].count("XFRM_MSG_MIGRATE") == 3
+    assert StateKey("203.0.113.5", 0xC1A55E01) in kernel.states
+    assert set(dp.installed_states) == {
+        StateKey("203.0.113.5", 0xC1A55E01),
+        StateKey("198.51.100.1", 0x0DDBA112),
+    }
+    kernel.migrate = False
+    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.6", 4500), params.remote, True)
+    assert StateKey("203.0.113.6", 0xC1A55E01) in kernel.states
+    for key in dp.installed_policies:
+        assert "203.0.113.6" in tmpl_addrs(kernel.policies[key])
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert set(kernel.states) == {FOREIGN_STATE}
+    assert set(kernel.policies) == {FOREIGN_POLICY}
+
+
+def test_rekeyed_child_sa_shares_policies() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel)
+    old = params_cbc_sha256_v4()
+    new = replace(old, spi_in=bytes.fromhex("c1a55e02"), spi_out=bytes.fromhex("0ddba113"))
+    dp.install_child_sa(old)
+    dp.install_child_sa(new)
+    assert len(kernel.policies) == 3 and len(kernel.states) == 4
+    reqids = {attr(p, "XFRMA_TMPL")["reqid"] for p in kernel.policies.values()}
+    assert reqids == {8}  # the newer CHILD SA's
+    dp.remove_child_sa(old.spi_in, old.spi_out)
+    assert len(kernel.policies) == 3 and len(kernel.states) == 2
+    dp.install_child_sa(old)  # again, as a third CHILD SA; then drop the newest
+    dp.remove_child_sa(old.spi_in, old.spi_out)
+    reqids = {attr(p, "XFRMA_TMPL")["reqid"] for p in kernel.policies.values()}
+    assert reqids == {8}  # back to the one still installed
+    dp.remove_child_sa(new.spi_in, new.spi_out)
+    assert kernel.policies == {} and kernel.states == {}
+
+
+def test_failed_install_leaves_nothing_behind() -> None:
+    kernel = seeded_kernel()
+    # Someone else's policy with one of our selectors: the kernel answers EEXIST.
+    kernel.policies[HOST_FWD] = "host fwd policy"
+    dp = datapath(kernel)
+    params = params_cbc_sha256_v4()
+    with pytest.raises(XfrmError) as info:
+        dp.install_child_sa(params)
+    assert info.value.errno == errno.EEXIST
+    assert info.value.msg_name == "XFRM_MSG_NEWPOLICY"
+    assert set(kernel.states) == {FOREIGN_STATE}
+    assert kernel.policies == {FOREIGN_POLICY: "host policy", HOST_FWD: "host fwd policy"}
+    assert dp.installed_states == [] and dp.installed_policies == []
+
+
+def test_refused_state_reports_errno_and_message() -> None:
+    kernel = FakeKernel()
+    kernel.refuse[XFRM_MSG_NEWSA] = errno.ENOSYS
+    dp = datapath(kernel)
+    with pytest.raises(XfrmError) as info:
+        dp.install_child_sa(params_cbc_sha256_v4())
+    assert info.value.errno == errno.ENOSYS
+    assert info.value.msg_type == XFRM_MSG_NEWSA
+    assert kernel.states == {} and kernel.policies == {}
+
+
+def test_policies_only() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel, install_states=False)
+    params = params_cbc_sha256_v4()
+    dp.install_child_sa(params)
+    assert kernel.states == {} and len(kernel.policies) == 3
+    assert dp.counters(params.spi_in) == ChildSaCounters()
+    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert kernel.policies == {}
+
+
+def test_several_traffic_selectors() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel)
+    params = replace(
+        params_cbc_sha256_v4(),
+        local_ts=(TsRange("10.9.0.7", "10.9.0.7"), TsRange("2001:db8:9::7", "2001:db8:9::7")),
+        remote_ts=(
+            TsRange("10.20.0.0", "10.20.255.255"),
+            TsRange("::", "7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+        ),
+    )
+    dp.install_child_sa(params)
+    # One v4 pair and the v6 range ::-ffff:: as one /1 prefix: 2 pairs x 3 directions.
+    assert len(kernel.policies) == 6
+    for state in kernel.states.values():
+        assert state["flags"] & xfrm.XFRM_STATE_AF_UNSPEC  # no single selector
+        assert state["sel_family"] == 0
+
+
+def test_usage_errors() -> None:
+    dp = datapath(FakeKernel())
+    params = params_cbc_sha256_v4()
+    dp.install_child_sa(params)
+    with pytest.raises(xfrm.XfrmUsageError):
+        dp.install_child_sa(params)
+    with pytest.raises(xfrm.XfrmUsageError):
+        dp.counters(b"\0\0\0\0")
+    with pytest.raises(xfrm.XfrmUsageError):
+        dp.install_child_sa(replace(params, spi_in=b"\1\1\1\1", mode="transport"))
+    with pytest.raises(xfrm.XfrmUsageError):
+        xfrm.XfrmDatapath(FakeKernel(), move_method="teleport")
+
+
+def test_select_datapath(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert xfrm.select_datapath("userspace") == "userspace"
+    assert xfrm.select_datapath("xfrm") == "xfrm"
+    with pytest.raises(xfrm.XfrmUsageError):
+        xfrm.select_datapath("kernel")
+    monkeypatch.setattr(xfrm, "probe_esp_support", lambda netns=None: True)
+    assert xfrm.select_datapath("auto") == "xfrm"
+    monkeypatch.setattr(xfrm, "probe_esp_support", lambda netns=None: False)
+    assert xfrm.select_datapath("auto") == "userspace"
