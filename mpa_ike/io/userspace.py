@@ -1,0 +1,194 @@
+"""The userspace ESP datapath: TUN device <-> :mod:`mpa_ike.esp` <-> UDP 4500.
+
+Like strongSwan's kernel-libipsec, for kernels without XFRM ESP states. Inner
+packets the kernel routes into the TUN device are matched to an SA by their
+addresses (the peer's traffic selectors: on a gateway, each mobile node's CP
+address), encrypted and sent in UDP to the SA's remote outer address through
+the shared IKE socket. ESP received on that socket is decrypted, checked
+against the SA's selectors and written to the TUN device, from where the kernel
+delivers or forwards it.
+
+Installing an SA pair routes the peer's selectors into the device; routes are
+reference counted and removed with the last SA needing them. Only ESP in UDP
+is supported (as in kernel-libipsec); plain ESP is refused at install time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+
+from mpa_ike.datagram import Address
+from mpa_ike.datapath import ChildSaCounters, ChildSaParams
+from mpa_ike.errors import LocalProtocolError
+from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, SaPair
+from mpa_ike.io.tun import TunDevice
+
+Sender = Callable[[bytes, Address], None]
+_READ_BATCH = 64
+
+
+class UserspaceDatapath:
+    """A :class:`mpa_ike.datapath.Datapath` doing ESP in this process."""
+
+    def __init__(
+        self,
+        tun: TunDevice,
+        send_esp: Sender,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+        manage_routes: bool = True,
+    ) -> None:
+        self.tun = tun
+        self.send_esp = send_esp
+        self.loop = loop
+        self.tunnels = EspTunnels(replay_window)
+        self.manage_routes = manage_routes
+        self._routes: Counter[tuple[str, str | None]] = Counter()
+        self.tun_write_errors = 0
+        self._reading = False
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start reading the TUN device on the event loop."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.tun.fd, self._tun_readable)
+        self._reading = True
+
+    def stop(self) -> None:
+        if self._reading and self.loop is not None:
+            self.loop.remove_reader(self.tun.fd)
+            self._reading = False
+
+    # --- the Datapath protocol --------------------------------------------------
+
+    def install_child_sa(self, params: ChildSaParams) -> None:
+        if not params.encap:
+            raise LocalProtocolError("userspace ESP sends ESP in UDP only (set encap)")
+        pair = self.tunnels.install(params)
+        if self.manage_routes:
+            for route in self._routes_for(pair):
+                self._add_route(route)
+
+    def update_addresses(
+        self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
+    ) -> None:
+        """Move an SA pair (RFC 4555 §3.5): counters, sequence and replay state stay."""
+        if not encap:
+            raise LocalProtocolError("userspace ESP sends ESP in UDP only (set encap)")
+        pair = self._pair(spi_in, spi_out)
+        self.tunnels.update_addresses(pair.inbound.spi, local, remote, encap)
+
+    def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:
+        pair = self.tunnels.by_spi_in.get(spi_in)
+        if pair is None or pair.outbound.spi != spi_out:
+            return
+        self.tunnels.remove(spi_in)
+        if self.manage_routes:
+            for route in self._routes_for(pair):
+                self._del_route(route)
+
+    def counters(self, spi_in: bytes) -> ChildSaCounters:
+        return self.tunnels.counters(spi_in)
+
+    def drops(self, spi_in: bytes | None = None) -> dict[str, int]:
+        """Drop counts by reason: of one SA (both directions), or not tied to an SA."""
+        if spi_in is None:
+            counts = Counter(self.tunnels.drops)
+        else:
+            pair = self.tunnels.by_spi_in[spi_in]
+            counts = pair.inbound.stats.drops + pair.outbound.stats.drops
+        return {reason.value: n for reason, n in counts.items() if n}
+
+    # --- packets ---------------------------------------------------------------
+
+    def esp_received(self, packet: bytes, addr: Address) -> DropReason | None:
+        """An ESP packet from the UDP 4500 socket (the demux's ESP handler)."""
+        result = self.tunnels.inbound(packet)
+        if isinstance(result, DropReason):
+            return result
+        try:
+            self.tun.write(result[1])
+        except OSError:
+            self.tun_write_errors += 1
+        return None
+
+    def inner_packet(self, inner: bytes) -> DropReason | None:
+        """An inner packet to protect (read from the TUN device)."""
+        result = self.tunnels.outbound(inner)
+        if isinstance(result, DropReason):
+            return result
+        pair, packet = result
+        self.send_esp(packet, pair.remote)
+        return None
+
+    def _tun_readable(self) -> None:
+        read, outbound, send = self.tun.read, self.tunnels.outbound, self.send_esp
+        for _ in range(_READ_BATCH):
+            try:
+                inner = read()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            result = outbound(inner)
+            if not isinstance(result, DropReason):
+                send(result[1], result[0].remote)
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _pair(self, spi_in: bytes, spi_out: bytes) -> SaPair:
+        pair = self.tunnels.by_spi_in.get(spi_in)
+        if pair is None or pair.outbound.spi != spi_out:
+            raise LocalProtocolError(f"no SA pair {spi_in.hex()}/{spi_out.hex()}")
+        return pair
+
+    def _routes_for(self, pair: SaPair) -> list[tuple[str, str | None]]:
+        """The networks of the peer's selectors, each with our single address as source.
+
+        A network covering the peer's outer address is skipped: routing it into
+        the tunnel would loop the ESP packets themselves.
+        """
+        outer = ipaddress.ip_address(pair.remote[0])
+        routes: list[tuple[str, str | None]] = []
+        for sel in pair.remote_sel:
+            src = next(
+                (
+                    str(ipaddress.ip_address(s.start))
+                    for s in pair.local_sel
+                    if s.version == sel.version and s.start == s.end
+                ),
+                None,
+            )
+            first, last = ipaddress.ip_address(sel.start), ipaddress.ip_address(sel.end)
+            for net in ipaddress.summarize_address_range(first, last):
+                if outer.version == net.version and outer in net:
+                    continue
+                routes.append((str(net), src))
+        return routes
+
+    def _add_route(self, route: tuple[str, str | None]) -> None:
+        self._routes[route] += 1
+        if self._routes[route] > 1:
+            return
+        net, src = route
+        try:
+            self.tun.add_route(net, src)
+        except Exception:
+            # The source address may not be on the device (yet): route without it.
+            with contextlib.suppress(Exception):
+                self.tun.add_route(net)
+
+    def _del_route(self, route: tuple[str, str | None]) -> None:
+        self._routes[route] -= 1
+        if self._routes[route] > 0:
+            return
+        del self._routes[route]
+        with contextlib.suppress(Exception):
+            self.tun.del_route(route[0])

@@ -1,0 +1,115 @@
+"""One side of a hand-keyed userspace ESP tunnel, run inside a test namespace.
+
+    python3 tests/esp/esp_node.py '<json config>'
+
+The config names the TUN device's addresses, the UDP 4500 bind addresses and the
+SA pairs (``ChildSaParams`` fields, bytes in hex, addresses as [host, port],
+traffic selectors as [start, end]). The node prints ``ready`` once the device and
+SAs are installed, then answers one JSON line per command read on stdin:
+``counters``, ``update <spi_in> <spi_out> <local host> <remote host>`` and ``quit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mpa_ike.datapath import ChildSaParams, TsRange
+from mpa_ike.io.tun import TunDevice
+from mpa_ike.io.udp4500 import Udp4500Sockets
+from mpa_ike.io.userspace import UserspaceDatapath
+
+
+def params_from_json(sa: dict[str, Any]) -> ChildSaParams:
+    return ChildSaParams(
+        spi_in=bytes.fromhex(sa["spi_in"]),
+        spi_out=bytes.fromhex(sa["spi_out"]),
+        encr_id=sa["encr_id"],
+        encr_key_bits=sa["encr_key_bits"],
+        integ_id=sa["integ_id"],
+        encr_key_in=bytes.fromhex(sa["encr_key_in"]),
+        integ_key_in=bytes.fromhex(sa["integ_key_in"]),
+        encr_key_out=bytes.fromhex(sa["encr_key_out"]),
+        integ_key_out=bytes.fromhex(sa["integ_key_out"]),
+        esn=sa["esn"],
+        local=(sa["local"][0], sa["local"][1]),
+        remote=(sa["remote"][0], sa["remote"][1]),
+        encap=True,
+        local_ts=tuple(TsRange(a, b) for a, b in sa["local_ts"]),
+        remote_ts=tuple(TsRange(a, b) for a, b in sa["remote_ts"]),
+    )
+
+
+def report(dp: UserspaceDatapath, udp: Udp4500Sockets) -> dict[str, Any]:
+    sas = {}
+    for spi_in, pair in dp.tunnels.by_spi_in.items():
+        c = pair.counters()
+        sas[spi_in.hex()] = {
+            "packets_in": c.packets_in,
+            "packets_out": c.packets_out,
+            "bytes_in": c.bytes_in,
+            "bytes_out": c.bytes_out,
+            "drops": dp.drops(spi_in),
+            "remote": list(pair.remote),
+        }
+    return {
+        "sas": sas,
+        "drops": dp.drops(),
+        "demux": {k.value: v for k, v in udp.demux.counts.items()},
+        "tun_write_errors": dp.tun_write_errors,
+    }
+
+
+async def main(config: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    tun = TunDevice.create(config.get("tun_name", "mpa%d"), mtu=config.get("mtu", 1400))
+    udp = Udp4500Sockets(loop, config["bind"], config.get("port", 4500))
+    dp = UserspaceDatapath(tun, udp.demux.send_esp, loop=loop)
+    udp.demux.on_esp = dp.esp_received
+    try:
+        for cidr in config.get("tun_addrs", []):
+            tun.add_address(cidr)
+        for sa in config["sas"]:
+            dp.install_child_sa(params_from_json(sa))
+        dp.start()
+        done = asyncio.Event()
+
+        def command() -> None:
+            line = sys.stdin.readline()
+            words = line.split()
+            if not words or words[0] == "quit":
+                done.set()
+                return
+            if words[0] == "counters":
+                answer: dict[str, Any] = report(dp, udp)
+            elif words[0] == "update":
+                spi_in, spi_out, local, remote = words[1:5]
+                port = config.get("port", 4500)
+                dp.update_addresses(
+                    bytes.fromhex(spi_in),
+                    bytes.fromhex(spi_out),
+                    (local, port),
+                    (remote, port),
+                    True,
+                )
+                answer = {"ok": True}
+            else:
+                answer = {"error": f"unknown command {words[0]}"}
+            print(json.dumps(answer), flush=True)
+
+        loop.add_reader(sys.stdin.fileno(), command)
+        print("ready", flush=True)
+        await done.wait()
+    finally:
+        dp.stop()
+        udp.close()
+        tun.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))
