@@ -48,6 +48,7 @@ _GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 class EapPeerConfig:
     method: str  # one of EAP_METHODS
     password: str = field(repr=False)
+    identity: str | None = None  # strongSwan's eap_id; default: the IKE identity
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def _eap(value: object, path: str) -> EapPeerConfig:
     config = EapPeerConfig(
         method=section.required("method", choice(*EAP_METHODS)),
         password=section.required("password", secret),
+        identity=section.optional("identity", string, None),
     )
     section.check_unknown()
     return config

@@ -1,41 +1,161 @@
 """The mobile node's daemon behind ``mpa-mobile run``.
 
-For now it answers ``status`` from its registry and refuses the commands that need the
-protocol core (connect, disconnect, preauth, handover) with "not implemented yet",
-after checking that the gateway is configured.
+``connect NAME`` starts an IKE SA to the configured gateway (EAP, CP for an address,
+one tunnel-mode CHILD SA) from the address the kernel would use to reach it, on UDP 500
+and 4500 of that address as charon does, and answers once the CHILD SA is up or the
+attempt failed; ``disconnect NAME`` deletes it. ``status`` shows the core's snapshot.
+Pre-authentication and handover are later steps and still answer "not implemented yet".
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.control import CommandError, Handler
+from gateway.control import DEFAULT_TIMEOUT, CommandError, Handler
+from gateway.ike_transport import (
+    IKE_PORTS,
+    IkeTransport,
+    TransportError,
+    source_address_for,
+)
 from gateway.registry import Registry
-from mobile.config import MobileConfig
+from gateway.service import (
+    apply_to_datapath,
+    delete_all_and_wait,
+    describe_event,
+    load_certificates,
+    proposal_specs,
+    refresh_registry,
+    wall_clock,
+)
+from mobile.config import GatewayEntry, MobileConfig
+from mpa_ike.child_sa import ChildSaConfig
+from mpa_ike.constants import IKE_PORT, NAT_T_PORT, ProtocolId
+from mpa_ike.datapath import Datapath, RecordingDatapath
+from mpa_ike.eap import EapType
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.errors import ConfigError as CoreConfigError
+from mpa_ike.events import (
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from mpa_ike.ike_config import InitiatorConfig
+
+log = logging.getLogger(__name__)
 
 GATEWAY_COMMANDS = ("connect", "disconnect", "preauth", "handover")
+NOT_YET = ("preauth", "handover")
+EAP_TYPES = {"md5": EapType.MD5_CHALLENGE, "mschapv2": EapType.MSCHAPV2}
+# The CLI gives up on an answer after DEFAULT_TIMEOUT; answer a little before that.
+COMMAND_WAIT = DEFAULT_TIMEOUT - 0.5
+
+
+@dataclass
+class _Attempt:
+    """A connect or disconnect waiting for the core to settle an IKE SA."""
+
+    done: asyncio.Future[str]
+    address: str | None = None
+    children: list[str] = field(default_factory=list)
 
 
 class MobileService:
-    def __init__(self, config: MobileConfig) -> None:
+    def __init__(self, config: MobileConfig, *, datapath: Datapath | None = None) -> None:
         self.config = config
         self.registry = Registry()
+        self.datapath: Datapath = datapath if datapath is not None else RecordingDatapath()
+        self.endpoint = Endpoint(random=os.urandom)
+        self.transport: IkeTransport | None = None
+        self._connecting: dict[bytes, _Attempt] = {}
+        self._deleting: dict[bytes, _Attempt] = {}
 
     def handlers(self) -> Mapping[str, Handler]:
-        handlers: dict[str, Handler] = {"status": self.status}
-        for command in GATEWAY_COMMANDS:
+        handlers: dict[str, Handler] = {
+            "status": self.status,
+            "connect": self.connect,
+            "disconnect": self.disconnect,
+        }
+        for command in NOT_YET:
             handlers[command] = self._not_implemented(command)
         return handlers
 
     async def start(self) -> None:
-        pass
+        self.transport = IkeTransport(self.endpoint, self._on_event)
 
     async def stop(self) -> None:
-        pass
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        if any(not sa.closed for sa in self.endpoint):
+            await delete_all_and_wait(transport)
+        transport.close()
+
+    # ------------------------------------------------------------------
+    # Commands
+
+    async def connect(self, args: dict[str, Any]) -> str:
+        name = self.gateway_name(args)
+        transport = self._transport()
+        if self.endpoint.find(name):
+            raise CommandError(f"connect {name}: already connected (disconnect first)")
+        entry = self.config.gateways[name]
+        try:
+            config = self.initiator_config(entry)
+            local, remote = await self._addresses(transport, entry)
+        except (CoreConfigError, TransportError) as error:
+            raise CommandError(f"connect {name}: {error}") from None
+        attempt = _Attempt(asyncio.get_running_loop().create_future())
+        sa = self.endpoint.initiate(config, local, remote, transport.now())
+        log.info("%s: initiating %s[%d] -> %s[%d]", name, *local, *remote)
+        self._connecting[sa.local_spi] = attempt
+        transport.process()
+        try:
+            async with asyncio.timeout(COMMAND_WAIT):
+                return await attempt.done
+        except TimeoutError:
+            raise CommandError(
+                f"connect {name}: no answer from {remote[0]} yet (still trying)"
+            ) from None
+        finally:
+            self._connecting.pop(sa.local_spi, None)
+
+    async def disconnect(self, args: dict[str, Any]) -> str:
+        name = self.gateway_name(args)
+        transport = self._transport()
+        sas = [sa for sa in self.endpoint.find(name) if not sa.closed]
+        if not sas:
+            raise CommandError(f"disconnect {name}: not connected")
+        loop = asyncio.get_running_loop()
+        waits = []
+        for sa in sas:
+            attempt = _Attempt(loop.create_future())
+            self._deleting[sa.local_spi] = attempt
+            waits.append(attempt.done)
+            self.endpoint.delete(sa.local_spi, transport.now())
+        transport.process()
+        try:
+            async with asyncio.timeout(COMMAND_WAIT):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            raise CommandError(f"disconnect {name}: the gateway did not answer yet") from None
+        finally:
+            for sa in sas:
+                self._deleting.pop(sa.local_spi, None)
+        return f"{name}: deleted"
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """IKE SAs and configured gateways: the result of ``mpa-mobile status --json``."""
+        refresh_registry(self.registry, self.endpoint)
         return {
             "ike_sas": self.registry.to_json(),
             "gateways": [
@@ -64,3 +184,85 @@ class MobileService:
             raise CommandError(f"{command} {name}: not implemented yet")
 
         return handle
+
+    def _transport(self) -> IkeTransport:
+        if self.transport is None:
+            raise CommandError("the daemon is not running")
+        return self.transport
+
+    # ------------------------------------------------------------------
+    # Configuration and addresses
+
+    def initiator_config(self, entry: GatewayEntry) -> InitiatorConfig:
+        cas = load_certificates(entry.ca, f"gateways.{entry.name}.ca") if entry.ca else ()
+        families = tuple(sorted({network.version for network in entry.remote_ts}))
+        return InitiatorConfig(
+            name=entry.name,
+            identity=self.config.identity,
+            eap_password=self.config.eap.password,
+            remote_id=entry.id,
+            ike_proposals=proposal_specs(entry.ike, ProtocolId.IKE),
+            child=ChildSaConfig(
+                proposal_specs(entry.esp, ProtocolId.ESP), remote_ts=tuple(entry.remote_ts)
+            ),
+            ca=cas,
+            wall_clock=wall_clock if cas else None,
+            psk=entry.psk,
+            eap_methods=(EAP_TYPES[self.config.eap.method],),
+            virtual_ip_families=families or (4,),
+            eap_identity=self.config.eap.identity,
+        )
+
+    async def _addresses(
+        self, transport: IkeTransport, entry: GatewayEntry
+    ) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(local, remote): our source address towards the gateway, on 500 and 4500
+        like charon (only 4500, with the marker, if the gateway listens elsewhere)."""
+        gateway = str(ipaddress.ip_address(entry.address.address))
+        port = entry.address.port or IKE_PORT
+        source = source_address_for(gateway, port)
+        ports = IKE_PORTS if port == IKE_PORT else (NAT_T_PORT,)
+        await transport.bind(source, ports)
+        return (source, ports[0]), (gateway, port)
+
+    # ------------------------------------------------------------------
+    # Events
+
+    def _on_event(self, event: Event) -> None:
+        log.info("%s", describe_event(event))
+        apply_to_datapath(self.datapath, event)
+        connecting = self._connecting.get(event.ike_sa)
+        if connecting is not None:
+            self._settle_connect(connecting, event)
+        deleting = self._deleting.get(event.ike_sa)
+        if deleting is not None and isinstance(event, IkeSaDeleted | IkeSaFailed):
+            _resolve(deleting, "deleted")
+
+    def _settle_connect(self, attempt: _Attempt, event: Event) -> None:
+        if isinstance(event, IkeSaEstablished):
+            attempt.address = ", ".join(str(a) for a in event.assigned_addresses) or None
+        elif isinstance(event, ChildSaEstablished):
+            address = f", address {attempt.address}" if attempt.address else ""
+            _resolve(attempt, f"{event.name}: established{address}")
+        elif isinstance(event, ChildSaFailed):
+            _fail(attempt, f"connect {event.name}: CHILD SA failed: {event.reason}")
+        elif isinstance(event, IkeSaFailed):
+            _fail(attempt, f"connect {event.name}: {_failure_text(event)}")
+
+
+def _failure_text(event: IkeSaFailed) -> str:
+    if event.notify is not None and event.notify.name == "AUTHENTICATION_FAILED":
+        return f"authentication failed ({event.reason})"
+    if event.notify is not None:
+        return f"{event.reason} ({event.notify.name})"
+    return event.reason
+
+
+def _resolve(attempt: _Attempt, text: str) -> None:
+    if not attempt.done.done():
+        attempt.done.set_result(text)
+
+
+def _fail(attempt: _Attempt, text: str) -> None:
+    if not attempt.done.done():
+        attempt.done.set_exception(CommandError(text))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,18 @@ def write_yaml(file: Path, data: dict[str, Any]) -> Path:
 
 
 class Daemon:
-    """``python -m module run ...`` in the background, ready once its socket answers."""
+    """``python -m module run ...`` in the background, ready once its socket answers.
 
-    def __init__(self, module: str, socket: Path, *args: str | Path) -> None:
+    ``prefix`` runs it through another command (``ip netns exec NS`` in interop tests).
+    """
+
+    def __init__(
+        self, module: str, socket: Path, *args: str | Path, prefix: Sequence[str] = ()
+    ) -> None:
         self.module = module
         self.socket = socket
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "run", *map(str, args)],
+            [*prefix, sys.executable, "-m", module, "run", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,7 +83,8 @@ class Daemon:
         while not self.socket.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"{self.module} did not start: {self.process.stderr}")
+                stderr = self.stop()
+                raise AssertionError(f"{self.module} did not start: {stderr}")
             time.sleep(0.02)
 
     def signal(self, signum: int) -> int:

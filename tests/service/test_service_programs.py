@@ -193,7 +193,7 @@ def test_mobile_status_json(mobile: Daemon, mobile_config: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("command", ["connect", "disconnect", "preauth", "handover"])
+@pytest.mark.parametrize("command", ["preauth", "handover"])
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_mobile_gateway_commands_are_not_implemented_yet(
     mobile: Daemon, mobile_config: Path, command: str, where: str
@@ -203,6 +203,17 @@ def test_mobile_gateway_commands_are_not_implemented_yet(
     result = cli(MOBILE, *args)
     assert result.returncode == 1
     assert one_line(result.stderr) == f"mpa-mobile: {command} ngw: not implemented yet"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_mobile_disconnect_when_not_connected(
+    mobile: Daemon, mobile_config: Path, where: str
+) -> None:
+    options = ["-c", str(mobile_config)]
+    args = [*options, "disconnect", "ngw"] if where == "before" else ["disconnect", "ngw", *options]
+    result = cli(MOBILE, *args)
+    assert result.returncode == 1
+    assert one_line(result.stderr) == "mpa-mobile: disconnect ngw: not connected"
 
 
 def test_mobile_unknown_gateway(mobile: Daemon) -> None:

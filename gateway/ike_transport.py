@@ -1,0 +1,248 @@
+"""The asyncio glue between UDP sockets and the sans-I/O :class:`~mpa_ike.endpoint.Endpoint`.
+
+Shared by mpa-gateway and mpa-mobile, in the manner of aioquic's ``asyncio/protocol.py``:
+received datagrams go into ``Endpoint.receive_datagram`` with the loop's time, and after
+every input or command :meth:`IkeTransport.process` drains ``datagrams_to_send``, re-arms
+the single timer from ``get_timer`` and hands every event to ``on_event``.
+
+One socket per local address and port, never a wildcard: the core must know the local
+address a datagram arrived on (it goes into NAT detection and is where answers leave
+from), and a socket bound to that address gives it without IP_PKTINFO. The gateway binds
+its ``listen`` addresses with IP_FREEBIND, so it may start before they are configured.
+
+Port 4500 carries IKE behind the non-ESP marker, NAT keepalives (one 0xFF octet, ignored)
+and ESP in UDP (RFC 3948), which goes to ``esp_handler`` for the datapath;
+:meth:`IkeTransport.send_raw` sends the datapath's ESP from the same socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
+from mpa_ike.datagram import Address, Datagram, frame_for_socket, uses_non_esp_marker
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.events import Event
+
+log = logging.getLogger(__name__)
+
+IKE_PORTS = (IKE_PORT, NAT_T_PORT)
+# Never spin on a deadline the core did not move after handle_timer.
+STUCK_TIMER_DELAY = 0.05
+# Linux <linux/in.h> and <linux/in6.h>; Python's socket module lacks them.
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+
+EventHandler = Callable[[Event], None]
+# (ESP packet without UDP header, source, local address) -> None
+EspHandler = Callable[[bytes, Address, Address], None]
+
+
+class TransportError(Exception):
+    """A socket could not be opened (one line, naming the address)."""
+
+
+def normalize(address: Address) -> Address:
+    """The canonical text of an address, so sockets are found whatever the spelling."""
+    return (str(ipaddress.ip_address(address[0].split("%", 1)[0])), address[1])
+
+
+def source_address_for(remote: str, port: int = IKE_PORT) -> str:
+    """The address the kernel would send from to reach ``remote`` (a route lookup).
+
+    A connected UDP socket makes the kernel pick the source as for real traffic;
+    ``connect`` on a datagram socket sends nothing.
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(remote).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((remote, port))
+        except OSError as error:
+            raise TransportError(f"no route to {remote}: {error.strerror}") from None
+        local: str = probe.getsockname()[0]
+    return normalize((local, 0))[0]
+
+
+class _IkeProtocol(asyncio.DatagramProtocol):
+    """One bound UDP socket: hands what arrives to the transport, with its local address."""
+
+    def __init__(self, owner: IkeTransport, local: Address) -> None:
+        self.owner = owner
+        self.local = local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and the like: IKE retransmits, nothing to do here.
+        log.debug("socket %s: %s", self.local, exc)
+
+
+class IkeTransport:
+    """UDP sockets for one :class:`Endpoint`; call :meth:`process` after every command."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        on_event: EventHandler,
+        *,
+        esp_handler: EspHandler | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.on_event = on_event
+        self.esp_handler = esp_handler
+        self._loop = asyncio.get_running_loop()
+        self._sockets: dict[Address, _IkeProtocol] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._fired_at: float | None = None
+        self.counters: dict[str, int] = {"esp_dropped": 0, "keepalives": 0, "unroutable": 0}
+
+    # ------------------------------------------------------------------
+    # Sockets
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    @property
+    def local_addresses(self) -> list[Address]:
+        return list(self._sockets)
+
+    def is_bound(self, local: Address) -> bool:
+        return normalize(local) in self._sockets
+
+    async def bind(
+        self, address: str, ports: Iterable[int] = IKE_PORTS, *, freebind: bool = False
+    ) -> None:
+        """Open a socket on ``address`` for each of ``ports`` (already bound ones are kept)."""
+        for port in ports:
+            local = normalize((address, port))
+            if local in self._sockets:
+                continue
+            sock = _open_socket(local, freebind)
+            _, protocol = await self._loop.create_datagram_endpoint(
+                functools.partial(_IkeProtocol, self, local), sock=sock
+            )
+            self._sockets[local] = protocol
+            log.debug("listening on %s", _text(local))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for protocol in self._sockets.values():
+            if protocol.transport is not None:
+                protocol.transport.close()
+        self._sockets.clear()
+
+    # ------------------------------------------------------------------
+    # Input
+
+    def datagram_received(self, payload: bytes, src: Address, local: Address) -> None:
+        if uses_non_esp_marker(local[1]):
+            if payload == NAT_KEEPALIVE:
+                self.counters["keepalives"] += 1
+                return
+            if not payload.startswith(NON_ESP_MARKER):
+                self._esp_received(payload, src, local)
+                return
+            payload = payload[len(NON_ESP_MARKER) :]
+        self.endpoint.receive_datagram(payload, src, local, self.now())
+        self.process()
+
+    def _esp_received(self, payload: bytes, src: Address, local: Address) -> None:
+        if self.esp_handler is None:
+            self.counters["esp_dropped"] += 1
+            return
+        try:
+            self.esp_handler(payload, src, local)
+        except Exception:
+            log.exception("ESP handler failed on a packet from %s", _text(src))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._fired_at, self._timer_at = self._timer_at, None
+        self.endpoint.handle_timer(self.now())
+        self.process()
+
+    # ------------------------------------------------------------------
+    # Output
+
+    def process(self) -> None:
+        """Send what the endpoint has to send, re-arm the timer, dispatch its events."""
+        for datagram in self.endpoint.datagrams_to_send(self.now()):
+            self._send(datagram)
+        self._arm_timer()
+        while (event := self.endpoint.next_event()) is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("event handler failed on %r", event)
+
+    def send_raw(self, payload: bytes, src: Address, dst: Address) -> bool:
+        """Send ``payload`` as is from our socket ``src`` (the datapath's ESP in UDP)."""
+        protocol = self._sockets.get(normalize(src))
+        if protocol is None or protocol.transport is None:
+            self.counters["unroutable"] += 1
+            return False
+        protocol.transport.sendto(payload, dst)
+        return True
+
+    def _send(self, datagram: Datagram) -> None:
+        if not self.send_raw(frame_for_socket(datagram), datagram.src, datagram.dst):
+            log.warning("no socket on %s to send to %s", _text(datagram.src), _text(datagram.dst))
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is None:
+            return
+        when = deadline
+        if self._fired_at is not None and deadline <= self._fired_at:
+            when = self.now() + STUCK_TIMER_DELAY  # the core kept a deadline it just handled
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+
+def _open_socket(local: Address, freebind: bool) -> socket.socket:
+    version = ipaddress.ip_address(local[0]).version
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if version == 6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if freebind:
+            level, option = (
+                (socket.IPPROTO_IPV6, IPV6_FREEBIND)
+                if version == 6
+                else (socket.IPPROTO_IP, IP_FREEBIND)
+            )
+            with contextlib.suppress(OSError):  # an old kernel: bind fails clearly below
+                sock.setsockopt(level, option, 1)
+        sock.setblocking(False)
+        sock.bind(local)
+    except OSError as error:
+        sock.close()
+        raise TransportError(f"cannot listen on {_text(local)}: {error.strerror}") from None
+    return sock
+
+
+def _text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
