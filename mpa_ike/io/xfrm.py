@@ -1178,6 +1178,13 @@ class XfrmDatapath:
     def installed_policies(self) -> list[PolicyKey]:
         return list(self._policies)
 
+    def policies_of(self, spi_in: bytes) -> list[PolicyKey]:
+        """The policies installed for one CHILD SA (shared ones included)."""
+        return list(self._child(spi_in).policies)
+
+    def reqid_of(self, spi_in: bytes) -> int:
+        return self._child(spi_in).reqid
+
     def close(self) -> None:
         self.transport.close()
 
