@@ -929,6 +929,21 @@ def build_getpolicy(key: PolicyKey) -> Any:
     return build_policy_id(XFRM_MSG_GETPOLICY, key, NLM_F_REQUEST)
 
 
+def build_dump_policies() -> Any:
+    """GETPOLICY as a dump: every policy in the SPD (for diagnostics and tests)."""
+    msg = _header(xfrm_userpolicy_id(), XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP)
+    msg.update(_zero_selector())
+    msg.update(index=0, dir=0)
+    return msg
+
+
+def build_dump_states() -> Any:
+    """GETSA as a dump: every state in the SAD (keys included, so handle with care)."""
+    msg = _header(xfrm_usersa_id(), XFRM_MSG_GETSA, NLM_F_REQUEST | NLM_F_DUMP)
+    msg.update(daddr=b"\0" * 16, spi=0, family=0, proto=0)
+    return msg
+
+
 def build_migrate(
     key: PolicyKey,
     old: tuple[str, str],
@@ -1215,7 +1230,7 @@ class XfrmDatapath:
         child = self._child(spi_in)
         new_params = replace(child.params, local=local, remote=remote, encap=encap)
         moved = self._plan(new_params, child.reqid)
-        if self.move_method == "migrate":
+        if self._can_migrate(child, encap):
             try:
                 self._migrate(child, moved)
             except XfrmError as exc:
@@ -1228,6 +1243,16 @@ class XfrmDatapath:
             self._retemplate(child, moved)
         child.params = new_params
         child.inbound, child.outbound = moved.inbound, moved.outbound
+
+    def _can_migrate(self, child: _ChildSa, encap: bool) -> bool:
+        """MIGRATE moves states through the policies: only where this CHILD SA owns them all.
+
+        It cannot drop a state's encapsulation either (without XFRMA_ENCAP the
+        kernel keeps the old one), so turning encapsulation off re-adds.
+        """
+        if self.move_method != "migrate" or (child.params.encap and not encap):
+            return False
+        return all(self._policies[key].owners[-1] == child.params.spi_in for key in child.policies)
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:
         child = self._children.get(spi_in)
@@ -1424,30 +1449,53 @@ _PROBE_SRC = "192.0.2.1"
 _PROBE_DST = "192.0.2.2"
 
 
+def _probe_specs() -> list[StateSpec]:
+    common: dict[str, Any] = {
+        "src": _PROBE_SRC,
+        "dst": _PROBE_DST,
+        "spi": 0x100 + secrets.randbelow(0xFFFF_0000),
+        "reqid": 0,
+        "replay_window": 32,
+    }
+    return [
+        StateSpec(
+            algorithms=KernelAlgorithms(aead="rfc4106(gcm(aes))", icv_bits=128),
+            encr_key=secrets.token_bytes(20),
+            integ_key=b"",
+            **common,
+        ),
+        StateSpec(
+            algorithms=kernel_algorithms(EncrId.AES_CBC, IntegId.HMAC_SHA2_256_128),
+            encr_key=secrets.token_bytes(16),
+            integ_key=secrets.token_bytes(32),
+            **common,
+        ),
+    ]
+
+
 def probe_esp(netns: str | None = None) -> XfrmError | None:
     """Try a throwaway ESP state (random SPI, documentation addresses, no policy).
 
-    Returns None when the kernel accepted (and the state is deleted again), or
-    the kernel's refusal.
+    Returns None when the kernel accepted (the state is deleted again at once),
+    or the kernel's refusal. AES-GCM is tried first, then AES-CBC with
+    HMAC-SHA-256, since a kernel may have ESP without one of them.
     """
-    spec = StateSpec(
-        src=_PROBE_SRC,
-        dst=_PROBE_DST,
-        spi=0x100 + secrets.randbelow(0xFFFF_0000),
-        reqid=0,
-        algorithms=KernelAlgorithms(aead="rfc4106(gcm(aes))", icv_bits=128),
-        encr_key=secrets.token_bytes(20),
-        integ_key=b"",
-        replay_window=32,
-    )
+    refusal: XfrmError | None = None
     sock = XfrmSocket(netns)
     try:
-        try:
-            sock.request(build_newsa(spec), "ESP probe")
-        except XfrmError as exc:
-            return exc
-        sock.request(build_delsa(spec.key), "ESP probe cleanup")
-        return None
+        for spec in _probe_specs():
+            try:
+                sock.request(build_newsa(spec), "ESP probe")
+            except XfrmError as exc:
+                if exc.errno == errno.EEXIST:
+                    return None  # someone's state has that SPI: ESP states exist; not ours
+                refusal = exc
+                if exc.errno != errno.ENOSYS:  # ENOSYS: this algorithm is unknown
+                    return refusal
+                continue
+            sock.request(build_delsa(spec.key), "ESP probe cleanup")
+            return None
+        return refusal
     finally:
         sock.close()
 

@@ -348,3 +348,54 @@ def test_select_datapath(monkeypatch: pytest.MonkeyPatch) -> None:
     assert xfrm.select_datapath("auto") == "xfrm"
     monkeypatch.setattr(xfrm, "probe_esp_support", lambda netns=None: False)
     assert xfrm.select_datapath("auto") == "userspace"
+
+
+class ProbeSocket:
+    """Answers the probe's NEWSA requests with the given errnos in turn (0: accepted)."""
+
+    answers: list[int] = []
+    log: list[Any] = []
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def request(self, msg: Any, what: str = "") -> list[Any]:
+        msg = roundtrip(msg)
+        ProbeSocket.log.append(msg)
+        if msg["header"]["type"] == XFRM_MSG_NEWSA:
+            err = ProbeSocket.answers.pop(0)
+            if err:
+                raise XfrmError(err, XFRM_MSG_NEWSA, "", what)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answers", "supported", "requests"),
+    [
+        ([0], True, ["NEWSA aead", "DELSA"]),
+        ([errno.ENOSYS, 0], True, ["NEWSA aead", "NEWSA crypt", "DELSA"]),
+        ([errno.ENOSYS, errno.EPROTONOSUPPORT], False, ["NEWSA aead", "NEWSA crypt"]),
+        ([errno.EPROTONOSUPPORT], False, ["NEWSA aead"]),
+        ([errno.EEXIST], True, ["NEWSA aead"]),  # not ours: never deleted
+    ],
+)
+def test_probe(
+    monkeypatch: pytest.MonkeyPatch, answers: list[int], supported: bool, requests: list[str]
+) -> None:
+    monkeypatch.setattr(xfrm, "XfrmSocket", ProbeSocket)
+    ProbeSocket.answers, ProbeSocket.log = list(answers), []
+    assert xfrm.probe_esp_support("somewhere") is supported
+    seen = []
+    for msg in ProbeSocket.log:
+        if msg["header"]["type"] == XFRM_MSG_NEWSA:
+            kind = "aead" if xfrm.get_attr(msg, "XFRMA_ALG_AEAD") else "crypt"
+            seen.append(f"NEWSA {kind}")
+            # Documentation addresses, no policy: nothing of the host's can match it.
+            assert xfrm.unpack_addr(msg["id_daddr"], AF_INET) == "192.0.2.2"
+            assert msg["id_spi"] >= 0x100
+        else:
+            seen.append("DELSA")
+    assert seen == requests

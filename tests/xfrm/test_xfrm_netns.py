@@ -23,9 +23,10 @@ from tests.harness.netns import Netns
 
 pytestmark = pytest.mark.netns
 
-# Errors a kernel without ESP gives for a new ESP state: ENOSYS when the
-# algorithm (whose crypto module comes with ESP) is unknown, EPROTONOSUPPORT
-# when the algorithms exist but the ESP type does not.
+# Errors a kernel without ESP gives for a new ESP state: ENOSYS "Requested AEAD
+# algorithm not found" when the algorithm is unknown (as AES-GCM is here), and
+# EPROTONOSUPPORT "Requested type not found" when the algorithms exist but the
+# ESP type does not (AES-CBC with HMAC-SHA-256 here).
 NO_ESP_ERRNOS = {errno.ENOSYS, errno.EPROTONOSUPPORT, errno.ENOENT}
 
 # The host's own entries, put there before the test to prove they stay untouched.
@@ -33,6 +34,12 @@ HOST_POLICY = (
     "src 172.16.0.0/16 dst 172.17.0.0/16 dir out priority 1000 "
     "tmpl src 192.0.2.100 dst 192.0.2.200 proto esp reqid 99 mode tunnel"
 )
+
+
+def spd_keys(dp: XfrmDatapath) -> set[xfrm.PolicyKey]:
+    """The SPD as the kernel dumps it over netlink."""
+    answers = dp.transport.request(xfrm.build_dump_policies(), "dump")
+    return {xfrm.PolicyKey(xfrm.Selector.from_message(m), m["dir"]) for m in answers}
 
 
 def spd(ns: Netns) -> str:
@@ -80,6 +87,7 @@ def test_probe_and_refused_state(xfrm_netns: Netns, esp_ok: bool) -> None:
                 dp.install_child_sa(params)
             assert info.value.errno in NO_ESP_ERRNOS
             assert info.value.msg_name == "XFRM_MSG_NEWSA"
+            assert info.value.detail  # the kernel's extended ack text, e.g. "Requested type..."
             assert "state" in info.value.what
         assert dp.installed_states == [] and dp.installed_policies == []
         assert spd(xfrm_netns) == "" and sad(xfrm_netns) == ""
@@ -117,6 +125,8 @@ def test_child_sa_lifecycle(seeded_netns: Netns, esp_ok: bool, move_method: str)
         dp.install_child_sa(v4)
         dp.install_child_sa(v6)
         assert len(dp.installed_policies) == 6
+        host_keys = spd_keys(dp) - set(dp.installed_policies)
+        assert len(host_keys) == 1 and len(spd_keys(dp)) == 7
         check_templates(dp, v4, "192.0.2.10", "198.51.100.1")
         text = spd(ns)
         assert "src 10.9.0.7/32 dst 10.20.0.0/16" in text
@@ -146,6 +156,8 @@ def test_child_sa_lifecycle(seeded_netns: Netns, esp_ok: bool, move_method: str)
         dp.remove_child_sa(v4.spi_in, v4.spi_out)
         dp.remove_child_sa(v6.spi_in, v6.spi_out)
         assert spd(ns) == spd_before and sad(ns) == sad_before
+        assert spd_keys(dp) == host_keys
+        assert dp.transport.request(xfrm.build_dump_states(), "dump") == [] or esp_ok
         assert HOST_POLICY.split()[1] in spd(ns)
     finally:
         dp.close()
