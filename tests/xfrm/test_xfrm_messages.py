@@ -83,7 +83,7 @@ def addr(raw: bytes, family: int) -> str:
 
 
 def test_struct_sizes() -> None:
-    sizes = {
+    sizes: dict[Any, int] = {
         xfrm.xfrm_usersa_info: 224,
         xfrm.xfrm_userpolicy_info: 168,
         xfrm.xfrm_usersa_id: 24,
@@ -101,8 +101,8 @@ def test_struct_sizes() -> None:
         "xfrm_userpolicy_type": 6,
     }
     for name, size in nested.items():
-        cls = getattr(xfrm.xfrm_usersa_info, name)
-        fmt = "".join(f for _, f in cls.fields).replace(">", "")
+        nested_cls = getattr(xfrm.xfrm_usersa_info, name)
+        fmt = "".join(f for _, f in nested_cls.fields).replace(">", "")
         assert struct.calcsize("=" + fmt) == size, name
 
 
