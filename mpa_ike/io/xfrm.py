@@ -614,7 +614,7 @@ def selectors_for(local_ts: Sequence[TsRange], remote_ts: Sequence[TsRange]) -> 
                 port_blocks(rts.start_port, rts.end_port),
             ):
                 out.append(Selector(family, src, dst, proto, sp, spm, dp, dpm))
-    return out
+    return list(dict.fromkeys(out))  # overlapping TS pairs give one policy, not two
 
 
 # --- algorithms --------------------------------------------------------------------------
@@ -1401,8 +1401,7 @@ class XfrmDatapath:
             if entry is None:
                 continue
             try:
-                if child.params.spi_in in entry.owners:
-                    entry.owners.remove(child.params.spi_in)
+                entry.owners = [o for o in entry.owners if o != child.params.spi_in]
                 if entry.owners:
                     self._restore_owner(entry)
                 else:

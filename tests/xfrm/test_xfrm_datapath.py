@@ -399,3 +399,16 @@ def test_probe(
         else:
             seen.append("DELSA")
     assert seen == requests
+
+
+def test_overlapping_selectors_give_one_policy() -> None:
+    kernel = FakeKernel()
+    dp = datapath(kernel)
+    params = replace(
+        params_cbc_sha256_v4(),
+        remote_ts=(TsRange("10.20.0.0", "10.20.255.255"), TsRange("10.20.0.0", "10.20.255.255")),
+    )
+    dp.install_child_sa(params)
+    assert len(kernel.policies) == 3
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert kernel.policies == {} and kernel.states == {}
