@@ -257,7 +257,8 @@ class ReplayWindow:
 
     def infer_esn(self, seq_low: int) -> int:
         """The full 64-bit sequence number for a received low half (Appendix A2.2)."""
-        w = max(self.size, 1)
+        # Without anti-replay, take the high half that puts seq nearest the top.
+        w = self.size or 1 << 31
         th, tl = self.top >> 32, self.top & 0xFFFFFFFF
         if tl >= w - 1:
             # Case A: the window lies within one 2^32 subspace.
