@@ -1355,7 +1355,15 @@ class XfrmDatapath:
             return
         for old, new in ((child.inbound, moved.inbound), (child.outbound, moved.outbound)):
             what = f"state {old.dst} spi {old.spi:#010x}"
-            replay = replay_from_answer(self._getsa(old.key))
+            try:
+                replay = replay_from_answer(self._getsa(old.key))
+            except XfrmError as exc:
+                # A MIGRATE that failed half-way may have moved this one already.
+                if exc.errno != errno.ESRCH or old.key == new.key:
+                    raise
+                self._getsa(new.key)
+                child.states_installed[child.states_installed.index(old.key)] = new.key
+                continue
             self._send(build_delsa(old.key), what)
             child.states_installed.remove(old.key)
             self._send(build_newsa(new, replay), f"state {new.dst} spi {new.spi:#010x}")

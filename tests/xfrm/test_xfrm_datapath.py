@@ -412,3 +412,34 @@ def test_overlapping_selectors_give_one_policy() -> None:
     assert len(kernel.policies) == 3
     dp.remove_child_sa(params.spi_in, params.spi_out)
     assert kernel.policies == {} and kernel.states == {}
+
+
+def test_migrate_failing_half_way_falls_back() -> None:
+    """The out policy's MIGRATE moved its state, the next one is refused: re-add the rest."""
+    kernel = FakeKernel()
+    dp = datapath(kernel, move_method="migrate")
+    params = params_cbc_sha256_v4(encap=True)
+    dp.install_child_sa(params)
+
+    calls = {"n": 0}
+    real = kernel.request
+
+    def flaky(msg: Any, what: str = "") -> list[Any]:
+        if msg["header"]["type"] == XFRM_MSG_MIGRATE:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise XfrmError(errno.EINVAL, XFRM_MSG_MIGRATE, "refused by the test", what)
+        return real(msg, what)
+
+    kernel.request = flaky  # type: ignore[method-assign]
+    new_remote = ("198.51.100.77", 4500)
+    dp.update_addresses(params.spi_in, params.spi_out, params.local, new_remote, True)
+    assert set(kernel.states) == {
+        StateKey("192.0.2.10", 0xC1A55E01),
+        StateKey("198.51.100.77", 0x0DDBA112),
+    }
+    assert set(dp.installed_states) == set(kernel.states)
+    for key in dp.installed_policies:
+        assert "198.51.100.77" in tmpl_addrs(kernel.policies[key])
+    dp.remove_child_sa(params.spi_in, params.spi_out)
+    assert kernel.states == {} and kernel.policies == {}
