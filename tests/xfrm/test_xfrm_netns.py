@@ -183,3 +183,81 @@ def test_existing_foreign_policy_is_not_replaced(seeded_netns: Netns, esp_ok: bo
         assert dp.installed_policies == []
     finally:
         dp.close()
+
+
+def _variants() -> list[tuple[str, ChildSaParams]]:
+    from mpa_ike.constants import IntegId
+
+    base = params_cbc_sha256_v4()
+    out = [("cbc-sha256-v4", base), ("cbc-sha256-v4-encap", params_cbc_sha256_v4(True))]
+    for integ, size in (
+        (IntegId.HMAC_SHA2_384_192, 48),
+        (IntegId.HMAC_SHA2_512_256, 64),
+        (IntegId.HMAC_SHA1_96, 20),
+    ):
+        variant = replace(
+            base, integ_id=integ, integ_key_in=b"\1" * size, integ_key_out=b"\2" * size
+        )
+        out.append((f"cbc-{integ.name.lower()}", variant))
+    v6 = params_gcm_v6()
+    out.append(
+        (
+            "cbc-sha256-v6-encap-esn",
+            replace(
+                params_cbc_sha256_v4(True),
+                esn=True,
+                local=v6.local,
+                remote=v6.remote,
+                local_ts=v6.local_ts,
+                remote_ts=v6.remote_ts,
+            ),
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize(("name", "params"), _variants(), ids=[n for n, _ in _variants()])
+def test_kernel_validates_state_messages(
+    xfrm_netns: Netns, esp_ok: bool, name: str, params: ChildSaParams
+) -> None:
+    """The kernel checks a new state's layout before it looks for the ESP type.
+
+    Without ESP it answers EPROTONOSUPPORT only after the message passed
+    verify_newsa_info and the algorithms were attached: attribute lengths, key
+    lengths against alg_key_len, truncation lengths against the hash, the ESN
+    replay state (bmp_len against the window, replay_window 0), the encapsulation.
+    A malformed message would get EINVAL instead (checked below).
+    """
+    dp = XfrmDatapath(netns=xfrm_netns.name)
+    try:
+        if esp_ok:
+            dp.install_child_sa(params)
+            dp.remove_child_sa(params.spi_in, params.spi_out)
+        else:
+            with pytest.raises(XfrmError) as info:
+                dp.install_child_sa(params)
+            assert info.value.errno == errno.EPROTONOSUPPORT, str(info.value)
+    finally:
+        dp.close()
+    assert sad(xfrm_netns) == "" and spd(xfrm_netns) == ""
+
+
+def test_kernel_rejects_a_bad_truncation(xfrm_netns: Netns) -> None:
+    """The negative control: HMAC-SHA-256 truncated to 512 bits is refused as invalid."""
+    spec = xfrm.StateSpec(
+        src="192.0.2.1",
+        dst="192.0.2.2",
+        spi=0x4242,
+        reqid=1,
+        algorithms=xfrm.KernelAlgorithms(crypt="cbc(aes)", auth="hmac(sha256)", trunc_bits=512),
+        encr_key=bytes(16),
+        integ_key=bytes(32),
+    )
+    sock = xfrm.XfrmSocket(xfrm_netns.name)
+    try:
+        with pytest.raises(XfrmError) as info:
+            sock.request(xfrm.build_newsa(spec), "bad truncation")
+        assert info.value.errno == errno.EINVAL
+    finally:
+        sock.close()
+    assert sad(xfrm_netns) == ""
