@@ -20,15 +20,30 @@ import contextlib
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, SaPair
-from mpa_ike.io.tun import TunDevice
 
 Sender = Callable[[bytes, Address], None]
 _READ_BATCH = 64
+
+
+class PacketDevice(Protocol):
+    """What the datapath needs of its TUN device (:class:`mpa_ike.io.tun.TunDevice`)."""
+
+    @property
+    def fd(self) -> int: ...
+
+    def read(self) -> bytes: ...
+
+    def write(self, packet: bytes) -> int: ...
+
+    def add_route(self, network: str, src: str | None = None) -> None: ...
+
+    def del_route(self, network: str) -> None: ...
 
 
 class UserspaceDatapath:
@@ -36,7 +51,7 @@ class UserspaceDatapath:
 
     def __init__(
         self,
-        tun: TunDevice,
+        tun: PacketDevice,
         send_esp: Sender,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -152,8 +167,8 @@ class UserspaceDatapath:
     def _routes_for(self, pair: SaPair) -> list[tuple[str, str | None]]:
         """The networks of the peer's selectors, each with our single address as source.
 
-        A network covering the peer's outer address is skipped: routing it into
-        the tunnel would loop the ESP packets themselves.
+        A network covering the peer's outer address is split around it: routing
+        that address into the tunnel would loop the ESP packets themselves.
         """
         outer = ipaddress.ip_address(pair.remote[0])
         routes: list[tuple[str, str | None]] = []
@@ -169,8 +184,12 @@ class UserspaceDatapath:
             first, last = ipaddress.ip_address(sel.start), ipaddress.ip_address(sel.end)
             for net in ipaddress.summarize_address_range(first, last):
                 if outer.version == net.version and outer in net:
-                    continue
-                routes.append((str(net), src))
+                    # Route everything but the peer itself (RFC 4301 §4.4.1's
+                    # bypass of IKE/ESP to the peer, done by routing).
+                    host = ipaddress.ip_network(outer)
+                    routes.extend((str(n), src) for n in net.address_exclude(host))  # type: ignore[arg-type]
+                else:
+                    routes.append((str(net), src))
         return routes
 
     def _add_route(self, route: tuple[str, str | None]) -> None:
