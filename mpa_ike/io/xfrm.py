@@ -97,8 +97,11 @@ IPPROTO_ESP = 50
 AF_INET = socket.AF_INET.value
 AF_INET6 = socket.AF_INET6.value
 
-#: strongSwan's base for IPsec policies (``PRIO_BASE`` doubled for routed/default
-#: policies); more specific selectors get smaller values, and smaller values win.
+#: Policy priorities as strongSwan's kernel-netlink computes them in spirit: a
+#: fixed base for regular IPsec policies, minus a weight that grows with the
+#: selector's specificity (prefix lengths first, then protocol, then ports), so
+#: that the more specific policy wins (the kernel prefers smaller values). The
+#: base leaves room below for bypass policies and above for fallback ones.
 PRIORITY_BASE = 400_000
 
 #: Replay window when none is given: the legacy 32-bit bitmap is too small
