@@ -1158,8 +1158,9 @@ def _spi(raw: bytes) -> int:
 class XfrmDatapath:
     """A :class:`mpa_ike.datapath.Datapath` on the kernel's XFRM, over netlink.
 
-    ``install_states=False`` installs only the policies (for a kernel without
-    ESP, where the states live elsewhere). ``move_method`` is ``"readd"``
+    ``install_states=False`` installs only the policies: for testing on a
+    kernel without ESP, never for traffic (a policy without its state makes
+    the kernel drop, or ACQUIRE for, what it matches). ``move_method`` is ``"readd"``
     (get, delete and add each state, carrying its replay and lifetime
     counters: works wherever states do) or ``"migrate"`` (XFRM_MSG_MIGRATE,
     which needs CONFIG_XFRM_MIGRATE; falls back to re-adding when refused).
