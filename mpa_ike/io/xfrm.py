@@ -788,12 +788,16 @@ def build_newsa(spec: StateSpec, replay: ReplayState | None = None, *, update: b
         replay_window=0,
     )
     if replay is not None:
-        msg.update(
-            cur_bytes=replay.bytes,
-            cur_packets=replay.packets,
-            cur_add_time=replay.add_time,
-            cur_use_time=replay.use_time,
-        )
+        current = {
+            "cur_bytes": replay.bytes,
+            "cur_packets": replay.packets,
+            "cur_add_time": replay.add_time,
+            "cur_use_time": replay.use_time,
+        }
+        msg.update(current)
+        # The kernel ignores curlft in a new state's body; it restores the
+        # counters from XFRMA_LTIME_VAL (xfrm_update_ae_params).
+        msg["attrs"].append(["XFRMA_LTIME_VAL", current])
     # Tunnel mode may carry the other IP version inside (RFC 4301 §5.1.2.1).
     if spec.selector is None or spec.selector.family != spec.family:
         msg["flags"] |= XFRM_STATE_AF_UNSPEC

@@ -396,6 +396,8 @@ def test_newsa_restores_replay_state() -> None:
     esn = attr(msg, "XFRMA_REPLAY_ESN_VAL")
     assert (esn["oseq"], esn["seq"], esn["bmp"]) == (1000, 7, [0xF0F0F0F0, 0x1])
     assert (msg["cur_bytes"], msg["cur_packets"]) == (5, 2)
+    ltime = attr(msg, "XFRMA_LTIME_VAL")
+    assert (ltime["cur_bytes"], ltime["cur_packets"]) == (5, 2)
     assert xfrm.replay_from_answer(msg) == replay
 
 
