@@ -1,6 +1,7 @@
 """``mpa-bench``: benchmarks of the handover agent.
 
-Subcommands are thin: ``micro`` hands its arguments to :mod:`mobile.bench_micro`.
+Subcommands are thin: ``micro`` hands its arguments to :mod:`mobile.bench_micro`,
+``connect`` to :mod:`mobile.bench_connect`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gateway.commandline import EXIT_FAILURE, EXIT_OK, Parser
 
 PROG = "mpa-bench"
 MICRO_MODULE = "mobile.bench_micro"
+CONNECT_MODULE = "mobile.bench_connect"
 
 
 def build_parser() -> Parser:
@@ -25,6 +27,12 @@ def build_parser() -> Parser:
         description=f"Micro-benchmarks; the arguments are passed to {MICRO_MODULE}.",
     )
     micro.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {MICRO_MODULE}")
+    connect = commands.add_parser(
+        "connect",
+        help="time from connect to CHILD SA established, against charon and mpa-gateway",
+        description=f"Connection set-up times; the arguments are passed to {CONNECT_MODULE}.",
+    )
+    connect.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {CONNECT_MODULE}")
     return parser
 
 
@@ -33,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["micro"]:
         # argparse.REMAINDER drops leading options, so micro's arguments skip the parser.
         return micro(argv[1:])
+    if argv[:1] == ["connect"]:
+        return delegate("connect", CONNECT_MODULE, argv[1:])
     parser = build_parser()
     parser.parse_args(argv)
     parser.print_help()
@@ -41,10 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def micro(argv: list[str]) -> int:
     """Call ``mobile.bench_micro.main(argv)``, which returns an exit code."""
-    if importlib.util.find_spec(MICRO_MODULE) is None:
-        print(f"{PROG}: micro: not available yet ({MICRO_MODULE} is missing)", file=sys.stderr)
+    return delegate("micro", MICRO_MODULE, argv)
+
+
+def delegate(command: str, module_name: str, argv: list[str]) -> int:
+    """Call ``module_name.main(argv)``, which returns an exit code."""
+    if importlib.util.find_spec(module_name) is None:
+        print(f"{PROG}: {command}: not available yet ({module_name} is missing)", file=sys.stderr)
         return EXIT_FAILURE
-    module = importlib.import_module(MICRO_MODULE)
+    module = importlib.import_module(module_name)
     code = module.main(argv)
     return code if isinstance(code, int) else EXIT_OK
 
