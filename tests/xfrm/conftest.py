@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,3 +37,5 @@ def xfrm_netns() -> Iterator[Netns]:
         pytest.skip(reason)
     with netns("xf") as ns:
         yield ns
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert ns.name not in listed.stdout.split(), f"namespace {ns.name} left behind"

@@ -68,8 +68,23 @@ def esp_ok(xfrm_netns: Netns) -> bool:
     return xfrm.probe_esp_support(xfrm_netns.name)
 
 
+def iproute2_accepts_esp(ns: Netns) -> bool:
+    """The same question asked through iproute2, independently of our netlink code."""
+    added = ns.ip(
+        "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+        "spi", "0x4711", "reqid", "1", "mode", "tunnel",
+        "enc", "cbc(aes)", "0x" + "00" * 16, "auth-trunc", "hmac(sha256)", "0x" + "11" * 32, "128",
+        check=False,
+    )  # fmt: skip
+    if added.returncode == 0:
+        ns.ip("xfrm", "state", "delete", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+              "spi", "0x4711")  # fmt: skip
+    return added.returncode == 0
+
+
 def test_probe_and_refused_state(xfrm_netns: Netns, esp_ok: bool) -> None:
     """On this kernel the probe says no, and a real state is refused with a typed error."""
+    assert esp_ok == iproute2_accepts_esp(xfrm_netns)
     before = sad(xfrm_netns)
     refusal = xfrm.probe_esp(xfrm_netns.name)
     assert (refusal is None) == esp_ok
