@@ -10,8 +10,10 @@ the same run with the same proposals, EAP method and gateway key type:
 - charon -> charon: ``swanctl --initiate`` (it returns when the CHILD SA is up), raw and
   less the median of ``swanctl --stats`` (process start and a vici round trip).
 
-Each figure is the median of ``--runs`` connections after one warm-up; the SAs are
-deleted between runs.
+Beside each, the same connections on the wire (tcpdump on the initiator's link): from
+the first IKE_SA_INIT request to the last IKE_AUTH response, a figure independent of
+how each program is commanded. Each figure is the median of ``--runs`` connections
+after one warm-up; the SAs are deleted between runs.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from typing import Any
 import yaml
 
 from gateway.control import call
+from mpa_ike.constants import ExchangeType
+from mpa_ike.wire import HEADER_LENGTH, parse_header
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 METHODS = ("eap-md5", "eap-mschapv2")
 KEY_TYPES = ("rsa", "ecdsa")
 ESP = "aes128-sha256"
 DAEMON_START = 20.0
+Timings = tuple[list[float], list[float]]  # (command, wire) in seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +69,7 @@ def main(argv: Sequence[str]) -> int:
     if reason is not None:
         print(f"mpa-bench connect: {reason}", file=sys.stderr)
         return 1
-    figures: dict[str, list[float]] = {}
+    figures: dict[str, Timings] = {}
     workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-", dir="/tmp"))
     try:
         figures["charon -> charon (swanctl)"], baseline = charon_to_charon(workdir / "cc", args)
@@ -76,28 +81,32 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def print_table(args: argparse.Namespace, figures: dict[str, list[float]], baseline: float) -> None:
+def print_table(args: argparse.Namespace, figures: dict[str, Timings], baseline: float) -> None:
     print(
         f"connect to CHILD SA established, {args.method}, IKE {args.ike}, ESP {ESP}, "
         f"{args.key} gateway certificate, median of {args.runs} (ms)"
     )
-    print(f"{'set-up':<34} {'median':>8} {'min':>8} {'max':>8}")
-    for name, values in figures.items():
-        ms = [v * 1000 for v in values]
-        print(f"{name:<34} {statistics.median(ms):8.1f} {min(ms):8.1f} {max(ms):8.1f}")
+    print(f"{'set-up':<28} {'command':>8} {'min':>7} {'max':>7} {'wire':>7} {'min':>7} {'max':>7}")
+    for name, (command, wire) in figures.items():
+        print(f"{name:<28} {_stats(command)} {_stats(wire)}")
         if name.startswith("charon -> charon"):
-            adjusted = statistics.median(ms) - baseline * 1000
-            print(
-                f"{'  less swanctl start (' + format(baseline * 1000, '.1f') + ')':<34} "
-                f"{adjusted:8.1f}"
-            )
+            adjusted = (statistics.median(command) - baseline) * 1000
+            label = f"  less swanctl start ({baseline * 1000:.1f})"
+            print(f"{label:<28} {adjusted:8.1f}")
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return f"{'-':>8} {'-':>7} {'-':>7}"
+    ms = [v * 1000 for v in values]
+    return f"{statistics.median(ms):8.1f} {min(ms):7.1f} {max(ms):7.1f}"
 
 
 # ---------------------------------------------------------------------------
 # Set-ups
 
 
-def charon_to_charon(workdir: Path, args: argparse.Namespace) -> tuple[list[float], float]:
+def charon_to_charon(workdir: Path, args: argparse.Namespace) -> tuple[Timings, float]:
     from tests.harness.scenarios import CHILD, CONN, Scenario, charon_pair
 
     sc = Scenario(args.method, ike_proposal=args.ike, esp_proposal=ESP, gateway_key=args.key)
@@ -112,10 +121,10 @@ def charon_to_charon(workdir: Path, args: argparse.Namespace) -> tuple[list[floa
             pair.responder.wait_for(lambda sas: not sas)
             return took
 
-        return _runs(once, args.runs), baseline
+        return _runs(once, args.runs, pair.hosts), baseline
 
 
-def mobile_to(workdir: Path, args: argparse.Namespace, *, charon_gateway: bool) -> list[float]:
+def mobile_to(workdir: Path, args: argparse.Namespace, *, charon_gateway: bool) -> Timings:
     from tests.harness.netns import two_hosts
 
     workdir.mkdir(parents=True)
@@ -135,7 +144,7 @@ def mobile_to(workdir: Path, args: argparse.Namespace, *, charon_gateway: bool) 
             _wait(peer_empty)
             return took
 
-        return _runs(once, args.runs)
+        return _runs(once, args.runs, hosts)
 
 
 @contextlib.contextmanager
@@ -267,9 +276,37 @@ def _timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _runs(once: Callable[[], float], runs: int) -> list[float]:
+def _runs(once: Callable[[], float], runs: int, hosts: Any) -> Timings:
+    """The command times of ``runs`` connections after a warm-up, and their wire times."""
+    from tests.harness.pcap import capture
+
     once()  # warm-up: first sockets, imports, caches
-    return [once() for _ in range(runs)]
+    file = Path(tempfile.mkdtemp(prefix="mpa-bench-cap-", dir="/tmp")) / "connect.pcap"
+    try:
+        with capture(hosts.left, hosts.link.a.dev, file, "udp port 500 or udp port 4500"):
+            command = [once() for _ in range(runs)]
+        return command, wire_times(file)
+    finally:
+        shutil.rmtree(file.parent, ignore_errors=True)
+
+
+def wire_times(file: Path) -> list[float]:
+    """Per IKE SA: first IKE_SA_INIT request to last IKE_AUTH response, in start order."""
+    from tests.harness.pcap import classify, read_udp
+
+    starts: dict[bytes, float] = {}
+    ends: dict[bytes, float] = {}
+    for datagram in read_udp(file):
+        kind, data, _ = classify(datagram)
+        if kind != "ike" or len(data) < HEADER_LENGTH:
+            continue
+        header = parse_header(data)
+        if header.exchange_type == ExchangeType.IKE_SA_INIT and not header.is_response:
+            starts.setdefault(header.spi_i, datagram.time)
+        elif header.exchange_type == ExchangeType.IKE_AUTH and header.is_response:
+            ends[header.spi_i] = datagram.time
+    ordered = sorted(starts.items(), key=lambda item: item[1])
+    return [ends[spi] - start for spi, start in ordered if spi in ends]
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
