@@ -1,0 +1,1 @@
+"""Deployment material shipped for operators: setup, demo, examples and the testbed."""

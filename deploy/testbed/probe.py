@@ -1,0 +1,506 @@
+"""A probe flow for outage measurements: a paced UDP sender, a reflector, and gap analysis.
+
+The sender emits one datagram per ``interval`` (1 ms by default) carrying a sequence
+number and its send time; the reflector logs every arrival and echoes each datagram back
+with its own send time, so both directions are measured by one flow. All namespaces share
+the host's ``CLOCK_MONOTONIC``, so one-way delays are read directly off the logs.
+
+    python3 -m deploy.testbed.probe reflect --port 9000 --out refl.json
+    python3 -m deploy.testbed.probe send 10.2.0.130 9000 --count 2000 --out send.json
+
+``gaps`` turns arrivals into the longest gap, the lost packets and the timeline;
+``analyse`` does it for both directions of a ``FlowLog``; ``ProbeFlow`` runs the two
+processes (inside namespaces through an exec prefix such as ``ip netns exec NS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+MAGIC = b"MPAp"
+_HEADER = struct.Struct("!4sIBdd")  # magic, seq, kind, sender's time, reflector's time
+KIND_PROBE = 0
+KIND_ECHO = 1
+MIN_SIZE = _HEADER.size
+
+
+# -- analysis ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Packet ``seq`` sent at ``sent`` and received at ``received`` (monotonic seconds)."""
+
+    seq: int
+    sent: float
+    received: float
+
+    @property
+    def delay(self) -> float:
+        return self.received - self.sent
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A silence between two consecutive arrivals."""
+
+    before: Arrival
+    after: Arrival
+
+    @property
+    def duration(self) -> float:
+        return self.after.received - self.before.received
+
+    @property
+    def lost(self) -> int:
+        """Sequence numbers skipped across the gap (0 if the packets came out of order)."""
+        return max(0, self.after.seq - self.before.seq - 1)
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """One direction of a flow.
+
+    ``longest`` is the longest time between consecutive arrivals (the outage seen by the
+    receiver), ``gaps`` every inter-arrival time above ``threshold``, ``lost_seqs`` the
+    expected sequence numbers that never arrived, ``timeline`` the arrivals in order.
+    """
+
+    interval: float
+    threshold: float
+    expected: int
+    received: int
+    lost_seqs: tuple[int, ...]
+    longest: float
+    longest_gap: Gap | None
+    gaps: tuple[Gap, ...]
+    timeline: tuple[Arrival, ...]
+    delay_median: float | None
+    delay_p95: float | None
+
+    @property
+    def lost(self) -> int:
+        return len(self.lost_seqs)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.lost,
+            "longest_gap_ms": round(self.longest * 1e3, 3),
+            "gaps_ms": [round(g.duration * 1e3, 3) for g in self.gaps],
+            "delay_median_ms": _ms(self.delay_median),
+            "delay_p95_ms": _ms(self.delay_p95),
+        }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 3)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def gaps(
+    arrivals: Iterable[Arrival],
+    interval: float,
+    *,
+    expected: Iterable[int] | None = None,
+    threshold: float | None = None,
+) -> GapReport:
+    """Longest gap, lost packets and timeline of one direction.
+
+    ``expected`` are the sequence numbers that were sent (default ``0..max seq``);
+    ``threshold`` the inter-arrival time above which a gap is listed (default two
+    intervals). Duplicates count once.
+    """
+    threshold = 2 * interval if threshold is None else threshold
+    seen: dict[int, Arrival] = {}
+    for arrival in arrivals:
+        seen.setdefault(arrival.seq, arrival)
+    timeline = tuple(sorted(seen.values(), key=lambda a: (a.received, a.seq)))
+    if expected is None:
+        expected_set = set(range(max(seen) + 1)) if seen else set()
+    else:
+        expected_set = set(expected)
+    lost = tuple(sorted(expected_set - seen.keys()))
+    listed: list[Gap] = []
+    longest_gap: Gap | None = None
+    for before, after in itertools.pairwise(timeline):
+        gap = Gap(before, after)
+        if longest_gap is None or gap.duration > longest_gap.duration:
+            longest_gap = gap
+        if gap.duration > threshold:
+            listed.append(gap)
+    delays = sorted(a.delay for a in timeline)
+    return GapReport(
+        interval=interval,
+        threshold=threshold,
+        expected=len(expected_set),
+        received=len(timeline),
+        lost_seqs=lost,
+        longest=longest_gap.duration if longest_gap else 0.0,
+        longest_gap=longest_gap,
+        gaps=tuple(listed),
+        timeline=timeline,
+        delay_median=statistics.median(delays) if delays else None,
+        delay_p95=_percentile(delays, 0.95) if delays else None,
+    )
+
+
+@dataclass
+class FlowLog:
+    """What both ends of a flow logged.
+
+    ``sent``: (seq, time) per datagram sent; ``forward``: arrivals at the reflector;
+    ``reverse``: echoes back at the sender (``sent`` is the reflector's echo time).
+    """
+
+    interval: float
+    sent: list[tuple[int, float]] = field(default_factory=list)
+    forward: list[Arrival] = field(default_factory=list)
+    reverse: list[Arrival] = field(default_factory=list)
+    send_errors: int = 0
+
+
+@dataclass(frozen=True)
+class FlowReport:
+    forward: GapReport
+    reverse: GapReport
+
+    def summary(self) -> dict[str, Any]:
+        return {"forward": self.forward.summary(), "reverse": self.reverse.summary()}
+
+
+def analyse(log: FlowLog, *, threshold: float | None = None) -> FlowReport:
+    """Both directions: forward against what was sent, reverse against what was reflected."""
+    forward = gaps(
+        log.forward, log.interval, expected=(s for s, _ in log.sent), threshold=threshold
+    )
+    reverse = gaps(
+        log.reverse, log.interval, expected=(a.seq for a in log.forward), threshold=threshold
+    )
+    return FlowReport(forward, reverse)
+
+
+# -- the two ends ------------------------------------------------------------------------
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM so a loop ends and still writes its log."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.flag = True
+
+
+def _socket_for(host: str) -> tuple[socket.socket, tuple[Any, ...]]:
+    info = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_DGRAM)
+    return sock, info[4]
+
+
+def _pack(seq: int, kind: int, t_send: float, t_reflect: float, size: int) -> bytes:
+    header = _HEADER.pack(MAGIC, seq & 0xFFFFFFFF, kind, t_send, t_reflect)
+    return header + bytes(max(0, size - len(header)))
+
+
+def run_sender(
+    host: str,
+    port: int,
+    *,
+    interval: float = 0.001,
+    count: int | None = None,
+    duration: float | None = None,
+    size: int = 64,
+    linger: float = 0.5,
+) -> FlowLog:
+    """Send paced probes (``interval`` 0 floods) and collect echoes until done or signalled.
+
+    The schedule is absolute; a sender that falls more than one interval behind
+    re-anchors instead of bursting. A failed send (no route during a handover) is logged
+    as sent: that packet is lost.
+    """
+    stop = _Stop()
+    sock, addr = _socket_for(host)
+    addr = (addr[0], port, *addr[2:])
+    sock.setblocking(False)
+    log = FlowLog(interval)
+    start = time.monotonic()
+    end = start + duration if duration is not None else None
+    seq = 0
+    while not stop.flag and (count is None or seq < count):
+        now = time.monotonic()
+        if end is not None and now >= end:
+            break
+        due = start + seq * interval
+        if now >= due:
+            try:
+                sock.sendto(_pack(seq, KIND_PROBE, now, 0.0, size), addr)
+            except BlockingIOError:
+                if interval == 0:
+                    _drain(sock, log, 0.0001)
+                    continue
+                log.send_errors += 1
+            except OSError:
+                log.send_errors += 1
+            log.sent.append((seq, now))
+            seq += 1
+            if now - due > interval:
+                start = now - (seq - 1) * interval
+            continue
+        _drain(sock, log, due - now)
+    deadline = time.monotonic() + linger
+    while not stop.flag and time.monotonic() < deadline:
+        _drain(sock, log, deadline - time.monotonic())
+    sock.close()
+    return log
+
+
+def _drain(sock: socket.socket, log: FlowLog, timeout: float) -> None:
+    ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
+    if not ready:
+        return
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue  # ICMP errors surface here on some paths
+        now = time.monotonic()
+        if len(data) < MIN_SIZE:
+            continue
+        magic, seq, kind, _t_send, t_reflect = _HEADER.unpack_from(data)
+        if magic == MAGIC and kind == KIND_ECHO:
+            log.reverse.append(Arrival(seq, t_reflect, now))
+
+
+def run_reflector(
+    port: int, *, bind: str = "::", echo: bool = True, ready: Any = None
+) -> list[Arrival]:
+    """Log every probe received (and echo it) until SIGINT/SIGTERM."""
+    stop = _Stop()
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((bind, port))
+    sock.settimeout(0.1)
+    if ready is not None:
+        ready()
+    arrivals: list[Arrival] = []
+    while not stop.flag:
+        try:
+            data, peer = sock.recvfrom(65536)
+        except (TimeoutError, InterruptedError):
+            continue
+        now = time.monotonic()
+        if len(data) < MIN_SIZE:
+            continue
+        magic, seq, kind, t_send, _ = _HEADER.unpack_from(data)
+        if magic != MAGIC or kind != KIND_PROBE:
+            continue
+        arrivals.append(Arrival(seq, t_send, now))
+        if echo:
+            with contextlib.suppress(OSError):
+                sock.sendto(_pack(seq, KIND_ECHO, t_send, time.monotonic(), len(data)), peer)
+    sock.close()
+    return arrivals
+
+
+# -- running a flow between namespaces ---------------------------------------------------
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+class ProbeFlow:
+    """A reflector and a sender, each a process started through an exec prefix.
+
+    ``ProbeFlow(["ip", "netns", "exec", "cn"], ["ip", "netns", "exec", "mn"], "10.2.0.130")``
+    then ``start()``, and ``wait()`` (bounded flow) or ``stop()`` for the ``FlowLog``.
+    """
+
+    def __init__(
+        self,
+        sender_prefix: Sequence[str],
+        reflector_prefix: Sequence[str],
+        target: str,
+        *,
+        port: int = 9000,
+        interval: float = 0.001,
+        count: int | None = None,
+        duration: float | None = None,
+        size: int = 64,
+        workdir: str | None = None,
+    ) -> None:
+        self.sender_prefix = list(sender_prefix)
+        self.reflector_prefix = list(reflector_prefix)
+        self.target = target
+        self.port = port
+        self.interval = interval
+        self.count = count
+        self.duration = duration
+        self.size = size
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="probe")
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.sender: subprocess.Popen[bytes] | None = None
+        self.reflector: subprocess.Popen[bytes] | None = None
+
+    def _module(self) -> list[str]:
+        return [sys.executable, "-m", "deploy.testbed.probe"]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self, timeout: float = 10.0) -> ProbeFlow:
+        refl = [*self._module(), "reflect", "--port", str(self.port)]
+        refl += ["--out", str(self.workdir / "reflector.json")]
+        self.reflector = subprocess.Popen(
+            [*self.reflector_prefix, *refl], stdout=subprocess.PIPE, env=self._env()
+        )
+        assert self.reflector.stdout is not None
+        ready, _, _ = select.select([self.reflector.stdout], [], [], timeout)
+        if not ready or not self.reflector.stdout.readline().startswith(b"ready"):
+            self._kill()
+            raise RuntimeError("probe reflector did not start")
+        send = [*self._module(), "send", self.target, str(self.port)]
+        send += ["--interval", repr(self.interval), "--size", str(self.size)]
+        if self.count is not None:
+            send += ["--count", str(self.count)]
+        if self.duration is not None:
+            send += ["--duration", repr(self.duration)]
+        send += ["--out", str(self.workdir / "sender.json")]
+        self.sender = subprocess.Popen([*self.sender_prefix, *send], env=self._env())
+        return self
+
+    def wait(self, timeout: float | None = None) -> FlowLog:
+        """Wait for a bounded sender to finish, then stop the reflector."""
+        assert self.sender is not None
+        self.sender.wait(timeout)
+        return self._collect()
+
+    def stop(self) -> FlowLog:
+        """Stop the sender now (it still waits briefly for echoes), then the reflector."""
+        if self.sender is not None and self.sender.poll() is None:
+            self.sender.send_signal(signal.SIGINT)
+            self.sender.wait(10)
+        return self._collect()
+
+    def _collect(self) -> FlowLog:
+        assert self.reflector is not None
+        if self.reflector.poll() is None:
+            self.reflector.send_signal(signal.SIGINT)
+            self.reflector.wait(10)
+        if self.reflector.stdout is not None:
+            self.reflector.stdout.close()
+        sender = json.loads((self.workdir / "sender.json").read_text())
+        reflector = json.loads((self.workdir / "reflector.json").read_text())
+        log = FlowLog(
+            interval=sender["interval"],
+            sent=[(s, t) for s, t in sender["sent"]],
+            forward=[Arrival(*a) for a in reflector["arrivals"]],
+            reverse=[Arrival(*a) for a in sender["echoes"]],
+            send_errors=sender["send_errors"],
+        )
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        return log
+
+    def _kill(self) -> None:
+        for proc in (self.sender, self.reflector):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> ProbeFlow:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill()
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _write(path: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data)
+    if path == "-":
+        print(text)
+    else:
+        Path(path).write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m deploy.testbed.probe")
+    sub = parser.add_subparsers(dest="role", required=True)
+    send = sub.add_parser("send", help="paced probes with sequence numbers and times")
+    send.add_argument("host")
+    send.add_argument("port", type=int)
+    send.add_argument("--interval", type=float, default=0.001, help="seconds (0: flood)")
+    send.add_argument("--count", type=int)
+    send.add_argument("--duration", type=float)
+    send.add_argument("--size", type=int, default=64, help=f"UDP payload bytes (>= {MIN_SIZE})")
+    send.add_argument("--linger", type=float, default=0.5, help="wait for echoes at the end")
+    send.add_argument("--out", default="-")
+    refl = sub.add_parser("reflect", help="log arrivals and echo them")
+    refl.add_argument("--port", type=int, default=9000)
+    refl.add_argument("--bind", default="::")
+    refl.add_argument("--no-echo", action="store_true")
+    refl.add_argument("--out", default="-")
+    args = parser.parse_args(argv)
+    if args.role == "send":
+        log = run_sender(
+            args.host,
+            args.port,
+            interval=args.interval,
+            count=args.count,
+            duration=args.duration,
+            size=args.size,
+            linger=args.linger,
+        )
+        echoes = [(a.seq, a.sent, a.received) for a in log.reverse]
+        data = {"interval": log.interval, "sent": log.sent, "echoes": echoes}
+        _write(args.out, {**data, "send_errors": log.send_errors})
+    else:
+        arrivals = run_reflector(
+            args.port,
+            bind=args.bind,
+            echo=not args.no_echo,
+            ready=lambda: print("ready", flush=True),
+        )
+        _write(args.out, {"arrivals": [(a.seq, a.sent, a.received) for a in arrivals]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
