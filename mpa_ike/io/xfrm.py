@@ -1260,6 +1260,8 @@ class XfrmDatapath:
         """
         if self.move_method != "migrate" or (child.params.encap and not encap):
             return False
+        if child.states_installed and not child.policies:
+            return False  # no policy to carry the states along
         return all(self._policies[key].owners[-1] == child.params.spi_in for key in child.policies)
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:
