@@ -443,3 +443,15 @@ def test_migrate_failing_half_way_falls_back() -> None:
         assert "198.51.100.77" in tmpl_addrs(kernel.policies[key])
     dp.remove_child_sa(params.spi_in, params.spi_out)
     assert kernel.states == {} and kernel.policies == {}
+
+
+def test_migrate_cannot_drop_encapsulation() -> None:
+    """Without XFRMA_ENCAP the kernel's MIGRATE keeps the old one: turning it off re-adds."""
+    kernel = FakeKernel()
+    dp = datapath(kernel, move_method="migrate")
+    params = params_cbc_sha256_v4(encap=True)
+    dp.install_child_sa(params)
+    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
+    assert "XFRM_MSG_MIGRATE" not in [name for name, _ in kernel.log]
+    for state in kernel.states.values():
+        assert xfrm.get_attr(state, "XFRMA_ENCAP") is None
