@@ -13,9 +13,9 @@ Transforms:
 
 Per-packet work is kept small: cipher objects are built once per SA, the AEAD
 IV is the sequence number (unique per key, as Linux's seqiv and strongSwan do;
-RFC 4106 §3.1 only asks for uniqueness), and the CBC IV is the encryption of
-the sequence number under the SA key (NIST SP 800-38A Appendix C), produced by
-the same CBC call that encrypts the payload, so no random call per packet.
+RFC 4106 §3.1 only asks for uniqueness), and the CBC IV is the encryption of a
+nonce block under the SA key (NIST SP 800-38A Appendix C), produced by the same
+CBC call that encrypts the payload, so no random call per packet.
 
 Nothing raises for received bytes: every failure is a :class:`DropReason`
 returned to the caller and counted.
@@ -123,27 +123,34 @@ class _Aead(EspTransform):
 
 
 class _CbcHmac(EspTransform):
-    """AES-CBC with an HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.8)."""
+    """AES-CBC with an HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.8).
+
+    Building a CBC context costs more than encrypting a packet, so both
+    directions keep theirs. Outbound, one CBC chain runs across all packets and
+    each packet starts with a nonce block (sequence number): its ciphertext is
+    the packet's IV, E_K(nonce XOR previous block), unpredictable to anyone
+    without the key (RFC 3602 §2; NIST SP 800-38A Appendix C). Inbound, an ECB
+    context decrypts all blocks and one big-integer XOR with the preceding
+    ciphertext blocks completes CBC decryption.
+    """
 
     iv_size = 16
     align = 16
 
     def __init__(self, key: bytes, integ_key: bytes, digest: str, icv_size: int) -> None:
-        self._aes = algorithms.AES(key)
-        self._zero_iv_cipher = Cipher(self._aes, modes.CBC(_ZERO_BLOCK))
-        self._integ_key = integ_key
-        self._digest = digest
+        aes = algorithms.AES(key)
+        self._chain = Cipher(aes, modes.CBC(_ZERO_BLOCK)).encryptor()
+        self._ecb = Cipher(aes, modes.ECB()).decryptor()
+        self._mac = hmac.new(integ_key, digestmod=digest)
         self.icv_size = icv_size
 
     def _icv(self, data: bytes) -> bytes:
-        return hmac.digest(self._integ_key, data, self._digest)[: self.icv_size]
+        mac = self._mac.copy()
+        mac.update(data)
+        return mac.digest()[: self.icv_size]
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
-        # CBC from a zero IV over (nonce block | plaintext): the first output block
-        # is E_K(nonce), an unpredictable IV, and the rest is the CBC encryption of
-        # the plaintext under that IV.
-        enc = self._zero_iv_cipher.encryptor()
-        body = enc.update(_CBC_NONCE_PREFIX + seq.to_bytes(8, "big") + plaintext)
+        body = self._chain.update(_CBC_NONCE_PREFIX + seq.to_bytes(8, "big") + plaintext)
         signed = header + body
         return body + self._icv(signed + seq_hi if seq_hi else signed)
 
@@ -152,8 +159,10 @@ class _CbcHmac(EspTransform):
         signed = packet[:-n]
         if not hmac.compare_digest(self._icv(signed + seq_hi if seq_hi else signed), packet[-n:]):
             return None
-        dec = Cipher(self._aes, modes.CBC(packet[8:24])).decryptor()
-        return dec.update(signed[24:])
+        decrypted = self._ecb.update(signed[24:])
+        size = len(decrypted)
+        chain = int.from_bytes(signed[8:-16], "big")
+        return (int.from_bytes(decrypted, "big") ^ chain).to_bytes(size, "big")
 
 
 def make_transform(
