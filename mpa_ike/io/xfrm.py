@@ -1095,6 +1095,12 @@ class XfrmSocket:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> XfrmSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def request(self, msg: Any, what: str = "") -> list[Any]:
         seq = next(self._seq)
         msg["header"]["sequence_number"] = seq
@@ -1209,7 +1215,14 @@ class XfrmDatapath:
         return self._child(spi_in).reqid
 
     def close(self) -> None:
+        """Close the netlink socket; what was installed stays (remove_child_sa removes)."""
         self.transport.close()
+
+    def __enter__(self) -> XfrmDatapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- Datapath -------------------------------------------------------------------------
 
@@ -1498,8 +1511,7 @@ def probe_esp(netns: str | None = None) -> XfrmError | None:
     HMAC-SHA-256, since a kernel may have ESP without one of them.
     """
     refusal: XfrmError | None = None
-    sock = XfrmSocket(netns)
-    try:
+    with XfrmSocket(netns) as sock:
         for spec in _probe_specs():
             try:
                 sock.request(build_newsa(spec), "ESP probe")
@@ -1513,8 +1525,6 @@ def probe_esp(netns: str | None = None) -> XfrmError | None:
             sock.request(build_delsa(spec.key), "ESP probe cleanup")
             return None
         return refusal
-    finally:
-        sock.close()
 
 
 def probe_esp_support(netns: str | None = None) -> bool:

@@ -359,6 +359,12 @@ class ProbeSocket:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
+    def __enter__(self) -> ProbeSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def request(self, msg: Any, what: str = "") -> list[Any]:
         msg = roundtrip(msg)
         ProbeSocket.log.append(msg)
