@@ -26,6 +26,8 @@ ESP_SPI_SIZE = 4
 class ChildSaState(Enum):
     CREATING = "creating"
     INSTALLED = "installed"
+    REKEYING = "rekeying"  # our CREATE_CHILD_SA with REKEY_SA is out (§2.8)
+    REKEYED = "rekeyed"  # replaced; kept for inbound traffic until its DELETE
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
@@ -53,6 +55,8 @@ class ChildSa:
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
     params: ChildSaParams | None = field(default=None, repr=False)
+    spec: ProposalSpec | None = field(default=None, repr=False)
+    rekey_at: float | None = None  # lifetime deadline (Lifetimes.child_rekey_time)
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -73,14 +77,16 @@ def child_sa_params(
     initiator: bool,
     endpoints: tuple[Address, Address],
     encap: bool,
+    shared_secret: bytes | None = None,
 ) -> ChildSaParams:
     """KEYMAT (§2.17) split into the two directions of ``child``.
 
     ``nonces`` are (Ni, Nr) of the exchange that created the SA, ``initiator``
-    whether this side initiated that exchange, ``endpoints`` (local, remote).
+    whether this side initiated that exchange, ``endpoints`` (local, remote),
+    ``shared_secret`` the CREATE_CHILD_SA key exchange result with PFS.
     """
     suite = ChildSuite.from_proposal(spec)
-    keys = suite.derive_keys(prf, sk_d, nonces[0], nonces[1])
+    keys = suite.derive_keys(prf, sk_d, nonces[0], nonces[1], shared_secret)
     encr_out, integ_out = keys.outbound(initiator)
     encr_in, integ_in = keys.inbound(initiator)
     return ChildSaParams(

@@ -3,7 +3,9 @@
 :class:`Endpoint` is what the gateway and mobile glue drive, aioquic style:
 ``receive_datagram(data, src, dst, now)`` with the IKE message (non-ESP marker
 already stripped, see :mod:`mpa_ike.datagram`), ``handle_timer(now)``,
-commands (``initiate``, ``delete``, ``delete_child_sa``, ``check_liveness``);
+commands (``initiate``, ``delete``, ``delete_child_sa``, ``check_liveness``,
+``rekey_child_sa``, ``rekey_ike_sa``, ``create_child_sa``, ``update_addresses``,
+``send_additional_addresses``);
 out come ``datagrams_to_send(now)``, ``get_timer()`` and ``next_event()``.
 
 Dispatch: a message is filed by the SPI this side chose (SPIr in messages
@@ -45,7 +47,7 @@ import hmac
 import ipaddress
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from mpa_ike.constants import (
@@ -63,6 +65,7 @@ from mpa_ike.wire import (
     HEADER_LENGTH,
     EncryptedFragmentPayload,
     IkeHeader,
+    IPAddress,
     Message,
     NoncePayload,
     NotifyPayload,
@@ -184,6 +187,32 @@ class Endpoint:
     def check_liveness(self, spi: bytes, now: float) -> None:
         self._command(spi, lambda sa: sa.check_liveness(now))
 
+    def rekey_child_sa(self, spi: bytes, spi_in: bytes, now: float) -> None:
+        """Rekey one CHILD SA (RFC 7296 §2.8); ChildSaEstablished, ChildSaRekeyed, then
+        ChildSaDeleted of the old pair follow."""
+        self._command(spi, lambda sa: sa.rekey_child_sa(spi_in, now))
+
+    def rekey_ike_sa(self, spi: bytes, now: float) -> None:
+        """Rekey an IKE SA (§2.18); IkeSaRekeyed names the new SPI."""
+        self._command(spi, lambda sa: sa.rekey_ike_sa(now))
+
+    def create_child_sa(self, spi: bytes, now: float) -> None:
+        """One more CHILD SA with the configured proposals and selectors (§1.3.1)."""
+        self._command(spi, lambda sa: sa.create_child_sa(now))
+
+    def update_addresses(
+        self, spi: bytes, new_local: Address, now: float, new_remote: Address | None = None
+    ) -> None:
+        """MOBIKE (RFC 4555 §3.5), mobile node: move the IKE SA and its CHILD SAs to
+        ``new_local`` (and ``new_remote``) and send UPDATE_SA_ADDRESSES from there."""
+        self._command(spi, lambda sa: sa.update_addresses(new_local, now, new_remote))
+
+    def send_additional_addresses(
+        self, spi: bytes, addresses: Sequence[IPAddress], now: float
+    ) -> None:
+        """MOBIKE (RFC 4555 §3.6): announce our other addresses (empty: none)."""
+        self._command(spi, lambda sa: sa.send_additional_addresses(addresses, now))
+
     def delete_all(self, now: float) -> None:
         """Shutdown: DELETE every IKE SA (SIGTERM in the gateway)."""
         for spi in list(self._sas):
@@ -243,6 +272,10 @@ class Endpoint:
     def _collect(self, sa: IkeSa) -> None:
         while (event := sa.next_event()) is not None:
             self._events.append(event)
+        for successor in sa.take_successors():
+            # §2.18: an IKE SA made by rekeying, under the SPI this side chose for it.
+            self._sas[successor.local_spi] = successor
+            self._collect(successor)
 
     def _forget_closed(self, now: float) -> None:
         for spi, sa in list(self._sas.items()):

@@ -86,3 +86,72 @@ class LeaseReleased(Event):
 @dataclass(frozen=True, slots=True)
 class LivenessConfirmed(Event):
     """The peer answered an empty INFORMATIONAL (RFC 7296 §1.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaRekeyed(Event):
+    """A CHILD SA was replaced by a rekey (RFC 7296 §2.8).
+
+    Comes after the :class:`ChildSaEstablished` of the new pair (install it);
+    the old pair goes with its own :class:`ChildSaDeleted` once the DELETE
+    exchange is over, so a glue that only knows those two stays right.
+    """
+
+    old_spi_in: bytes
+    old_spi_out: bytes
+    new_spi_in: bytes
+    new_spi_out: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed(Event):
+    """The IKE SA ``ike_sa`` was rekeyed into ``new_ike_sa`` (RFC 7296 §2.18).
+
+    Its CHILD SAs and its lease now belong to the new IKE SA; later events use
+    the new SPI. The old one ends quietly (no :class:`IkeSaDeleted`).
+    """
+
+    new_ike_sa: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaAddressesUpdated(Event):
+    """MOBIKE (RFC 4555 §3.5): the IKE SA now runs between ``local`` and ``remote``."""
+
+    local: Address
+    remote: Address
+    nat_detected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaAddressesUpdated(Event):
+    """MOBIKE: move the installed pair to new outer addresses
+    (``Datapath.update_addresses(spi_in, spi_out, local, remote, encap)``)."""
+
+    spi_in: bytes
+    spi_out: bytes
+    local: Address
+    remote: Address
+    encap: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddressUpdateRefused(Event):
+    """An UPDATE_SA_ADDRESSES was refused (RFC 4555 §3.5, §3.9).
+
+    On the gateway: it refused the peer's move to ``address`` (nothing moved).
+    On the mobile node: the gateway refused ours; the SA is of no use at the
+    new address, so fall back to a full IKE exchange from there.
+    """
+
+    notify: NotifyType
+    address: Address
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddressesAnnounced(Event):
+    """ADDITIONAL_IP4/IP6_ADDRESS (or NO_ADDITIONAL_ADDRESSES: empty) from the peer;
+    each list replaces the previous one (RFC 4555 §3.4, §3.6)."""
+
+    addresses: tuple[IPAddress, ...]

@@ -19,6 +19,7 @@ from mpa_ike.config_payload import AddressAllocator
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.eap import EapType
 from mpa_ike.errors import ConfigError
+from mpa_ike.mobike import AddressCheck, AddressPolicy
 from mpa_ike.retransmit import RetransmitPolicy
 from mpa_ike.wire import IPAddress
 
@@ -27,8 +28,30 @@ DEFAULT_EAP_METHODS = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE)
 DEFAULT_FRAGMENT_SIZE = 1280
 # strongSwan's charon.half_open_timeout.
 DEFAULT_HALF_OPEN_TIMEOUT = 30.0
+# strongSwan's defaults: IKE SA rekey_time 4 h, CHILD SA rekey_time 1 h.
+DEFAULT_IKE_REKEY_TIME = 4 * 3600.0
+DEFAULT_CHILD_REKEY_TIME = 3600.0
 WallClock = Callable[[], datetime.datetime]
 UserLookup = Callable[[bytes], str | None]
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """When to rekey (RFC 7296 §2.8), in seconds after the SA came up.
+
+    Each deadline is ``rekey_time`` minus a random part of up to ``jitter``
+    (strongSwan's rand_time, 10 % by default), drawn from the injected random
+    source so that two peers with one configuration do not collide. ``None``
+    turns rekeying off.
+    """
+
+    ike_rekey_time: float | None = DEFAULT_IKE_REKEY_TIME
+    child_rekey_time: float | None = DEFAULT_CHILD_REKEY_TIME
+    jitter: float = 0.1  # fraction of the rekey time
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError("lifetime jitter must be a fraction below 1")
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,9 @@ class InitiatorConfig:
     signature_hash_algorithms: bool = True
     # strongSwan's encap=yes: fake NAT-D so both sides use ESP in UDP on 4500.
     force_encap: bool = False
+    lifetimes: Lifetimes = field(default_factory=Lifetimes)
+    # RFC 4555 §3.9: no NAT allowed on the path (N(NO_NATS_ALLOWED) in updates).
+    no_nats_allowed: bool = False
 
     def __post_init__(self) -> None:
         if self.psk is None and not self.ca:
@@ -90,6 +116,12 @@ class ResponderConfig:
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
     retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
     half_open_timeout: float = DEFAULT_HALF_OPEN_TIMEOUT
+    lifetimes: Lifetimes = field(default_factory=Lifetimes)
+    # MOBIKE (RFC 4555 §3.5): which new addresses an update may move an IKE SA
+    # to (an AddressPolicy, or any callable), and whether to check return
+    # routability before the CHILD SAs move.
+    address_policy: AddressCheck = field(default_factory=AddressPolicy)
+    return_routability: bool = False
 
     def __post_init__(self) -> None:
         if (self.credential is None) == (self.psk is None):

@@ -29,6 +29,7 @@ all fragments of it.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -69,18 +70,31 @@ from mpa_ike.datagram import Address, Datagram
 from mpa_ike.eap import EapPeer, EapResult, EapServer
 from mpa_ike.errors import CodecError, IkeError, IntegrityError, RemoteProtocolError
 from mpa_ike.events import (
+    AddressUpdateRefused,
+    ChildSaAddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     Event,
+    IkeSaAddressesUpdated,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     LeaseReleased,
     LivenessConfirmed,
+    PeerAddressesAnnounced,
 )
 from mpa_ike.identity import Identity, identity_of, parse_identity
-from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
+from mpa_ike.ike_config import InitiatorConfig, Lifetimes, ResponderConfig
+from mpa_ike.mobike import (
+    ADDRESS_LIST_NOTIFIES,
+    COOKIE2_SIZE,
+    IkeSaInfo,
+    additional_address_notifies,
+    no_nats_mismatch,
+)
 from mpa_ike.protection import Reassembler, seal_message
 from mpa_ike.retransmit import RetransmitPolicy, Retransmitter, TimerAction
 from mpa_ike.sa_payload import answer, check_answer, sa_payload, select
@@ -115,11 +129,17 @@ from mpa_ike.wire import (
     serialize_message,
 )
 from mpa_ike.wire.notify import (
+    cookie2_notify,
     cookie_notify,
     invalid_ke_notify,
     nat_detection_hash,
+    no_nats_allowed_notify,
+    read_additional_address,
+    read_cookie2,
     read_invalid_ke_group,
+    read_rekey_sa,
     read_signature_hash_algorithms,
+    rekey_sa_notify,
     signature_hash_algorithms_notify,
 )
 
@@ -152,11 +172,25 @@ class IkeSaState(Enum):
     INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered (half-open)
     EAP = "eap"  # responder: EAP under way
     ESTABLISHED = "established"
+    REKEYED = "rekeyed"  # replaced by a new IKE SA (§2.18), waiting for its DELETE
     DELETING = "deleting"
     CLOSED = "closed"
 
 
 HALF_OPEN_STATES = frozenset({IkeSaState.INIT_DONE, IkeSaState.EAP})
+# CHILD SA states whose keys are in the datapath (deleting them emits ChildSaDeleted).
+_CHILD_IN_DATAPATH = frozenset(
+    {
+        ChildSaState.INSTALLED,
+        ChildSaState.REKEYING,
+        ChildSaState.REKEYED,
+        ChildSaState.DELETING,
+    }
+)
+# How long a rekeyed IKE SA waits for the peer's DELETE before it goes quietly.
+REKEYED_IKE_SA_GRACE = 30.0
+# A rekey refused with TEMPORARY_FAILURE (§2.25) is tried again this much later.
+REKEY_RETRY_DELAY = 10.0
 _LIVE_STATES = frozenset({IkeSaState.ESTABLISHED, IkeSaState.DELETING})
 
 
@@ -190,6 +224,31 @@ class _Outstanding:
     retransmitter: Retransmitter
     on_response: Callable[[Message, float], None]
     on_give_up: Callable[[float], None]
+
+
+@dataclass
+class _IkeRekey:
+    """Our CREATE_CHILD_SA rekeying the IKE SA (§1.3.2): the new SPI, Ni and KE."""
+
+    spi: bytes
+    nonce: bytes
+    dh: KeyExchange
+
+
+@dataclass
+class _IkeCollision:
+    """§2.25.2: the peer's IKE SA rekey, answered while ours was out."""
+
+    successor: IkeSa
+    nonces: tuple[bytes, bytes]
+
+
+@dataclass
+class _PeerChildRekey:
+    """§2.8.1: the peer's rekey of a CHILD SA we were rekeying ourselves."""
+
+    new: ChildSa
+    nonces: tuple[bytes, bytes]
 
 
 @dataclass
@@ -268,6 +327,21 @@ class IkeSa:
         self._cookie: bytes | None = None
         self._lease_owner: bytes | None = None
         self._idi: IdiPayload | None = None
+        # Where the answer to the request being handled goes (§2.11: to its source).
+        self._reply_path: tuple[Address, Address] | None = None
+        self._response_path: tuple[Address, Address] = (local, remote)
+        # Rekeying (§2.8, §2.18) and lifetimes.
+        self._ike_rekey_at: float | None = None
+        self._ike_rekey: _IkeRekey | None = None
+        self._ike_collision: _IkeCollision | None = None
+        self._peer_rekeyed: dict[bytes, _PeerChildRekey] = {}
+        self._successors: list[IkeSa] = []
+        self._superseded = False
+        # MOBIKE (RFC 4555).
+        self._update_cookie: bytes | None = None
+        self._update_queued = False
+        self._update_again = False
+        self.peer_additional_addresses: tuple[IPAddress, ...] = ()
 
     # ------------------------------------------------------------------
     # Construction
@@ -344,6 +418,11 @@ class IkeSa:
         deadlines = [self._half_open_deadline]
         if self._outstanding is not None:
             deadlines.append(self._outstanding.retransmitter.deadline)
+        if self.state == IkeSaState.ESTABLISHED:
+            deadlines.append(self._ike_rekey_at)
+            deadlines += [
+                c.rekey_at for c in self.children.values() if c.state == ChildSaState.INSTALLED
+            ]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -378,6 +457,7 @@ class IkeSa:
         if self._half_open_deadline is not None and now >= self._half_open_deadline:
             self._close_failed("half-open IKE SA timed out", None, now)
             return
+        self._lifetime_timers(now)
         outstanding = self._outstanding
         if outstanding is None:
             return
@@ -468,7 +548,8 @@ class IkeSa:
         datagrams = self._seal(header, payloads)
         self._cached_response = (request.message_id, datagrams)
         self._peer_next_id = request.message_id + 1
-        self._send(datagrams)
+        local, remote = self._reply_path or (self.local, self.remote)
+        self._outbox.extend(Datagram(d, local, remote) for d in datagrams)
 
     # ------------------------------------------------------------------
     # Receiving
@@ -510,6 +591,7 @@ class IkeSa:
         message_or_none = self._open(data, self._response_reassembler)
         if message_or_none is None:
             return
+        self._response_path = (src, dst)
         outstanding.on_response(message_or_none, now)
 
     def _open(self, data: bytes, reassembler: Reassembler) -> Message | None:
@@ -572,7 +654,11 @@ class IkeSa:
         if handler is None:
             self.counters["dropped_no_handler"] += 1
             return
-        handler(self, message, src, dst, now)
+        self._reply_path = (dst, src)
+        try:
+            handler(self, message, src, dst, now)
+        finally:
+            self._reply_path = None
 
     def resend_init_response(self, src: Address, dst: Address) -> None:
         """The endpoint saw a retransmitted IKE_SA_INIT request (§2.1)."""
@@ -585,13 +671,14 @@ class IkeSa:
 
     def _close(self, final: Event, by_peer: bool) -> None:
         for child in self.children.values():
-            if child.state == ChildSaState.INSTALLED:
+            if child.state in _CHILD_IN_DATAPATH:
                 child.state = ChildSaState.DELETED
                 self._emit(
                     ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
                 )
         self._release_lease()
-        self._emit(final)
+        if not self._superseded:  # a rekeyed IKE SA lives on as its successor (§2.18)
+            self._emit(final)
         self.state = IkeSaState.CLOSED
         self._outstanding = None
         self._queued.clear()
@@ -971,9 +1058,9 @@ class IkeSa:
         except RemoteProtocolError as failure:
             self._tell_and_close(f"gateway AUTH after EAP: {failure}", failure.notify)
             return
-        self._establish_initiator(message)
+        self._establish_initiator(message, now)
 
-    def _establish_initiator(self, message: Message) -> None:
+    def _establish_initiator(self, message: Message, now: float) -> None:
         cp = message.find(ConfigurationPayload)
         if cp is not None and cp.cfg_type == CfgType.CFG_REPLY:
             reply = parse_reply(cp)
@@ -981,8 +1068,9 @@ class IkeSa:
         self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         self.mobike = self._initiator_config.mobike and self.peer_mobike
         self.state = IkeSaState.ESTABLISHED
+        self._start_ike_lifetime(now)
         self._emit_established()
-        self._initiator_child_result(message)
+        self._initiator_child_result(message, now)
 
     def _peer_name(self) -> str:
         """The peer's identity as configured (initiator) or as received (responder)."""
@@ -1005,7 +1093,7 @@ class IkeSa:
             )
         )
 
-    def _initiator_child_result(self, message: Message) -> None:
+    def _initiator_child_result(self, message: Message, now: float) -> None:
         """§2.21.3: a refused CHILD SA leaves the IKE SA up."""
         child = next(iter(self.children.values()))
         errors = [n for n in _error_notifies(message) if n in CHILD_ERRORS]
@@ -1027,7 +1115,7 @@ class IkeSa:
         child.spi_out = proposal.spi
         child.local_ts = tuple(t for t in tsi.selectors if isinstance(t, TrafficSelector))
         child.remote_ts = tuple(t for t in tsr.selectors if isinstance(t, TrafficSelector))
-        self._install_child(child, spec, initiator=True)
+        self._install_child(child, spec, initiator=True, now=now)
 
     def _check_ts_answer(self, tsi: TsiPayload, tsr: TsrPayload) -> None:
         offered_i, offered_r = self._offered_ts
@@ -1041,19 +1129,33 @@ class IkeSa:
         self.children.pop(child.spi_in, None)
         self._emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
 
-    def _install_child(self, child: ChildSa, spec: ProposalSpec, *, initiator: bool) -> None:
+    def _install_child(
+        self,
+        child: ChildSa,
+        spec: ProposalSpec,
+        *,
+        initiator: bool,
+        now: float,
+        nonces: tuple[bytes, bytes] | None = None,
+        shared_secret: bytes | None = None,
+    ) -> None:
+        """KEYMAT from the nonces of the creating exchange (IKE_AUTH's by default, §2.17)."""
         assert self._suite is not None and self._keys is not None
         child.params = child_sa_params(
             child,
             spec,
             self._suite.prf,
             self._keys.sk_d,
-            (self._nonce_i, self._nonce_r),
+            nonces or (self._nonce_i, self._nonce_r),
             initiator,
             (self.local, self.remote),
             self.nat_local or self.nat_remote,
+            shared_secret,
         )
+        child.spec = spec
         child.state = ChildSaState.INSTALLED
+        rekey_time = self._lifetimes.child_rekey_time
+        child.rekey_at = None if rekey_time is None else now + self._jittered(rekey_time)
         self._emit(ChildSaEstablished(self.local_spi, self.name, child.params))
 
     # ==================================================================
@@ -1231,7 +1333,8 @@ class IkeSa:
         self.state = IkeSaState.ESTABLISHED
         self.peer_mobike = self._auth_request.mobike
         self.mobike = self.peer_mobike and self._responder_config.mobike
-        child_payloads, child_result = self._responder_child(self._auth_request)
+        self._start_ike_lifetime(now)
+        child_payloads, child_result = self._responder_child(self._auth_request, now)
         payloads += child_payloads
         if self.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
@@ -1259,7 +1362,9 @@ class IkeSa:
         dns = self._responder_config.dns if wanted.dns else ()
         return build_reply(leased, dns, sorted(wanted.addresses))
 
-    def _responder_child(self, request: _AuthRequest) -> tuple[list[Payload], Callable[[], None]]:
+    def _responder_child(
+        self, request: _AuthRequest, now: float
+    ) -> tuple[list[Payload], Callable[[], None]]:
         """Payloads for the CHILD SA part of the last IKE_AUTH response, and its event."""
         reply = self._lease(request.cp)
         payloads: list[Payload] = [reply] if reply is not None else []
@@ -1269,24 +1374,28 @@ class IkeSa:
             failure = NotifyType.INTERNAL_ADDRESS_FAILURE
             return [*payloads, NotifyPayload(failure)], lambda: self._child_refused(failure)
         try:
-            child, spec, sa_answer = self._accept_child(request)
+            assert request.sa is not None and request.tsi is not None
+            assert request.tsr is not None
+            child, spec, sa_answer = self._accept_child(request.sa, request.tsi, request.tsr)
         except RemoteProtocolError as error:
             notify = error.notify
             return [*payloads, NotifyPayload(notify)], lambda: self._child_refused(notify)
         payloads += [sa_answer, TsiPayload(child.remote_ts), TsrPayload(child.local_ts)]
-        return payloads, lambda: self._install_child(child, spec, initiator=False)
+        return payloads, lambda: self._install_child(child, spec, initiator=False, now=now)
 
     def _child_refused(self, notify: NotifyType) -> None:
         self._emit(ChildSaFailed(self.local_spi, self.name, notify, "CHILD SA refused"))
 
-    def _accept_child(self, request: _AuthRequest) -> tuple[ChildSa, ProposalSpec, SaPayload]:
-        assert request.sa is not None and request.tsi is not None and request.tsr is not None
+    def _accept_child(
+        self, offer: SaPayload, tsi_payload: TsiPayload, tsr_payload: TsrPayload
+    ) -> tuple[ChildSa, ProposalSpec, SaPayload]:
+        """Responder (gateway): select ESP and narrow the selectors (§2.9)."""
         config = self._responder_config
-        received, spec = select(config.child.esp_proposals, request.sa, ProtocolId.ESP)
+        received, spec = select(config.child.esp_proposals, offer, ProtocolId.ESP)
         if len(received.spi) != 4:
             raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
-        tsi = narrow(request.tsi.selectors, self._allowed_remote_ts())
-        tsr = narrow(request.tsr.selectors, selectors_for_networks(config.child.local_ts))
+        tsi = narrow(tsi_payload.selectors, self._allowed_remote_ts())
+        tsr = narrow(tsr_payload.selectors, selectors_for_networks(config.child.local_ts))
         if not tsi or not tsr:
             raise _error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
         child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
@@ -1310,17 +1419,23 @@ class IkeSa:
     def _on_informational_request(
         self, message: Message, src: Address, dst: Address, now: float
     ) -> None:
+        """INFORMATIONAL from the peer (§1.4): DELETE, liveness probes (also MOBIKE path
+        probes from another address, answered there), address lists and updates."""
         deletes = message.find_all(DeletePayload)
         if any(d.protocol_id == ProtocolId.IKE for d in deletes):
             # §1.4.1: answer with an empty INFORMATIONAL, then the SA is gone.
             self._respond(message.header, [])
             self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=True), by_peer=True)
             return
+        self._read_address_list(message)
+        if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None:
+            self._on_update_sa_addresses(message, src, dst, now)
+            return
         answer_payloads: list[Payload] = []
         for delete in deletes:
             if delete.protocol_id == ProtocolId.ESP:
                 answer_payloads += self._peer_deletes_children(delete.spis)
-        self._respond(message.header, answer_payloads)
+        self._respond(message.header, answer_payloads + self._cookie2_echo(message))
 
     def _peer_deletes_children(self, spis: Sequence[bytes]) -> list[Payload]:
         """§1.4.1: delete the pairs whose outbound SPI the peer named; list our inbound SPIs."""
@@ -1332,7 +1447,7 @@ class IkeSa:
         return [DeletePayload.for_child_sas(tuple(ours))] if ours else []
 
     def _child_gone(self, child: ChildSa, by_peer: bool) -> None:
-        installed = child.state in (ChildSaState.INSTALLED, ChildSaState.DELETING)
+        installed = child.state in _CHILD_IN_DATAPATH
         child.state = ChildSaState.DELETED
         self.children.pop(child.spi_in, None)
         if installed:
@@ -1350,12 +1465,6 @@ class IkeSa:
         errors = _error_notifies(message)
         if errors:
             self._close_failed(f"peer reported {errors[0].name}", errors[0], now)
-
-    def _on_create_child_request(
-        self, message: Message, src: Address, dst: Address, now: float
-    ) -> None:
-        """CREATE_CHILD_SA comes with issue 5; until then refuse it politely (§1.3)."""
-        self._respond(message.header, [NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)])
 
     def delete(self, now: float) -> None:
         """Command: delete the IKE SA and its CHILD SAs (§1.4.1)."""
@@ -1383,7 +1492,11 @@ class IkeSa:
         child = self.children.get(spi_in)
         if child is None or child.state != ChildSaState.INSTALLED or not self.established:
             return
+        self._send_child_delete(child, now)
+
+    def _send_child_delete(self, child: ChildSa, now: float) -> None:
         child.state = ChildSaState.DELETING
+        spi_in = child.spi_in
         self._request(
             ExchangeType.INFORMATIONAL,
             [DeletePayload.for_child_sas((spi_in,))],
@@ -1405,6 +1518,727 @@ class IkeSa:
         self._finish_exchange(now)
         self._emit(LivenessConfirmed(self.local_spi, self.name))
 
+    # ==================================================================
+    # Lifetimes (RFC 7296 §2.8: rekeying is up to each side's policy)
+
+    @property
+    def _lifetimes(self) -> Lifetimes:
+        config = self._icfg or self._rcfg
+        assert config is not None
+        return config.lifetimes
+
+    def _jittered(self, rekey_time: float) -> float:
+        """``rekey_time`` less up to ``jitter`` of it, drawn from the injected random."""
+        fraction = int.from_bytes(self._random(2), "big") / 0x10000
+        return rekey_time * (1.0 - self._lifetimes.jitter * fraction)
+
+    def _start_ike_lifetime(self, now: float) -> None:
+        rekey_time = self._lifetimes.ike_rekey_time
+        self._ike_rekey_at = None if rekey_time is None else now + self._jittered(rekey_time)
+
+    def _lifetime_timers(self, now: float) -> None:
+        if self.state != IkeSaState.ESTABLISHED:
+            return
+        if self._ike_rekey_at is not None and now >= self._ike_rekey_at:
+            self._ike_rekey_at = None
+            self.rekey_ike_sa(now)
+        for child in list(self.children.values()):
+            if child.rekey_at is not None and now >= child.rekey_at:
+                child.rekey_at = None
+                self.rekey_child_sa(child.spi_in, now)
+
+    # ==================================================================
+    # MOBIKE, initiator (RFC 4555 §3.5): the mobile node decides
+
+    def info(self) -> IkeSaInfo:
+        """What an address policy sees of this IKE SA."""
+        return IkeSaInfo(
+            self.name,
+            self.local_spi,
+            self._peer_name(),
+            self.assigned_addresses,
+            self.local,
+            self.remote,
+        )
+
+    def update_addresses(
+        self, new_local: Address, now: float, new_remote: Address | None = None
+    ) -> None:
+        """Command (mobile node): our address changed. Move the IKE SA and its CHILD SAs
+        at once (events for the datapath) and send UPDATE_SA_ADDRESSES from there.
+
+        §3.5: retransmissions go to the new addresses; if the address changes
+        again before the answer, the request in flight is resent from the new
+        address at once and a fresh update follows its answer (its NAT-D and
+        NO_NATS_ALLOWED describe the path it was first sent on).
+        """
+        if self._icfg is None or not self.mobike or self.state != IkeSaState.ESTABLISHED:
+            return
+        self.local = new_local
+        if new_remote is not None:
+            self.remote = new_remote
+        self._announce_move(children=True)
+        if self._update_cookie is not None:
+            self._update_again = True
+            outstanding = self._outstanding
+            if outstanding is not None:
+                outstanding.retransmitter = Retransmitter(self._retransmit, now)
+                self.counters["retransmitted"] += 1
+                self._send(outstanding.datagrams)
+            return
+        if not self._update_queued:
+            self._send_update(now)
+
+    def _send_update(self, now: float) -> None:
+        """Built when it leaves, so that it describes the addresses of that moment."""
+        if self.state != IkeSaState.ESTABLISHED:
+            self._update_queued = False
+            return
+        if self._outstanding is not None:
+            self._update_queued = True
+            self._queued.append(self._send_update)
+            return
+        self._update_queued = False
+        self._update_again = False
+        cookie = self._random(COOKIE2_SIZE)
+        payloads: list[Payload] = [
+            NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES),
+            *self._natd_notifies(self.spi_r),
+        ]
+        if self._initiator_config.no_nats_allowed:
+            payloads.append(
+                no_nats_allowed_notify(
+                    _ip(self.local), _ip(self.remote), self.local[1], self.remote[1]
+                )
+            )
+        payloads.append(cookie2_notify(cookie))
+        self._update_cookie = cookie
+        self.counters["updates_sent"] += 1
+        self._request(ExchangeType.INFORMATIONAL, payloads, self._on_update_response, now)
+
+    def _on_update_response(self, message: Message, now: float) -> None:
+        """§3.5/§3.7: the answer must echo our COOKIE2, else the SA is closed."""
+        expected, self._update_cookie = self._update_cookie, None
+        echoed = message.notify(NotifyType.COOKIE2)
+        if expected is None or echoed is None or not hmac.compare_digest(echoed.data, expected):
+            self._outstanding = None
+            self._close_failed("UPDATE_SA_ADDRESSES answer without our COOKIE2", None, now)
+            return
+        refusal = next(
+            (
+                n
+                for n in _error_notifies(message)
+                if n in (NotifyType.UNACCEPTABLE_ADDRESSES, NotifyType.UNEXPECTED_NAT_DETECTED)
+            ),
+            None,
+        )
+        again = self._update_again
+        self._update_again = False
+        if refusal is not None:
+            self.counters["updates_refused"] += 1
+            self._emit(
+                AddressUpdateRefused(self.local_spi, self.name, refusal, self.local, by_peer=True)
+            )
+            self._finish_exchange(now)
+            return
+        src, dst = self._response_path
+        encap_before = self.nat_local or self.nat_remote
+        self._detect_nat(message, self.spi_r, src, dst)
+        if (self.nat_local or self.nat_remote) != encap_before:
+            self._announce_move(children=True)
+        self._finish_exchange(now)
+        if again:
+            self._send_update(now)
+
+    def _announce_move(self, *, children: bool) -> None:
+        encap = self.nat_local or self.nat_remote
+        self._emit(IkeSaAddressesUpdated(self.local_spi, self.name, self.local, self.remote, encap))
+        if children:
+            self._move_children()
+
+    def _move_children(self) -> None:
+        encap = self.nat_local or self.nat_remote
+        for child in self.children.values():
+            if child.state in _CHILD_IN_DATAPATH:
+                self._emit(
+                    ChildSaAddressesUpdated(
+                        self.local_spi,
+                        self.name,
+                        child.spi_in,
+                        child.spi_out,
+                        self.local,
+                        self.remote,
+                        encap,
+                    )
+                )
+
+    def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
+        """Command: announce our other addresses, or none (RFC 4555 §3.4, §3.6)."""
+        if self.mobike and self.state == IkeSaState.ESTABLISHED:
+            self._request(
+                ExchangeType.INFORMATIONAL,
+                additional_address_notifies(addresses),
+                lambda message, later: self._finish_exchange(later),
+                now,
+            )
+
+    def _read_address_list(self, message: Message) -> None:
+        """§3.4/§3.6: a list (or NO_ADDITIONAL_ADDRESSES) replaces the previous one."""
+        notifies = [
+            n for n in message.find_all(NotifyPayload) if n.notify_type in ADDRESS_LIST_NOTIFIES
+        ]
+        if not notifies or not self.mobike:
+            return
+        self.peer_additional_addresses = tuple(
+            read_additional_address(n)
+            for n in notifies
+            if n.notify_type != NotifyType.NO_ADDITIONAL_ADDRESSES
+        )
+        self._emit(
+            PeerAddressesAnnounced(self.local_spi, self.name, self.peer_additional_addresses)
+        )
+
+    @staticmethod
+    def _cookie2_echo(message: Message) -> list[Payload]:
+        """RFC 4555 §3.7: a COOKIE2 in a request is copied into the response."""
+        cookie = message.notify(NotifyType.COOKIE2)
+        return [cookie2_notify(read_cookie2(cookie))] if cookie is not None else []
+
+    # ==================================================================
+    # MOBIKE, responder (RFC 4555 §3.5, §3.9): the gateway checks and moves
+
+    def _on_update_sa_addresses(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """The UPDATE_SA_ADDRESSES responder (RFC 4555 §3.5).
+
+        Reached only for an authenticated request with the expected Message ID
+        (a forged or replayed one never gets here). The new address pair is the
+        IP header's. Refused, by the address policy (UNACCEPTABLE_ADDRESSES, §3.5;
+        under ``allocated`` the address must be this IKE SA's CP lease) or by
+        NO_NATS_ALLOWED not matching the header (UNEXPECTED_NAT_DETECTED, §3.9):
+        the answer goes back where the request came from and nothing moves.
+        """
+        echo = self._cookie2_echo(message)
+        config = self._rcfg
+        if config is None or not self.mobike:
+            self.counters["updates_ignored"] += 1
+            self._respond(message.header, echo)
+            return
+        refusal: NotifyType | None = None
+        if not config.address_policy(self.info(), _ip(src)):
+            refusal = NotifyType.UNACCEPTABLE_ADDRESSES
+        else:
+            no_nats = message.notify(NotifyType.NO_NATS_ALLOWED)
+            if no_nats is not None and no_nats_mismatch(no_nats, src, dst):
+                refusal = NotifyType.UNEXPECTED_NAT_DETECTED
+        if refusal is not None:
+            self.counters["updates_refused"] += 1
+            self._respond(message.header, [NotifyPayload(refusal), *echo])
+            self._emit(AddressUpdateRefused(self.local_spi, self.name, refusal, src, False))
+            return
+        self.remote, self.local = src, dst
+        self._detect_nat(message, self.spi_r, src, dst)
+        self.counters["updates_accepted"] += 1
+        self._respond(message.header, [*self._natd_notifies(self.spi_r), *echo])
+        self._announce_move(children=not config.return_routability)
+        if config.return_routability:
+            self._check_return_routability(now)
+
+    def _check_return_routability(self, now: float) -> None:
+        """§3.5/§3.7: an INFORMATIONAL with COOKIE2 to the new address; the CHILD SAs
+        move when its answer echoes the cookie (no answer: the SA dies, §2.4)."""
+        cookie = self._random(COOKIE2_SIZE)
+        target = self.remote
+
+        def on_response(message: Message, later: float) -> None:
+            echoed = message.notify(NotifyType.COOKIE2)
+            self._finish_exchange(later)
+            if echoed is None or not hmac.compare_digest(echoed.data, cookie):
+                self.counters["return_routability_failed"] += 1
+                return
+            if self.remote == target:
+                self._move_children()
+
+        self._request(ExchangeType.INFORMATIONAL, [cookie2_notify(cookie)], on_response, now)
+
+    # ==================================================================
+    # CREATE_CHILD_SA, initiator (RFC 7296 §1.3.1, §1.3.3, §2.8, §2.17)
+
+    def create_child_sa(self, now: float) -> None:
+        """Command: one more CHILD SA with the configured proposals and selectors (§1.3.1)."""
+        if self.state == IkeSaState.ESTABLISHED:
+            self._request_child(None, now)
+
+    def rekey_child_sa(self, spi_in: bytes, now: float) -> None:
+        """Command: rekey the CHILD SA ``spi_in`` (§1.3.3, §2.8): a new SA, then DELETE
+        of the old one by us (or by the peer after a collision it won, §2.8.1)."""
+        child = self.children.get(spi_in)
+        if self.state != IkeSaState.ESTABLISHED or child is None:
+            return
+        if child.state != ChildSaState.INSTALLED:
+            return
+        child.state = ChildSaState.REKEYING
+        self._request_child(child, now)
+
+    def _child_config_proposals(self) -> tuple[ProposalSpec, ...]:
+        config = self._icfg or self._rcfg
+        assert config is not None
+        return config.child.esp_proposals
+
+    def _new_child_ts(self) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+        """(TSi, TSr) as this side proposes them for an additional CHILD SA."""
+        if self._icfg is not None:
+            if self.assigned_addresses:
+                local = tuple(selector_for_address(a) for a in self.assigned_addresses)
+            else:
+                local = self._dynamic_local_ts()
+            return local, selectors_for_networks(self._icfg.child.remote_ts)
+        config = self._responder_config
+        return selectors_for_networks(config.child.local_ts), self._allowed_remote_ts()
+
+    def _request_child(self, old: ChildSa | None, now: float) -> None:
+        proposals = self._child_config_proposals()
+        new = ChildSa(spi_in=self._new_child_spi())
+        self.children[new.spi_in] = new
+        nonce = self._random(NONCE_SIZE)
+        group = proposals[0].first(TransformType.DH)
+        dh = None
+        if group is not None and group.id != 0:  # PFS (§1.3.1, §2.12)
+            dh = generate_key_exchange(group.id, self._random)
+        tsi, tsr = (old.local_ts, old.remote_ts) if old is not None else self._new_child_ts()
+        payloads: list[Payload] = []
+        if old is not None:
+            payloads.append(rekey_sa_notify(old.spi_in))
+        payloads += [sa_payload(proposals, new.spi_in), NoncePayload(nonce)]
+        if dh is not None:
+            payloads.append(KePayload(dh.group, dh.public_bytes))
+        payloads += [TsiPayload(tsi), TsrPayload(tsr)]
+
+        def on_response(message: Message, later: float) -> None:
+            self._finish_exchange(later)
+            self._on_create_child_response(message, later, new, old, nonce, dh, (tsi, tsr))
+
+        self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _on_create_child_response(
+        self,
+        message: Message,
+        now: float,
+        new: ChildSa,
+        old: ChildSa | None,
+        nonce_i: bytes,
+        dh: KeyExchange | None,
+        offered: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]],
+    ) -> None:
+        if new.spi_in not in self.children or self.state not in _LIVE_STATES:
+            return  # the IKE SA was rekeyed or is going meanwhile
+        try:
+            spec, nonce_r, shared = self._check_child_answer(message, new, dh, offered)
+        except RemoteProtocolError as error:
+            self._child_request_failed(new, old, error.notify, str(error), now)
+            return
+        self._install_child(
+            new, spec, initiator=True, now=now, nonces=(nonce_i, nonce_r), shared_secret=shared
+        )
+        if old is not None:
+            self._finish_child_rekey(old, new, (nonce_i, nonce_r), now)
+
+    def _check_child_answer(
+        self,
+        message: Message,
+        new: ChildSa,
+        dh: KeyExchange | None,
+        offered: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]],
+    ) -> tuple[ProposalSpec, bytes, bytes | None]:
+        errors = _error_notifies(message)
+        if errors:
+            raise _error(errors[0], f"CREATE_CHILD_SA refused: {errors[0].name}")
+        sa, nonce = message.find(SaPayload), message.find(NoncePayload)
+        tsi, tsr = message.find(TsiPayload), message.find(TsrPayload)
+        if sa is None or nonce is None or tsi is None or tsr is None:
+            raise _error(NotifyType.INVALID_SYNTAX, "SA, Nr, TSi and TSr are required")
+        proposal, spec = check_answer(self._child_config_proposals(), sa, ProtocolId.ESP)
+        if len(proposal.spi) != 4:
+            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+        if not acceptable_answer(tsi.selectors, offered[0]) or not acceptable_answer(
+            tsr.selectors, offered[1]
+        ):
+            raise _error(NotifyType.TS_UNACCEPTABLE, "selectors not within those proposed")
+        shared = None
+        if dh is not None:
+            ke = message.find(KePayload)
+            if ke is None or ke.group != dh.group:
+                raise _error(NotifyType.INVALID_KE_PAYLOAD, "the answer lacks our KE group")
+            shared = dh.shared_secret(ke.data)
+        new.spi_out = proposal.spi
+        new.local_ts = tuple(t for t in tsi.selectors if isinstance(t, TrafficSelector))
+        new.remote_ts = tuple(t for t in tsr.selectors if isinstance(t, TrafficSelector))
+        return spec, nonce.data, shared
+
+    def _child_request_failed(
+        self, new: ChildSa, old: ChildSa | None, notify: NotifyType, reason: str, now: float
+    ) -> None:
+        """§2.21.3: the IKE SA survives; a refused rekey keeps the old SA (and retries
+        after TEMPORARY_FAILURE, §2.25)."""
+        self.children.pop(new.spi_in, None)
+        new.state = ChildSaState.FAILED
+        if old is not None and old.state == ChildSaState.REKEYING:
+            old.state = ChildSaState.INSTALLED
+            if notify == NotifyType.TEMPORARY_FAILURE:
+                old.rekey_at = now + REKEY_RETRY_DELAY
+        self._emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
+
+    def _finish_child_rekey(
+        self, old: ChildSa, new: ChildSa, nonces: tuple[bytes, bytes], now: float
+    ) -> None:
+        """Our rekey of ``old`` produced ``new``. §2.8.1: if the peer rekeyed ``old``
+        too, the exchange holding the lowest of the four nonces made the redundant
+        SA, and its initiator deletes it; the winner's initiator deletes ``old``."""
+        peer = self._peer_rekeyed.pop(old.spi_in, None)
+        if peer is not None and min(nonces) < min(peer.nonces):
+            self.counters["child_rekey_collisions_lost"] += 1
+            old.state = ChildSaState.REKEYED  # the peer deletes it
+            self._emit_rekeyed(old, peer.new)
+            self._send_child_delete(new, now)
+            return
+        if peer is not None:
+            self.counters["child_rekey_collisions_won"] += 1
+        self._emit_rekeyed(old, new)
+        self._send_child_delete(old, now)
+
+    def _emit_rekeyed(self, old: ChildSa, new: ChildSa) -> None:
+        self._emit(
+            ChildSaRekeyed(
+                self.local_spi,
+                self.name,
+                old.spi_in,
+                old.spi_out,
+                new.spi_in,
+                new.spi_out,
+            )
+        )
+
+    # ==================================================================
+    # CREATE_CHILD_SA, responder (RFC 7296 §1.3, §2.8, §2.18, §2.25)
+
+    def _on_create_child_request(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """A new CHILD SA, a CHILD SA rekey (N(REKEY_SA)) or an IKE SA rekey (an IKE
+        proposal). Accepted while our own request is outstanding (§2.3): strongSwan
+        rekeys the CHILD SA right after a MOBIKE update, often before answering it."""
+        sa = message.find(SaPayload)
+        if self.state != IkeSaState.ESTABLISHED:
+            # §2.25: an SA being deleted or rekeyed away is not rekeyed again.
+            self._respond(message.header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
+            return
+        if sa is None:
+            self._respond(message.header, [NotifyPayload(NotifyType.INVALID_SYNTAX)])
+            return
+        if any(p.protocol_id == ProtocolId.IKE for p in sa.proposals):
+            self._on_ike_rekey_request(message, sa, now)
+            return
+        old: ChildSa | None = None
+        rekey = message.notify(NotifyType.REKEY_SA)
+        if rekey is not None:
+            _, spi = read_rekey_sa(rekey)
+            matching = [c for c in self.children.values() if c.spi_out == spi]
+            live = [
+                c for c in matching if c.state in (ChildSaState.INSTALLED, ChildSaState.REKEYING)
+            ]
+            if not live:
+                # §2.25.1: being deleted (or rekeyed away): TEMPORARY_FAILURE; unknown:
+                # CHILD_SA_NOT_FOUND.
+                notify = NotifyType.TEMPORARY_FAILURE if matching else NotifyType.CHILD_SA_NOT_FOUND
+                self._respond(message.header, [NotifyPayload(notify)])
+                return
+            old = live[0]
+        self._answer_create_child(message, sa, old, now)
+
+    def _answer_create_child(
+        self, message: Message, sa: SaPayload, old: ChildSa | None, now: float
+    ) -> None:
+        nonce, ke = message.find(NoncePayload), message.find(KePayload)
+        tsi, tsr = message.find(TsiPayload), message.find(TsrPayload)
+        new: ChildSa | None = None
+        try:
+            if nonce is None or tsi is None or tsr is None:
+                raise _error(NotifyType.INVALID_SYNTAX, "Ni, TSi and TSr are required")
+            if self._rcfg is not None:
+                new, spec, sa_answer = self._accept_child(sa, tsi, tsr)
+            else:
+                new, spec, sa_answer = self._accept_child_as_initiator(sa, tsi, tsr)
+            ke_answer, shared = self._answer_child_ke(spec, ke)
+        except RemoteProtocolError as error:
+            if new is not None:
+                self.children.pop(new.spi_in, None)
+            self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
+            self._emit(ChildSaFailed(self.local_spi, self.name, error.notify, str(error)))
+            return
+        nonce_r = self._random(NONCE_SIZE)
+        payloads: list[Payload] = [sa_answer, NoncePayload(nonce_r), *ke_answer]
+        payloads += [TsiPayload(new.remote_ts), TsrPayload(new.local_ts)]
+        self._respond(message.header, payloads)
+        nonces = (nonce.data, nonce_r)
+        self._install_child(
+            new, spec, initiator=False, now=now, nonces=nonces, shared_secret=shared
+        )
+        if old is None:
+            return
+        if old.state == ChildSaState.REKEYING:
+            # §2.8.1: we are rekeying it too; decided when our answer comes.
+            self._peer_rekeyed[old.spi_in] = _PeerChildRekey(new, nonces)
+            return
+        old.state = ChildSaState.REKEYED  # the peer deletes it (§2.8)
+        self._emit_rekeyed(old, new)
+
+    def _accept_child_as_initiator(
+        self, offer: SaPayload, tsi_payload: TsiPayload, tsr_payload: TsrPayload
+    ) -> tuple[ChildSa, ProposalSpec, SaPayload]:
+        """The mobile node answering the gateway's CREATE_CHILD_SA: our selectors are
+        TSr (the lease or dynamic), the gateway's networks TSi."""
+        config = self._initiator_config
+        received, spec = select(config.child.esp_proposals, offer, ProtocolId.ESP)
+        if len(received.spi) != 4:
+            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+        ours, theirs = self._new_child_ts()
+        tsi = narrow(tsi_payload.selectors, theirs)
+        tsr = narrow(tsr_payload.selectors, ours)
+        if not tsi or not tsr:
+            raise _error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
+        child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
+        child.local_ts, child.remote_ts = tsr, tsi
+        self.children[child.spi_in] = child
+        return child, spec, answer(received, spec, child.spi_in)
+
+    def _answer_child_ke(
+        self, spec: ProposalSpec, ke: KePayload | None
+    ) -> tuple[list[Payload], bytes | None]:
+        """PFS (§1.3.1): KEr in the selected group; INVALID_KE_PAYLOAD names it (§1.3)."""
+        group = spec.first(TransformType.DH)
+        if group is None or group.id == 0:
+            return [], None
+        if ke is None or ke.group != group.id:
+            raise RemoteProtocolError(
+                "KE of another group",
+                NotifyType.INVALID_KE_PAYLOAD,
+                invalid_ke_notify(DhGroup(group.id)).data,
+            )
+        dh = generate_key_exchange(group.id, self._random)
+        return [KePayload(dh.group, dh.public_bytes)], dh.shared_secret(ke.data)
+
+    # ==================================================================
+    # IKE SA rekey (RFC 7296 §1.3.2, §2.18, §2.25.2)
+
+    def rekey_ike_sa(self, now: float) -> None:
+        """Command: rekey this IKE SA. A new IKE SA with new SPIs and keys from SK_d
+        takes the CHILD SAs and the lease; then we DELETE this one."""
+        if self.state != IkeSaState.ESTABLISHED or self._ike_rekey is not None:
+            return
+        assert self._suite is not None
+        config = self._icfg or self._rcfg
+        assert config is not None
+        # Our current group first, so that the peer needs no INVALID_KE round.
+        proposals = sorted(
+            config.ike_proposals,
+            key=lambda p: not any(t.id == self._suite_group() for t in p.of_type(TransformType.DH)),
+        )
+        rekey = _IkeRekey(
+            self._new_ike_spi(),
+            self._random(NONCE_SIZE),
+            generate_key_exchange(self._suite.dh_group, self._random),
+        )
+        self._ike_rekey = rekey
+        payloads: list[Payload] = [
+            sa_payload(proposals, rekey.spi),
+            NoncePayload(rekey.nonce),
+            KePayload(rekey.dh.group, rekey.dh.public_bytes),
+        ]
+
+        def on_response(message: Message, later: float) -> None:
+            self._on_ike_rekey_response(message, later, proposals)
+
+        self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _suite_group(self) -> int:
+        assert self._suite is not None
+        return int(self._suite.dh_group)
+
+    def _on_ike_rekey_response(
+        self, message: Message, now: float, proposals: Sequence[ProposalSpec]
+    ) -> None:
+        rekey, self._ike_rekey = self._ike_rekey, None
+        assert rekey is not None
+        try:
+            spi_r, spec, nonce_r, shared = self._check_ike_rekey_answer(message, rekey, proposals)
+        except RemoteProtocolError as error:
+            self.counters["ike_rekeys_failed"] += 1
+            if error.notify == NotifyType.TEMPORARY_FAILURE:
+                self._ike_rekey_at = now + REKEY_RETRY_DELAY
+            self._ike_collision = None
+            self._finish_exchange(now)
+            return
+        self._outstanding = None
+        self._my_next_id += 1
+        nonces = (rekey.nonce, nonce_r)
+        ours = self._make_successor(rekey.spi, spi_r, True, spec, nonces, shared, now)
+        collision, self._ike_collision = self._ike_collision, None
+        if collision is not None and min(nonces) < min(collision.nonces):
+            # §2.25.2: our exchange holds the lowest nonce: ours is redundant and we
+            # delete it; the peer deletes this IKE SA.
+            self.counters["ike_rekey_collisions_lost"] += 1
+            self._hand_over(collision.successor, now)
+            ours._superseded = True
+            ours.delete(now)
+            return
+        if collision is not None:
+            self.counters["ike_rekey_collisions_won"] += 1
+            collision.successor._superseded = True  # the peer deletes it
+        self._hand_over(ours, now)
+        self.state = IkeSaState.ESTABLISHED  # for delete(); nothing else runs on it now
+        self.delete(now)
+
+    def _check_ike_rekey_answer(
+        self, message: Message, rekey: _IkeRekey, proposals: Sequence[ProposalSpec]
+    ) -> tuple[bytes, ProposalSpec, bytes, bytes]:
+        errors = _error_notifies(message)
+        if errors:
+            raise _error(errors[0], f"IKE SA rekey refused: {errors[0].name}")
+        sa, nonce, ke = message.find(SaPayload), message.find(NoncePayload), message.find(KePayload)
+        if sa is None or nonce is None or ke is None:
+            raise _error(NotifyType.INVALID_SYNTAX, "SA, Nr and KEr are required")
+        proposal, spec = check_answer(proposals, sa, ProtocolId.IKE)
+        if len(proposal.spi) != 8 or ke.group != rekey.dh.group:
+            raise _error(NotifyType.INVALID_SYNTAX, "bad SPI or KE group in the answer")
+        return proposal.spi, spec, nonce.data, rekey.dh.shared_secret(ke.data)
+
+    def _on_ike_rekey_request(self, message: Message, offer: SaPayload, now: float) -> None:
+        """§1.3.2: the peer rekeys this IKE SA. With a CHILD SA exchange of ours out,
+        TEMPORARY_FAILURE (§2.25.2); with our own IKE SA rekey out, answer and let
+        the nonces decide when our answer comes."""
+        if self._outstanding is not None and self._ike_rekey is None:
+            self._respond(message.header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
+            return
+        config = self._icfg or self._rcfg
+        assert config is not None
+        nonce, ke = message.find(NoncePayload), message.find(KePayload)
+        try:
+            if nonce is None or ke is None:
+                raise _error(NotifyType.INVALID_SYNTAX, "Ni and KEi are required")
+            received, spec = select(config.ike_proposals, offer, ProtocolId.IKE)
+            group = spec.first(TransformType.DH)
+            assert group is not None
+            if ke.group != group.id:
+                raise RemoteProtocolError(
+                    "KE of another group",
+                    NotifyType.INVALID_KE_PAYLOAD,
+                    invalid_ke_notify(DhGroup(group.id)).data,
+                )
+            if len(received.spi) != 8:
+                raise _error(NotifyType.INVALID_SYNTAX, "IKE SPI must be 8 octets")
+            dh = generate_key_exchange(group.id, self._random)
+            shared = dh.shared_secret(ke.data)
+        except RemoteProtocolError as error:
+            self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
+            return
+        spi_r, nonce_r = self._new_ike_spi(), self._random(NONCE_SIZE)
+        self._respond(
+            message.header,
+            [
+                answer(received, spec, spi_r),
+                NoncePayload(nonce_r),
+                KePayload(dh.group, dh.public_bytes),
+            ],
+        )
+        nonces = (nonce.data, nonce_r)
+        successor = self._make_successor(received.spi, spi_r, False, spec, nonces, shared, now)
+        if self._ike_rekey is not None:
+            self._ike_collision = _IkeCollision(successor, nonces)
+            return
+        self._hand_over(successor, now)
+
+    def _make_successor(
+        self,
+        spi_i: bytes,
+        spi_r: bytes,
+        we_initiated: bool,
+        spec: ProposalSpec,
+        nonces: tuple[bytes, bytes],
+        shared_secret: bytes,
+        now: float,
+    ) -> IkeSa:
+        """The new IKE SA (§2.18): the rekey initiator is its original initiator,
+        SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), Message IDs from 0."""
+        assert self._suite is not None and self._keys is not None
+        new = IkeSa(
+            initiator=we_initiated,
+            name=self.name,
+            local=self.local,
+            remote=self.remote,
+            random=self._random,
+            retransmit=self._retransmit,
+        )
+        new._icfg, new._rcfg = self._icfg, self._rcfg
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new._nonce_i, new._nonce_r = nonces
+        new._suite = IkeSuite.from_proposal(spec)
+        new._keys = new._suite.derive_rekeyed_keys(
+            self._suite.prf, self._keys.sk_d, nonces[0], nonces[1], spi_i, spi_r, shared_secret
+        )
+        new._ciphers = sk_cipher_pair(new._suite, new._keys, self._random)
+        new.state = IkeSaState.ESTABLISHED
+        new.peer_identity, new.assigned_addresses, new.dns = (
+            self.peer_identity,
+            self.assigned_addresses,
+            self.dns,
+        )
+        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        new.peer_fragmentation, new.peer_mobike, new.mobike = (
+            self.peer_fragmentation,
+            self.peer_mobike,
+            self.mobike,
+        )
+        new._peer_hashes = self._peer_hashes
+        new.peer_additional_addresses = self.peer_additional_addresses
+        new._start_ike_lifetime(now)
+        self._successors.append(new)
+        return new
+
+    def _hand_over(self, new: IkeSa, now: float) -> None:
+        """Move the CHILD SAs and the lease to ``new``; this SA waits for its DELETE."""
+        for child in self.children.values():
+            if child.state in (ChildSaState.REKEYING, ChildSaState.CREATING):
+                child.state = ChildSaState.INSTALLED if child.params else ChildSaState.FAILED
+                child.rekey_at = now  # its exchange died with this IKE SA: again, on the new
+        new.children = {k: c for k, c in self.children.items() if c.params is not None}
+        self.children = {}
+        self._peer_rekeyed.clear()
+        self._queued.clear()
+        self._update_queued = False
+        self._reown_lease(new)
+        self._superseded = True
+        self.state = IkeSaState.REKEYED
+        self._half_open_deadline = now + REKEYED_IKE_SA_GRACE
+        self.counters["ike_rekeys"] += 1
+        self._emit(IkeSaRekeyed(self.local_spi, self.name, new.local_spi))
+
+    def _reown_lease(self, new: IkeSa) -> None:
+        """The lease belongs to the IKE SA (§2.19): file it under the new SPI."""
+        config = self._rcfg
+        if self._lease_owner is None or config is None or config.allocator is None:
+            return
+        released = config.allocator.release(self._lease_owner)
+        self._lease_owner = None
+        new._lease_owner = new.local_spi
+        for address in released:
+            config.allocator.acquire(new.local_spi, address.version, address)
+
+    def take_successors(self) -> list[IkeSa]:
+        """New IKE SAs made by rekeying this one, for the endpoint to file."""
+        out, self._successors = self._successors, []
+        return out
+
 
 RequestHandler = Callable[[IkeSa, Message, Address, Address, float], None]
 
@@ -1414,7 +2248,7 @@ _HANDLERS: dict[tuple[str, IkeSaState, ExchangeType], RequestHandler] = {
     ("r", IkeSaState.EAP, ExchangeType.IKE_AUTH): IkeSa._on_eap_request,
 }
 for _role in ("i", "r"):
-    for _state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING):
+    for _state in (IkeSaState.ESTABLISHED, IkeSaState.REKEYED, IkeSaState.DELETING):
         _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
         _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = IkeSa._on_create_child_request
 for _state in (IkeSaState.EAP, IkeSaState.AUTH_SENT, IkeSaState.EAP_SENT):

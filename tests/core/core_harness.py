@@ -187,3 +187,10 @@ class Link:
     def of_type(self, kind: type[Event], side: str = "mobile") -> list[Event]:
         events = self.mobile_events if side == "mobile" else self.gateway_events
         return [e for e in events if isinstance(e, kind)]
+
+
+def only_lifetime_timers(endpoint: Endpoint) -> bool:
+    """No retransmission or half-open timer left: the next deadline is a rekey,
+    at least CHILD rekey_time less its 10 % jitter (strongSwan's defaults)."""
+    timer = endpoint.get_timer()
+    return timer is None or timer >= 3600 * 0.9

@@ -12,6 +12,7 @@ from core_harness import (
     POOL,
     Link,
     initiator_config,
+    only_lifetime_timers,
     responder_config,
     seeded,
 )
@@ -85,7 +86,7 @@ def test_eap_with_certificate(pki: Pki, pool: AddressPool[object], eap: EapType,
     assert pool.lease_of(next(iter(link.gateway)).local_spi) == IPv4Address("10.10.0.1")
     # Nothing lost: everything happened at t=0 and no timer is left but none pending.
     assert link.now == 0.0
-    assert link.mobile.get_timer() is None and link.gateway.get_timer() is None
+    assert only_lifetime_timers(link.mobile) and only_lifetime_timers(link.gateway)
     (status,) = link.mobile.snapshot()
     assert status["state"] == "established" and status["address"] == "10.10.0.1"
     assert status["child_sas"][0]["state"] == "installed"  # type: ignore[index]

@@ -11,6 +11,7 @@ from core_harness import (
     NAT_PUBLIC,
     Link,
     initiator_config,
+    only_lifetime_timers,
     responder_config,
     seeded,
 )
@@ -140,7 +141,7 @@ def test_liveness_check_both_ways(pki: Pki, pool: AddressPool[object]) -> None:
     link.gateway.check_liveness(gateway_sa.local_spi, 1.0)
     link.run()
     assert link.of_type(LivenessConfirmed, "mobile") and link.of_type(LivenessConfirmed, "gateway")
-    assert link.mobile.get_timer() is None
+    assert only_lifetime_timers(link.mobile)
 
 
 def test_dead_peer_detected_by_liveness_check(pki: Pki, pool: AddressPool[object]) -> None:
