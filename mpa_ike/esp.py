@@ -320,8 +320,11 @@ class InboundSa:
         self.policy: Callable[[bytes], bool] | None = None
         """Checks a decrypted inner packet against the SA's selectors."""
         t = transform
+        self._open = t.open
+        self._overhead = ESP_HEADER_SIZE + t.iv_size + t.icv_size
+        self._blocks = t.align == 16
         # SPI, seq, IV, at least pad length and next header, ICV; CBC adds a block.
-        self._min_len = ESP_HEADER_SIZE + t.iv_size + max(2, t.align) + t.icv_size
+        self._min_len = self._overhead + max(2, t.align)
 
     def decrypt(self, packet: bytes) -> bytes | DropReason:
         """The inner IP packet carried by ``packet`` (from the SPI on), or why not."""
@@ -331,22 +334,25 @@ class InboundSa:
         return reason
 
     def _decrypt(self, packet: bytes) -> bytes | DropReason:
-        t = self.transform
-        if len(packet) < self._min_len or packet[:4] != self.spi:
-            return DropReason.MALFORMED if len(packet) < self._min_len else DropReason.UNKNOWN_SPI
-        if t.align > 4 and (len(packet) - ESP_HEADER_SIZE - t.iv_size - t.icv_size) % t.align:
+        size = len(packet)
+        if size < self._min_len:
             return DropReason.MALFORMED
-        seq_low = int.from_bytes(packet[4:8], "big")
+        if packet[:4] != self.spi:
+            return DropReason.UNKNOWN_SPI
+        if self._blocks and (size - self._overhead) % 16:
+            return DropReason.MALFORMED
+        seq = int.from_bytes(packet[4:8], "big")
         window = self.window
         if self.esn:
-            seq = window.infer_esn(seq_low)
+            seq = window.infer_esn(seq)
             seq_hi = (seq >> 32).to_bytes(4, "big")
         else:
-            seq, seq_hi = seq_low, b""
-        # §3.4.3: the cheap replay check comes before the ICV check.
-        if not window.check(seq):
+            seq_hi = b""
+        # §3.4.3: the cheap replay check comes before the ICV check; the usual
+        # case, a number above the window, needs no method call.
+        if not (0 < seq > window.top) and not window.check(seq):
             return DropReason.REPLAY
-        plaintext = t.open(packet, seq_hi)
+        plaintext = self._open(packet, seq_hi)
         if plaintext is None:
             return DropReason.BAD_ICV
         window.update(seq)
