@@ -224,7 +224,6 @@ def _open_socket(local: Address, freebind: bool) -> socket.socket:
     family = socket.AF_INET6 if version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if version == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if freebind:

@@ -46,15 +46,16 @@ def netns_env() -> None:
 
 
 def gateway_yaml(
-    workdir: Path, listen: str, method: str, ike: str, key: KeyType
+    workdir: Path, listen: str | list[str], method: str, ike: str, key: KeyType
 ) -> tuple[Path, Credential]:
     """A gateway configuration with a fresh CA (also written to ca.pem) and certificate."""
+    listen = [listen] if isinstance(listen, str) else listen
     ca = make_ca(key_type=key)
-    cred = make_cert(ca, GATEWAY_ID, key, san_ip=[listen])
+    cred = make_cert(ca, GATEWAY_ID, key, san_ip=listen)
     cred.write(workdir / "gw.pem", workdir / "gw.key")
     ca.write(workdir / "ca.pem")
     data = {
-        "listen": [listen],
+        "listen": listen,
         "id": GATEWAY_ID,
         "certificate": "gw.pem",
         "private_key": "gw.key",
@@ -135,11 +136,17 @@ class Pair:
 
 @contextlib.contextmanager
 def mobile_and_gateway(
-    workdir: Path, method: str, ike: str, key: KeyType, password: str = EAP_PASSWORD
+    workdir: Path,
+    method: str,
+    ike: str,
+    key: KeyType,
+    password: str = EAP_PASSWORD,
+    family: int = 4,
 ) -> Iterator[Pair]:
     with two_hosts() as hosts:
-        gw_ip = hosts.link.b.addr(4)
-        gw_config, _ = gateway_yaml(workdir, gw_ip, method, ike, key)
+        listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
+        gw_ip = hosts.link.b.addr(family)
+        gw_config, _ = gateway_yaml(workdir, listen, method, ike, key)
         ca = workdir / "ca.pem"
         mn_config = mobile_yaml(workdir, gw_ip, method, ike, ca=ca, password=password)
         gateway = start_daemon("gateway.cli", gw_config, hosts.right.name)
@@ -191,6 +198,26 @@ def test_mobile_connects_to_gateway(method: str, ike: str, key: KeyType, short_t
         assert result.returncode == 0, result.stderr
         assert status("mobile.cli", pair.mobile_config)["ike_sas"] == []
         wait_until(lambda: not status("gateway.cli", pair.gateway_config)["leases"])
+
+
+def test_mobile_connects_over_ipv6(short_tmp: Path) -> None:
+    method, ike, key = CASES[1]
+    with mobile_and_gateway(short_tmp, method, ike, key, family=6) as pair:
+        result = cli("mobile.cli", "connect", "gw", "-c", pair.mobile_config)
+        assert result.returncode == 0, result.stderr
+        [mn_sa] = status("mobile.cli", pair.mobile_config)["ike_sas"]
+        gateway = status("gateway.cli", pair.gateway_config)
+        [gw_sa] = gateway["ike_sas"]
+        assert mn_sa["local"] == "2001:db8::1[4500]" and mn_sa["remote"] == "2001:db8::2[4500]"
+        assert gw_sa["local"] == "2001:db8::2[4500]" and gw_sa["remote"] == "2001:db8::1[4500]"
+        assert set(gateway["listening"]) == {
+            "192.0.2.2[500]",
+            "192.0.2.2[4500]",
+            "2001:db8::2[500]",
+            "2001:db8::2[4500]",
+        }
+        assert mn_sa["address"] == gw_sa["address"]
+        assert ipaddress.ip_address(mn_sa["address"]) in ipaddress.ip_network(POOL)
 
 
 def test_wrong_password_fails_on_both_sides(short_tmp: Path) -> None:

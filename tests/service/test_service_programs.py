@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,20 @@ GATEWAY = "gateway.cli"
 MOBILE = "mobile.cli"
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 @pytest.fixture
 def gateway_config(short_dir: Path, gateway_data: dict[str, Any]) -> Path:
-    return write_yaml(short_dir / "gateway.yaml", gateway_data)
+    # An unprivileged port, so that the daemon can bind without root (IP_FREEBIND lets it
+    # bind addresses this host does not have).
+    port = free_udp_port()
+    data = edited(gateway_data, "listen", [f"192.0.2.1:{port}", f"[2001:db8::1]:{port}"])
+    return write_yaml(short_dir / "gateway.yaml", data)
 
 
 @pytest.fixture
@@ -93,6 +105,21 @@ def test_second_daemon_on_the_same_socket(gateway: Daemon, gateway_config: Path)
     assert result.returncode == 1
     assert one_line(result.stderr).endswith("is in use by a running daemon")
     assert cli(GATEWAY, "status", "-c", gateway_config).returncode == 0
+
+
+def test_gateway_refuses_a_busy_port(short_dir: Path, gateway_data: dict[str, Any]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        file = write_yaml(
+            short_dir / "busy.yaml", edited(gateway_data, "listen", [f"127.0.0.1:{port}"])
+        )
+        result = cli(GATEWAY, "run", "-c", file)
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"mpa-gateway: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (short_dir / "gw.sock").exists()
 
 
 def test_run_with_socket_override(gateway_config: Path, short_dir: Path) -> None:
