@@ -18,7 +18,8 @@ from typing import Any
 from mpa_ike.constants import NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from mpa_ike.datagram import Address
 
-Handler = Callable[[bytes, Address], None]
+Handler = Callable[[bytes, Address], object]
+"""Called with a payload and the peer address; any return value is ignored."""
 
 
 class Udp4500Kind(enum.Enum):

@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -84,11 +85,11 @@ def main() -> None:
             out = OutboundSa(b"\1\2\3\4", make_transform(encr, bits, integ, ek, ik))
             inb = InboundSa(b"\1\2\3\4", make_transform(encr, bits, integ, ek, ik), replay_window=0)
             esp = out.encrypt(packet)
-            enc = rate(lambda out=out, packet=packet: out.encrypt(packet), args.seconds)
-            dec = rate(lambda inb=inb, esp=esp: inb.decrypt(esp), args.seconds)
+            enc = rate(partial(out.encrypt, packet), args.seconds)
+            dec = rate(partial(inb.decrypt, esp), args.seconds)
             t = tunnels(suite)
-            t_out = rate(lambda t=t, packet=packet: t.outbound(packet), args.seconds)
-            t_in = rate(lambda t=t, esp=esp: t.inbound(esp), args.seconds)
+            t_out = rate(partial(t.outbound, packet), args.seconds)
+            t_in = rate(partial(t.inbound, esp), args.seconds)
             print(f"{suite:14} {size:5} {enc:10.0f} {dec:10.0f} {t_out:10.0f} {t_in:10.0f}")
 
 

@@ -166,18 +166,18 @@ class Topology:
     keys: dict[str, Any]
     mn_node: Node
     gw_node: Node
+    mn_dev: str
 
 
 @contextlib.contextmanager
-def topology(outer: int, suite: str) -> Iterator[Topology]:
+def topology(outer: int, suite: str, mn_bind: str | None = None) -> Iterator[Topology]:
     with netns("mn") as mn, netns("gw") as gw, netns("lan") as lan:
-        mn_addr, gw_addr, mn_cidr, gw_cidr = OUTER[outer]
+        mn_addr, gw_addr = OUTER[outer][:2]
         for ns in (mn, gw, lan):
             # Link-local addresses in DAD delay neighbour discovery by a second or more.
             ns.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"])
             ns.run(["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])
-        add_veth(mn, gw, [mn_cidr, "192.0.2.1/24" if outer == 6 else "2001:db8:1::1/64"],
-                 [gw_cidr, "192.0.2.2/24" if outer == 6 else "2001:db8:1::2/64"])  # fmt: skip
+        uplink = add_veth(mn, gw, [OUTER[4][2], OUTER[6][2]], [OUTER[4][3], OUTER[6][3]])
         add_veth(gw, lan, ["10.1.0.254/24", "fd00:1::fe/64"], ["10.1.0.1/24", "fd00:1::1/64"])
         lan.ip("route", "add", "default", "via", "10.1.0.254")
         lan.ip("-6", "route", "add", "default", "via", "fd00:1::fe")
@@ -187,14 +187,14 @@ def topology(outer: int, suite: str) -> Iterator[Topology]:
             mn,
             {
                 "tun_addrs": ["10.9.0.1/32", "fd00:9::1/128"],
-                "bind": [mn_addr],
+                "bind": [mn_bind or mn_addr],
                 "sas": [sa_config(k, "mn", outer)],
             },
         )
         try:
             gw_node = Node(gw, {"bind": [gw_addr], "sas": [sa_config(k, "gw", outer)]})
             try:
-                yield Topology(mn, gw, lan, outer, k, mn_node, gw_node)
+                yield Topology(mn, gw, lan, outer, k, mn_node, gw_node, uplink.a.dev)
             finally:
                 gw_node.close()
         finally:
@@ -268,10 +268,10 @@ def test_userspace_esp_echo(outer: int, suite: str) -> None:
             bytes.fromhex(k["mn_gw_integ"]),
         )
         forger = OutboundSa(bytes.fromhex(SPI_TO_GW), transform)
-        inner = udp_packet(MN_INNER[4], LAN_HOST[4], b"crafted")
-        replayed = forger.encrypt(inner)  # sequence number 1, long since received
+        crafted = udp_packet(MN_INNER[4], LAN_HOST[4], b"crafted")
+        replayed = forger.encrypt(crafted)  # sequence number 1, long since received
         forger.seq = 1_000_000
-        fresh = forger.encrypt(inner)
+        fresh = forger.encrypt(crafted)
         tampered = fresh[:-20] + bytes([fresh[-20] ^ 1]) + fresh[-19:]
         wrong_spi = bytes.fromhex("c0000099") + fresh[4:]
         gw_outer = OUTER[outer][1]
@@ -288,3 +288,24 @@ def test_userspace_esp_echo(outer: int, suite: str) -> None:
         # The tunnel still works after the attempts (the window did not move).
         assert echo(topo.lan, LAN_HOST[4], topo.mn, MN_INNER[4], 2) == 2
         assert topo.gw_node.sa(SPI_TO_GW)["packets_in"] == expected + 2
+
+
+def test_userspace_esp_address_move() -> None:
+    """update_addresses (MOBIKE, RFC 4555 §3.5) keeps sequence numbers and replay state."""
+    require_netns()
+    with topology(4, "gcm128", mn_bind="0.0.0.0") as topo:
+        assert echo(topo.lan, LAN_HOST[4], topo.mn, MN_INNER[4], 3) == 3
+        # The MN's outer address changes; its wildcard socket now sends from the new one.
+        new_addr = "192.0.2.11"
+        topo.mn.run(["sysctl", "-qw", "net.ipv4.conf.all.promote_secondaries=1"])
+        topo.mn.add_addr(topo.mn_dev, f"{new_addr}/24")
+        topo.mn.del_addr(topo.mn_dev, "192.0.2.1/24")
+        gw_addr = OUTER[4][1]
+        assert topo.mn_node.command(f"update {SPI_TO_MN} {SPI_TO_GW} {new_addr} {gw_addr}")["ok"]
+        assert topo.gw_node.command(f"update {SPI_TO_GW} {SPI_TO_MN} {gw_addr} {new_addr}")["ok"]
+        assert echo(topo.lan, LAN_HOST[4], topo.mn, MN_INNER[4], 3) == 3
+        gw = topo.gw_node.sa(SPI_TO_GW)
+        assert gw["remote"] == [new_addr, 4500]
+        assert (gw["packets_in"], gw["packets_out"], gw["drops"]) == (6, 6, {})
+        mn = topo.mn_node.sa(SPI_TO_MN)
+        assert (mn["packets_in"], mn["packets_out"], mn["drops"]) == (6, 6, {})
