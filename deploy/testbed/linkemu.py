@@ -358,7 +358,12 @@ class Emulator:
         self._by_fd[link.fd_b] = link.b2a
         self._link_of_fd[link.fd_a] = link
         self._link_of_fd[link.fd_b] = link
-        if not spec.up:
+        if spec.up:
+            # A fresh TAP reports operstate UNKNOWN; a carrier cycle makes it UP like a NIC.
+            for fd in fds:
+                set_carrier(fd, False)
+                set_carrier(fd, True)
+        else:
             self._set_down(link, "both")
         return link
 
