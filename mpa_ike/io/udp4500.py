@@ -78,8 +78,9 @@ class Udp4500Demux:
             self.on_keepalive(data, addr)
         return kind
 
-    def send_esp(self, packet: bytes, addr: Address) -> None:
-        self.sender(packet, addr)
+    def send_esp(self, packet: bytes, local: Address, remote: Address) -> None:
+        """The datapath's sender; the source is whatever ``sender`` sends from."""
+        self.sender(packet, remote)
 
     def send_ike(self, message: bytes, addr: Address) -> None:
         self.sender(NON_ESP_MARKER + message, addr)
@@ -108,7 +109,6 @@ class Udp4500Sockets:
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
                 sock.setblocking(False)
             except BaseException:

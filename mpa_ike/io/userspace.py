@@ -27,7 +27,10 @@ from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, SaPair
 
-Sender = Callable[[bytes, Address], None]
+Sender = Callable[[bytes, Address, Address], object]
+"""``sender(esp_packet, local, remote)``: put ESP in UDP on the wire from ``local``
+(the shared IKE socket's address) to ``remote``, as the IKE transport's
+``send_raw(payload, src, dst)`` does."""
 _READ_BATCH = 64
 
 
@@ -123,8 +126,17 @@ class UserspaceDatapath:
 
     # --- packets ---------------------------------------------------------------
 
-    def esp_received(self, packet: bytes, addr: Address) -> DropReason | None:
-        """An ESP packet from the UDP 4500 socket (the demux's ESP handler)."""
+    def esp_received(self, packet: bytes, src: Address, local: Address | None = None) -> None:
+        """The UDP 4500 socket's ESP handler: ``packet`` from the SPI on, from ``src``.
+
+        The outer source is not checked: NAT rebinding and MOBIKE moves change it,
+        and ESP from an unexpected address is no proof of liveness either way
+        (RFC 4555 §3.12), so it changes nothing but counters.
+        """
+        self.handle_esp(packet)
+
+    def handle_esp(self, packet: bytes) -> DropReason | None:
+        """Decrypt and deliver one ESP packet; why it was dropped, if it was."""
         result = self.tunnels.inbound(packet)
         if isinstance(result, DropReason):
             return result
@@ -140,7 +152,7 @@ class UserspaceDatapath:
         if isinstance(result, DropReason):
             return result
         pair, packet = result
-        self.send_esp(packet, pair.remote)
+        self.send_esp(packet, pair.local, pair.remote)
         return None
 
     def _tun_readable(self) -> None:
@@ -154,7 +166,8 @@ class UserspaceDatapath:
                 return
             result = outbound(inner)
             if not isinstance(result, DropReason):
-                send(result[1], result[0].remote)
+                pair = result[0]
+                send(result[1], pair.local, pair.remote)
 
     # --- helpers ---------------------------------------------------------------
 

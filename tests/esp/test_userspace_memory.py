@@ -17,7 +17,7 @@ import pytest
 
 from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.datagram import Address
-from mpa_ike.datapath import ChildSaParams, TsRange
+from mpa_ike.datapath import ChildSaParams, Datapath, TsRange
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import DropReason
 from mpa_ike.io.udp4500 import Udp4500Demux, Udp4500Kind
@@ -114,6 +114,8 @@ class Link:
 
 def test_echo_both_ways_and_counters() -> None:
     link = Link()
+    datapath: Datapath = link.mn  # the datapath interface the glue programs against
+    assert datapath is link.mn
     link.mn.install_child_sa(params(0, "mn", "10.9.0.1"))
     link.gw.install_child_sa(params(0, "gw", "10.9.0.1"))
     request = ip_udp("10.9.0.1", "10.1.0.1")
@@ -245,7 +247,7 @@ def test_reads_the_device_on_the_event_loop() -> None:
         ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         ours.setblocking(False)
         sent: list[Address] = []
-        dp = UserspaceDatapath(PairTun(ours), lambda data, addr: sent.append(addr))
+        dp = UserspaceDatapath(PairTun(ours), lambda data, local, remote: sent.append(remote))
         dp.install_child_sa(params(0, "mn", "10.9.0.1"))
         dp.start()
         for _ in range(3):
