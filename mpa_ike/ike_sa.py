@@ -335,6 +335,7 @@ class IkeSa:
         self._ike_rekey: _IkeRekey | None = None
         self._ike_collision: _IkeCollision | None = None
         self._peer_rekeyed: dict[bytes, _PeerChildRekey] = {}
+        self._child_rekeys_out: set[bytes] = set()  # old spi_in of our rekeys in flight
         self._successors: list[IkeSa] = []
         self._superseded = False
         # MOBIKE (RFC 4555).
@@ -539,7 +540,11 @@ class IkeSa:
         """Our request got its answer: next Message ID, then the next queued request."""
         self._outstanding = None
         self._my_next_id += 1
-        if self._queued and not self.closed:
+        self._next_queued(now)
+
+    def _next_queued(self, now: float) -> None:
+        """Send the next queued request; one that is no longer due passes the turn on."""
+        if self._queued and not self.closed and self._outstanding is None:
             self._queued.popleft()(now)
 
     def _respond(self, request: IkeHeader, payloads: Sequence[Payload]) -> None:
@@ -1593,6 +1598,7 @@ class IkeSa:
         """Built when it leaves, so that it describes the addresses of that moment."""
         if self.state != IkeSaState.ESTABLISHED:
             self._update_queued = False
+            self._next_queued(now)
             return
         if self._outstanding is not None:
             self._update_queued = True
@@ -1798,6 +1804,10 @@ class IkeSa:
         return selectors_for_networks(config.child.local_ts), self._allowed_remote_ts()
 
     def _request_child(self, old: ChildSa | None, now: float) -> None:
+        if self._outstanding is not None:
+            # Window 1 (§2.3): wait; what to send is decided when it can leave.
+            self._queued.append(lambda later: self._request_child_if_due(old, later))
+            return
         proposals = self._child_config_proposals()
         new = ChildSa(spi_in=self._new_child_spi())
         self.children[new.spi_in] = new
@@ -1816,10 +1826,26 @@ class IkeSa:
         payloads += [TsiPayload(tsi), TsrPayload(tsr)]
 
         def on_response(message: Message, later: float) -> None:
+            if old is not None:
+                self._child_rekeys_out.discard(old.spi_in)
             self._finish_exchange(later)
             self._on_create_child_response(message, later, new, old, nonce, dh, (tsi, tsr))
 
+        if old is not None:
+            self._child_rekeys_out.add(old.spi_in)
         self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _request_child_if_due(self, old: ChildSa | None, now: float) -> None:
+        """A queued CHILD SA request: skipped if the SA to rekey went meanwhile (the
+        peer rekeyed or deleted it, or the IKE SA is no longer established)."""
+        due = self.state == IkeSaState.ESTABLISHED and (
+            old is None
+            or (old.state == ChildSaState.REKEYING and self.children.get(old.spi_in) is old)
+        )
+        if due:
+            self._request_child(old, now)
+        else:
+            self._next_queued(now)
 
     def _on_create_child_response(
         self,
@@ -1986,7 +2012,7 @@ class IkeSa:
         )
         if old is None:
             return
-        if old.state == ChildSaState.REKEYING:
+        if old.spi_in in self._child_rekeys_out:
             # §2.8.1: we are rekeying it too; decided when our answer comes.
             self._peer_rekeyed[old.spi_in] = _PeerChildRekey(new, nonces)
             return
@@ -2035,6 +2061,10 @@ class IkeSa:
         """Command: rekey this IKE SA. A new IKE SA with new SPIs and keys from SK_d
         takes the CHILD SAs and the lease; then we DELETE this one."""
         if self.state != IkeSaState.ESTABLISHED or self._ike_rekey is not None:
+            return
+        if self._outstanding is not None or self._queued:
+            # §2.18: not while other exchanges are under way; try again shortly.
+            self._ike_rekey_at = now + 1.0
             return
         assert self._suite is not None
         config = self._icfg or self._rcfg
@@ -2214,6 +2244,7 @@ class IkeSa:
         new.children = {k: c for k, c in self.children.items() if c.params is not None}
         self.children = {}
         self._peer_rekeyed.clear()
+        self._child_rekeys_out.clear()
         self._queued.clear()
         self._update_queued = False
         self._reown_lease(new)

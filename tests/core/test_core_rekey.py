@@ -1,0 +1,291 @@
+"""CREATE_CHILD_SA back to back (RFC 7296 §1.3, §2.8, §2.17, §2.18, §2.25): CHILD and IKE
+SA rekeys in both directions, collisions decided by the nonces, a peer's rekey while
+our MOBIKE update is out (strongSwan does that), additional CHILD SAs, lifetimes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+
+from gateway.pool import AddressPool
+from mpa_ike.child_sa import ChildSa, ChildSaState
+from mpa_ike.constants import ExchangeType
+from mpa_ike.datagram import Datagram
+from mpa_ike.datapath import ChildSaParams
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.events import (
+    ChildSaAddressesUpdated,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    LeaseReleased,
+    LivenessConfirmed,
+)
+from mpa_ike.ike_config import Lifetimes
+from mpa_ike.ike_sa import IkeSa
+from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
+from mpa_ike.wire import parse_header
+
+PSK = b"a pre-shared key for the gateway"
+
+
+def up(
+    pool: AddressPool[object],
+    *,
+    mobile: dict[str, Any] | None = None,
+    gateway_seed: int = 2,
+    **gw: Any,
+) -> Link:
+    gateway = Endpoint(random=seeded(gateway_seed), responder=responder_config(pool, psk=PSK, **gw))
+    link = Link(Endpoint(random=seeded(1)), gateway)
+    link.mobile.initiate(initiator_config(psk=PSK, **(mobile or {})), MOBILE, GATEWAY, 0.0)
+    link.run(until=10.0)
+    assert link.of_type(IkeSaEstablished) and link.of_type(ChildSaEstablished, "gateway")
+    link.mobile_events.clear()
+    link.gateway_events.clear()
+    return link
+
+
+def sas(link: Link) -> tuple[IkeSa, IkeSa]:
+    (mobile,) = link.mobile
+    (gateway,) = link.gateway
+    return mobile, gateway
+
+
+def only_child(sa: IkeSa) -> ChildSa:
+    (child,) = sa.children.values()
+    return child
+
+
+def params(child: ChildSa) -> ChildSaParams:
+    assert child.params is not None
+    return child.params
+
+
+def assert_pair(mobile: IkeSa, gateway: IkeSa) -> None:
+    """One CHILD SA each side, the same pair, keys crosswise equal."""
+    m, g = only_child(mobile), only_child(gateway)
+    assert (m.spi_in, m.spi_out) == (g.spi_out, g.spi_in)
+    assert m.state == g.state == ChildSaState.INSTALLED
+    assert params(m).encr_key_out == params(g).encr_key_in
+    assert params(m).encr_key_in == params(g).encr_key_out
+
+
+def names(events: list[Any]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_child_rekey_by_the_mobile_node(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    mobile, gateway = sas(link)
+    old = params(only_child(mobile))
+    link.mobile.rekey_child_sa(mobile.local_spi, old.spi_in, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(mobile, gateway)
+    new = params(only_child(mobile))
+    assert new.spi_in != old.spi_in and new.encr_key_in != old.encr_key_in
+    for side in ("mobile", "gateway"):
+        events = link.mobile_events if side == "mobile" else link.gateway_events
+        assert names(events) == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"]
+    (deleted,) = link.of_type(ChildSaDeleted)
+    assert isinstance(deleted, ChildSaDeleted) and deleted.spi_in == old.spi_in
+    (rekeyed,) = link.of_type(ChildSaRekeyed, "gateway")
+    assert isinstance(rekeyed, ChildSaRekeyed) and rekeyed.old_spi_out == old.spi_in
+    assert rekeyed.new_spi_out == new.spi_in
+
+
+def test_child_rekey_by_the_gateway(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    mobile, gateway = sas(link)
+    old = params(only_child(gateway))
+    link.gateway.rekey_child_sa(gateway.local_spi, old.spi_in, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(mobile, gateway)
+    assert params(only_child(gateway)).spi_in != old.spi_in
+    assert names(link.mobile_events) == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"]
+    (deleted,) = link.of_type(ChildSaDeleted)
+    assert isinstance(deleted, ChildSaDeleted) and deleted.by_peer
+
+
+def test_child_rekey_with_pfs(pool: AddressPool[object]) -> None:
+    link = up(pool, mobile={"esp_text": "aes128gcm16-x25519"}, esp_text="aes128gcm16-x25519")
+    mobile, gateway = sas(link)
+    old = params(only_child(mobile))
+    link.mobile.rekey_child_sa(mobile.local_spi, old.spi_in, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(mobile, gateway)
+    requests = [t for t in link.log if parse_header(t.datagram.data).exchange_type == 36]
+    assert requests  # CREATE_CHILD_SA went out
+    assert len(requests[0].datagram.data) > 200  # with KEi (x25519) inside SK
+
+
+def test_additional_child_sa(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    mobile, gateway = sas(link)
+    link.mobile.create_child_sa(mobile.local_spi, link.now)
+    link.run(until=link.now + 10)
+    assert len(mobile.children) == len(gateway.children) == 2
+    assert names(link.mobile_events) == ["ChildSaEstablished"]
+    spis = {(c.spi_in, c.spi_out) for c in mobile.children.values()}
+    assert spis == {(c.spi_out, c.spi_in) for c in gateway.children.values()}
+
+
+def test_ike_rekey_by_the_mobile_node(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    old_mobile, old_gateway = sas(link)
+    child = only_child(old_mobile)
+    assert old_mobile._keys is not None
+    old_sk_d = old_mobile._keys.sk_d
+    link.mobile.rekey_ike_sa(old_mobile.local_spi, link.now)
+    link.run(until=link.now + 10)
+    mobile, gateway = sas(link)
+    assert old_mobile.closed and old_gateway.closed
+    assert (mobile.spi_i, mobile.spi_r) == (gateway.spi_i, gateway.spi_r)
+    assert mobile.spi_i not in (old_mobile.spi_i, old_mobile.spi_r)
+    assert mobile.is_initiator and not gateway.is_initiator
+    assert mobile._keys is not None and mobile._keys.sk_d != old_sk_d
+    assert only_child(mobile) is child  # the CHILD SA moved, untouched
+    assert_pair(mobile, gateway)
+    # The lease moved with it; nothing was released; no IKE SA deleted for the glue.
+    assert pool.lease_of(gateway.local_spi) is not None
+    assert pool.lease_of(old_gateway.local_spi) is None
+    for side in ("mobile", "gateway"):
+        assert not link.of_type(LeaseReleased, side) and not link.of_type(IkeSaDeleted, side)
+        (rekeyed,) = link.of_type(IkeSaRekeyed, side)
+        assert isinstance(rekeyed, IkeSaRekeyed)
+    assert not link.of_type(ChildSaDeleted) and not link.of_type(ChildSaDeleted, "gateway")
+    # Message IDs start again at 0 on the new IKE SA (§2.2).
+    start = len(link.log)
+    link.mobile.check_liveness(mobile.local_spi, link.now)
+    link.gateway.check_liveness(gateway.local_spi, link.now)
+    link.run(until=link.now + 10)
+    headers = [parse_header(t.datagram.data) for t in link.log[start:]]
+    assert {h.message_id for h in headers} == {0}
+    assert all(h.spi_i == mobile.spi_i for h in headers)
+    assert link.of_type(LivenessConfirmed) and link.of_type(LivenessConfirmed, "gateway")
+
+
+def test_ike_rekey_by_the_gateway_then_mobike(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    old_mobile, old_gateway = sas(link)
+    lease = old_gateway.assigned_addresses[0]
+    link.gateway.rekey_ike_sa(old_gateway.local_spi, link.now)
+    link.run(until=link.now + 10)
+    mobile, gateway = sas(link)
+    assert gateway.is_initiator and not mobile.is_initiator  # §2.18: roles follow the rekey
+    assert pool.lease_of(gateway.local_spi) == lease
+    assert_pair(mobile, gateway)
+    # The mobile node still decides MOBIKE, and the lease check still holds.
+    link.mobile.update_addresses(mobile.local_spi, (str(lease), 4500), link.now)
+    link.run(until=link.now + 10)
+    assert gateway.remote == (str(lease), 4500)
+    assert link.of_type(ChildSaAddressesUpdated, "gateway")
+    # Deleting the new IKE SA releases the lease.
+    link.mobile.delete(mobile.local_spi, link.now)
+    link.run(until=link.now + 10)
+    assert link.of_type(LeaseReleased, "gateway") and pool.lease_of(gateway.local_spi) is None
+
+
+def test_simultaneous_child_rekey(pool: AddressPool[object]) -> None:
+    """§2.8.1: both sides rekey the same CHILD SA; the exchange with the lowest of the
+    four nonces made the redundant SA, which its initiator deletes."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    old_m = params(only_child(mobile))
+    link.mobile.rekey_child_sa(mobile.local_spi, old_m.spi_in, link.now)
+    link.gateway.rekey_child_sa(gateway.local_spi, old_m.spi_out, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(mobile, gateway)
+    assert params(only_child(mobile)).spi_in != old_m.spi_in
+    lost = (
+        mobile.counters["child_rekey_collisions_lost"]
+        + gateway.counters["child_rekey_collisions_lost"]
+    )
+    won = (
+        mobile.counters["child_rekey_collisions_won"]
+        + gateway.counters["child_rekey_collisions_won"]
+    )
+    assert (lost, won) == (1, 1)
+    # Each side installed two new pairs and removed the old and the redundant one.
+    for side in ("mobile", "gateway"):
+        assert len(link.of_type(ChildSaEstablished, side)) == 2
+        assert len(link.of_type(ChildSaDeleted, side)) == 2
+    assert not link.of_type(IkeSaFailed)
+
+
+def test_simultaneous_ike_rekey(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    old_mobile, old_gateway = sas(link)
+    child = only_child(old_mobile)
+    link.mobile.rekey_ike_sa(old_mobile.local_spi, link.now)
+    link.gateway.rekey_ike_sa(old_gateway.local_spi, link.now)
+    link.run(until=link.now + 100)
+    mobile, gateway = sas(link)  # exactly one IKE SA left on each side
+    assert (mobile.spi_i, mobile.spi_r) == (gateway.spi_i, gateway.spi_r)
+    assert only_child(mobile) is child
+    assert_pair(mobile, gateway)
+    assert pool.lease_of(gateway.local_spi) is not None
+    counters = [sa.counters for sa in (old_mobile, old_gateway)]
+    assert sum(c["ike_rekey_collisions_lost"] for c in counters) == 1
+    assert sum(c["ike_rekey_collisions_won"] for c in counters) == 1
+    assert not link.of_type(IkeSaDeleted) and not link.of_type(IkeSaDeleted, "gateway")
+    link.mobile.check_liveness(mobile.local_spi, link.now)
+    link.run(until=link.now + 10)
+    assert link.of_type(LivenessConfirmed)
+
+
+def test_peer_rekeys_before_answering_our_update(pool: AddressPool[object]) -> None:
+    """strongSwan (kernel-libipsec) rekeys the CHILD SA after a MOBIKE update, often
+    before it answers it: the mobile node answers while its update is out."""
+    link = up(pool, address_policy=AddressPolicy(AddressPolicyMode.ANY))
+    mobile, gateway = sas(link)
+    old = params(only_child(gateway))
+    held: list[Datagram] = []
+
+    def gateway_rekeys_first(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        header = parse_header(datagram.data)
+        if way == "m->g" and header.exchange_type == ExchangeType.INFORMATIONAL and not held:
+            held.append(datagram)
+            link.gateway.rekey_child_sa(gateway.local_spi, old.spi_in, link.now)
+            return []
+        if way == "g->m" and header.exchange_type == ExchangeType.CREATE_CHILD_SA and held:
+            link.gateway.receive_datagram(held[0].data, held[0].src, held[0].dst, link.now)
+            held.append(held[0])
+        return [datagram]
+
+    link.tamper = gateway_rekeys_first
+    link.mobile.update_addresses(mobile.local_spi, ("192.0.2.77", 4500), link.now)
+    link.run(until=link.now + 10)
+    assert gateway.remote == ("192.0.2.77", 4500)
+    assert_pair(mobile, gateway)
+    assert params(only_child(mobile)).remote == (GATEWAY[0], 4500)
+    assert params(only_child(gateway)).remote == ("192.0.2.77", 4500)
+    assert link.of_type(ChildSaRekeyed) and not link.of_type(IkeSaFailed)
+    assert mobile.counters["retransmitted"] == 0
+
+
+def test_lifetimes_trigger_rekeys(pool: AddressPool[object]) -> None:
+    lifetimes = Lifetimes(ike_rekey_time=100.0, child_rekey_time=30.0, jitter=0.1)
+    off = Lifetimes(ike_rekey_time=None, child_rekey_time=None)
+    link = up(pool, mobile={"lifetimes": lifetimes}, lifetimes=off)
+    mobile, _ = sas(link)
+    assert link.gateway.get_timer() is None
+    timer = link.mobile.get_timer()
+    assert timer is not None and 27.0 <= timer <= 30.0  # CHILD rekey_time less jitter
+    link.run(until=26.9)
+    assert not link.of_type(ChildSaRekeyed)
+    link.run(until=30.0)
+    assert len(link.of_type(ChildSaRekeyed)) == 1
+    link.run(until=89.9)
+    assert not link.of_type(IkeSaRekeyed)
+    link.run(until=100.0)
+    assert len(link.of_type(IkeSaRekeyed)) == 1
+    new_mobile, new_gateway = sas(link)
+    assert new_mobile is not mobile
+    assert_pair(new_mobile, new_gateway)
+    assert not link.of_type(IkeSaFailed)
