@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from mpa_ike.constants import TransformType
 from mpa_ike.crypto.prf import Prf
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.crypto.suite import ChildSuite
@@ -45,6 +46,15 @@ class ChildSaConfig:
     esp_proposals: tuple[ProposalSpec, ...]
     local_ts: tuple[IPNetwork, ...] = ()
     remote_ts: tuple[IPNetwork, ...] = ()
+
+
+def without_key_exchange(proposals: tuple[ProposalSpec, ...]) -> tuple[ProposalSpec, ...]:
+    """The ESP proposals of IKE_AUTH: its CHILD SA takes no KE (RFC 7296 §1.2), so
+    DH transforms, there for PFS in CREATE_CHILD_SA, are left out (as strongSwan does)."""
+    return tuple(
+        ProposalSpec(p.protocol, [t for t in p.transforms if t.type != TransformType.DH])
+        for p in proposals
+    )
 
 
 @dataclass

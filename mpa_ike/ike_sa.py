@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mpa_ike.certificates import certreq_payload, signature_method, verify_peer_certificate
-from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params
+from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params, without_key_exchange
 from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
 from mpa_ike.constants import (
     IKE_PORT,
@@ -944,7 +944,7 @@ class IkeSa:
         payloads += [
             parse_identity(config.remote_id).idr(),
             build_request(config.virtual_ip_families),
-            sa_payload(config.child.esp_proposals, child.spi_in),
+            sa_payload(without_key_exchange(config.child.esp_proposals), child.spi_in),
             TsiPayload(tsi),
             TsrPayload(tsr),
         ]
@@ -1109,7 +1109,9 @@ class IkeSa:
             return
         try:
             proposal, spec = check_answer(
-                self._initiator_config.child.esp_proposals, sa, ProtocolId.ESP
+                without_key_exchange(self._initiator_config.child.esp_proposals),
+                sa,
+                ProtocolId.ESP,
             )
             if len(proposal.spi) != 4:
                 raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
@@ -1381,7 +1383,9 @@ class IkeSa:
         try:
             assert request.sa is not None and request.tsi is not None
             assert request.tsr is not None
-            child, spec, sa_answer = self._accept_child(request.sa, request.tsi, request.tsr)
+            child, spec, sa_answer = self._accept_child(
+                request.sa, request.tsi, request.tsr, in_auth=True
+            )
         except RemoteProtocolError as error:
             notify = error.notify
             return [*payloads, NotifyPayload(notify)], lambda: self._child_refused(notify)
@@ -1392,11 +1396,19 @@ class IkeSa:
         self._emit(ChildSaFailed(self.local_spi, self.name, notify, "CHILD SA refused"))
 
     def _accept_child(
-        self, offer: SaPayload, tsi_payload: TsiPayload, tsr_payload: TsrPayload
+        self,
+        offer: SaPayload,
+        tsi_payload: TsiPayload,
+        tsr_payload: TsrPayload,
+        *,
+        in_auth: bool = False,
     ) -> tuple[ChildSa, ProposalSpec, SaPayload]:
         """Responder (gateway): select ESP and narrow the selectors (§2.9)."""
         config = self._responder_config
-        received, spec = select(config.child.esp_proposals, offer, ProtocolId.ESP)
+        proposals = config.child.esp_proposals
+        if in_auth:
+            proposals = without_key_exchange(proposals)
+        received, spec = select(proposals, offer, ProtocolId.ESP)
         if len(received.spi) != 4:
             raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
         tsi = narrow(tsi_payload.selectors, self._allowed_remote_ts())

@@ -10,7 +10,7 @@ from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_conf
 
 from gateway.pool import AddressPool
 from mpa_ike.child_sa import ChildSa, ChildSaState
-from mpa_ike.constants import ExchangeType
+from mpa_ike.constants import ExchangeType, NotifyType, TransformType
 from mpa_ike.datagram import Datagram
 from mpa_ike.datapath import ChildSaParams
 from mpa_ike.endpoint import Endpoint
@@ -18,6 +18,7 @@ from mpa_ike.events import (
     ChildSaAddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
+    ChildSaFailed,
     ChildSaRekeyed,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -172,7 +173,7 @@ def test_ike_rekey_by_the_mobile_node(pool: AddressPool[object]) -> None:
 
 def test_ike_rekey_by_the_gateway_then_mobike(pool: AddressPool[object]) -> None:
     link = up(pool)
-    old_mobile, old_gateway = sas(link)
+    _old_mobile, old_gateway = sas(link)
     lease = old_gateway.assigned_addresses[0]
     link.gateway.rekey_ike_sa(old_gateway.local_spi, link.now)
     link.run(until=link.now + 10)
@@ -289,3 +290,60 @@ def test_lifetimes_trigger_rekeys(pool: AddressPool[object]) -> None:
     assert new_mobile is not mobile
     assert_pair(new_mobile, new_gateway)
     assert not link.of_type(IkeSaFailed)
+
+
+def test_rekey_of_an_unknown_child_sa_is_refused(pool: AddressPool[object]) -> None:
+    """§2.25: CHILD_SA_NOT_FOUND; the old SA stays as it was, the IKE SA too."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    child = only_child(mobile)
+    gateway.children.clear()  # the gateway forgot it (as if deleted in a crossing DELETE)
+    link.mobile.rekey_child_sa(mobile.local_spi, child.spi_in, link.now)
+    link.run(until=link.now + 10)
+    (failed,) = link.of_type(ChildSaFailed)
+    assert isinstance(failed, ChildSaFailed) and failed.notify == NotifyType.CHILD_SA_NOT_FOUND
+    assert only_child(mobile) is child and child.state == ChildSaState.INSTALLED
+    assert mobile.established
+
+
+def test_rekey_of_a_child_sa_being_deleted_gets_temporary_failure(
+    pool: AddressPool[object],
+) -> None:
+    link = up(pool)
+    mobile, gateway = sas(link)
+    child = only_child(mobile)
+    link.gateway.delete_child_sa(gateway.local_spi, child.spi_out, link.now)
+    link.mobile.rekey_child_sa(mobile.local_spi, child.spi_in, link.now)
+    link.run(until=link.now + 100)
+    (failed,) = link.of_type(ChildSaFailed)
+    assert isinstance(failed, ChildSaFailed) and failed.notify == NotifyType.TEMPORARY_FAILURE
+    assert not mobile.children and not gateway.children
+    assert mobile.established and gateway.established
+
+
+def test_ike_rekey_waits_for_a_child_exchange_of_the_peer(pool: AddressPool[object]) -> None:
+    """§2.25.2: an IKE SA rekey meeting the peer's CHILD SA exchange gets
+    TEMPORARY_FAILURE and is tried again later; both CHILD SAs then move."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    start = link.now
+    link.gateway.create_child_sa(gateway.local_spi, link.now)
+    link.mobile.rekey_ike_sa(mobile.local_spi, link.now)
+    link.run(until=start + 5)
+    assert not link.of_type(IkeSaRekeyed) and len(mobile.children) == 2
+    link.run(until=start + 20)
+    (rekeyed,) = link.of_type(IkeSaRekeyed)
+    assert isinstance(rekeyed, IkeSaRekeyed)
+    new_mobile, new_gateway = sas(link)
+    assert len(new_mobile.children) == len(new_gateway.children) == 2
+    assert not link.of_type(IkeSaFailed)
+
+
+def test_no_key_exchange_in_ike_auth(pool: AddressPool[object]) -> None:
+    """§1.2: the IKE_AUTH CHILD SA takes no KE; PFS groups only in CREATE_CHILD_SA, and
+    a gateway configured with PFS accepts a peer that offers none there (strongSwan)."""
+    link = up(pool, esp_text="aes128gcm16-x25519")
+    mobile, gateway = sas(link)
+    spec = only_child(gateway).spec
+    assert spec is not None and not spec.of_type(TransformType.DH)
+    assert_pair(mobile, gateway)
