@@ -6,11 +6,11 @@ addresses (the peer's traffic selectors: on a gateway, each mobile node's CP
 address), encrypted and sent in UDP to the SA's remote outer address through
 the shared IKE socket. ESP received on that socket is decrypted, checked
 against the SA's selectors and written to the TUN device, from where the kernel
-delivers or forwards it.
+delivers or forwards it. SAs without UDP encapsulation use a second sender,
+plain ESP over a raw socket (:mod:`mpa_ike.io.raw_esp`), when one is given.
 
 Installing an SA pair routes the peer's selectors into the device; routes are
-reference counted and removed with the last SA needing them. Only ESP in UDP
-is supported (as in kernel-libipsec); plain ESP is refused at install time.
+reference counted and removed with the last SA needing them.
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ class UserspaceDatapath:
         loop: asyncio.AbstractEventLoop | None = None,
         replay_window: int = DEFAULT_REPLAY_WINDOW,
         manage_routes: bool = True,
+        send_plain: Sender | None = None,
     ) -> None:
         self.tun = tun
         self.send_esp = send_esp
+        self.send_plain = send_plain
+        """Sender for SAs without UDP encapsulation (:mod:`mpa_ike.io.raw_esp`)."""
         self.loop = loop
         self.tunnels = EspTunnels(replay_window)
         self.manage_routes = manage_routes
@@ -87,8 +90,7 @@ class UserspaceDatapath:
     # --- the Datapath protocol --------------------------------------------------
 
     def install_child_sa(self, params: ChildSaParams) -> None:
-        if not params.encap:
-            raise LocalProtocolError("userspace ESP sends ESP in UDP only (set encap)")
+        self._check_encap(params.encap)
         pair = self.tunnels.install(params)
         if self.manage_routes:
             for route in self._routes_for(pair):
@@ -98,8 +100,7 @@ class UserspaceDatapath:
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
         """Move an SA pair (RFC 4555 §3.5): counters, sequence and replay state stay."""
-        if not encap:
-            raise LocalProtocolError("userspace ESP sends ESP in UDP only (set encap)")
+        self._check_encap(encap)
         pair = self._pair(spi_in, spi_out)
         self.tunnels.update_addresses(pair.inbound.spi, local, remote, encap)
 
@@ -152,11 +153,11 @@ class UserspaceDatapath:
         if isinstance(result, DropReason):
             return result
         pair, packet = result
-        self.send_esp(packet, pair.local, pair.remote)
+        self._sender(pair)(packet, pair.local, pair.remote)
         return None
 
     def _tun_readable(self) -> None:
-        read, outbound, send = self.tun.read, self.tunnels.outbound, self.send_esp
+        read, outbound, sender = self.tun.read, self.tunnels.outbound, self._sender
         for _ in range(_READ_BATCH):
             try:
                 inner = read()
@@ -167,9 +168,18 @@ class UserspaceDatapath:
             result = outbound(inner)
             if not isinstance(result, DropReason):
                 pair = result[0]
-                send(result[1], pair.local, pair.remote)
+                sender(pair)(result[1], pair.local, pair.remote)
 
     # --- helpers ---------------------------------------------------------------
+
+    def _check_encap(self, encap: bool) -> None:
+        if not encap and self.send_plain is None:
+            raise LocalProtocolError("no plain ESP sender: this datapath does ESP in UDP only")
+
+    def _sender(self, pair: SaPair) -> Sender:
+        if pair.encap or self.send_plain is None:
+            return self.send_esp
+        return self.send_plain
 
     def _pair(self, spi_in: bytes, spi_out: bytes) -> SaPair:
         pair = self.tunnels.by_spi_in.get(spi_in)

@@ -2,9 +2,10 @@
 
     python3 tests/esp/esp_node.py '<json config>'
 
-The config names the TUN device's addresses, the UDP 4500 bind addresses and the
-SA pairs (``ChildSaParams`` fields, bytes in hex, addresses as [host, port],
-traffic selectors as [start, end]). The node prints ``ready`` once the device and
+The config names the TUN device's addresses, the UDP 4500 bind addresses, whether
+the SAs use plain ESP over raw sockets (``"plain": true``) and the SA pairs
+(``ChildSaParams`` fields, bytes in hex, addresses as [host, port], traffic
+selectors as [start, end]). The node prints ``ready`` once the device and
 SAs are installed, then answers one JSON line per command read on stdin:
 ``counters``, ``update <spi_in> <spi_out> <local host> <remote host>`` and ``quit``.
 """
@@ -20,6 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mpa_ike.datapath import ChildSaParams, TsRange
+from mpa_ike.io.raw_esp import RawEspSockets
 from mpa_ike.io.tun import TunDevice
 from mpa_ike.io.udp4500 import Udp4500Sockets
 from mpa_ike.io.userspace import UserspaceDatapath
@@ -39,7 +41,7 @@ def params_from_json(sa: dict[str, Any]) -> ChildSaParams:
         esn=sa["esn"],
         local=(sa["local"][0], sa["local"][1]),
         remote=(sa["remote"][0], sa["remote"][1]),
-        encap=True,
+        encap=sa.get("encap", True),
         local_ts=tuple(TsRange(a, b) for a, b in sa["local_ts"]),
         remote_ts=tuple(TsRange(a, b) for a, b in sa["remote_ts"]),
     )
@@ -69,8 +71,11 @@ async def main(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     tun = TunDevice.create(config.get("tun_name", "mpa%d"), mtu=config.get("mtu", 1400))
     udp = Udp4500Sockets(loop, config["bind"], config.get("port", 4500))
-    dp = UserspaceDatapath(tun, udp.demux.send_esp, loop=loop)
+    raw = RawEspSockets(loop) if config.get("plain") else None
+    dp = UserspaceDatapath(tun, udp.demux.send_esp, loop=loop, send_plain=raw.send if raw else None)
     udp.demux.on_esp = dp.esp_received
+    if raw is not None:
+        raw.on_esp = dp.esp_received
     try:
         for cidr in config.get("tun_addrs", []):
             tun.add_address(cidr)
@@ -95,7 +100,7 @@ async def main(config: dict[str, Any]) -> None:
                     bytes.fromhex(spi_out),
                     (local, port),
                     (remote, port),
-                    True,
+                    not config.get("plain"),
                 )
                 answer = {"ok": True}
             else:
@@ -108,6 +113,8 @@ async def main(config: dict[str, Any]) -> None:
     finally:
         dp.stop()
         udp.close()
+        if raw is not None:
+            raw.close()
         tun.close()
 
 

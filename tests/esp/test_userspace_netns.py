@@ -88,7 +88,7 @@ def keys(suite: str) -> dict[str, Any]:
     }
 
 
-def sa_config(k: dict[str, Any], side: str, outer: int) -> dict[str, Any]:
+def sa_config(k: dict[str, Any], side: str, outer: int, plain: bool) -> dict[str, Any]:
     mn_addr, gw_addr = OUTER[outer][:2]
     to_gw = {"encr": k["mn_gw_encr"], "integ": k["mn_gw_integ"]}
     to_mn = {"encr": k["gw_mn_encr"], "integ": k["gw_mn_integ"]}
@@ -104,6 +104,7 @@ def sa_config(k: dict[str, Any], side: str, outer: int) -> dict[str, Any]:
         "encr_key_out": theirs["encr"],
         "integ_key_out": theirs["integ"],
         "esn": False,
+        "encap": not plain,
         "local": [mn_addr if side == "mn" else gw_addr, 4500],
         "remote": [gw_addr if side == "mn" else mn_addr, 4500],
         "local_ts": MN_TS if side == "mn" else LAN_TS,
@@ -170,7 +171,9 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(outer: int, suite: str, mn_bind: str | None = None) -> Iterator[Topology]:
+def topology(
+    outer: int, suite: str, mn_bind: str | None = None, plain: bool = False
+) -> Iterator[Topology]:
     with netns("mn") as mn, netns("gw") as gw, netns("lan") as lan:
         mn_addr, gw_addr = OUTER[outer][:2]
         for ns in (mn, gw, lan):
@@ -188,11 +191,15 @@ def topology(outer: int, suite: str, mn_bind: str | None = None) -> Iterator[Top
             {
                 "tun_addrs": ["10.9.0.1/32", "fd00:9::1/128"],
                 "bind": [mn_bind or mn_addr],
-                "sas": [sa_config(k, "mn", outer)],
+                "plain": plain,
+                "sas": [sa_config(k, "mn", outer, plain)],
             },
         )
         try:
-            gw_node = Node(gw, {"bind": [gw_addr], "sas": [sa_config(k, "gw", outer)]})
+            gw_node = Node(
+                gw,
+                {"bind": [gw_addr], "plain": plain, "sas": [sa_config(k, "gw", outer, plain)]},
+            )
             try:
                 yield Topology(mn, gw, lan, outer, k, mn_node, gw_node, uplink.a.dev)
             finally:
@@ -228,22 +235,29 @@ def udp_packet(src: str, dst: str, payload: bytes) -> bytes:
     return header + ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed + udp
 
 
-def inject(ns: Netns, dst: str, payloads: list[bytes]) -> None:
-    """Send each payload as one UDP datagram to dst:4500 from inside ``ns``."""
+def inject(ns: Netns, dst: str, payloads: list[bytes], plain: bool = False) -> None:
+    """Send each payload to dst from inside ``ns``: UDP to port 4500, or raw ESP."""
     script = (
         "import socket,sys\n"
         "fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET\n"
-        "s = socket.socket(fam, socket.SOCK_DGRAM)\n"
-        "for h in sys.argv[2:]: s.sendto(bytes.fromhex(h), (sys.argv[1], 4500))\n"
+        "plain = sys.argv[2] == 'plain'\n"
+        "s = socket.socket(fam, socket.SOCK_RAW, 50) if plain else "
+        "socket.socket(fam, socket.SOCK_DGRAM)\n"
+        "for h in sys.argv[3:]: s.sendto(bytes.fromhex(h), (sys.argv[1], 0 if plain else 4500))\n"
     )
-    ns.run([sys.executable, "-c", script, dst, *(p.hex() for p in payloads)])
+    mode = "plain" if plain else "udp"
+    ns.run([sys.executable, "-c", script, dst, mode, *(p.hex() for p in payloads)])
 
 
-@pytest.mark.parametrize("suite", sorted(SUITES))
-@pytest.mark.parametrize("outer", [4, 6])
-def test_userspace_esp_echo(outer: int, suite: str) -> None:
+@pytest.mark.parametrize(
+    ("outer", "suite", "plain"),
+    [(outer, suite, False) for outer in (4, 6) for suite in sorted(SUITES)]
+    + [(4, "gcm128", True), (6, "cbc-sha256", True)],
+)
+def test_userspace_esp_echo(outer: int, suite: str, plain: bool) -> None:
+    """Echoes both ways, exact counters, forged packets dropped (ESP in UDP or plain)."""
     require_netns()
-    with topology(outer, suite) as topo:
+    with topology(outer, suite, plain=plain) as topo:
         for inner in (4, 6):
             got = echo(topo.lan, LAN_HOST[inner], topo.mn, MN_INNER[inner], COUNT)
             assert got == COUNT, f"MN -> lan echo, inner IPv{inner}"
@@ -275,7 +289,7 @@ def test_userspace_esp_echo(outer: int, suite: str) -> None:
         tampered = fresh[:-20] + bytes([fresh[-20] ^ 1]) + fresh[-19:]
         wrong_spi = bytes.fromhex("c0000099") + fresh[4:]
         gw_outer = OUTER[outer][1]
-        inject(topo.mn, gw_outer, [replayed, tampered, wrong_spi])
+        inject(topo.mn, gw_outer, [replayed, tampered, wrong_spi], plain)
 
         report = topo.gw_node.command("counters")
         gw = report["sas"][SPI_TO_GW]

@@ -1,0 +1,77 @@
+"""Plain ESP (IP protocol 50, RFC 4303 without UDP encapsulation) over raw sockets.
+
+For peers that do not encapsulate. A raw socket of protocol 50 receives a copy of
+every ESP packet the host gets (IPv4 with its IP header, IPv6 without) even when
+the kernel has no ESP states of its own, and sends an ESP packet with the IP
+header built by the kernel. Needs CAP_NET_RAW.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+from mpa_ike.datagram import Address
+
+IPPROTO_ESP = 50
+EspHandler = Callable[[bytes, Address, Address | None], object]
+"""``handler(esp_packet, src, local)``: the datapath's ``esp_received``."""
+
+
+class RawEspSockets:
+    """One raw protocol-50 socket per address family, read on the event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_esp: EspHandler | None = None,
+        families: tuple[socket.AddressFamily, ...] = (socket.AF_INET, socket.AF_INET6),
+    ) -> None:
+        self.loop = loop
+        self.on_esp = on_esp
+        self.socks: dict[int, socket.socket] = {}
+        self.send_errors = 0
+        self.malformed = 0
+        for family in families:
+            sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
+            sock.setblocking(False)
+            self.socks[family] = sock
+            loop.add_reader(sock.fileno(), self._readable, sock)
+
+    def _readable(self, sock: socket.socket) -> None:
+        v4 = sock.family == socket.AF_INET
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if v4:
+                # IPv4 raw sockets hand over the IP header too.
+                header_len = (data[0] & 0x0F) * 4 if data else 0
+                if header_len < 20 or len(data) < header_len:
+                    self.malformed += 1
+                    continue
+                data = data[header_len:]
+            if self.on_esp is not None:
+                self.on_esp(data, (str(addr[0]), 0), None)
+
+    def send(self, packet: bytes, local: Address, remote: Address) -> None:
+        """The datapath's plain-ESP sender (the kernel picks the source address)."""
+        family = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+        sock = self.socks.get(family)
+        if sock is None:
+            self.send_errors += 1
+            return
+        try:
+            sock.sendto(packet, (remote[0], 0))
+        except OSError:
+            self.send_errors += 1
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.socks.clear()
