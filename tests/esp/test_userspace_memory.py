@@ -263,3 +263,21 @@ def test_reads_the_device_on_the_event_loop() -> None:
         return sent
 
     assert asyncio.run(run()) == [GW_OUTER] * 3
+
+
+def test_plain_esp_sender() -> None:
+    """SAs without UDP encapsulation go to the plain-ESP sender, the others to UDP."""
+    udp: list[Address] = []
+    plain: list[Address] = []
+    dp = UserspaceDatapath(
+        FakeTun(),
+        lambda data, local, remote: udp.append(remote),
+        send_plain=lambda data, local, remote: plain.append(remote),
+    )
+    p = replace(params(0, "mn", "10.9.0.1"), encap=False)
+    dp.install_child_sa(p)
+    assert dp.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
+    assert (udp, plain) == ([], [GW_OUTER])
+    dp.update_addresses(p.spi_in, p.spi_out, MN_OUTER, GW_OUTER, True)
+    assert dp.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
+    assert (udp, plain) == ([GW_OUTER], [GW_OUTER])
