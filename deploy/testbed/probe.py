@@ -359,6 +359,7 @@ class ProbeFlow:
         count: int | None = None,
         duration: float | None = None,
         size: int = 64,
+        linger: float = 0.5,
         workdir: str | None = None,
     ) -> None:
         self.sender_prefix = list(sender_prefix)
@@ -369,6 +370,7 @@ class ProbeFlow:
         self.count = count
         self.duration = duration
         self.size = size
+        self.linger = linger
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="probe")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.sender: subprocess.Popen[bytes] | None = None
@@ -395,6 +397,7 @@ class ProbeFlow:
             raise RuntimeError("probe reflector did not start")
         send = [*self._module(), "send", self.target, str(self.port)]
         send += ["--interval", repr(self.interval), "--size", str(self.size)]
+        send += ["--linger", repr(self.linger)]
         if self.count is not None:
             send += ["--count", str(self.count)]
         if self.duration is not None:
