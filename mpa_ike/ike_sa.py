@@ -2158,8 +2158,14 @@ class IkeSa:
     def _on_ike_rekey_request(self, message: Message, offer: SaPayload, now: float) -> None:
         """§1.3.2: the peer rekeys this IKE SA. With a CHILD SA exchange of ours out,
         TEMPORARY_FAILURE (§2.25.2); with our own IKE SA rekey out, answer and let
-        the nonces decide when our answer comes."""
-        if self._outstanding is not None and self._ike_rekey is None:
+        the nonces decide when our answer comes. An INFORMATIONAL of ours (a MOBIKE
+        update) finishes on this IKE SA; an update is told again on the new one."""
+        outstanding = self._outstanding
+        if (
+            outstanding is not None
+            and outstanding.exchange == ExchangeType.CREATE_CHILD_SA
+            and self._ike_rekey is None
+        ):
             self._respond(message.header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
             return
         config = self._icfg or self._rcfg
@@ -2255,6 +2261,9 @@ class IkeSa:
                 child.rekey_at = now  # its exchange died with this IKE SA: again, on the new
         new.children = {k: c for k, c in self.children.items() if c.params is not None}
         self.children = {}
+        # A MOBIKE update queued or in flight here is told again on the new IKE SA, so
+        # that the peer's new SA has our present addresses (RFC 4555 §3.5).
+        update_pending = self._update_queued or self._update_cookie is not None
         self._peer_rekeyed.clear()
         self._child_rekeys_out.clear()
         self._queued.clear()
@@ -2265,6 +2274,8 @@ class IkeSa:
         self._half_open_deadline = now + REKEYED_IKE_SA_GRACE
         self.counters["ike_rekeys"] += 1
         self._emit(IkeSaRekeyed(self.local_spi, self.name, new.local_spi))
+        if update_pending and new.mobike and new._icfg is not None:
+            new._send_update(now)
 
     def _reown_lease(self, new: IkeSa) -> None:
         """The lease belongs to the IKE SA (§2.19): file it under the new SPI."""

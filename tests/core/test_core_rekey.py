@@ -347,3 +347,23 @@ def test_no_key_exchange_in_ike_auth(pool: AddressPool[object]) -> None:
     spec = only_child(gateway).spec
     assert spec is not None and not spec.of_type(TransformType.DH)
     assert_pair(mobile, gateway)
+
+
+def test_peer_ike_rekey_while_our_update_is_out(pool: AddressPool[object]) -> None:
+    """The gateway rekeys the IKE SA while the mobile node's update is in flight: the
+    update is told again on the new IKE SA, which ends up at the new address."""
+    link = up(pool, address_policy=AddressPolicy(AddressPolicyMode.ANY))
+    old_mobile, old_gateway = sas(link)
+    new_address = ("192.0.2.77", 4500)
+    link.mobile.update_addresses(old_mobile.local_spi, new_address, link.now)
+    link.gateway.rekey_ike_sa(old_gateway.local_spi, link.now)
+    link.run(until=link.now + 10)
+    mobile, gateway = sas(link)
+    assert gateway.remote == new_address and mobile.local == new_address
+    assert_pair(mobile, gateway)
+    assert params(only_child(gateway)).remote == new_address or any(
+        isinstance(e, ChildSaAddressesUpdated) and e.remote == new_address
+        for e in link.gateway_events
+    )
+    assert gateway.counters["updates_accepted"] == 1  # on the new IKE SA
+    assert not link.of_type(IkeSaFailed) and not link.of_type(IkeSaFailed, "gateway")
