@@ -662,6 +662,11 @@ class IkeSa:
         self._reply_path = (dst, src)
         try:
             handler(self, message, src, dst, now)
+        except CodecError as error:
+            # §2.21.2: an authenticated request a handler finds malformed (a REKEY_SA
+            # without SPI, a short COOKIE2) is answered with the error, once.
+            if self._peer_next_id <= message.header.message_id and not self.closed:
+                self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
         finally:
             self._reply_path = None
 

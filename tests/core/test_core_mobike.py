@@ -25,7 +25,7 @@ from mpa_ike.events import (
 )
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode, IkeSaInfo
-from mpa_ike.wire import parse_header, parse_message
+from mpa_ike.wire import Message, NotifyPayload, parse_header, parse_message
 from mpa_ike.wire.notify import cookie2_notify
 
 PSK = b"a pre-shared key for the gateway"
@@ -355,3 +355,22 @@ def test_update_without_mobike_is_not_sent(pool: AddressPool[object]) -> None:
     mobile, _gateway = sas(link)
     move(link, LEASE)
     assert not link.of_type(IkeSaAddressesUpdated) and mobile.counters["updates_sent"] == 0
+
+
+def test_malformed_cookie2_is_answered_with_invalid_syntax(pool: AddressPool[object]) -> None:
+    """§2.21.2: authenticated but malformed (COOKIE2 must be 8-64 octets): the error
+    is the answer, nothing moves, the IKE SA survives."""
+    link = up(pool, address_policy=AddressPolicy(AddressPolicyMode.ANY))
+    mobile, gateway = sas(link)
+    answers: list[list[NotifyType]] = []
+
+    def on_response(message: Message, now: float) -> None:
+        answers.append([n.notify_type for n in message.find_all(NotifyPayload)])
+        mobile._finish_exchange(now)
+
+    mobile.local = ELSEWHERE
+    payloads = [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES), NotifyPayload(NotifyType.COOKIE2)]
+    mobile._request(ExchangeType.INFORMATIONAL, payloads, on_response, link.now)
+    link.run(until=link.now + 10)
+    assert answers == [[NotifyType.INVALID_SYNTAX]]
+    assert gateway.remote == (MOBILE[0], 4500) and gateway.established
