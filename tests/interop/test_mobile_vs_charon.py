@@ -21,7 +21,6 @@ from tests.harness.netns import TwoHosts, two_hosts
 from tests.harness.pki import KeyType, make_ca, make_cert
 from tests.harness.scenarios import (
     CHILD,
-    CONN,
     GATEWAY_ID,
     POOL,
     PROTECTED_ADDR,
@@ -34,7 +33,6 @@ from tests.interop.test_mobile_vs_gateway import (
     mobile_yaml,
     start_daemon,
     status,
-    wait_until,
 )
 from tests.service.servicehelp import Daemon, cli
 
@@ -119,6 +117,14 @@ def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:
         assert result.stderr.strip().startswith("mpa-mobile: connect gw: authentication failed")
         assert status("mobile.cli", setup.mobile_config)["ike_sas"] == []
         setup.charon.wait_for(lambda sas: not sas)
-        # and the mobile node can try again once the password is right: nothing is stuck
-        wait_until(lambda: not status("mobile.cli", setup.mobile_config)["ike_sas"])
-        assert CONN in setup.charon.swanctl("--list-conns").stdout
+        assert "EAP method EAP_MSCHAPV2 failed for peer" in setup.charon.log_text()
+
+
+def test_mobile_sigterm_deletes_its_sa(short_tmp: Path) -> None:
+    method, ike, key = MATRIX[0]
+    with mobile_against_charon(short_tmp, method, ike, key) as setup:
+        assert cli("mobile.cli", "connect", "gw", "-c", setup.mobile_config).returncode == 0
+        setup.charon.wait_established(CHILD)
+        assert setup.mobile.signal(15) == 0
+        # charon got our DELETE: the SA is gone at once, not after a liveness timeout.
+        setup.charon.wait_for(lambda sas: not sas, timeout=2)

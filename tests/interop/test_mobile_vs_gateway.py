@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness.netns import TwoHosts, two_hosts
 from tests.harness.pki import Credential, KeyType, make_ca, make_cert
-from tests.service.servicehelp import Daemon, cli, write_yaml
+from tests.service.servicehelp import DELETE, Daemon, cli, edited, write_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_env")]
 
@@ -125,6 +126,14 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def use_psk(config: Path, psk: str, *drop: str) -> None:
+    data = yaml.safe_load(config.read_text())
+    for path in drop:
+        data = edited(data, path, DELETE)
+    where = "psk" if "gateways.gw.ca" not in drop else "gateways.gw.psk"
+    write_yaml(config, edited(data, where, psk))
+
+
 @dataclass
 class Pair:
     hosts: TwoHosts
@@ -142,6 +151,7 @@ def mobile_and_gateway(
     key: KeyType,
     password: str = EAP_PASSWORD,
     family: int = 4,
+    psk: str | None = None,
 ) -> Iterator[Pair]:
     with two_hosts() as hosts:
         listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
@@ -149,6 +159,9 @@ def mobile_and_gateway(
         gw_config, _ = gateway_yaml(workdir, listen, method, ike, key)
         ca = workdir / "ca.pem"
         mn_config = mobile_yaml(workdir, gw_ip, method, ike, ca=ca, password=password)
+        if psk is not None:  # the gateway authenticates with a PSK instead
+            use_psk(gw_config, psk, "certificate", "private_key")
+            use_psk(mn_config, psk, "gateways.gw.ca")
         gateway = start_daemon("gateway.cli", gw_config, hosts.right.name)
         try:
             mobile = start_daemon("mobile.cli", mn_config, hosts.left.name)
@@ -218,6 +231,20 @@ def test_mobile_connects_over_ipv6(short_tmp: Path) -> None:
         }
         assert mn_sa["address"] == gw_sa["address"]
         assert ipaddress.ip_address(mn_sa["address"]) in ipaddress.ip_network(POOL)
+
+
+def test_gateway_authenticated_by_psk(short_tmp: Path) -> None:
+    method, ike, key = CASES[0]
+    with mobile_and_gateway(short_tmp, method, ike, key, psk="0x" + "a5" * 32) as pair:
+        result = cli("mobile.cli", "connect", "gw", "-c", pair.mobile_config)
+        assert result.returncode == 0, result.stderr
+        again = cli("mobile.cli", "connect", "gw", "-c", pair.mobile_config)
+        assert again.returncode == 1
+        assert again.stderr.strip() == (
+            "mpa-mobile: connect gw: already connected (disconnect first)"
+        )
+        [gw_sa] = status("gateway.cli", pair.gateway_config)["ike_sas"]
+        assert gw_sa["state"] == "ESTABLISHED"
 
 
 def test_wrong_password_fails_on_both_sides(short_tmp: Path) -> None:
