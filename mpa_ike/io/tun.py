@@ -57,8 +57,14 @@ class TunDevice:
         self.index: int = netlink.call("link_lookup", ifname=name)[0]
 
     @classmethod
-    def create(cls, name: str = "mpa%d", *, mtu: int = 1400, up: bool = True) -> TunDevice:
-        """Create a TUN device (``%d`` in ``name`` lets the kernel number it)."""
+    def create(
+        cls, name: str = "mpa%d", *, mtu: int = 1400, txqlen: int = 4096, up: bool = True
+    ) -> TunDevice:
+        """Create a TUN device (``%d`` in ``name`` lets the kernel number it).
+
+        ``txqlen`` is the queue of packets the kernel routed into the device and
+        this process has not read yet: the default of 500 overflows in bursts.
+        """
         if len(name.encode()) > 15:
             raise ValueError(f"interface name too long: {name}")
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -72,6 +78,7 @@ class TunDevice:
             raise
         try:
             dev.set_mtu(mtu)
+            dev._nl.call("link", "set", index=dev.index, txqlen=txqlen)
             if up:
                 dev.up()
         except BaseException:

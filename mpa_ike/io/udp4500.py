@@ -18,6 +18,7 @@ from typing import Any
 from mpa_ike.constants import NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from mpa_ike.datagram import Address
 
+SOCKET_BUFFER = 4 << 20
 Handler = Callable[[bytes, Address], object]
 """Called with a payload and the peer address; any return value is ignored."""
 
@@ -109,6 +110,8 @@ class Udp4500Sockets:
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # ESP arrives in bursts; the default buffer (about 200 KB) overflows.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
                 sock.bind((host, port))
                 sock.setblocking(False)
             except BaseException:
