@@ -2,8 +2,10 @@
 
 Inputs: :meth:`IkeSa.receive` (one datagram already matched to this SA by
 :class:`mpa_ike.endpoint.Endpoint`), :meth:`IkeSa.handle_timer` and the
-commands :meth:`IkeSa.start`, :meth:`IkeSa.delete`, :meth:`IkeSa.delete_child_sa`
-and :meth:`IkeSa.check_liveness`. Outputs: :meth:`datagrams_to_send`,
+commands :meth:`IkeSa.start`, :meth:`IkeSa.delete`, :meth:`IkeSa.delete_child_sa`,
+:meth:`IkeSa.check_liveness`, :meth:`IkeSa.rekey_child_sa`,
+:meth:`IkeSa.create_child_sa`, :meth:`IkeSa.rekey_ike_sa`,
+:meth:`IkeSa.update_addresses` and :meth:`IkeSa.send_additional_addresses`. Outputs: :meth:`datagrams_to_send`,
 :meth:`get_timer` and :meth:`next_event`. Nothing here reads a clock, opens a
 socket or draws randomness except through the injected ``random``.
 
@@ -17,6 +19,18 @@ Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
     HDR, SK{EAP}  -->  ...  <--  HDR, SK{EAP(Success)}
     HDR, SK{AUTH}  -->
                       <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE)}
+
+Once established (sections below: "MOBIKE" and "CREATE_CHILD_SA")::
+
+    HDR, SK{N(UPDATE_SA_ADDRESSES), N(NAT-D)x2, [N(NO_NATS_ALLOWED)], N(COOKIE2)}  -->
+                      <--  HDR, SK{N(NAT-D)x2, N(COOKIE2)}  (or N(UNACCEPTABLE_ADDRESSES))
+    HDR, SK{[N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr}  -->       (either side)
+                      <--  HDR, SK{SA, Nr, [KEr], TSi, TSr}
+    HDR, SK{SA(IKE, new SPI), Ni, KEi}  -->                   (either side)
+                      <--  HDR, SK{SA(IKE, new SPI), Nr, KEr}
+
+A rekeyed IKE SA hands its CHILD SAs and lease to a new :class:`IkeSa`
+(:meth:`IkeSa.take_successors`, filed by the endpoint) and ends quietly.
 
 Which handler takes a message is decided by the table ``_HANDLERS``
 (role, state, exchange) -> handler, h11 style; a message with no entry is
@@ -96,6 +110,16 @@ from mpa_ike.mobike import (
     no_nats_mismatch,
 )
 from mpa_ike.protection import Reassembler, seal_message
+from mpa_ike.rekey import (
+    IKE_REKEY_BUSY_DELAY,
+    REKEY_RETRY_DELAY,
+    REKEYED_IKE_SA_GRACE,
+    IkeCollision,
+    IkeRekey,
+    PeerChildRekey,
+    jittered,
+    ours_is_redundant,
+)
 from mpa_ike.retransmit import RetransmitPolicy, Retransmitter, TimerAction
 from mpa_ike.sa_payload import answer, check_answer, sa_payload, select
 from mpa_ike.traffic_selectors import (
@@ -187,10 +211,6 @@ _CHILD_IN_DATAPATH = frozenset(
         ChildSaState.DELETING,
     }
 )
-# How long a rekeyed IKE SA waits for the peer's DELETE before it goes quietly.
-REKEYED_IKE_SA_GRACE = 30.0
-# A rekey refused with TEMPORARY_FAILURE (§2.25) is tried again this much later.
-REKEY_RETRY_DELAY = 10.0
 _LIVE_STATES = frozenset({IkeSaState.ESTABLISHED, IkeSaState.DELETING})
 
 
@@ -224,31 +244,6 @@ class _Outstanding:
     retransmitter: Retransmitter
     on_response: Callable[[Message, float], None]
     on_give_up: Callable[[float], None]
-
-
-@dataclass
-class _IkeRekey:
-    """Our CREATE_CHILD_SA rekeying the IKE SA (§1.3.2): the new SPI, Ni and KE."""
-
-    spi: bytes
-    nonce: bytes
-    dh: KeyExchange
-
-
-@dataclass
-class _IkeCollision:
-    """§2.25.2: the peer's IKE SA rekey, answered while ours was out."""
-
-    successor: IkeSa
-    nonces: tuple[bytes, bytes]
-
-
-@dataclass
-class _PeerChildRekey:
-    """§2.8.1: the peer's rekey of a CHILD SA we were rekeying ourselves."""
-
-    new: ChildSa
-    nonces: tuple[bytes, bytes]
 
 
 @dataclass
@@ -332,9 +327,9 @@ class IkeSa:
         self._response_path: tuple[Address, Address] = (local, remote)
         # Rekeying (§2.8, §2.18) and lifetimes.
         self._ike_rekey_at: float | None = None
-        self._ike_rekey: _IkeRekey | None = None
-        self._ike_collision: _IkeCollision | None = None
-        self._peer_rekeyed: dict[bytes, _PeerChildRekey] = {}
+        self._ike_rekey: IkeRekey | None = None
+        self._ike_collision: IkeCollision | None = None
+        self._peer_rekeyed: dict[bytes, PeerChildRekey] = {}
         self._child_rekeys_out: set[bytes] = set()  # old spi_in of our rekeys in flight
         self._successors: list[IkeSa] = []
         self._superseded = False
@@ -1551,8 +1546,7 @@ class IkeSa:
 
     def _jittered(self, rekey_time: float) -> float:
         """``rekey_time`` less up to ``jitter`` of it, drawn from the injected random."""
-        fraction = int.from_bytes(self._random(2), "big") / 0x10000
-        return rekey_time * (1.0 - self._lifetimes.jitter * fraction)
+        return jittered(rekey_time, self._lifetimes.jitter, self._random)
 
     def _start_ike_lifetime(self, now: float) -> None:
         rekey_time = self._lifetimes.ike_rekey_time
@@ -1939,7 +1933,7 @@ class IkeSa:
         too, the exchange holding the lowest of the four nonces made the redundant
         SA, and its initiator deletes it; the winner's initiator deletes ``old``."""
         peer = self._peer_rekeyed.pop(old.spi_in, None)
-        if peer is not None and min(nonces) < min(peer.nonces):
+        if peer is not None and ours_is_redundant(nonces, peer.nonces):
             self.counters["child_rekey_collisions_lost"] += 1
             old.state = ChildSaState.REKEYED  # the peer deletes it
             self._emit_rekeyed(old, peer.new)
@@ -2031,7 +2025,7 @@ class IkeSa:
             return
         if old.spi_in in self._child_rekeys_out:
             # §2.8.1: we are rekeying it too; decided when our answer comes.
-            self._peer_rekeyed[old.spi_in] = _PeerChildRekey(new, nonces)
+            self._peer_rekeyed[old.spi_in] = PeerChildRekey(new, nonces)
             return
         old.state = ChildSaState.REKEYED  # the peer deletes it (§2.8)
         self._emit_rekeyed(old, new)
@@ -2081,7 +2075,7 @@ class IkeSa:
             return
         if self._outstanding is not None or self._queued:
             # §2.18: not while other exchanges are under way; try again shortly.
-            self._ike_rekey_at = now + 1.0
+            self._ike_rekey_at = now + IKE_REKEY_BUSY_DELAY
             return
         assert self._suite is not None
         config = self._icfg or self._rcfg
@@ -2091,7 +2085,7 @@ class IkeSa:
             config.ike_proposals,
             key=lambda p: not any(t.id == self._suite_group() for t in p.of_type(TransformType.DH)),
         )
-        rekey = _IkeRekey(
+        rekey = IkeRekey(
             self._new_ike_spi(),
             self._random(NONCE_SIZE),
             generate_key_exchange(self._suite.dh_group, self._random),
@@ -2131,7 +2125,7 @@ class IkeSa:
         nonces = (rekey.nonce, nonce_r)
         ours = self._make_successor(rekey.spi, spi_r, True, spec, nonces, shared, now)
         collision, self._ike_collision = self._ike_collision, None
-        if collision is not None and min(nonces) < min(collision.nonces):
+        if collision is not None and ours_is_redundant(nonces, collision.nonces):
             # §2.25.2: our exchange holds the lowest nonce: ours is redundant and we
             # delete it; the peer deletes this IKE SA.
             self.counters["ike_rekey_collisions_lost"] += 1
@@ -2147,7 +2141,7 @@ class IkeSa:
         self.delete(now)
 
     def _check_ike_rekey_answer(
-        self, message: Message, rekey: _IkeRekey, proposals: Sequence[ProposalSpec]
+        self, message: Message, rekey: IkeRekey, proposals: Sequence[ProposalSpec]
     ) -> tuple[bytes, ProposalSpec, bytes, bytes]:
         errors = _error_notifies(message)
         if errors:
@@ -2207,7 +2201,7 @@ class IkeSa:
         nonces = (nonce.data, nonce_r)
         successor = self._make_successor(received.spi, spi_r, False, spec, nonces, shared, now)
         if self._ike_rekey is not None:
-            self._ike_collision = _IkeCollision(successor, nonces)
+            self._ike_collision = IkeCollision(successor, nonces)
             return
         self._hand_over(successor, now)
 
