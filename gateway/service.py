@@ -30,7 +30,7 @@ from gateway.registry import ChildSaEntry, IkeSaEntry, Registry
 from gateway.validation import ConfigError
 from mpa_ike.certificates import CertificateCredential
 from mpa_ike.child_sa import ChildSaConfig
-from mpa_ike.constants import ProtocolId
+from mpa_ike.constants import NotifyType, ProtocolId
 from mpa_ike.crypto.auth import SigningKey
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
 from mpa_ike.datapath import Datapath, RecordingDatapath
@@ -182,10 +182,9 @@ def describe_event(event: Event) -> str:
             f"{' '.join(map(str, p.local_ts))} === {' '.join(map(str, p.remote_ts))}"
         )
     if isinstance(event, IkeSaFailed):
-        notify = f" ({event.notify.name})" if event.notify is not None else ""
-        return f"{who}: IKE SA failed: {event.reason}{notify}"
+        return f"{who}: IKE SA failed: {with_notify(event.reason, event.notify)}"
     if isinstance(event, ChildSaFailed):
-        return f"{who}: CHILD SA failed: {event.reason} ({event.notify.name})"
+        return f"{who}: CHILD SA failed: {with_notify(event.reason, event.notify)}"
     if isinstance(event, IkeSaDeleted):
         return f"{who}: IKE SA deleted{' by the peer' if event.by_peer else ''}"
     if isinstance(event, ChildSaDeleted):
@@ -194,6 +193,13 @@ def describe_event(event: Event) -> str:
     if isinstance(event, LeaseReleased):
         return f"{who}: released {', '.join(str(a) for a in event.addresses)}"
     return f"{who}: {type(event).__name__}"
+
+
+def with_notify(reason: str, notify: NotifyType | None) -> str:
+    """``reason (NOTIFY)``, unless the reason names the notify already."""
+    if notify is None or notify.name in reason:
+        return reason
+    return f"{reason} ({notify.name})"
 
 
 async def delete_all_and_wait(transport: IkeTransport, grace: float = DELETE_GRACE) -> None:

@@ -33,10 +33,11 @@ from gateway.service import (
     proposal_specs,
     refresh_registry,
     wall_clock,
+    with_notify,
 )
 from mobile.config import GatewayEntry, MobileConfig
 from mpa_ike.child_sa import ChildSaConfig
-from mpa_ike.constants import IKE_PORT, NAT_T_PORT, ProtocolId
+from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
 from mpa_ike.datapath import Datapath, RecordingDatapath
 from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
@@ -245,17 +246,16 @@ class MobileService:
             address = f", address {attempt.address}" if attempt.address else ""
             _resolve(attempt, f"{event.name}: established{address}")
         elif isinstance(event, ChildSaFailed):
-            _fail(attempt, f"connect {event.name}: CHILD SA failed: {event.reason}")
+            reason = with_notify(event.reason, event.notify)
+            _fail(attempt, f"connect {event.name}: CHILD SA failed: {reason}")
         elif isinstance(event, IkeSaFailed):
             _fail(attempt, f"connect {event.name}: {_failure_text(event)}")
 
 
 def _failure_text(event: IkeSaFailed) -> str:
-    if event.notify is not None and event.notify.name == "AUTHENTICATION_FAILED":
+    if event.notify == NotifyType.AUTHENTICATION_FAILED:
         return f"authentication failed ({event.reason})"
-    if event.notify is not None:
-        return f"{event.reason} ({event.notify.name})"
-    return event.reason
+    return with_notify(event.reason, event.notify)
 
 
 def _resolve(attempt: _Attempt, text: str) -> None:

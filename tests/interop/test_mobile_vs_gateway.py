@@ -152,13 +152,15 @@ def mobile_and_gateway(
     password: str = EAP_PASSWORD,
     family: int = 4,
     psk: str | None = None,
+    mobile_ike: str | None = None,
 ) -> Iterator[Pair]:
     with two_hosts() as hosts:
         listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
         gw_ip = hosts.link.b.addr(family)
         gw_config, _ = gateway_yaml(workdir, listen, method, ike, key)
         ca = workdir / "ca.pem"
-        mn_config = mobile_yaml(workdir, gw_ip, method, ike, ca=ca, password=password)
+        mn_ike = mobile_ike or ike
+        mn_config = mobile_yaml(workdir, gw_ip, method, mn_ike, ca=ca, password=password)
         if psk is not None:  # the gateway authenticates with a PSK instead
             use_psk(gw_config, psk, "certificate", "private_key")
             use_psk(mn_config, psk, "gateways.gw.ca")
@@ -265,3 +267,15 @@ def test_gateway_deletes_its_sas_on_sigterm(short_tmp: Path) -> None:
         assert pair.gateway.signal(15) == 0
         # The mobile node got the DELETE: its IKE SA is gone without its asking.
         wait_until(lambda: not status("mobile.cli", pair.mobile_config)["ike_sas"])
+
+
+def test_no_proposal_chosen(short_tmp: Path) -> None:
+    method, ike, key = CASES[0]
+    other = "aes256-sha384-ecp256"
+    with mobile_and_gateway(short_tmp, method, ike, key, mobile_ike=other) as pair:
+        result = cli("mobile.cli", "connect", "gw", "-c", pair.mobile_config)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            "mpa-mobile: connect gw: IKE_SA_INIT refused: NO_PROPOSAL_CHOSEN"
+        )
+        assert status("gateway.cli", pair.gateway_config)["ike_sas"] == []
