@@ -5,8 +5,8 @@ Inputs: :meth:`IkeSa.receive` (one datagram already matched to this SA by
 commands :meth:`IkeSa.start`, :meth:`IkeSa.delete`, :meth:`IkeSa.delete_child_sa`,
 :meth:`IkeSa.check_liveness`, :meth:`IkeSa.rekey_child_sa`,
 :meth:`IkeSa.create_child_sa`, :meth:`IkeSa.rekey_ike_sa`,
-:meth:`IkeSa.update_addresses` and :meth:`IkeSa.send_additional_addresses`. Outputs: :meth:`datagrams_to_send`,
-:meth:`get_timer` and :meth:`next_event`. Nothing here reads a clock, opens a
+:meth:`IkeSa.update_addresses` and :meth:`IkeSa.send_additional_addresses`.
+Outputs: :meth:`datagrams_to_send`, :meth:`get_timer` and :meth:`next_event`. Nothing here reads a clock, opens a
 socket or draws randomness except through the injected ``random``.
 
 Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
@@ -1073,6 +1073,7 @@ class IkeSa:
         self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         self.mobike = self._initiator_config.mobike and self.peer_mobike
         self.state = IkeSaState.ESTABLISHED
+        self._read_address_list(message)  # RFC 4555 §3.4: the gateway's other addresses
         self._start_ike_lifetime(now)
         self._emit_established()
         self._initiator_child_result(message, now)
@@ -2135,7 +2136,10 @@ class IkeSa:
             return
         if collision is not None:
             self.counters["ike_rekey_collisions_won"] += 1
-            collision.successor._superseded = True  # the peer deletes it
+            redundant = collision.successor  # the peer deletes it; it only waits for that
+            redundant._superseded = True
+            redundant.state = IkeSaState.REKEYED
+            redundant._half_open_deadline = now + REKEYED_IKE_SA_GRACE
         self._hand_over(ours, now)
         self.state = IkeSaState.ESTABLISHED  # for delete(); nothing else runs on it now
         self.delete(now)
