@@ -6,8 +6,9 @@ commands :meth:`IkeSa.start`, :meth:`IkeSa.delete`, :meth:`IkeSa.delete_child_sa
 :meth:`IkeSa.check_liveness`, :meth:`IkeSa.rekey_child_sa`,
 :meth:`IkeSa.create_child_sa`, :meth:`IkeSa.rekey_ike_sa`,
 :meth:`IkeSa.update_addresses` and :meth:`IkeSa.send_additional_addresses`.
-Outputs: :meth:`datagrams_to_send`, :meth:`get_timer` and :meth:`next_event`. Nothing here reads a clock, opens a
-socket or draws randomness except through the injected ``random``.
+Outputs: :meth:`datagrams_to_send`, :meth:`get_timer` and :meth:`next_event`.
+Nothing here reads a clock, opens a socket or draws randomness except through
+the injected ``random``.
 
 Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
 
