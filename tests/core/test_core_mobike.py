@@ -7,7 +7,15 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
 
-from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+from core_harness import (
+    GATEWAY,
+    MOBILE,
+    NAT_PUBLIC,
+    Link,
+    initiator_config,
+    responder_config,
+    seeded,
+)
 
 from gateway.pool import AddressPool
 from mpa_ike.constants import ExchangeType, NotifyType
@@ -374,3 +382,32 @@ def test_malformed_cookie2_is_answered_with_invalid_syntax(pool: AddressPool[obj
     link.run(until=link.now + 10)
     assert answers == [[NotifyType.INVALID_SYNTAX]]
     assert gateway.remote == (MOBILE[0], 4500) and gateway.established
+
+
+def test_update_behind_a_nat_turns_on_encapsulation(pool: AddressPool[object]) -> None:
+    """§3.5: NAT detection is recomputed from the update; the CHILD SAs move to the
+    NAT's public address with ESP in UDP."""
+    link = up(pool, address_policy=AddressPolicy(AddressPolicyMode.ANY))
+    _mobile, gateway = sas(link)
+    assert not (gateway.nat_local or gateway.nat_remote)
+    link.nat = True
+    move(link, ("192.168.1.20", 4500))
+    assert gateway.remote == (NAT_PUBLIC, 14500)
+    (moved,) = link.of_type(ChildSaAddressesUpdated, "gateway")
+    assert isinstance(moved, ChildSaAddressesUpdated) and moved.encap
+    assert moved.remote == (NAT_PUBLIC, 14500)
+    # The mobile node learns of the NAT from the answer's NAT-D and re-announces.
+    mobile_moves = [
+        e for e in link.of_type(ChildSaAddressesUpdated) if isinstance(e, ChildSaAddressesUpdated)
+    ]
+    assert [e.encap for e in mobile_moves] == [False, True]
+
+
+def test_nat_fails_the_allocated_policy(pool: AddressPool[object]) -> None:
+    """Under ``allocated`` a NAT in front of the nCoA hides it: refused."""
+    link = up(pool)
+    _, gateway = sas(link)
+    link.nat = True
+    move(link, LEASE)
+    assert gateway.remote == (MOBILE[0], 4500)
+    assert link.of_type(AddressUpdateRefused, "gateway")

@@ -367,3 +367,23 @@ def test_peer_ike_rekey_while_our_update_is_out(pool: AddressPool[object]) -> No
     )
     assert gateway.counters["updates_accepted"] == 1  # on the new IKE SA
     assert not link.of_type(IkeSaFailed) and not link.of_type(IkeSaFailed, "gateway")
+
+
+def test_child_rekey_meets_ike_rekey(pool: AddressPool[object]) -> None:
+    """§2.25.2: the gateway rekeys a CHILD SA while the mobile node rekeys the IKE SA:
+    the IKE rekey gets TEMPORARY_FAILURE and comes again; the CHILD rekey goes through."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    start = link.now
+    link.gateway.rekey_child_sa(gateway.local_spi, only_child(gateway).spi_in, link.now)
+    link.mobile.rekey_ike_sa(mobile.local_spi, link.now)
+    link.run(until=start + 20)
+    assert len(link.of_type(ChildSaRekeyed)) == 1 and len(link.of_type(IkeSaRekeyed)) == 1
+    new_mobile, new_gateway = sas(link)
+    assert_pair(new_mobile, new_gateway)
+    # The new IKE SA's SK_d keys the next CHILD SA rekey: both sides still agree.
+    link.mobile.rekey_child_sa(new_mobile.local_spi, only_child(new_mobile).spi_in, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(new_mobile, new_gateway)
+    assert len(link.of_type(ChildSaRekeyed)) == 2
+    assert not link.of_type(IkeSaFailed) and not link.of_type(IkeSaFailed, "gateway")
