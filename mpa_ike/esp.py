@@ -129,9 +129,9 @@ class _CbcHmac(EspTransform):
     directions keep theirs. Outbound, one CBC chain runs across all packets and
     each packet starts with a nonce block (sequence number): its ciphertext is
     the packet's IV, E_K(nonce XOR previous block), unpredictable to anyone
-    without the key (RFC 3602 §2; NIST SP 800-38A Appendix C). Inbound, an ECB
-    context decrypts all blocks and one big-integer XOR with the preceding
-    ciphertext blocks completes CBC decryption.
+    without the key (RFC 3602 §2; NIST SP 800-38A Appendix C). Inbound, one CBC
+    decryption context is fed each packet's IV and ciphertext, so the IV chains
+    into the first block.
     """
 
     iv_size = 16
@@ -140,7 +140,7 @@ class _CbcHmac(EspTransform):
     def __init__(self, key: bytes, integ_key: bytes, digest: str, icv_size: int) -> None:
         aes = algorithms.AES(key)
         self._chain = Cipher(aes, modes.CBC(_ZERO_BLOCK)).encryptor()
-        self._ecb = Cipher(aes, modes.ECB()).decryptor()
+        self._inbound_chain = Cipher(aes, modes.CBC(_ZERO_BLOCK)).decryptor()
         self._mac = hmac.new(integ_key, digestmod=digest)
         self.icv_size = icv_size
 
@@ -159,10 +159,9 @@ class _CbcHmac(EspTransform):
         signed = packet[:-n]
         if not hmac.compare_digest(self._icv(signed + seq_hi if seq_hi else signed), packet[-n:]):
             return None
-        decrypted = self._ecb.update(signed[24:])
-        size = len(decrypted)
-        chain = int.from_bytes(signed[8:-16], "big")
-        return (int.from_bytes(decrypted, "big") ^ chain).to_bytes(size, "big")
+        # Feeding the IV as a ciphertext block first makes it the chaining value
+        # of the first real block; the garbage block it yields is dropped.
+        return self._inbound_chain.update(signed[8:])[16:]
 
 
 def make_transform(
