@@ -679,6 +679,7 @@ class EmulatorProcess:
         tap_prefix: str = "lemu",
         tag: str = "",
         detach: bool = False,
+        log_path: str | None = None,
         timeout: float = 20.0,
     ) -> None:
         self.control = Control(control_path)
@@ -693,14 +694,21 @@ class EmulatorProcess:
         argv = [sys.executable, "-m", "deploy.testbed.linkemu", "--config", "-"]
         if tag:
             argv += ["--tag", tag]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=root,
-            start_new_session=detach,
-        )
+        # A detached emulator outlives its parent: it must not hold the parent's stderr.
+        stderr = open(log_path, "ab") if log_path else None  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=root,
+                start_new_session=detach,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(config).encode())
         self.proc.stdin.close()

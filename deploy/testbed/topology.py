@@ -120,6 +120,8 @@ def _default_links() -> dict[str, LinkConf]:
 class TestbedSpec:
     """What to build. ``emulate`` switches links to ``linkemu`` with impairments."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     family: Family = "dual"
     links: dict[str, LinkConf] = field(default_factory=_default_links)
     prefix: str | None = None
@@ -175,6 +177,8 @@ def _host(subnet: str, host: int) -> str:
 class TestbedLink:
     """Run-time control of one link: the layer-2 handover and, if emulated, impairments."""
 
+    __test__ = False
+
     def __init__(self, bed: Testbed, plan: LinkPlan, conf: LinkConf) -> None:
         self.bed = bed
         self.plan = plan
@@ -213,6 +217,8 @@ class TestbedLink:
 
 class Testbed:
     """The topology of ``TestbedSpec``: ``with Testbed(spec) as bed: ...`` or ``up()/down()``."""
+
+    __test__ = False
 
     def __init__(self, spec: TestbedSpec | None = None) -> None:
         self.spec = spec or TestbedSpec()
@@ -371,7 +377,12 @@ class Testbed:
         if emulated:
             control = str(state_dir() / f"{self.prefix}.sock")
             self.emulator = EmulatorProcess(
-                emulated, control, tap_prefix=self.prefix, tag=self.prefix, detach=True
+                emulated,
+                control,
+                tap_prefix=self.prefix,
+                tag=self.prefix,
+                detach=True,
+                log_path=str(state_dir() / f"{self.prefix}.log"),
             )
             self.control = self.emulator.control
             self._save_state()
@@ -516,7 +527,7 @@ def teardown(prefix: str) -> None:
     for pid in _emulator_pids(prefix):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for suffix in (".json", ".sock"):
+    for suffix in (".json", ".sock", ".log"):
         with contextlib.suppress(FileNotFoundError):
             (state_dir() / f"{prefix}{suffix}").unlink()
 
