@@ -585,7 +585,7 @@ class EspTunnels:
 
     Outbound lookup by destination is a dictionary hit when the peer's selector
     is one address (a gateway's many mobile nodes, each with its CP address),
-    and a scan of the installed pairs otherwise, in installation order.
+    and a scan of the installed pairs otherwise, newest first.
     """
 
     def __init__(self, replay_window: int = DEFAULT_REPLAY_WINDOW) -> None:
@@ -605,11 +605,14 @@ class EspTunnels:
             raise LocalProtocolError(f"inbound SPI {params.spi_in.hex()} already installed")
         pair = SaPair(params, self.replay_window)
         self.by_spi_in[params.spi_in] = pair
+        # The newest pair comes first: after a rekey both pairs are installed until
+        # the old one is deleted, and traffic moves to the new one at once
+        # (RFC 7296 §2.8), as with strongSwan and Linux.
         for sel in pair.remote_sel:
             if sel.single_address:
-                self._by_dst.setdefault((sel.version, sel.start), []).append(pair)
+                self._by_dst.setdefault((sel.version, sel.start), []).insert(0, pair)
         if not all(sel.single_address for sel in pair.remote_sel):
-            self._ranged.append(pair)
+            self._ranged.insert(0, pair)
         return pair
 
     def remove(self, spi_in: bytes) -> SaPair | None:

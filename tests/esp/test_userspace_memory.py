@@ -281,3 +281,30 @@ def test_plain_esp_sender() -> None:
     dp.update_addresses(p.spi_in, p.spi_out, MN_OUTER, GW_OUTER, True)
     assert dp.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
     assert (udp, plain) == ([GW_OUTER], [GW_OUTER])
+
+
+def test_rekey_moves_traffic_to_the_new_pair() -> None:
+    """RFC 7296 §2.8: once the new pair is installed, outbound uses it; the old
+    one still decrypts what was in flight until it is removed."""
+    for cp, remote_ts in (("10.9.0.1", None), ("10.9.0.1", (LAN,))):
+        link = Link()
+        old_gw = params(0, "gw", cp)
+        new_gw = replace(params(0, "gw", cp), spi_in=b"\xd0\0\0\1", spi_out=b"\xd0\0\0\2")
+        old_mn = params(0, "mn", cp, remote_ts)
+        new_mn = replace(old_mn, spi_in=b"\xd0\0\0\2", spi_out=b"\xd0\0\0\1")
+        link.gw.install_child_sa(old_gw)
+        link.mn.install_child_sa(old_mn)
+        link.mn.inner_packet(ip_udp(cp, "10.1.0.1"))
+        link.gw.install_child_sa(new_gw)
+        link.mn.install_child_sa(new_mn)
+        link.mn.inner_packet(ip_udp(cp, "10.1.0.1"))
+        link.gw.inner_packet(ip_udp("10.1.0.1", cp))
+        assert link.gw.counters(old_gw.spi_in).packets_in == 1
+        assert link.gw.counters(new_gw.spi_in).packets_in == 1
+        assert link.gw.counters(new_gw.spi_in).packets_out == 1
+        assert link.mn.counters(new_mn.spi_in).packets_in == 1
+        link.gw.remove_child_sa(old_gw.spi_in, old_gw.spi_out)
+        link.mn.remove_child_sa(old_mn.spi_in, old_mn.spi_out)
+        assert link.gw_tun.routes  # still routed for the new pair
+        assert link.mn.inner_packet(ip_udp(cp, "10.1.0.1")) is None
+        assert link.gw.counters(new_gw.spi_in).packets_in == 2
