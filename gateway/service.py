@@ -38,13 +38,17 @@ from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import ConfigError as CoreConfigError
 from mpa_ike.events import (
+    ChildSaAddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     Event,
+    IkeSaAddressesUpdated,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     LeaseReleased,
 )
 from mpa_ike.ike_config import ResponderConfig
@@ -162,6 +166,10 @@ def apply_to_datapath(datapath: Datapath, event: Event) -> None:
         datapath.install_child_sa(event.params)
     elif isinstance(event, ChildSaDeleted):
         datapath.remove_child_sa(event.spi_in, event.spi_out)
+    elif isinstance(event, ChildSaAddressesUpdated):
+        datapath.update_addresses(
+            event.spi_in, event.spi_out, event.local, event.remote, event.encap
+        )
 
 
 def describe_event(event: Event) -> str:
@@ -190,6 +198,18 @@ def describe_event(event: Event) -> str:
     if isinstance(event, ChildSaDeleted):
         by = " by the peer" if event.by_peer else ""
         return f"{who}: CHILD SA {event.spi_in.hex()}_i {event.spi_out.hex()}_o deleted{by}"
+    if isinstance(event, ChildSaRekeyed):
+        return (
+            f"{who}: CHILD SA {event.old_spi_in.hex()}_i {event.old_spi_out.hex()}_o rekeyed "
+            f"into {event.new_spi_in.hex()}_i {event.new_spi_out.hex()}_o"
+        )
+    if isinstance(event, IkeSaRekeyed):
+        return f"{who}: IKE SA rekeyed into {event.new_ike_sa.hex()}"
+    if isinstance(event, IkeSaAddressesUpdated):
+        return (
+            f"{who}: IKE SA moved to {event.local[0]}[{event.local[1]}] === "
+            f"{event.remote[0]}[{event.remote[1]}]"
+        )
     if isinstance(event, LeaseReleased):
         return f"{who}: released {', '.join(str(a) for a in event.addresses)}"
     return f"{who}: {type(event).__name__}"

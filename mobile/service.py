@@ -49,6 +49,7 @@ from mpa_ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
 )
 from mpa_ike.ike_config import InitiatorConfig
 
@@ -128,7 +129,7 @@ class MobileService:
                 f"connect {name}: no answer from {remote[0]} yet (still trying)"
             ) from None
         finally:
-            self._connecting.pop(sa.local_spi, None)
+            _forget(self._connecting, attempt)
 
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
@@ -137,21 +138,21 @@ class MobileService:
         if not sas:
             raise CommandError(f"disconnect {name}: not connected")
         loop = asyncio.get_running_loop()
-        waits = []
+        attempts = []
         for sa in sas:
             attempt = _Attempt(loop.create_future())
             self._deleting[sa.local_spi] = attempt
-            waits.append(attempt.done)
+            attempts.append(attempt)
             self.endpoint.delete(sa.local_spi, transport.now())
         transport.process()
         try:
             async with asyncio.timeout(COMMAND_WAIT):
-                await asyncio.gather(*waits)
+                await asyncio.gather(*(attempt.done for attempt in attempts))
         except TimeoutError:
             raise CommandError(f"disconnect {name}: the gateway did not answer yet") from None
         finally:
-            for sa in sas:
-                self._deleting.pop(sa.local_spi, None)
+            for attempt in attempts:
+                _forget(self._deleting, attempt)
         return f"{name}: deleted"
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +233,11 @@ class MobileService:
     def _on_event(self, event: Event) -> None:
         log.info("%s", describe_event(event))
         apply_to_datapath(self.datapath, event)
+        if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
+            for waiting in (self._connecting, self._deleting):
+                if event.ike_sa in waiting:
+                    waiting[event.new_ike_sa] = waiting.pop(event.ike_sa)
+            return
         connecting = self._connecting.get(event.ike_sa)
         if connecting is not None:
             self._settle_connect(connecting, event)
@@ -256,6 +262,12 @@ def _failure_text(event: IkeSaFailed) -> str:
     if event.notify == NotifyType.AUTHENTICATION_FAILED:
         return f"authentication failed ({event.reason})"
     return with_notify(event.reason, event.notify)
+
+
+def _forget(waiting: dict[bytes, _Attempt], attempt: _Attempt) -> None:
+    """Drop ``attempt`` wherever it is filed (an IKE SA rekey moves it to the new SPI)."""
+    for spi in [spi for spi, filed in waiting.items() if filed is attempt]:
+        del waiting[spi]
 
 
 def _resolve(attempt: _Attempt, text: str) -> None:
