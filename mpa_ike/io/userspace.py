@@ -83,9 +83,19 @@ class UserspaceDatapath:
         self._reading = True
 
     def stop(self) -> None:
+        """Stop reading the device; SAs, routes and the device stay."""
         if self._reading and self.loop is not None:
             self.loop.remove_reader(self.tun.fd)
             self._reading = False
+
+    def close(self) -> None:
+        """Stop, forget every SA and close the device (its routes go with it)."""
+        self.stop()
+        self.tunnels = EspTunnels(self.tunnels.replay_window)
+        self._routes.clear()
+        close = getattr(self.tun, "close", None)
+        if close is not None:
+            close()
 
     # --- the Datapath protocol --------------------------------------------------
 

@@ -111,11 +111,10 @@ async def main(config: dict[str, Any]) -> None:
         print("ready", flush=True)
         await done.wait()
     finally:
-        dp.stop()
         udp.close()
         if raw is not None:
             raw.close()
-        tun.close()
+        dp.close()
 
 
 if __name__ == "__main__":
