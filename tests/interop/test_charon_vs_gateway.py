@@ -51,13 +51,19 @@ class Setup:
 
 @contextlib.contextmanager
 def charon_against_gateway(
-    workdir: Path, method: str, ike: str, key: KeyType, password: str | None = None
+    workdir: Path,
+    method: str,
+    ike: str,
+    key: KeyType,
+    password: str | None = None,
+    family: int = 4,
 ) -> Iterator[Setup]:
     sc = Scenario(method, ike_proposal=ike, gateway_key=key, encap=True)
     with two_hosts() as hosts, contextlib.ExitStack() as stack:
-        mn_ip, gw_ip = hosts.link.a.addr(4), hosts.link.b.addr(4)
+        mn_ip, gw_ip = hosts.link.a.addr(family), hosts.link.b.addr(family)
+        listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
         (workdir / "gw").mkdir()
-        config, ca = gateway_yaml(workdir / "gw", gw_ip, method, ike, key)
+        config, ca = gateway_yaml(workdir / "gw", listen, method, ike, key)
         gateway = start_daemon("gateway.cli", config, hosts.right.name)
         stack.callback(lambda: print(gateway.stop()))
         wait_listening(config)
@@ -101,6 +107,17 @@ def test_charon_connects_to_gateway(method: str, ike: str, key: KeyType, short_t
         setup.charon.wait_for(lambda sas: not sas)
         wait_until(lambda: not status("gateway.cli", setup.gateway_config)["leases"])
         assert status("gateway.cli", setup.gateway_config)["ike_sas"] == []
+
+
+def test_charon_connects_to_gateway_over_ipv6(short_tmp: Path) -> None:
+    method, ike, key = MATRIX[3]
+    with charon_against_gateway(short_tmp, method, ike, key, family=6) as setup:
+        setup.charon.initiate(CHILD, timeout=5)
+        sa = setup.charon.wait_established(CHILD)
+        assert (sa.remote_host, sa.remote_port) == ("2001:db8::2", 4500)
+        [ours] = status("gateway.cli", setup.gateway_config)["ike_sas"]
+        assert ours["local"] == "2001:db8::2[4500]" and ours["remote"] == "2001:db8::1[4500]"
+        assert ours["address"] == sa.local_vips[0]
 
 
 def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:

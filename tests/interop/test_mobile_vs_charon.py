@@ -56,12 +56,17 @@ class Setup:
 
 @contextlib.contextmanager
 def mobile_against_charon(
-    workdir: Path, method: str, ike: str, key: KeyType, password: str = EAP_PASSWORD
+    workdir: Path,
+    method: str,
+    ike: str,
+    key: KeyType,
+    password: str = EAP_PASSWORD,
+    family: int = 4,
 ) -> Iterator[Setup]:
     sc = Scenario(method, ike_proposal=ike, gateway_key=key)
     with two_hosts() as hosts, contextlib.ExitStack() as stack:
         hosts.right.add_addr("lo", f"{PROTECTED_ADDR}/32")
-        gw_ip = hosts.link.b.addr(4)
+        gw_ip = hosts.link.b.addr(family)
         charon = stack.enter_context(Charon(hosts.right, workdir / "charon"))
         ca = make_ca(key_type=key)
         cert_file = charon.add_cert(make_cert(ca, GATEWAY_ID, key, san_ip=[gw_ip]), "gw")
@@ -107,6 +112,18 @@ def test_mobile_connects_to_charon(method: str, ike: str, key: KeyType, short_tm
         result = cli("mobile.cli", "disconnect", "gw", "-c", setup.mobile_config)
         assert result.returncode == 0, result.stderr
         setup.charon.wait_for(lambda sas: not sas)
+
+
+def test_mobile_connects_to_charon_over_ipv6(short_tmp: Path) -> None:
+    method, ike, key = MATRIX[1]
+    with mobile_against_charon(short_tmp, method, ike, key, family=6) as setup:
+        result = cli("mobile.cli", "connect", "gw", "-c", setup.mobile_config)
+        assert result.returncode == 0, result.stderr
+        sa = setup.charon.wait_established(CHILD)
+        assert (sa.local_host, sa.local_port) == ("2001:db8::2", 4500)
+        assert (sa.remote_host, sa.remote_port) == ("2001:db8::1", 4500)
+        [ours] = status("mobile.cli", setup.mobile_config)["ike_sas"]
+        assert ours["local"] == "2001:db8::1[4500]" and ours["address"] == sa.remote_vips[0]
 
 
 def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:
