@@ -58,7 +58,7 @@ from mpa_ike.constants import (
 )
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.errors import CodecError, IkeError
-from mpa_ike.events import Event
+from mpa_ike.events import Event, IkeSaRekeyed
 from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa import HALF_OPEN_STATES, ZERO_SPI, IkeSa, IkeSaState, Random
 from mpa_ike.wire import (
@@ -115,6 +115,7 @@ class Endpoint:
         self._outbox: list[Datagram] = []
         self._tombstones: dict[bytes, _Tombstone] = {}
         self._closed_sa_counters: Counter[str] = Counter()
+        self._renamed: dict[bytes, bytes] = {}  # rekeyed IKE SA -> its successor (§2.18)
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------
@@ -218,8 +219,20 @@ class Endpoint:
         for spi in list(self._sas):
             self.delete(spi, now)
 
+    def resolve(self, spi: bytes) -> bytes:
+        """The SPI the IKE SA once filed under ``spi`` goes by now: commands given an
+        SPI that an IKE SA rekey (IkeSaRekeyed) replaced reach the new IKE SA."""
+        for _ in range(len(self._renamed) + 1):
+            sa = self._sas.get(spi)
+            if (sa is not None and sa.state != IkeSaState.REKEYED and not sa.closed) or (
+                spi not in self._renamed
+            ):
+                return spi
+            spi = self._renamed[spi]
+        return spi
+
     def _command(self, spi: bytes, action: Callable[[IkeSa], None]) -> None:
-        sa = self._sas.get(spi)
+        sa = self._sas.get(self.resolve(spi))
         if sa is None:
             return
         action(sa)
@@ -271,6 +284,11 @@ class Endpoint:
 
     def _collect(self, sa: IkeSa) -> None:
         while (event := sa.next_event()) is not None:
+            if isinstance(event, IkeSaRekeyed):
+                for old, new in list(self._renamed.items()):
+                    if new == event.ike_sa:
+                        self._renamed[old] = event.new_ike_sa
+                self._renamed[event.ike_sa] = event.new_ike_sa
             self._events.append(event)
         for successor in sa.take_successors():
             # §2.18: an IKE SA made by rekeying, under the SPI this side chose for it.
@@ -284,6 +302,7 @@ class Endpoint:
                 self._keep_last_response(sa, now)
                 self._closed_sa_counters.update(sa.counters)
         self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
+        self._renamed = {old: new for old, new in self._renamed.items() if new in self._sas}
         stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
         self._init_packets = {
             k: sa for k, sa in self._init_packets.items() if not sa.closed and id(sa) not in stale

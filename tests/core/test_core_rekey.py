@@ -387,3 +387,21 @@ def test_child_rekey_meets_ike_rekey(pool: AddressPool[object]) -> None:
     assert_pair(new_mobile, new_gateway)
     assert len(link.of_type(ChildSaRekeyed)) == 2
     assert not link.of_type(IkeSaFailed) and not link.of_type(IkeSaFailed, "gateway")
+
+
+def test_commands_on_an_old_spi_reach_the_rekeyed_ike_sa(pool: AddressPool[object]) -> None:
+    """The glue may still hold the SPI of IkeSaEstablished: after (two) IKE SA rekeys
+    its commands reach the IKE SA of today."""
+    link = up(pool, address_policy=AddressPolicy(AddressPolicyMode.ANY))
+    first, _ = sas(link)
+    spi = first.local_spi
+    for _ in range(2):
+        (current,) = link.mobile
+        link.mobile.rekey_ike_sa(current.local_spi, link.now)
+        link.run(until=link.now + 10)
+    mobile, gateway = sas(link)
+    assert link.mobile.resolve(spi) == mobile.local_spi != spi
+    link.mobile.update_addresses(spi, ("192.0.2.77", 4500), link.now)
+    link.run(until=link.now + 10)
+    assert gateway.remote == ("192.0.2.77", 4500)
+    assert link.mobile.resolve(b"unknown!") == b"unknown!"
