@@ -360,6 +360,7 @@ class ProbeFlow:
         duration: float | None = None,
         size: int = 64,
         linger: float = 0.5,
+        echo: bool = True,
         workdir: str | None = None,
     ) -> None:
         self.sender_prefix = list(sender_prefix)
@@ -371,6 +372,7 @@ class ProbeFlow:
         self.duration = duration
         self.size = size
         self.linger = linger
+        self.echo = echo
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="probe")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.sender: subprocess.Popen[bytes] | None = None
@@ -387,6 +389,8 @@ class ProbeFlow:
     def start(self, timeout: float = 10.0) -> ProbeFlow:
         refl = [*self._module(), "reflect", "--port", str(self.port)]
         refl += ["--out", str(self.workdir / "reflector.json")]
+        if not self.echo:
+            refl.append("--no-echo")
         self.reflector = subprocess.Popen(
             [*self.reflector_prefix, *refl], stdout=subprocess.PIPE, env=self._env()
         )
