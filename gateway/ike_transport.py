@@ -26,8 +26,8 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
-from mpa_ike.datagram import Address, Datagram, frame_for_socket, uses_non_esp_marker
+from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT
+from mpa_ike.datagram import Address, Datagram, frame_for_socket, unframe_from_socket
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import Event
 
@@ -150,15 +150,14 @@ class IkeTransport:
     # Input
 
     def datagram_received(self, payload: bytes, src: Address, local: Address) -> None:
-        if uses_non_esp_marker(local[1]):
+        message = unframe_from_socket(payload, local[1])
+        if message is None:  # not IKE: a NAT keepalive or ESP in UDP (RFC 3948 §2.2)
             if payload == NAT_KEEPALIVE:
                 self.counters["keepalives"] += 1
-                return
-            if not payload.startswith(NON_ESP_MARKER):
+            else:
                 self._esp_received(payload, src, local)
-                return
-            payload = payload[len(NON_ESP_MARKER) :]
-        self.endpoint.receive_datagram(payload, src, local, self.now())
+            return
+        self.endpoint.receive_datagram(message, src, local, self.now())
         self.process()
 
     def _esp_received(self, payload: bytes, src: Address, local: Address) -> None:
