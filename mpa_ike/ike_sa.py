@@ -1461,7 +1461,10 @@ class IkeSa:
         ours: list[bytes] = []
         for child in list(self.children.values()):
             if child.spi_out in spis and child.state != ChildSaState.DELETED:
-                ours.append(child.spi_in)
+                if child.state != ChildSaState.DELETING:
+                    # §1.4.1: one we are deleting ourselves is not listed (simultaneous
+                    # DELETE, §2.25.1); it goes all the same.
+                    ours.append(child.spi_in)
                 self._child_gone(child, by_peer=True)
         return [DeletePayload.for_child_sas(tuple(ours))] if ours else []
 

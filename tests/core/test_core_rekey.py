@@ -405,3 +405,17 @@ def test_commands_on_an_old_spi_reach_the_rekeyed_ike_sa(pool: AddressPool[objec
     link.run(until=link.now + 10)
     assert gateway.remote == ("192.0.2.77", 4500)
     assert link.mobile.resolve(b"unknown!") == b"unknown!"
+
+
+def test_simultaneous_child_delete(pool: AddressPool[object]) -> None:
+    """§1.4.1/§2.25.1: both sides DELETE the same CHILD SA; each answers without it,
+    each removes it once."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    child = only_child(mobile)
+    link.mobile.delete_child_sa(mobile.local_spi, child.spi_in, link.now)
+    link.gateway.delete_child_sa(gateway.local_spi, child.spi_out, link.now)
+    link.run(until=link.now + 10)
+    assert not mobile.children and not gateway.children
+    assert len(link.of_type(ChildSaDeleted)) == len(link.of_type(ChildSaDeleted, "gateway")) == 1
+    assert mobile.established and gateway.established
