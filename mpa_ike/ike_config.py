@@ -87,6 +87,10 @@ class InitiatorConfig:
     lifetimes: Lifetimes = field(default_factory=Lifetimes)
     # RFC 4555 §3.9: no NAT allowed on the path (N(NO_NATS_ALLOWED) in updates).
     no_nats_allowed: bool = False
+    # RFC 4555 §3.5: move the CHILD SAs only when the update's answer came back over
+    # the new path (off: at once, the quickest handover; a refusal then leaves the
+    # CHILD SAs on the new addresses).
+    return_routability: bool = False
 
     def __post_init__(self) -> None:
         if self.psk is None and not self.ca:

@@ -1598,7 +1598,7 @@ class IkeSa:
         self.local = new_local
         if new_remote is not None:
             self.remote = new_remote
-        self._announce_move(children=True)
+        self._announce_move(children=not self._initiator_config.return_routability)
         if self._update_cookie is not None:
             self._update_again = True
             outstanding = self._outstanding
@@ -1666,8 +1666,11 @@ class IkeSa:
         src, dst = self._response_path
         encap_before = self.nat_local or self.nat_remote
         self._detect_nat(message, self.spi_r, src, dst)
-        if (self.nat_local or self.nat_remote) != encap_before:
-            self._announce_move(children=True)
+        encap_changed = (self.nat_local or self.nat_remote) != encap_before
+        if encap_changed:
+            self._announce_move(children=False)
+        if encap_changed or self._initiator_config.return_routability:
+            self._move_children()  # the answer came back over the new path
         self._finish_exchange(now)
         if again:
             self._send_update(now)

@@ -411,3 +411,16 @@ def test_nat_fails_the_allocated_policy(pool: AddressPool[object]) -> None:
     move(link, LEASE)
     assert gateway.remote == (MOBILE[0], 4500)
     assert link.of_type(AddressUpdateRefused, "gateway")
+
+
+def test_mobile_awaits_the_answer_before_moving_children(pool: AddressPool[object]) -> None:
+    link = up(pool, mobile={"return_routability": True})
+    _, gateway = sas(link)
+    move(link, LEASE)
+    kinds = [type(e).__name__ for e in link.mobile_events]
+    assert kinds == ["IkeSaAddressesUpdated", "ChildSaAddressesUpdated"]
+    assert gateway.remote == LEASE
+    # Refused: the CHILD SAs never left the old path.
+    move(link, ELSEWHERE)
+    kinds = [type(e).__name__ for e in link.mobile_events]
+    assert kinds == ["IkeSaAddressesUpdated", "AddressUpdateRefused"]
