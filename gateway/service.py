@@ -52,6 +52,7 @@ from mpa_ike.events import (
     LeaseReleased,
 )
 from mpa_ike.ike_config import ResponderConfig
+from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,11 @@ class GatewayService:
             eap_methods=(EAP_TYPES[config.eap.method],),
             allocator=self.pool,
             dns=tuple(config.dns),
+            address_policy=AddressPolicy(
+                AddressPolicyMode(config.mobike.address_policy.value),
+                tuple(config.mobike.prefixes),
+            ),
+            return_routability=config.mobike.return_routability,
         )
 
     def handlers(self) -> Mapping[str, Handler]:
