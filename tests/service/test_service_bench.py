@@ -51,3 +51,24 @@ def test_micro_without_its_module(
     assert capsys.readouterr().err == (
         "mpa-bench: micro: not available yet (mobile.no_such_module is missing)\n"
     )
+
+
+def test_connect_passes_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobile import bench_connect
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(bench_connect, "main", lambda argv: calls.append(argv) or 0)
+    assert bench.main(["connect", "--runs", "3", "--key", "ecdsa"]) == 0
+    assert calls == [["--runs", "3", "--key", "ecdsa"]]
+
+
+def test_connect_options() -> None:
+    from mobile import bench_connect
+
+    args = bench_connect.build_parser().parse_args(["--method", "eap-md5"])
+    assert (args.runs, args.method, args.ike, args.key) == (
+        7,
+        "eap-md5",
+        "aes128-sha256-modp2048",
+        "rsa",
+    )
