@@ -438,6 +438,7 @@ class IkeSa:
             "addresses": [str(a) for a in self.assigned_addresses],
             "mobike": self.mobike,
             "nat": self.nat_local or self.nat_remote,
+            "peer_addresses": [str(a) for a in self.peer_additional_addresses],
             "child_sas": [child.snapshot() for child in self.children.values()],
         }
 
