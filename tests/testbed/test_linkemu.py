@@ -226,3 +226,26 @@ def test_embedded_emulator(netns_env: None) -> None:
             assert emu.stats()["e"]["a2b"]["impairment"]["delay"] == 0
     finally:
         teardown(prefix)
+
+
+def test_an_outage_is_measured_as_a_gap(link: Pair) -> None:
+    # Down without a carrier change: the link drops everything for 100 ms, nothing else.
+    flow = ProbeFlow(
+        ["ip", "netns", "exec", link.x],
+        ["ip", "netns", "exec", link.y],
+        "10.9.0.2",
+        count=600,
+        linger=0.1,
+    ).start()
+    time.sleep(0.25)
+    link.control.set_down("l", carrier="none")
+    time.sleep(0.1)
+    link.control.set_up("l")
+    report = analyse(flow.wait(30))
+    assert 0.09 < report.forward.longest < 0.125, report.summary()
+    assert 85 <= report.forward.lost <= 120
+    longest = report.forward.longest_gap
+    assert longest is not None and longest.lost == report.forward.lost
+    # Other gaps are the sender's scheduling on a busy machine, far shorter.
+    others = sorted(g.duration for g in report.forward.gaps if g != longest)
+    assert not others or others[-1] < 0.03, report.summary()
