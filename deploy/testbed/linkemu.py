@@ -240,7 +240,7 @@ class DirectionStats:
     write_errors: int = 0
 
 
-class _Direction:
+class LinkDirection:
     """One direction of a link: admission (loss, queue, rate), then delay."""
 
     def __init__(self, name: str, src: int, dst: int, imp: Impairment, seed: int) -> None:
@@ -286,8 +286,8 @@ class EmuLink:
         self.spec = spec
         self.fd_a = fd_a
         self.fd_b = fd_b
-        self.a2b = _Direction(f"{spec.name}/a2b", fd_a, fd_b, spec.a2b, spec.seed)
-        self.b2a = _Direction(f"{spec.name}/b2a", fd_b, fd_a, spec.b2a, spec.seed)
+        self.a2b = LinkDirection(f"{spec.name}/a2b", fd_a, fd_b, spec.a2b, spec.seed)
+        self.b2a = LinkDirection(f"{spec.name}/b2a", fd_b, fd_a, spec.b2a, spec.seed)
         self.up = True
         self.gone = False
 
@@ -295,7 +295,7 @@ class EmuLink:
     def name(self) -> str:
         return self.spec.name
 
-    def directions(self, which: Direction) -> list[_Direction]:
+    def directions(self, which: Direction) -> list[LinkDirection]:
         return {"a2b": [self.a2b], "b2a": [self.b2a], "both": [self.a2b, self.b2a]}[which]
 
     def state(self) -> dict[str, Any]:
@@ -309,7 +309,7 @@ class EmuLink:
         }
 
 
-_Entry = tuple[float, int, _Direction, int, bytes]
+_Entry = tuple[float, int, LinkDirection, int, bytes]
 
 
 class Emulator:
@@ -326,7 +326,7 @@ class Emulator:
         self.control_path = control_path
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
-        self._by_fd: dict[int, _Direction] = {}
+        self._by_fd: dict[int, LinkDirection] = {}
         self._link_of_fd: dict[int, EmuLink] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], _Reply]] = queue.SimpleQueue()
@@ -505,7 +505,7 @@ class Emulator:
         elif fd in self._by_fd:
             self._tap_readable(self._by_fd[fd])
 
-    def _tap_readable(self, d: _Direction) -> None:
+    def _tap_readable(self, d: LinkDirection) -> None:
         link = self._link_of_fd[d.src]
         for _ in range(_BATCH):
             try:
@@ -541,7 +541,7 @@ class Emulator:
                 continue
             self._write(d, frame)
 
-    def _write(self, d: _Direction, frame: bytes) -> None:
+    def _write(self, d: LinkDirection, frame: bytes) -> None:
         try:
             os.write(d.dst, frame)
             d.stats.delivered += 1
