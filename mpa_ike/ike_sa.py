@@ -1659,10 +1659,16 @@ class IkeSa:
         self._update_again = False
         if refusal is not None:
             self.counters["updates_refused"] += 1
-            self._emit(
-                AddressUpdateRefused(self.local_spi, self.name, refusal, self.local, by_peer=True)
-            )
             self._finish_exchange(now)
+            if again:
+                # The refusal was about an address we have left since: ask anew.
+                self._send_update(now)
+            else:
+                self._emit(
+                    AddressUpdateRefused(
+                        self.local_spi, self.name, refusal, self.local, by_peer=True
+                    )
+                )
             return
         src, dst = self._response_path
         encap_before = self.nat_local or self.nat_remote

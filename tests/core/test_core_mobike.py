@@ -424,3 +424,26 @@ def test_mobile_awaits_the_answer_before_moving_children(pool: AddressPool[objec
     move(link, ELSEWHERE)
     kinds = [type(e).__name__ for e in link.mobile_events]
     assert kinds == ["IkeSaAddressesUpdated", "AddressUpdateRefused"]
+
+
+def test_refusal_of_an_address_already_left_is_not_final(pool: AddressPool[object]) -> None:
+    """The update from a refused address is answered while the mobile node has moved
+    on to its lease: it asks again from there, and the gateway accepts."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    lost: list[Datagram] = []
+
+    def lose_the_refusal(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        if way == "g->m" and not lost and parse_header(datagram.data).is_response:
+            lost.append(datagram)
+            return []
+        return [datagram]
+
+    link.tamper = lose_the_refusal
+    link.mobile.update_addresses(mobile.local_spi, ELSEWHERE, link.now)
+    link._pump_once()
+    link.mobile.update_addresses(mobile.local_spi, LEASE, link.now)
+    link.run(until=link.now + 100)
+    assert lost and gateway.remote == LEASE
+    assert not link.of_type(AddressUpdateRefused, "mobile")
+    assert gateway.counters["updates_refused"] == 1 and gateway.counters["updates_accepted"] == 1
