@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -31,6 +32,9 @@ Sender = Callable[[bytes, Address, Address], object]
 """``sender(esp_packet, local, remote)``: put ESP in UDP on the wire from ``local``
 (the shared IKE socket's address) to ``remote``, as the IKE transport's
 ``send_raw(payload, src, dst)`` does."""
+MappingHandler = Callable[[bytes, bytes, Address], object]
+"""``on_mapping(spi_in, spi_out, src)``: authenticated ESP came from ``src``, not the
+SA's remote address."""
 _READ_BATCH = 64
 
 
@@ -72,6 +76,10 @@ class UserspaceDatapath:
         self._routes: Counter[tuple[str, str | None]] = Counter()
         self.tun_write_errors = 0
         self._reading = False
+        self.last_inbound: dict[bytes, float] = {}
+        """Loop time of the last authenticated packet per inbound SPI (for liveness checks)."""
+        self.on_mapping: MappingHandler | None = None
+        self._mapped: dict[bytes, Address] = {}
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -113,12 +121,15 @@ class UserspaceDatapath:
         self._check_encap(encap)
         pair = self._pair(spi_in, spi_out)
         self.tunnels.update_addresses(pair.inbound.spi, local, remote, encap)
+        self._mapped.pop(spi_in, None)
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:
         pair = self.tunnels.by_spi_in.get(spi_in)
         if pair is None or pair.outbound.spi != spi_out:
             return
         self.tunnels.remove(spi_in)
+        self.last_inbound.pop(spi_in, None)
+        self._mapped.pop(spi_in, None)
         if self.manage_routes:
             for route in self._routes_for(pair):
                 self._del_route(route)
@@ -138,24 +149,36 @@ class UserspaceDatapath:
     # --- packets ---------------------------------------------------------------
 
     def esp_received(self, packet: bytes, src: Address, local: Address | None = None) -> None:
-        """The UDP 4500 socket's ESP handler: ``packet`` from the SPI on, from ``src``.
+        """The UDP 4500 socket's ESP handler: ``packet`` from the SPI on, from ``src``."""
+        self.handle_esp(packet, src)
 
-        The outer source is not checked: NAT rebinding and MOBIKE moves change it,
-        and ESP from an unexpected address is no proof of liveness either way
-        (RFC 4555 §3.12), so it changes nothing but counters.
+    def handle_esp(self, packet: bytes, src: Address | None = None) -> DropReason | None:
+        """Decrypt and deliver one ESP packet; why it was dropped, if it was.
+
+        An authenticated packet from another address than the SA's remote does
+        not move the SA: NAT rebinding or a peer's move is the IKE glue's call
+        (RFC 4555 §3.12: ESP from an unexpected address proves nothing about
+        the path). It is reported once per new address to ``on_mapping``, like
+        the kernel's XFRM_MSG_MAPPING.
         """
-        self.handle_esp(packet)
-
-    def handle_esp(self, packet: bytes) -> DropReason | None:
-        """Decrypt and deliver one ESP packet; why it was dropped, if it was."""
         result = self.tunnels.inbound(packet)
         if isinstance(result, DropReason):
             return result
+        pair, inner = result
+        spi_in = pair.inbound.spi
+        self.last_inbound[spi_in] = self._now()
+        if src is not None and src != pair.remote and self._mapped.get(spi_in) != src:
+            self._mapped[spi_in] = src
+            if self.on_mapping is not None:
+                self.on_mapping(spi_in, pair.outbound.spi, src)
         try:
-            self.tun.write(result[1])
+            self.tun.write(inner)
         except OSError:
             self.tun_write_errors += 1
         return None
+
+    def _now(self) -> float:
+        return self.loop.time() if self.loop is not None else time.monotonic()
 
     def inner_packet(self, inner: bytes) -> DropReason | None:
         """An inner packet to protect (read from the TUN device)."""

@@ -308,3 +308,25 @@ def test_rekey_moves_traffic_to_the_new_pair() -> None:
         assert link.gw_tun.routes  # still routed for the new pair
         assert link.mn.inner_packet(ip_udp(cp, "10.1.0.1")) is None
         assert link.gw.counters(new_gw.spi_in).packets_in == 2
+
+
+def test_mapping_change_is_reported_not_applied() -> None:
+    """ESP from a new outer address is delivered and reported once; the SA stays put."""
+    link = Link()
+    mn_p, gw_p = params(0, "mn", "10.9.0.1"), params(0, "gw", "10.9.0.1")
+    link.mn.install_child_sa(mn_p)
+    link.gw.install_child_sa(gw_p)
+    reports: list[tuple[bytes, bytes, Address]] = []
+    link.gw.on_mapping = lambda spi_in, spi_out, src: reports.append((spi_in, spi_out, src))
+    link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
+    assert reports == [] and gw_p.spi_in in link.gw.last_inbound
+    link.mn_src = ("198.51.100.9", 4501)  # a NAT rebinding
+    for _ in range(3):
+        link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
+    assert reports == [(gw_p.spi_in, gw_p.spi_out, ("198.51.100.9", 4501))]
+    assert len(link.gw_tun.written) == 4
+    link.gw.inner_packet(ip_udp("10.1.0.1", "10.9.0.1"))
+    assert link.sent_by_gw[-1] == MN_OUTER  # not moved by the datapath itself
+    link.gw.update_addresses(gw_p.spi_in, gw_p.spi_out, GW_OUTER, link.mn_src, True)
+    link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
+    assert len(reports) == 1
