@@ -1829,7 +1829,8 @@ class IkeSa:
         config = self._responder_config
         return selectors_for_networks(config.child.local_ts), self._allowed_remote_ts()
 
-    def _request_child(self, old: ChildSa | None, now: float) -> None:
+    def _request_child(self, old: ChildSa | None, now: float, group: int | None = None) -> None:
+        """``group``: the KE group the peer asked for by INVALID_KE_PAYLOAD (§1.3)."""
         if self._outstanding is not None:
             # Window 1 (§2.3): wait; what to send is decided when it can leave.
             self._queued.append(lambda later: self._request_child_if_due(old, later))
@@ -1838,10 +1839,12 @@ class IkeSa:
         new = ChildSa(spi_in=self._new_child_spi())
         self.children[new.spi_in] = new
         nonce = self._random(NONCE_SIZE)
-        group = proposals[0].first(TransformType.DH)
+        first = proposals[0].first(TransformType.DH)
+        if group is None and first is not None:
+            group = first.id
         dh = None
-        if group is not None and group.id != 0:  # PFS (§1.3.1, §2.12)
-            dh = generate_key_exchange(group.id, self._random)
+        if group:  # PFS (§1.3.1, §2.12)
+            dh = generate_key_exchange(group, self._random)
         tsi, tsr = (old.local_ts, old.remote_ts) if old is not None else self._new_child_ts()
         payloads: list[Payload] = []
         if old is not None:
@@ -1885,6 +1888,13 @@ class IkeSa:
     ) -> None:
         if new.spi_in not in self.children or self.state not in _LIVE_STATES:
             return  # the IKE SA was rekeyed or is going meanwhile
+        wanted = self._child_ke_retry(message, dh)
+        if wanted is not None:
+            self.children.pop(new.spi_in, None)
+            if old is not None:
+                self._child_rekeys_out.add(old.spi_in)
+            self._request_child(old, now, group=wanted)
+            return
         try:
             spec, nonce_r, shared = self._check_child_answer(message, new, dh, offered)
         except RemoteProtocolError as error:
@@ -1895,6 +1905,18 @@ class IkeSa:
         )
         if old is not None:
             self._finish_child_rekey(old, new, (nonce_i, nonce_r), now)
+
+    def _child_ke_retry(self, message: Message, dh: KeyExchange | None) -> int | None:
+        """§1.3: INVALID_KE_PAYLOAD names the group the peer wants; retry once with it
+        if it is one of ours (a second refusal of the same kind fails the CHILD SA)."""
+        notify = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if notify is None or dh is None:
+            return None
+        group = int(read_invalid_ke_group(notify))
+        offered = {
+            t.id for p in self._child_config_proposals() for t in p.of_type(TransformType.DH)
+        }
+        return group if group in offered and group != dh.group else None
 
     def _check_child_answer(
         self,
@@ -2026,7 +2048,8 @@ class IkeSa:
             if new is not None:
                 self.children.pop(new.spi_in, None)
             self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
-            self._emit(ChildSaFailed(self.local_spi, self.name, error.notify, str(error)))
+            if error.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is a round (§1.3)
+                self._emit(ChildSaFailed(self.local_spi, self.name, error.notify, str(error)))
             return
         nonce_r = self._random(NONCE_SIZE)
         payloads: list[Payload] = [sa_answer, NoncePayload(nonce_r), *ke_answer]

@@ -419,3 +419,27 @@ def test_simultaneous_child_delete(pool: AddressPool[object]) -> None:
     assert not mobile.children and not gateway.children
     assert len(link.of_type(ChildSaDeleted)) == len(link.of_type(ChildSaDeleted, "gateway")) == 1
     assert mobile.established and gateway.established
+
+
+def test_child_rekey_retries_with_the_group_the_peer_wants(pool: AddressPool[object]) -> None:
+    """§1.3: INVALID_KE_PAYLOAD names the gateway's PFS group; the rekey is sent again
+    with a KE of that group (one of ours) and succeeds."""
+    link = up(
+        pool,
+        mobile={"esp_text": "aes128gcm16-x25519-modp2048"},
+        esp_text="aes128gcm16-modp2048",
+    )
+    mobile, gateway = sas(link)
+    old = params(only_child(mobile))
+    link.mobile.rekey_child_sa(mobile.local_spi, old.spi_in, link.now)
+    link.run(until=link.now + 10)
+    assert_pair(mobile, gateway)
+    assert params(only_child(mobile)).spi_in != old.spi_in
+    assert not link.of_type(ChildSaFailed)
+    creates = [
+        t
+        for t in link.log
+        if parse_header(t.datagram.data).exchange_type == ExchangeType.CREATE_CHILD_SA
+    ]
+    assert len(creates) == 4  # INVALID_KE_PAYLOAD round, then the rekey
+    assert not link.of_type(ChildSaFailed, "gateway")
