@@ -21,7 +21,8 @@ import select
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,17 @@ class Node:
         self.proc.stdin.flush()
         answer: dict[str, Any] = json.loads(self._readline(10.0))
         return answer
+
+    def wait_for(
+        self, done: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Poll the counters until ``done`` holds (or time out); the last report."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.command("counters")
+            if done(report) or time.monotonic() > deadline:
+                return report
+            time.sleep(0.05)
 
     def sa(self, spi_in: str) -> dict[str, Any]:
         report: dict[str, Any] = self.command("counters")["sas"][spi_in]
@@ -291,7 +303,12 @@ def test_userspace_esp_echo(outer: int, suite: str, plain: bool) -> None:
         gw_outer = OUTER[outer][1]
         inject(topo.mn, gw_outer, [replayed, tampered, wrong_spi], plain)
 
-        report = topo.gw_node.command("counters")
+        # The node reads stdin and the socket on one loop: wait until it has seen all three.
+        report = topo.gw_node.wait_for(
+            lambda r: (
+                sum(r["sas"][SPI_TO_GW]["drops"].values()) + r["drops"].get("unknown-spi", 0) >= 3
+            )
+        )
         gw = report["sas"][SPI_TO_GW]
         assert gw["drops"] == {"replay": 1, "bad-icv": 1}, gw
         # "no-sa" counts the kernel's own IPv6 multicast (MLD, RS) sent into the TUN.
