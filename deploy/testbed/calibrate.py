@@ -29,7 +29,9 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def link_pair(emulated: bool) -> Iterator[tuple[str, str, Control | None]]:
+def link_pair(
+    emulated: bool, *, realtime: bool = False
+) -> Iterator[tuple[str, str, Control | None]]:
     """Namespaces x and y on one link (veth or emulated); removed on exit."""
     prefix = new_prefix()
     x, y = f"{prefix}-x", f"{prefix}-y"
@@ -41,7 +43,7 @@ def link_pair(emulated: bool) -> Iterator[tuple[str, str, Control | None]]:
         if emulated:
             sock = str(state_dir() / f"{prefix}.sock")
             spec = LinkSpec("l", x, "e0", y, "e0", seed=1)
-            emu = EmulatorProcess([spec], sock, tap_prefix=prefix, tag=prefix)
+            emu = EmulatorProcess([spec], sock, tap_prefix=prefix, tag=prefix, realtime=realtime)
         else:
             _ip("link", "add", "e0", "netns", x, "type", "veth", "peer", "e0", "netns", y)
             for ns in (x, y):
@@ -79,7 +81,9 @@ def _flood(x: str, y: str, size: int, seconds: float) -> dict[str, float]:
     }
 
 
-def calibrate(count: int = 1000, flood_seconds: float = 1.0) -> dict[str, Any]:
+def calibrate(
+    count: int = 1000, flood_seconds: float = 1.0, *, realtime: bool = False
+) -> dict[str, Any]:
     """Run the measurements; every figure in milliseconds, ratios, or per second."""
     results: dict[str, Any] = {}
     with link_pair(emulated=False) as (x, y, _):
@@ -87,7 +91,7 @@ def calibrate(count: int = 1000, flood_seconds: float = 1.0) -> dict[str, Any]:
         base = _flow(x, y, count=count).forward
         results["veth"] = {"median_ms": _ms(base.delay_median), "p95_ms": _ms(base.delay_p95)}
         results["veth_flood_1400"] = _flood(x, y, 1400, flood_seconds)
-    with link_pair(emulated=True) as (x, y, control):
+    with link_pair(emulated=True, realtime=realtime) as (x, y, control):
         assert control is not None
         _flow(x, y, count=20)
         zero = _flow(x, y, count=count).forward
@@ -117,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000, help="probes per delay figure")
     parser.add_argument("--flood-seconds", type=float, default=1.0)
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--realtime", action="store_true", help="emulator under SCHED_FIFO")
     args = parser.parse_args(argv)
-    results = calibrate(args.count, args.flood_seconds)
+    results = calibrate(args.count, args.flood_seconds, realtime=args.realtime)
     for name, figures in results.items():
         print(f"{name:16} " + "  ".join(f"{k}={v}" for k, v in figures.items()))
     if args.json:
