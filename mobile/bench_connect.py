@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import shutil
 import signal
+import socket as socket_module
 import statistics
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def _daemon(module: str, config: Path, netns: str) -> Iterator[Path]:
         )
     try:
         deadline = time.monotonic() + DAEMON_START
-        while not socket.exists():
+        while not _accepts_connections(socket):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{module} did not start: {log_file.read_text().strip()}")
             time.sleep(0.02)
@@ -263,6 +264,16 @@ def _daemon(module: str, config: Path, netns: str) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _accepts_connections(path: Path) -> bool:
+    """The control socket file exists a moment before the daemon listens on it."""
+    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _write(file: Path, data: dict[str, Any]) -> Path:

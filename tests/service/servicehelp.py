@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,15 @@ def write_yaml(file: Path, data: dict[str, Any]) -> Path:
     return file
 
 
+def accepts_connections(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 class Daemon:
     """``python -m module run ...`` in the background, ready once its socket answers.
 
@@ -79,8 +89,9 @@ class Daemon:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20) -> None:
+        """Until the socket accepts connections (it exists a moment before it listens)."""
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        while not accepts_connections(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 stderr = self.stop()
