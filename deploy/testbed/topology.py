@@ -126,6 +126,7 @@ class TestbedSpec:
     links: dict[str, LinkConf] = field(default_factory=_default_links)
     prefix: str | None = None
     seed: int = 1
+    realtime: bool = False  # run the link emulator under SCHED_FIFO
 
     def emulate(self, *names: str, direction: str = "both", **impairment: Any) -> TestbedSpec:
         """Emulate ``names`` (all links when none), e.g. ``emulate("a", delay="10ms")``."""
@@ -316,6 +317,19 @@ class Testbed:
             **options,
         )
 
+    def handover(self, old: str = "a", new: str = "b", *, pause: float = 0.0) -> float:
+        """The layer-2 handover: ``old`` goes down, ``pause`` seconds later ``new`` comes up.
+
+        Returns the monotonic time of the down event, the origin of a handover timeline
+        (all namespaces share the clock the probe uses).
+        """
+        t_down = time.monotonic()
+        self.link(old).set_down()
+        if pause:
+            time.sleep(pause)
+        self.link(new).set_up()
+        return t_down
+
     def start_programs(self) -> None:
         """Next step, once the daemons are wired: start ``mpa-gateway`` in ``ngw`` and
         ``gwc`` (pools from ``pool()``, IKE on ``addr(gw, gw + "-core")``) and
@@ -381,6 +395,7 @@ class Testbed:
                 control,
                 tap_prefix=self.prefix,
                 tag=self.prefix,
+                realtime=self.spec.realtime,
                 detach=True,
                 log_path=str(state_dir() / f"{self.prefix}.log"),
             )

@@ -143,3 +143,17 @@ def test_command_line(netns_env: None) -> None:
         cli("down", prefix)
     assert _gone(prefix)
     assert prefix not in {s["prefix"] for s in json.loads(cli("status"))}
+
+
+def test_parallel_testbeds_do_not_collide(netns_env: None) -> None:
+    spec = TestbedSpec().emulate("a")
+    with Testbed(spec) as one, Testbed(TestbedSpec().emulate("a")) as two:
+        assert one.prefix != two.prefix
+        assert _echoed(one, "cn", "mn", one.addr("mn", "mn-a"), count=20)
+        assert _echoed(two, "cn", "mn", two.addr("mn", "mn-a"), count=20)
+        two.link("a").set_down(carrier="none")
+        assert _echoed(one, "cn", "mn", one.addr("mn", "mn-a"), count=20)
+        t_down = one.handover("a", "b")
+        assert t_down <= time.monotonic()
+        assert _wait_flags(one, "mn-b", "LOWER_UP")
+    assert _gone(one.prefix) and _gone(two.prefix)
