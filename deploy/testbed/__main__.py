@@ -9,6 +9,7 @@ python3 -m deploy.testbed down tb1a2b3c             # or: down --all
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -49,10 +50,11 @@ def _up(args: argparse.Namespace) -> int:
             conf.up = True
     bed = Testbed(spec).up()
     # The emulator was started detached: it outlives this command until `down`.
-    print(bed.prefix)
-    for node in NODES:
-        addrs = ", ".join(f"{dev} {' '.join(c)}" for dev, c in bed.addresses(node).items())
-        print(f"  {bed.ns(node):14} {addrs}")
+    print(bed.prefix, flush=True)
+    with contextlib.suppress(BrokenPipeError):  # `| head -1` to keep the prefix only
+        for node in NODES:
+            addrs = ", ".join(f"{dev} {' '.join(c)}" for dev, c in bed.addresses(node).items())
+            print(f"  {bed.ns(node):14} {addrs}", flush=True)
     return 0
 
 

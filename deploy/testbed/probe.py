@@ -456,6 +456,63 @@ class ProbeFlow:
         self._kill()
 
 
+# -- ICMP echo (no ping binary needed) ---------------------------------------------------
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping(
+    host: str, *, count: int = 3, interval: float = 0.05, timeout: float = 1.0
+) -> list[float | None]:
+    """ICMP echo round-trip times in seconds (None when unanswered); needs root (raw socket).
+
+    IPv4 and IPv6 alike: the kernel computes the ICMPv6 checksum, ours covers ICMP.
+    """
+    info = socket.getaddrinfo(host, None, type=socket.SOCK_RAW)[0]
+    v6 = info[0] == socket.AF_INET6
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    request, reply = (128, 129) if v6 else (8, 0)
+    ident = os.getpid() & 0xFFFF
+    rtts: list[float | None] = []
+    with socket.socket(info[0], socket.SOCK_RAW, proto) as sock:
+        for seq in range(count):
+            if seq:
+                time.sleep(interval)
+            sent = time.monotonic()
+            body = struct.pack("!HHd", ident, seq, sent)
+            csum = 0 if v6 else _checksum(struct.pack("!BBH", request, 0, 0) + body)
+            sock.sendto(struct.pack("!BBH", request, 0, csum) + body, info[4])
+            rtts.append(_await_echo(sock, v6, reply, ident, seq, sent + timeout))
+    return rtts
+
+
+def _await_echo(
+    sock: socket.socket, v6: bool, reply: int, ident: int, seq: int, deadline: float
+) -> float | None:
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        data = sock.recv(65536)
+        now = time.monotonic()
+        if not v6:
+            data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
+        if len(data) < 8:
+            continue
+        kind, _, _, got_ident, got_seq = struct.unpack_from("!BBHHH", data)
+        if kind == reply and got_ident == ident and got_seq == seq:
+            sent: float = struct.unpack_from("!d", data, 8)[0] if len(data) >= 16 else now
+            return now - sent
+    return None
+
+
 # -- command line ------------------------------------------------------------------------
 
 
@@ -484,7 +541,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     refl.add_argument("--bind", default="::")
     refl.add_argument("--no-echo", action="store_true")
     refl.add_argument("--out", default="-")
+    echo = sub.add_parser("ping", help="ICMP echo (IPv4 or IPv6); exit 1 if any is lost")
+    echo.add_argument("host")
+    echo.add_argument("--count", type=int, default=3)
+    echo.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args(argv)
+    if args.role == "ping":
+        rtts = ping(args.host, count=args.count, timeout=args.timeout)
+        for seq, rtt in enumerate(rtts):
+            print(f"seq={seq} " + (f"time={rtt * 1e3:.3f} ms" if rtt is not None else "lost"))
+        return 0 if all(rtt is not None for rtt in rtts) else 1
     if args.role == "send":
         log = run_sender(
             args.host,

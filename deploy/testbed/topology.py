@@ -41,6 +41,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -329,6 +330,21 @@ class Testbed:
             time.sleep(pause)
         self.link(new).set_up()
         return t_down
+
+    def ping(self, src: str, target: str, count: int = 3) -> bool:
+        """ICMP echo from ``src`` to ``target`` (IPv4 or IPv6): all answered?"""
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "deploy.testbed.probe", "ping", target]
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.ns(src), *cmd, "--count", str(count)],
+            capture_output=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+        return proc.returncode == 0
 
     def start_programs(self) -> None:
         """Next step, once the daemons are wired: start ``mpa-gateway`` in ``ngw`` and

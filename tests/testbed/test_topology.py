@@ -55,7 +55,10 @@ def test_dual_stack_topology(netns_env: None) -> None:
         assert sorted(ns for ns in list_netns() if ns.startswith(bed.prefix)) == sorted(
             bed.ns(n) for n in NODES
         )
-        # CN reaches MN through arA, IPv4 and IPv6.
+        # CN reaches MN through arA, IPv4 and IPv6: ICMP echo and a UDP echo flow.
+        assert bed.ping("cn", bed.addr("mn", "mn-a", 4))
+        assert bed.ping("cn", bed.addr("mn", "mn-a", 6))
+        assert not bed.ping("cn", "10.1.0.99", count=1)  # nobody there
         assert _echoed(bed, "cn", "mn", bed.addr("mn", "mn-a", 4))
         assert _echoed(bed, "cn", "mn", bed.addr("mn", "mn-a", 6))
         # MN on A reaches both gateways through arA and core.
