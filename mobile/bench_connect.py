@@ -267,13 +267,19 @@ def _daemon(module: str, config: Path, netns: str) -> Iterator[Path]:
 
 
 def _accepts_connections(path: Path) -> bool:
-    """The control socket file exists a moment before the daemon listens on it."""
+    """Whether the daemon answers on ``path`` (the file exists before it listens).
+
+    A whole request, not a bare connect: a connection still open when the daemon
+    stops makes its control server log a cancelled task.
+    """
     with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as probe:
+        probe.settimeout(5)
         try:
             probe.connect(str(path))
+            probe.sendall(b'{"cmd": "status"}\n')
+            return probe.makefile("rb").readline().startswith(b"{")
         except OSError:
             return False
-    return True
 
 
 def _write(file: Path, data: dict[str, Any]) -> Path:

@@ -59,12 +59,19 @@ def write_yaml(file: Path, data: dict[str, Any]) -> Path:
 
 
 def accepts_connections(path: Path) -> bool:
+    """Whether the daemon answers on ``path`` (the file exists before it listens).
+
+    A whole request, not a bare connect: a connection still open when the daemon
+    stops makes its control server log a cancelled task.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
         try:
             probe.connect(str(path))
+            probe.sendall(b'{"cmd": "status"}\n')
+            return probe.makefile("rb").readline().startswith(b"{")
         except OSError:
             return False
-    return True
 
 
 class Daemon:
