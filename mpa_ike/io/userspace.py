@@ -52,6 +52,10 @@ class PacketDevice(Protocol):
 
     def del_route(self, network: str) -> None: ...
 
+    def add_address(self, cidr: str) -> None: ...
+
+    def del_address(self, cidr: str) -> None: ...
+
 
 class UserspaceDatapath:
     """A :class:`mpa_ike.datapath.Datapath` doing ESP in this process."""
@@ -136,6 +140,19 @@ class UserspaceDatapath:
 
     def counters(self, spi_in: bytes) -> ChildSaCounters:
         return self.tunnels.counters(spi_in)
+
+    def add_inner_address(self, address: str) -> None:
+        """Put an inner address (the CP address) on the device, as a host address.
+
+        Add it before installing the SA whose local selector it is, so that the
+        routes to the peer's selectors can prefer it as their source.
+        """
+        ip = ipaddress.ip_address(address)
+        self.tun.add_address(f"{ip}/{ip.max_prefixlen}")
+
+    def del_inner_address(self, address: str) -> None:
+        ip = ipaddress.ip_address(address)
+        self.tun.del_address(f"{ip}/{ip.max_prefixlen}")
 
     def drops(self, spi_in: bytes | None = None) -> dict[str, int]:
         """Drop counts by reason: of one SA (both directions), or not tied to an SA."""

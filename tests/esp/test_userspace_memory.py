@@ -33,6 +33,7 @@ class FakeTun:
         self.fd = -1
         self.written: list[bytes] = []
         self.routes: dict[str, str | None] = {}
+        self.addresses: list[str] = []
 
     def read(self) -> bytes:
         raise BlockingIOError
@@ -47,6 +48,12 @@ class FakeTun:
 
     def del_route(self, network: str) -> None:
         del self.routes[network]
+
+    def add_address(self, cidr: str) -> None:
+        self.addresses.append(cidr)
+
+    def del_address(self, cidr: str) -> None:
+        self.addresses.remove(cidr)
 
 
 def ip_udp(src: str, dst: str, payload: bytes = b"data", sport: int = 1000) -> bytes:
@@ -330,3 +337,12 @@ def test_mapping_change_is_reported_not_applied() -> None:
     link.gw.update_addresses(gw_p.spi_in, gw_p.spi_out, GW_OUTER, link.mn_src, True)
     link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
     assert len(reports) == 1
+
+
+def test_inner_addresses() -> None:
+    link = Link()
+    link.mn.add_inner_address("10.9.0.1")
+    link.mn.add_inner_address("fd00:9::1")
+    assert link.mn_tun.addresses == ["10.9.0.1/32", "fd00:9::1/128"]
+    link.mn.del_inner_address("10.9.0.1")
+    assert link.mn_tun.addresses == ["fd00:9::1/128"]
