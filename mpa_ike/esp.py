@@ -47,6 +47,8 @@ NEXT_HEADER_NONE = 59
 """RFC 4303 §2.6: a dummy packet (TFC), discarded by the receiver."""
 
 DEFAULT_REPLAY_WINDOW = 128
+SEQ_SOFT_MARGIN = 1 << 20
+"""Sequence numbers left when an outbound SA asks for a rekey (soft expiry)."""
 ESP_HEADER_SIZE = 8
 
 _PAD = bytes(range(1, 256))
@@ -209,6 +211,8 @@ class OutboundSa:
         self.seq = 0
         """The last sequence number sent (64 bits with ESN)."""
         self._seq_limit = (1 << 64) - 1 if esn else (1 << 32) - 1
+        self.soft_limit = self._seq_limit - SEQ_SOFT_MARGIN
+        """Past this sequence number the SA should be rekeyed (a soft expiry)."""
         self.stats = SaStats()
 
     def encrypt(self, inner: bytes) -> bytes:
@@ -580,6 +584,19 @@ class SaPair:
         ) and _covered(self.local_sel, keys.version, keys.dst, keys.protocol, keys.dst_port)
 
 
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """An outbound SA near (soft) or at (hard) the end of its sequence numbers.
+
+    The IKE side should rekey the CHILD SA (RFC 4303 §3.3.3: the counter never
+    cycles), like the kernel's XFRM_MSG_EXPIRE.
+    """
+
+    spi_in: bytes
+    spi_out: bytes
+    hard: bool
+
+
 class EspTunnels:
     """The SAD and SPD of the userspace datapath: SA pairs by SPI and by selector.
 
@@ -595,6 +612,8 @@ class EspTunnels:
         self._ranged: list[SaPair] = []
         self.drops: Counter[DropReason] = Counter()
         """Drops not attributable to an SA (unknown SPI, no SA, malformed)."""
+        self.expiries: list[Expiry] = []
+        """Sequence-number expiries to act on (rekey), oldest first; the caller drains it."""
 
     def install(self, params: ChildSaParams) -> SaPair:
         if params.mode != "tunnel":
@@ -653,11 +672,17 @@ class EspTunnels:
         if isinstance(pair, DropReason):
             self.drops[pair] += 1
             return pair
+        out = pair.outbound
         try:
-            return pair, pair.outbound.encrypt(inner)
+            packet = out.encrypt(inner)
         except SequenceExhausted:
-            pair.outbound.stats.drops[DropReason.SEQ_EXHAUSTED] += 1
+            out.stats.drops[DropReason.SEQ_EXHAUSTED] += 1
+            if out.stats.drops[DropReason.SEQ_EXHAUSTED] == 1:
+                self.expiries.append(Expiry(pair.inbound.spi, out.spi, hard=True))
             return DropReason.SEQ_EXHAUSTED
+        if out.seq == out.soft_limit:
+            self.expiries.append(Expiry(pair.inbound.spi, out.spi, hard=False))
+        return pair, packet
 
     def inbound(self, packet: bytes) -> tuple[SaPair, bytes] | DropReason:
         """The SA and inner packet for a received ESP packet (from the SPI on)."""

@@ -26,7 +26,7 @@ from typing import Protocol
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
-from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, SaPair
+from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, Expiry, SaPair
 
 Sender = Callable[[bytes, Address, Address], object]
 """``sender(esp_packet, local, remote)``: put ESP in UDP on the wire from ``local``
@@ -83,6 +83,8 @@ class UserspaceDatapath:
         self.last_inbound: dict[bytes, float] = {}
         """Loop time of the last authenticated packet per inbound SPI (for liveness checks)."""
         self.on_mapping: MappingHandler | None = None
+        self.on_expire: Callable[[Expiry], object] | None = None
+        """Called when an outbound SA needs rekeying (sequence numbers running out)."""
         self._mapped: dict[bytes, Address] = {}
 
     # --- lifecycle ---------------------------------------------------------
@@ -194,6 +196,12 @@ class UserspaceDatapath:
             self.tun_write_errors += 1
         return None
 
+    def _report_expiries(self) -> None:
+        expiries, self.tunnels.expiries = self.tunnels.expiries, []
+        if self.on_expire is not None:
+            for expiry in expiries:
+                self.on_expire(expiry)
+
     def _now(self) -> float:
         return self.loop.time() if self.loop is not None else time.monotonic()
 
@@ -201,9 +209,13 @@ class UserspaceDatapath:
         """An inner packet to protect (read from the TUN device)."""
         result = self.tunnels.outbound(inner)
         if isinstance(result, DropReason):
+            if self.tunnels.expiries:
+                self._report_expiries()
             return result
         pair, packet = result
         self._sender(pair)(packet, pair.local, pair.remote)
+        if self.tunnels.expiries:
+            self._report_expiries()
         return None
 
     def _tun_readable(self) -> None:
@@ -219,6 +231,8 @@ class UserspaceDatapath:
             if not isinstance(result, DropReason):
                 pair = result[0]
                 sender(pair)(result[1], pair.local, pair.remote)
+            if self.tunnels.expiries:
+                self._report_expiries()
 
     # --- helpers ---------------------------------------------------------------
 

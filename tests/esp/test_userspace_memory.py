@@ -19,7 +19,7 @@ from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaParams, Datapath, TsRange
 from mpa_ike.errors import LocalProtocolError
-from mpa_ike.esp import DropReason
+from mpa_ike.esp import SEQ_SOFT_MARGIN, DropReason, Expiry
 from mpa_ike.io.udp4500 import Udp4500Demux, Udp4500Kind
 from mpa_ike.io.userspace import UserspaceDatapath
 
@@ -346,3 +346,24 @@ def test_inner_addresses() -> None:
     assert link.mn_tun.addresses == ["10.9.0.1/32", "fd00:9::1/128"]
     link.mn.del_inner_address("10.9.0.1")
     assert link.mn_tun.addresses == ["fd00:9::1/128"]
+
+
+def test_sequence_expiry_events() -> None:
+    """Soft expiry once, SEQ_SOFT_MARGIN numbers before the end; hard once at the end."""
+    link = Link()
+    p = params(0, "mn", "10.9.0.1")
+    link.mn.install_child_sa(p)
+    expiries: list[Expiry] = []
+    link.mn.on_expire = expiries.append
+    out = link.mn.tunnels.by_spi_in[p.spi_in].outbound
+    out.seq = out.soft_limit - 2
+    for _ in range(3):
+        assert link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
+    assert expiries == [Expiry(p.spi_in, p.spi_out, hard=False)]
+    out.seq = 0xFFFFFFFE
+    assert link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
+    for _ in range(2):
+        assert link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is DropReason.SEQ_EXHAUSTED
+    assert expiries[1:] == [Expiry(p.spi_in, p.spi_out, hard=True)]
+    assert link.mn.drops(p.spi_in) == {"seq-exhausted": 2}
+    assert out.soft_limit == 0xFFFFFFFF - SEQ_SOFT_MARGIN
