@@ -263,7 +263,7 @@ def run_sender(
                 sock.sendto(_pack(seq, KIND_PROBE, now, 0.0, size), addr)
             except BlockingIOError:
                 if interval == 0:
-                    _drain(sock, log, 0.0001)
+                    _drain(sock, log, 0.0001, addr[0])
                     continue
                 log.send_errors += 1
             except OSError:
@@ -273,51 +273,79 @@ def run_sender(
             if now - due > interval:
                 start = now - (seq - 1) * interval
             continue
-        _drain(sock, log, due - now)
+        _drain(sock, log, due - now, addr[0])
     deadline = time.monotonic() + linger
     while not stop.flag and time.monotonic() < deadline:
-        _drain(sock, log, deadline - time.monotonic())
+        _drain(sock, log, deadline - time.monotonic(), addr[0])
     sock.close()
     return log
 
 
-def _drain(sock: socket.socket, log: FlowLog, timeout: float) -> None:
+def _drain(sock: socket.socket, log: FlowLog, timeout: float, peer: str) -> None:
+    """Collect echoes that come from ``peer``: an echo from any other address (the
+    reflector answering from the wrong source) would not reach a connected application."""
     ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
     if not ready:
         return
     while True:
         try:
-            data = sock.recv(65536)
+            data, source = sock.recvfrom(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             continue  # ICMP errors surface here on some paths
         now = time.monotonic()
-        if len(data) < MIN_SIZE:
+        if len(data) < MIN_SIZE or source[0] != peer:
             continue
         magic, seq, kind, _t_send, t_reflect = _HEADER.unpack_from(data)
         if magic == MAGIC and kind == KIND_ECHO:
             log.reverse.append(Arrival(seq, t_reflect, now))
 
 
-def run_reflector(
-    port: int, *, bind: str = "::", echo: bool = True, ready: Any = None
-) -> list[Arrival]:
-    """Log every probe received (and echo it) until SIGINT/SIGTERM."""
-    stop = _Stop()
+IP_PKTINFO = 8  # Linux; not exported by the socket module
+
+
+def _reflector_socket(bind: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((bind, port))
     sock.settimeout(0.1)
+    return sock
+
+
+def _reply_from(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that sends the echo from the address the probe was sent to.
+
+    A wildcard-bound socket would otherwise answer from whatever source the route
+    prefers, e.g. the old care-of address rather than the nCoA being probed.
+    """
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            return [(level, kind, data[:16] + struct.pack("=I", 0))]
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return [(level, kind, struct.pack("=I", 0) + data[8:12] + bytes(4))]
+    return []
+
+
+def run_reflector(
+    port: int, *, bind: str = "::", echo: bool = True, ready: Any = None
+) -> list[Arrival]:
+    """Log every probe received (and echo it from the probed address) until signalled."""
+    stop = _Stop()
+    sock = _reflector_socket(bind, port)
     if ready is not None:
         ready()
     arrivals: list[Arrival] = []
+    space = socket.CMSG_SPACE(20)
     while not stop.flag:
         try:
-            data, peer = sock.recvfrom(65536)
+            data, ancillary, _, peer = sock.recvmsg(65536, space)
         except (TimeoutError, InterruptedError):
             continue
         now = time.monotonic()
@@ -328,8 +356,9 @@ def run_reflector(
             continue
         arrivals.append(Arrival(seq, t_send, now))
         if echo:
+            reply = _pack(seq, KIND_ECHO, t_send, time.monotonic(), len(data))
             with contextlib.suppress(OSError):
-                sock.sendto(_pack(seq, KIND_ECHO, t_send, time.monotonic(), len(data)), peer)
+                sock.sendmsg([reply], _reply_from(ancillary), 0, peer)
     sock.close()
     return arrivals
 

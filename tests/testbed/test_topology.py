@@ -61,6 +61,11 @@ def test_dual_stack_topology(netns_env: None) -> None:
         assert not bed.ping("cn", "10.1.0.99", count=1)  # nobody there
         assert _echoed(bed, "cn", "mn", bed.addr("mn", "mn-a", 4))
         assert _echoed(bed, "cn", "mn", bed.addr("mn", "mn-a", 6))
+        # Echoes leave from the probed address, not the one the route would prefer.
+        bed.ip("mn", "addr", "add", "10.1.0.101/24", "dev", "mn-a")
+        bed.ip("mn", "addr", "add", "fd00:1::101/64", "dev", "mn-a", "nodad")
+        assert _echoed(bed, "cn", "mn", "10.1.0.101", count=20)
+        assert _echoed(bed, "cn", "mn", "fd00:1::101", count=20)
         # MN on A reaches both gateways through arA and core.
         assert _echoed(bed, "mn", "ngw", bed.addr("ngw", "ngw-core", 4))
         assert _echoed(bed, "mn", "gwc", bed.addr("gwc", "gwc-core", 6))
