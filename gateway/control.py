@@ -101,6 +101,10 @@ class ControlServer:
             await self._answer_requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels connected clients; ending normally keeps asyncio's
+            # stream callback from logging the cancellation as an error.
+            pass
         finally:
             self._clients.discard(task)
             writer.close()
