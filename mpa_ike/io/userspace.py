@@ -27,6 +27,7 @@ from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, Expiry, SaPair
+from mpa_ike.io.tun import TunDevice
 
 Sender = Callable[[bytes, Address, Address], object]
 """``sender(esp_packet, local, remote)``: put ESP in UDP on the wire from ``local``
@@ -88,6 +89,26 @@ class UserspaceDatapath:
         self._mapped: dict[bytes, Address] = {}
 
     # --- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        send_esp: Sender,
+        *,
+        name: str = "mpa%d",
+        mtu: int = 1400,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+        send_plain: Sender | None = None,
+    ) -> UserspaceDatapath:
+        """Create a TUN device and start reading it on the running loop (needs root)."""
+        tun = TunDevice.create(name, mtu=mtu)
+        try:
+            datapath = cls(tun, send_esp, replay_window=replay_window, send_plain=send_plain)
+            datapath.start()
+        except BaseException:
+            tun.close()
+            raise
+        return datapath
 
     def start(self) -> None:
         """Start reading the TUN device on the event loop."""

@@ -2,7 +2,7 @@
 
     python3 tests/esp/esp_node.py '<json config>'
 
-The config names the TUN device's addresses, the UDP 4500 bind addresses, whether
+The config names the inner addresses to put on the TUN device, the UDP 4500 bind addresses, whether
 the SAs use plain ESP over raw sockets (``"plain": true``) and the SA pairs
 (``ChildSaParams`` fields, bytes in hex, addresses as [host, port], traffic
 selectors as [start, end]). The node prints ``ready`` once the device and
@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mpa_ike.datapath import ChildSaParams, TsRange
 from mpa_ike.io.raw_esp import RawEspSockets
-from mpa_ike.io.tun import TunDevice
 from mpa_ike.io.udp4500 import Udp4500Sockets
 from mpa_ike.io.userspace import UserspaceDatapath
 
@@ -69,19 +68,22 @@ def report(dp: UserspaceDatapath, udp: Udp4500Sockets) -> dict[str, Any]:
 
 async def main(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
-    tun = TunDevice.create(config.get("tun_name", "mpa%d"), mtu=config.get("mtu", 1400))
     udp = Udp4500Sockets(loop, config["bind"], config.get("port", 4500))
     raw = RawEspSockets(loop) if config.get("plain") else None
-    dp = UserspaceDatapath(tun, udp.demux.send_esp, loop=loop, send_plain=raw.send if raw else None)
+    dp = UserspaceDatapath.open(
+        udp.demux.send_esp,
+        name=config.get("tun_name", "mpa%d"),
+        mtu=config.get("mtu", 1400),
+        send_plain=raw.send if raw else None,
+    )
     udp.demux.on_esp = dp.esp_received
     if raw is not None:
         raw.on_esp = dp.esp_received
     try:
-        for cidr in config.get("tun_addrs", []):
-            tun.add_address(cidr)
+        for address in config.get("inner_addresses", []):
+            dp.add_inner_address(address)
         for sa in config["sas"]:
             dp.install_child_sa(params_from_json(sa))
-        dp.start()
         done = asyncio.Event()
 
         def command() -> None:

@@ -201,7 +201,7 @@ def topology(
         mn_node = Node(
             mn,
             {
-                "tun_addrs": ["10.9.0.1/32", "fd00:9::1/128"],
+                "inner_addresses": [MN_INNER[4], MN_INNER[6]],
                 "bind": [mn_bind or mn_addr],
                 "plain": plain,
                 "sas": [sa_config(k, "mn", outer, plain)],
