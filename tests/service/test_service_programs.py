@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servicehelp import Daemon, cli, edited, write_yaml
+from servicehelp import DELETE, Daemon, cli, edited, write_yaml
 
 GATEWAY = "gateway.cli"
 MOBILE = "mobile.cli"
@@ -252,3 +252,21 @@ def test_mobile_unknown_gateway(mobile: Daemon) -> None:
 def test_mobile_stops_cleanly(mobile: Daemon) -> None:
     assert mobile.signal(signal.SIGTERM) == 0
     assert not mobile.socket.exists()
+
+
+def test_gateway_refuses_a_key_of_another_certificate(
+    short_dir: Path, gateway_data: dict[str, Any]
+) -> None:
+    from tests.harness.pki import make_ca, make_cert
+
+    ca = make_ca(key_type="ecdsa")
+    make_cert(ca, "ngw.example.net", "ecdsa").write(short_dir / "gw.pem")
+    make_cert(ca, "other.example.net", "ecdsa").write(short_dir / "x.pem", short_dir / "gw.key")
+    data = edited(gateway_data, "psk", DELETE)
+    data = edited(data, "certificate", "gw.pem")
+    data = edited(data, "private_key", "gw.key")
+    result = cli(GATEWAY, "run", "-c", write_yaml(short_dir / "key.yaml", data))
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        "mpa-gateway: private_key: does not match the certificate's public key"
+    )
