@@ -79,9 +79,10 @@ class Gap:
 class GapReport:
     """One direction of a flow.
 
-    ``longest`` is the longest time between consecutive arrivals (the outage seen by the
-    receiver), ``gaps`` every inter-arrival time above ``threshold``, ``lost_seqs`` the
-    expected sequence numbers that never arrived, ``timeline`` the arrivals in order.
+    ``longest`` is the outage seen by the receiver: the longest time between consecutive
+    arrivals (``longest_gap``) or the ``trailing`` silence of a flow that never
+    recovered; ``gaps`` every inter-arrival time above ``threshold``; ``lost_seqs`` the
+    expected sequence numbers that never arrived; ``timeline`` the arrivals in order.
     """
 
     interval: float
@@ -91,6 +92,7 @@ class GapReport:
     lost_seqs: tuple[int, ...]
     longest: float
     longest_gap: Gap | None
+    trailing: float
     gaps: tuple[Gap, ...]
     timeline: tuple[Arrival, ...]
     delay_median: float | None
@@ -106,6 +108,7 @@ class GapReport:
             "received": self.received,
             "lost": self.lost,
             "longest_gap_ms": round(self.longest * 1e3, 3),
+            "trailing_ms": round(self.trailing * 1e3, 3),
             "gaps_ms": [round(g.duration * 1e3, 3) for g in self.gaps],
             "delay_median_ms": _ms(self.delay_median),
             "delay_p95_ms": _ms(self.delay_p95),
@@ -127,12 +130,15 @@ def gaps(
     *,
     expected: Iterable[int] | None = None,
     threshold: float | None = None,
+    last_sent: float | None = None,
 ) -> GapReport:
     """Longest gap, lost packets and timeline of one direction.
 
     ``expected`` are the sequence numbers that were sent (default ``0..max seq``);
     ``threshold`` the inter-arrival time above which a gap is listed (default two
-    intervals). Duplicates count once.
+    intervals). Duplicates count once. With ``last_sent`` (when the last expected packet
+    left), a flow that never recovers shows its trailing silence: from the last arrival
+    to when the last packet would have arrived (``last_sent`` plus the median delay).
     """
     threshold = 2 * interval if threshold is None else threshold
     seen: dict[int, Arrival] = {}
@@ -153,17 +159,23 @@ def gaps(
         if gap.duration > threshold:
             listed.append(gap)
     delays = sorted(a.delay for a in timeline)
+    median = statistics.median(delays) if delays else None
+    trailing = 0.0
+    if last_sent is not None and timeline and lost and lost[-1] > max(seen):
+        trailing = max(0.0, last_sent + (median or 0.0) - timeline[-1].received)
+    between = longest_gap.duration if longest_gap else 0.0
     return GapReport(
         interval=interval,
         threshold=threshold,
         expected=len(expected_set),
         received=len(timeline),
         lost_seqs=lost,
-        longest=longest_gap.duration if longest_gap else 0.0,
+        longest=max(between, trailing),
         longest_gap=longest_gap,
+        trailing=trailing,
         gaps=tuple(listed),
         timeline=timeline,
-        delay_median=statistics.median(delays) if delays else None,
+        delay_median=median,
         delay_p95=_percentile(delays, 0.95) if delays else None,
     )
 
@@ -182,6 +194,26 @@ class FlowLog:
     reverse: list[Arrival] = field(default_factory=list)
     send_errors: int = 0
 
+    def to_json(self) -> dict[str, Any]:
+        """Every raw sample, for a benchmark's ``--json`` output."""
+        return {
+            "interval": self.interval,
+            "sent": self.sent,
+            "forward": [(a.seq, a.sent, a.received) for a in self.forward],
+            "reverse": [(a.seq, a.sent, a.received) for a in self.reverse],
+            "send_errors": self.send_errors,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FlowLog:
+        return cls(
+            interval=data["interval"],
+            sent=[(s, t) for s, t in data["sent"]],
+            forward=[Arrival(*a) for a in data["forward"]],
+            reverse=[Arrival(*a) for a in data["reverse"]],
+            send_errors=data.get("send_errors", 0),
+        )
+
 
 @dataclass(frozen=True)
 class FlowReport:
@@ -195,10 +227,18 @@ class FlowReport:
 def analyse(log: FlowLog, *, threshold: float | None = None) -> FlowReport:
     """Both directions: forward against what was sent, reverse against what was reflected."""
     forward = gaps(
-        log.forward, log.interval, expected=(s for s, _ in log.sent), threshold=threshold
+        log.forward,
+        log.interval,
+        expected=(s for s, _ in log.sent),
+        threshold=threshold,
+        last_sent=max((t for _, t in log.sent), default=None),
     )
     reverse = gaps(
-        log.reverse, log.interval, expected=(a.seq for a in log.forward), threshold=threshold
+        log.reverse,
+        log.interval,
+        expected=(a.seq for a in log.forward),
+        threshold=threshold,
+        last_sent=max((a.received for a in log.forward), default=None),
     )
     return FlowReport(forward, reverse)
 

@@ -84,3 +84,22 @@ def test_both_directions() -> None:
     assert report.reverse.lost_seqs == tuple(range(200, 220))
     assert report.reverse.longest == pytest.approx(0.021, abs=1e-9)
     assert report.summary()["forward"]["lost"] == 10
+
+
+def test_a_flow_that_never_recovers_shows_its_trailing_silence() -> None:
+    arrivals = _flow(1000, set(range(400, 1000)))
+    last_sent = 100.0 + 999 * INTERVAL
+    report = gaps(arrivals, INTERVAL, expected=range(1000), last_sent=last_sent)
+    assert report.lost == 600
+    assert report.trailing == pytest.approx(0.600, abs=1e-9)
+    assert report.longest == pytest.approx(0.600, abs=1e-9)
+    assert report.longest_gap is not None
+    assert report.longest_gap.duration == pytest.approx(INTERVAL, abs=1e-9)
+    # A flow whose last packets arrived has no trailing silence.
+    assert gaps(_flow(1000, set()), INTERVAL, last_sent=last_sent).trailing == 0.0
+
+
+def test_flow_log_round_trips_through_json() -> None:
+    log = FlowLog(INTERVAL, [(0, 1.0), (1, 1.001)], _flow(2, set()), _flow(1, set()), 3)
+    assert FlowLog.from_json(log.to_json()) == log
+    assert analyse(log).forward.trailing == 0.0
