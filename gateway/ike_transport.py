@@ -157,7 +157,10 @@ class IkeTransport:
             else:
                 self._esp_received(payload, src, local)
             return
+        errors = self.endpoint.counters["internal_errors"]
         self.endpoint.receive_datagram(message, src, local, self.now())
+        if self.endpoint.counters["internal_errors"] != errors:
+            log.error("the IKE core failed on a datagram from %s (dropped)", _text(src))
         self.process()
 
     def _esp_received(self, payload: bytes, src: Address, local: Address) -> None:

@@ -216,6 +216,14 @@ def describe_event(event: Event) -> str:
     return f"{who}: {type(event).__name__}"
 
 
+def counters(endpoint: Endpoint, transport: IkeTransport | None) -> dict[str, int]:
+    """What was dropped or refused, and why: the core's counters and the sockets'."""
+    found = dict(endpoint.counters)
+    if transport is not None:
+        found.update((f"udp_{name}", value) for name, value in transport.counters.items())
+    return dict(sorted(found.items()))
+
+
 def with_notify(reason: str, notify: NotifyType | None) -> str:
     """``reason (NOTIFY)``, unless the reason names the notify already."""
     if notify is None or notify.name in reason:
@@ -326,6 +334,7 @@ class GatewayService:
                 }
                 for family in FAMILIES
             },
+            "counters": counters(self.endpoint, self.transport),
         }
 
     def _describe(self, owner: Hashable) -> str:

@@ -27,6 +27,7 @@ from gateway.ike_transport import (
 from gateway.registry import Registry
 from gateway.service import (
     apply_to_datapath,
+    counters,
     delete_all_and_wait,
     describe_event,
     load_certificates,
@@ -170,6 +171,7 @@ class MobileService:
                 }
                 for entry in self.config.gateways.values()
             ],
+            "counters": counters(self.endpoint, self.transport),
         }
 
     def gateway_name(self, args: dict[str, Any]) -> str:
