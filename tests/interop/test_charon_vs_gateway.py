@@ -57,13 +57,14 @@ def charon_against_gateway(
     key: KeyType,
     password: str | None = None,
     family: int = 4,
+    **gateway_extra: object,
 ) -> Iterator[Setup]:
     sc = Scenario(method, ike_proposal=ike, gateway_key=key, encap=True)
     with two_hosts() as hosts, contextlib.ExitStack() as stack:
         mn_ip, gw_ip = hosts.link.a.addr(family), hosts.link.b.addr(family)
         listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
         (workdir / "gw").mkdir()
-        config, ca = gateway_yaml(workdir / "gw", listen, method, ike, key)
+        config, ca = gateway_yaml(workdir / "gw", listen, method, ike, key, **gateway_extra)
         gateway = start_daemon("gateway.cli", config, hosts.right.name)
         stack.callback(lambda: print(gateway.stop()))
         wait_listening(config)
@@ -118,6 +119,17 @@ def test_charon_connects_to_gateway_over_ipv6(short_tmp: Path) -> None:
         [ours] = status("gateway.cli", setup.gateway_config)["ike_sas"]
         assert ours["local"] == "2001:db8::2[4500]" and ours["remote"] == "2001:db8::1[4500]"
         assert ours["address"] == sa.local_vips[0]
+
+
+def test_charon_answers_a_cookie(short_tmp: Path) -> None:
+    """With no half-open SA allowed, every IKE_SA_INIT must come back with a COOKIE (§2.6)."""
+    method, ike, key = MATRIX[1]
+    with charon_against_gateway(short_tmp, method, ike, key, half_open_threshold=0) as setup:
+        setup.charon.initiate(CHILD, timeout=5)
+        setup.charon.wait_established(CHILD)
+        assert "received COOKIE notify" in setup.charon.log_text()
+        counters = status("gateway.cli", setup.gateway_config)["counters"]
+        assert counters["cookies_sent"] == 1
 
 
 def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:

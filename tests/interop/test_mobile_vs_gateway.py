@@ -47,7 +47,12 @@ def netns_env() -> None:
 
 
 def gateway_yaml(
-    workdir: Path, listen: str | list[str], method: str, ike: str, key: KeyType
+    workdir: Path,
+    listen: str | list[str],
+    method: str,
+    ike: str,
+    key: KeyType,
+    **extra: object,
 ) -> tuple[Path, Credential]:
     """A gateway configuration with a fresh CA (also written to ca.pem) and certificate."""
     listen = [listen] if isinstance(listen, str) else listen
@@ -67,6 +72,7 @@ def gateway_yaml(
         "eap": {"method": method.removeprefix("eap-"), "users": {EAP_USER: EAP_PASSWORD}},
         "control_socket": "gw.sock",
         "log_level": "debug",
+        **extra,
     }
     return write_yaml(workdir / "gateway.yaml", data), ca
 
