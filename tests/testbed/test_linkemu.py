@@ -116,9 +116,11 @@ def test_jitter_stays_within_bounds_and_keeps_order(link: Pair) -> None:
     link.control.configure("l", "a2b", delay="10ms", jitter="4ms")
     report = _flow(link, 500)
     delays = sorted(a.delay for a in report.forward.timeline)
-    # Kept in order, a frame never leaves before the one ahead: the spread is one-sided.
-    low, high = delays[len(delays) // 20], delays[-len(delays) // 20]
-    assert low > 0.0055 and high < 0.0155, report.summary()
+    # Kept in order, a frame never leaves before the one ahead, which lifts the median
+    # above 10 ms. The exact bounds are checked on the model (test_linkemu_model); here
+    # the machine's load only ever adds delay, so the low end and the middle are checked.
+    assert delays[len(delays) // 20] > 0.0055, report.summary()
+    assert 0.009 < statistics.median(delays) < 0.014, report.summary()
     assert statistics.pstdev(delays) > 0.001
     seqs = [a.seq for a in report.forward.timeline]
     assert seqs == sorted(seqs)
