@@ -57,9 +57,10 @@ def charon_against_gateway(
     key: KeyType,
     password: str | None = None,
     family: int = 4,
+    charon_ike: str | None = None,
     **gateway_extra: object,
 ) -> Iterator[Setup]:
-    sc = Scenario(method, ike_proposal=ike, gateway_key=key, encap=True)
+    sc = Scenario(method, ike_proposal=charon_ike or ike, gateway_key=key, encap=True)
     with two_hosts() as hosts, contextlib.ExitStack() as stack:
         mn_ip, gw_ip = hosts.link.a.addr(family), hosts.link.b.addr(family)
         listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
@@ -130,6 +131,17 @@ def test_charon_answers_a_cookie(short_tmp: Path) -> None:
         assert "received COOKIE notify" in setup.charon.log_text()
         counters = status("gateway.cli", setup.gateway_config)["counters"]
         assert counters["cookies_sent"] == 1
+
+
+def test_charon_retries_with_the_group_we_ask_for(short_tmp: Path) -> None:
+    """charon's KE is X25519, we take only MODP-2048: INVALID_KE_PAYLOAD, then a retry."""
+    method, ike, key = MATRIX[0]
+    offer = "aes128-sha256-x25519-modp2048"
+    with charon_against_gateway(short_tmp, method, ike, key, charon_ike=offer) as setup:
+        setup.charon.initiate(CHILD, timeout=5)
+        sa = setup.charon.wait_established(CHILD)
+        assert sa.raw["dh-group"] == "MODP_2048"
+        assert "peer didn't accept DH group CURVE_25519" in setup.charon.log_text()
 
 
 def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:

@@ -62,6 +62,7 @@ def mobile_against_charon(
     key: KeyType,
     password: str = EAP_PASSWORD,
     family: int = 4,
+    mobile_ike: str | None = None,
 ) -> Iterator[Setup]:
     sc = Scenario(method, ike_proposal=ike, gateway_key=key)
     with two_hosts() as hosts, contextlib.ExitStack() as stack:
@@ -74,7 +75,9 @@ def mobile_against_charon(
         charon.configure(responder_config(sc, gw_ip, cert_file))
         charon.start()
         charon.load()
-        config = mobile_yaml(workdir, gw_ip, method, ike, ca=workdir / "ca.pem", password=password)
+        ca_file = workdir / "ca.pem"
+        mn_ike = mobile_ike or ike
+        config = mobile_yaml(workdir, gw_ip, method, mn_ike, ca=ca_file, password=password)
         mobile = start_daemon("mobile.cli", config, hosts.left.name)
         stack.callback(lambda: print(mobile.stop()))
         try:
@@ -124,6 +127,18 @@ def test_mobile_connects_to_charon_over_ipv6(short_tmp: Path) -> None:
         assert (sa.remote_host, sa.remote_port) == ("2001:db8::1", 4500)
         [ours] = status("mobile.cli", setup.mobile_config)["ike_sas"]
         assert ours["local"] == "2001:db8::1[4500]" and ours["address"] == sa.remote_vips[0]
+
+
+def test_mobile_retries_with_the_group_charon_asks_for(short_tmp: Path) -> None:
+    """Our KE is X25519, charon takes only MODP-2048: INVALID_KE_PAYLOAD, then a retry."""
+    method, ike, key = MATRIX[0]
+    offer = "aes128-sha256-x25519-modp2048"
+    with mobile_against_charon(short_tmp, method, ike, key, mobile_ike=offer) as setup:
+        result = cli("mobile.cli", "connect", "gw", "-c", setup.mobile_config)
+        assert result.returncode == 0, result.stderr
+        sa = setup.charon.wait_established(CHILD)
+        assert sa.raw["dh-group"] == "MODP_2048"
+        assert "DH group CURVE_25519 unacceptable, requesting MODP_2048" in setup.charon.log_text()
 
 
 def test_wrong_password_fails_cleanly(short_tmp: Path) -> None:
