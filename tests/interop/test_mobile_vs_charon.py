@@ -21,6 +21,7 @@ from tests.harness.netns import TwoHosts, two_hosts
 from tests.harness.pki import KeyType, make_ca, make_cert
 from tests.harness.scenarios import (
     CHILD,
+    CONN,
     GATEWAY_ID,
     POOL,
     PROTECTED_ADDR,
@@ -33,6 +34,7 @@ from tests.interop.test_mobile_vs_gateway import (
     mobile_yaml,
     start_daemon,
     status,
+    wait_until,
 )
 from tests.service.servicehelp import Daemon, cli
 
@@ -160,3 +162,15 @@ def test_mobile_sigterm_deletes_its_sa(short_tmp: Path) -> None:
         assert setup.mobile.signal(15) == 0
         # charon got our DELETE: the SA is gone at once, not after a liveness timeout.
         setup.charon.wait_for(lambda sas: not sas, timeout=2)
+
+
+def test_charon_deletes_and_the_mobile_follows(short_tmp: Path) -> None:
+    method, ike, key = MATRIX[2]
+    with mobile_against_charon(short_tmp, method, ike, key) as setup:
+        assert cli("mobile.cli", "connect", "gw", "-c", setup.mobile_config).returncode == 0
+        setup.charon.wait_established(CHILD)
+        setup.charon.terminate(ike=CONN, timeout=5)
+        wait_until(lambda: not status("mobile.cli", setup.mobile_config)["ike_sas"])
+        # and the gateway can be reached again at once
+        assert cli("mobile.cli", "connect", "gw", "-c", setup.mobile_config).returncode == 0
+        setup.charon.wait_established(CHILD)
