@@ -21,7 +21,8 @@ Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
     HDR, SK{AUTH}  -->
                       <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE)}
 
-Once established (sections below: "MOBIKE" and "CREATE_CHILD_SA")::
+Once established (:mod:`mpa_ike.mobike` and :mod:`mpa_ike.rekey` hold these
+exchanges, as functions of the IkeSa they run on)::
 
     HDR, SK{N(UPDATE_SA_ADDRESSES), N(NAT-D)x2, [N(NO_NATS_ALLOWED)], N(COOKIE2)}  -->
                       <--  HDR, SK{N(NAT-D)x2, N(COOKIE2)}  (or N(UNACCEPTABLE_ADDRESSES))
@@ -44,13 +45,13 @@ all fragments of it.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
+from mpa_ike import mobike as mobike_exchanges
+from mpa_ike import rekey as rekey_exchanges
 from mpa_ike.certificates import certreq_payload, signature_method, verify_peer_certificate
 from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params, without_key_exchange
 from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
@@ -85,41 +86,43 @@ from mpa_ike.datagram import Address, Datagram
 from mpa_ike.eap import EapPeer, EapResult, EapServer
 from mpa_ike.errors import CodecError, IkeError, IntegrityError, RemoteProtocolError
 from mpa_ike.events import (
-    AddressUpdateRefused,
-    ChildSaAddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
-    ChildSaRekeyed,
     Event,
-    IkeSaAddressesUpdated,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
-    IkeSaRekeyed,
     LeaseReleased,
     LivenessConfirmed,
-    PeerAddressesAnnounced,
 )
 from mpa_ike.identity import Identity, identity_of, parse_identity
-from mpa_ike.ike_config import InitiatorConfig, Lifetimes, ResponderConfig
+from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
+from mpa_ike.ike_sa_common import (
+    CHILD_ERRORS,
+    CHILD_IN_DATAPATH,
+    HALF_OPEN_STATES,
+    IP_HEADER,
+    LIVE_STATES,
+    NON_ESP_MARKER_SIZE,
+    NONCE_SIZE,
+    UDP_HEADER,
+    ZERO_SPI,
+    IkeSaState,
+    Random,
+    error_notifies,
+    ip_of,
+    natd,
+    protocol_error,
+)
 from mpa_ike.mobike import (
-    ADDRESS_LIST_NOTIFIES,
-    COOKIE2_SIZE,
     IkeSaInfo,
-    additional_address_notifies,
-    no_nats_mismatch,
 )
 from mpa_ike.protection import Reassembler, seal_message
 from mpa_ike.rekey import (
-    IKE_REKEY_BUSY_DELAY,
-    REKEY_RETRY_DELAY,
-    REKEYED_IKE_SA_GRACE,
     IkeCollision,
     IkeRekey,
     PeerChildRekey,
-    jittered,
-    ours_is_redundant,
 )
 from mpa_ike.retransmit import RetransmitPolicy, Retransmitter, TimerAction
 from mpa_ike.sa_payload import answer, check_answer, sa_payload, select
@@ -154,85 +157,14 @@ from mpa_ike.wire import (
     serialize_message,
 )
 from mpa_ike.wire.notify import (
-    cookie2_notify,
     cookie_notify,
     invalid_ke_notify,
-    nat_detection_hash,
-    no_nats_allowed_notify,
-    read_additional_address,
-    read_cookie2,
     read_invalid_ke_group,
-    read_rekey_sa,
     read_signature_hash_algorithms,
-    rekey_sa_notify,
     signature_hash_algorithms_notify,
 )
 
-Random = Callable[[int], bytes]
-NONCE_SIZE = 32
-ZERO_SPI = bytes(8)
-IP_HEADER = {4: 20, 6: 40}
-UDP_HEADER = 8
-NON_ESP_MARKER_SIZE = 4
-# Error notifies that fail the CHILD SA only, not the IKE SA (RFC 7296 §2.21.3, §2.19).
-CHILD_ERRORS = frozenset(
-    {
-        NotifyType.NO_PROPOSAL_CHOSEN,
-        NotifyType.TS_UNACCEPTABLE,
-        NotifyType.INTERNAL_ADDRESS_FAILURE,
-        NotifyType.FAILED_CP_REQUIRED,
-        NotifyType.SINGLE_PAIR_REQUIRED,
-        NotifyType.NO_ADDITIONAL_SAS,
-        NotifyType.INVALID_SELECTORS,
-    }
-)
-
-
-class IkeSaState(Enum):
-    INITIAL = "initial"
-    INIT_SENT = "init-sent"  # initiator: IKE_SA_INIT request out
-    AUTH_SENT = "auth-sent"  # initiator: first IKE_AUTH (no AUTH) out
-    EAP_SENT = "eap-sent"  # initiator: an EAP round out
-    AUTH_FINAL_SENT = "auth-final-sent"  # initiator: AUTH from the MSK out
-    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered (half-open)
-    EAP = "eap"  # responder: EAP under way
-    ESTABLISHED = "established"
-    REKEYED = "rekeyed"  # replaced by a new IKE SA (§2.18), waiting for its DELETE
-    DELETING = "deleting"
-    CLOSED = "closed"
-
-
-HALF_OPEN_STATES = frozenset({IkeSaState.INIT_DONE, IkeSaState.EAP})
-# CHILD SA states whose keys are in the datapath (deleting them emits ChildSaDeleted).
-_CHILD_IN_DATAPATH = frozenset(
-    {
-        ChildSaState.INSTALLED,
-        ChildSaState.REKEYING,
-        ChildSaState.REKEYED,
-        ChildSaState.DELETING,
-    }
-)
-_LIVE_STATES = frozenset({IkeSaState.ESTABLISHED, IkeSaState.DELETING})
-
-
-def _ip(address: Address) -> IPAddress:
-    return ipaddress.ip_address(address[0])
-
-
-def _natd(spi_i: bytes, spi_r: bytes, address: Address) -> bytes:
-    return nat_detection_hash(spi_i, spi_r, _ip(address), address[1])
-
-
-def _error(notify: NotifyType, why: str) -> RemoteProtocolError:
-    return RemoteProtocolError(why, notify)
-
-
-def _error_notifies(message: Message) -> list[NotifyType]:
-    return [
-        p.notify_type
-        for p in message.find_all(NotifyPayload)
-        if p.notify_type.is_error and p.notify_type.known
-    ]
+__all__ = ["HALF_OPEN_STATES", "ZERO_SPI", "IkeSa", "IkeSaState", "Random"]
 
 
 @dataclass
@@ -399,7 +331,7 @@ class IkeSa:
 
     @property
     def established(self) -> bool:
-        return self.state in _LIVE_STATES
+        return self.state in LIVE_STATES
 
     # ------------------------------------------------------------------
     # Outputs (aioquic style)
@@ -455,7 +387,7 @@ class IkeSa:
         if self._half_open_deadline is not None and now >= self._half_open_deadline:
             self._close_failed("half-open IKE SA timed out", None, now)
             return
-        self._lifetime_timers(now)
+        rekey_exchanges.lifetime_timers(self, now)
         outstanding = self._outstanding
         if outstanding is None:
             return
@@ -482,7 +414,7 @@ class IkeSa:
         assert config is not None
         if not (config.fragmentation and self.peer_fragmentation):
             return None
-        overhead = IP_HEADER[_ip(self.remote).version] + UDP_HEADER
+        overhead = IP_HEADER[ip_of(self.remote).version] + UDP_HEADER
         if self.local[1] != IKE_PORT:
             overhead += NON_ESP_MARKER_SIZE
         return config.fragment_size - overhead
@@ -678,7 +610,7 @@ class IkeSa:
 
     def _close(self, final: Event, by_peer: bool) -> None:
         for child in self.children.values():
-            if child.state in _CHILD_IN_DATAPATH:
+            if child.state in CHILD_IN_DATAPATH:
                 child.state = ChildSaState.DELETED
                 self._emit(
                     ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
@@ -737,14 +669,14 @@ class IkeSa:
     # NAT detection (§2.23) and fragmentation / hash notifies (RFC 7383, RFC 7427)
 
     def _natd_notifies(self, spi_r: bytes) -> list[NotifyPayload]:
-        source = _natd(self.spi_i, spi_r, self.local)
+        source = natd(self.spi_i, spi_r, self.local)
         if self._icfg is not None and self._icfg.force_encap:
             # strongSwan's encap=yes: a source hash that cannot match claims a NAT.
             source = self._random(len(source))
         return [
             NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=source),
             NotifyPayload(
-                NotifyType.NAT_DETECTION_DESTINATION_IP, data=_natd(self.spi_i, spi_r, self.remote)
+                NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd(self.spi_i, spi_r, self.remote)
             ),
         ]
 
@@ -775,8 +707,8 @@ class IkeSa:
         destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
         if not sources or destination is None:
             return  # the peer does not do NAT-T
-        self.nat_remote = _natd(self.spi_i, spi_r, src) not in sources
-        self.nat_local = destination.data != _natd(self.spi_i, spi_r, dst)
+        self.nat_remote = natd(self.spi_i, spi_r, src) not in sources
+        self.nat_local = destination.data != natd(self.spi_i, spi_r, dst)
         if self._icfg is not None and self._icfg.force_encap:
             self.nat_local = True
 
@@ -835,8 +767,8 @@ class IkeSa:
             self._retry_init(now, cookie=cookie.data)
         elif invalid_ke is not None:
             self._retry_with_group(read_invalid_ke_group(invalid_ke), now)
-        elif _error_notifies(message):
-            notify = _error_notifies(message)[0]
+        elif error_notifies(message):
+            notify = error_notifies(message)[0]
             self._close_failed(f"IKE_SA_INIT refused: {notify.name}", notify, now)
         else:
             self._accept_init_response(message, data, src, dst, now)
@@ -898,12 +830,12 @@ class IkeSa:
     def _check_init_response(self, message: Message) -> ProposalSpec:
         sa, ke, nonce = message.find(SaPayload), message.find(KePayload), message.find(NoncePayload)
         if sa is None or ke is None or nonce is None or message.header.spi_r == ZERO_SPI:
-            raise _error(NotifyType.INVALID_SYNTAX, "SA, KE and Nr are required")
+            raise protocol_error(NotifyType.INVALID_SYNTAX, "SA, KE and Nr are required")
         _, spec = check_answer(self._initiator_config.ike_proposals, sa, ProtocolId.IKE)
         group = spec.first(TransformType.DH)
         assert self._dh is not None
         if group is None or group.id != self._dh.group or ke.group != self._dh.group:
-            raise _error(NotifyType.INVALID_KE_PAYLOAD, "the responder's group is not ours")
+            raise protocol_error(NotifyType.INVALID_KE_PAYLOAD, "the responder's group is not ours")
         return spec
 
     def _float_to_nat_t(self) -> None:
@@ -963,7 +895,7 @@ class IkeSa:
                 return spi  # SPIs 1-255 are reserved (RFC 4303 §2.1)
 
     def _auth_failure_in(self, message: Message) -> NotifyType | None:
-        errors = [n for n in _error_notifies(message) if n not in CHILD_ERRORS]
+        errors = [n for n in error_notifies(message) if n not in CHILD_ERRORS]
         return errors[0] if errors else None
 
     def _on_first_auth_response(self, message: Message, now: float) -> None:
@@ -985,15 +917,19 @@ class IkeSa:
         config = self._initiator_config
         idr, auth = message.find(IdrPayload), message.find(AuthPayload)
         if idr is None or auth is None:
-            raise _error(NotifyType.AUTHENTICATION_FAILED, "IDr and AUTH are required")
+            raise protocol_error(NotifyType.AUTHENTICATION_FAILED, "IDr and AUTH are required")
         expected = parse_identity(config.remote_id)
         if identity_of(idr) != expected:
-            raise _error(NotifyType.AUTHENTICATION_FAILED, f"gateway is not {config.remote_id}")
+            raise protocol_error(
+                NotifyType.AUTHENTICATION_FAILED, f"gateway is not {config.remote_id}"
+            )
         octets = self._octets(False, idr.rest_of_id_payload())
         assert self._suite is not None
         if config.psk is not None:
             if auth.method != AuthMethod.PSK:
-                raise _error(NotifyType.AUTHENTICATION_FAILED, "expected PSK authentication")
+                raise protocol_error(
+                    NotifyType.AUTHENTICATION_FAILED, "expected PSK authentication"
+                )
             verify_shared_key_auth(self._suite.prf, config.psk, octets, auth.data)
         else:
             assert config.wall_clock is not None
@@ -1059,7 +995,7 @@ class IkeSa:
         idr_body = parse_identity(self._initiator_config.remote_id).idr().rest_of_id_payload()
         try:
             if auth is None:
-                raise _error(NotifyType.AUTHENTICATION_FAILED, "no AUTH after EAP")
+                raise protocol_error(NotifyType.AUTHENTICATION_FAILED, "no AUTH after EAP")
             key = self._eap_peer.msk or self._keys.sk_pr
             verify_shared_key_auth(self._suite.prf, key, self._octets(False, idr_body), auth.data)
         except RemoteProtocolError as failure:
@@ -1075,8 +1011,10 @@ class IkeSa:
         self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         self.mobike = self._initiator_config.mobike and self.peer_mobike
         self.state = IkeSaState.ESTABLISHED
-        self._read_address_list(message)  # RFC 4555 §3.4: the gateway's other addresses
-        self._start_ike_lifetime(now)
+        mobike_exchanges.read_address_list(
+            self, message
+        )  # RFC 4555 §3.4: the gateway's other addresses
+        rekey_exchanges.start_ike_lifetime(self, now)
         self._emit_established()
         self._initiator_child_result(message, now)
 
@@ -1104,7 +1042,7 @@ class IkeSa:
     def _initiator_child_result(self, message: Message, now: float) -> None:
         """§2.21.3: a refused CHILD SA leaves the IKE SA up."""
         child = next(iter(self.children.values()))
-        errors = [n for n in _error_notifies(message) if n in CHILD_ERRORS]
+        errors = [n for n in error_notifies(message) if n in CHILD_ERRORS]
         sa, tsi, tsr = message.find(SaPayload), message.find(TsiPayload), message.find(TsrPayload)
         if errors or sa is None or tsi is None or tsr is None:
             notify = errors[0] if errors else NotifyType.NO_PROPOSAL_CHOSEN
@@ -1117,7 +1055,7 @@ class IkeSa:
                 ProtocolId.ESP,
             )
             if len(proposal.spi) != 4:
-                raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+                raise protocol_error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
             self._check_ts_answer(tsi, tsr)
         except RemoteProtocolError as error:
             self._fail_child(child, error.notify, f"unacceptable CHILD SA answer: {error}")
@@ -1132,7 +1070,7 @@ class IkeSa:
         if not acceptable_answer(tsi.selectors, offered_i) or not acceptable_answer(
             tsr.selectors, offered_r
         ):
-            raise _error(NotifyType.TS_UNACCEPTABLE, "selectors not within those proposed")
+            raise protocol_error(NotifyType.TS_UNACCEPTABLE, "selectors not within those proposed")
 
     def _fail_child(self, child: ChildSa, notify: NotifyType, reason: str) -> None:
         child.state = ChildSaState.FAILED
@@ -1164,8 +1102,10 @@ class IkeSa:
         )
         child.spec = spec
         child.state = ChildSaState.INSTALLED
-        rekey_time = self._lifetimes.child_rekey_time
-        child.rekey_at = None if rekey_time is None else now + self._jittered(rekey_time)
+        rekey_time = rekey_exchanges.lifetimes_of(self).child_rekey_time
+        child.rekey_at = (
+            None if rekey_time is None else now + rekey_exchanges.jittered_time(self, rekey_time)
+        )
         self._emit(ChildSaEstablished(self.local_spi, self.name, child.params))
 
     # ==================================================================
@@ -1202,7 +1142,7 @@ class IkeSa:
     def _select_ike(self, message: Message) -> tuple[ProposalSpec, KePayload]:
         sa, ke, nonce = message.find(SaPayload), message.find(KePayload), message.find(NoncePayload)
         if sa is None or ke is None or nonce is None:
-            raise _error(NotifyType.INVALID_SYNTAX, "SA, KE and Ni are required")
+            raise protocol_error(NotifyType.INVALID_SYNTAX, "SA, KE and Ni are required")
         _, spec = select(self._responder_config.ike_proposals, sa, ProtocolId.IKE)
         group = spec.first(TransformType.DH)
         assert group is not None
@@ -1343,7 +1283,7 @@ class IkeSa:
         self.state = IkeSaState.ESTABLISHED
         self.peer_mobike = self._auth_request.mobike
         self.mobike = self.peer_mobike and self._responder_config.mobike
-        self._start_ike_lifetime(now)
+        rekey_exchanges.start_ike_lifetime(self, now)
         child_payloads, child_result = self._responder_child(self._auth_request, now)
         payloads += child_payloads
         if self.mobike:
@@ -1413,11 +1353,11 @@ class IkeSa:
             proposals = without_key_exchange(proposals)
         received, spec = select(proposals, offer, ProtocolId.ESP)
         if len(received.spi) != 4:
-            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
+            raise protocol_error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
         tsi = narrow(tsi_payload.selectors, self._allowed_remote_ts())
         tsr = narrow(tsr_payload.selectors, selectors_for_networks(config.child.local_ts))
         if not tsi or not tsr:
-            raise _error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
+            raise protocol_error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
         child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
         child.local_ts, child.remote_ts = tsr, tsi
         self.children[child.spi_in] = child
@@ -1431,7 +1371,7 @@ class IkeSa:
         remote_ts = self._responder_config.child.remote_ts
         if remote_ts:
             return selectors_for_networks(remote_ts)
-        return (selector_for_address(_ip(self.remote)),)
+        return (selector_for_address(ip_of(self.remote)),)
 
     # ==================================================================
     # INFORMATIONAL, both roles (§1.4): DELETE and liveness
@@ -1447,15 +1387,15 @@ class IkeSa:
             self._respond(message.header, [])
             self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=True), by_peer=True)
             return
-        self._read_address_list(message)
+        mobike_exchanges.read_address_list(self, message)
         if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None:
-            self._on_update_sa_addresses(message, src, dst, now)
+            mobike_exchanges.on_update_sa_addresses(self, message, src, dst, now)
             return
         answer_payloads: list[Payload] = []
         for delete in deletes:
             if delete.protocol_id == ProtocolId.ESP:
                 answer_payloads += self._peer_deletes_children(delete.spis)
-        self._respond(message.header, answer_payloads + self._cookie2_echo(message))
+        self._respond(message.header, answer_payloads + mobike_exchanges.cookie2_echo(message))
 
     def _peer_deletes_children(self, spis: Sequence[bytes]) -> list[Payload]:
         """§1.4.1: delete the pairs whose outbound SPI the peer named; list our inbound SPIs."""
@@ -1470,7 +1410,7 @@ class IkeSa:
         return [DeletePayload.for_child_sas(tuple(ours))] if ours else []
 
     def _child_gone(self, child: ChildSa, by_peer: bool) -> None:
-        installed = child.state in _CHILD_IN_DATAPATH
+        installed = child.state in CHILD_IN_DATAPATH
         child.state = ChildSaState.DELETED
         self.children.pop(child.spi_in, None)
         if installed:
@@ -1485,7 +1425,7 @@ class IkeSa:
         authentication this way (N(AUTHENTICATION_FAILED) instead of the EAP
         acknowledgement, §2.21.2). Answer it, and end the SA on an error notify."""
         self._respond(message.header, [])
-        errors = _error_notifies(message)
+        errors = error_notifies(message)
         if errors:
             self._close_failed(f"peer reported {errors[0].name}", errors[0], now)
 
@@ -1541,36 +1481,30 @@ class IkeSa:
         self._finish_exchange(now)
         self._emit(LivenessConfirmed(self.local_spi, self.name))
 
-    # ==================================================================
-    # Lifetimes (RFC 7296 §2.8: rekeying is up to each side's policy)
+    # ------------------------------------------------------------------
+    # Commands of MOBIKE (mpa_ike.mobike) and CREATE_CHILD_SA (mpa_ike.rekey)
 
-    @property
-    def _lifetimes(self) -> Lifetimes:
-        config = self._icfg or self._rcfg
-        assert config is not None
-        return config.lifetimes
+    def update_addresses(
+        self, new_local: Address, now: float, new_remote: Address | None = None
+    ) -> None:
+        """Command (mobile node): RFC 4555 §3.5, see :func:`mpa_ike.mobike.update_addresses`."""
+        mobike_exchanges.update_addresses(self, new_local, now, new_remote)
 
-    def _jittered(self, rekey_time: float) -> float:
-        """``rekey_time`` less up to ``jitter`` of it, drawn from the injected random."""
-        return jittered(rekey_time, self._lifetimes.jitter, self._random)
+    def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
+        """Command: RFC 4555 §3.6, see :func:`mpa_ike.mobike.send_additional_addresses`."""
+        mobike_exchanges.send_additional_addresses(self, addresses, now)
 
-    def _start_ike_lifetime(self, now: float) -> None:
-        rekey_time = self._lifetimes.ike_rekey_time
-        self._ike_rekey_at = None if rekey_time is None else now + self._jittered(rekey_time)
+    def create_child_sa(self, now: float) -> None:
+        """Command: one more CHILD SA (RFC 7296 §1.3.1)."""
+        rekey_exchanges.create_child_sa(self, now)
 
-    def _lifetime_timers(self, now: float) -> None:
-        if self.state != IkeSaState.ESTABLISHED:
-            return
-        if self._ike_rekey_at is not None and now >= self._ike_rekey_at:
-            self._ike_rekey_at = None
-            self.rekey_ike_sa(now)
-        for child in list(self.children.values()):
-            if child.rekey_at is not None and now >= child.rekey_at:
-                child.rekey_at = None
-                self.rekey_child_sa(child.spi_in, now)
+    def rekey_child_sa(self, spi_in: bytes, now: float) -> None:
+        """Command: rekey the CHILD SA ``spi_in`` (RFC 7296 §1.3.3, §2.8)."""
+        rekey_exchanges.rekey_child_sa(self, spi_in, now)
 
-    # ==================================================================
-    # MOBIKE, initiator (RFC 4555 §3.5): the mobile node decides
+    def rekey_ike_sa(self, now: float) -> None:
+        """Command: rekey this IKE SA (RFC 7296 §1.3.2, §2.18)."""
+        rekey_exchanges.rekey_ike_sa(self, now)
 
     def info(self) -> IkeSaInfo:
         """What an address policy sees of this IKE SA."""
@@ -1582,751 +1516,6 @@ class IkeSa:
             self.local,
             self.remote,
         )
-
-    def update_addresses(
-        self, new_local: Address, now: float, new_remote: Address | None = None
-    ) -> None:
-        """Command (mobile node): our address changed. Move the IKE SA and its CHILD SAs
-        at once (events for the datapath) and send UPDATE_SA_ADDRESSES from there.
-
-        §3.5: retransmissions go to the new addresses; if the address changes
-        again before the answer, the request in flight is resent from the new
-        address at once and a fresh update follows its answer (its NAT-D and
-        NO_NATS_ALLOWED describe the path it was first sent on).
-        """
-        if self._icfg is None or not self.mobike or self.state != IkeSaState.ESTABLISHED:
-            return
-        self.local = new_local
-        if new_remote is not None:
-            self.remote = new_remote
-        self._announce_move(children=not self._initiator_config.return_routability)
-        if self._update_cookie is not None:
-            self._update_again = True
-            outstanding = self._outstanding
-            if outstanding is not None:
-                outstanding.retransmitter = Retransmitter(self._retransmit, now)
-                self.counters["retransmitted"] += 1
-                self._send(outstanding.datagrams)
-            return
-        if not self._update_queued:
-            self._send_update(now)
-
-    def _send_update(self, now: float) -> None:
-        """Built when it leaves, so that it describes the addresses of that moment."""
-        if self.state != IkeSaState.ESTABLISHED:
-            self._update_queued = False
-            self._next_queued(now)
-            return
-        if self._outstanding is not None:
-            self._update_queued = True
-            self._queued.append(self._send_update)
-            return
-        self._update_queued = False
-        self._update_again = False
-        cookie = self._random(COOKIE2_SIZE)
-        payloads: list[Payload] = [
-            NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES),
-            *self._natd_notifies(self.spi_r),
-        ]
-        if self._initiator_config.no_nats_allowed:
-            payloads.append(
-                no_nats_allowed_notify(
-                    _ip(self.local), _ip(self.remote), self.local[1], self.remote[1]
-                )
-            )
-        payloads.append(cookie2_notify(cookie))
-        self._update_cookie = cookie
-        self.counters["updates_sent"] += 1
-        self._request(ExchangeType.INFORMATIONAL, payloads, self._on_update_response, now)
-
-    def _on_update_response(self, message: Message, now: float) -> None:
-        """§3.5/§3.7: the answer must echo our COOKIE2, else the SA is closed."""
-        expected, self._update_cookie = self._update_cookie, None
-        echoed = message.notify(NotifyType.COOKIE2)
-        if expected is None or echoed is None or not hmac.compare_digest(echoed.data, expected):
-            self._outstanding = None
-            self._close_failed("UPDATE_SA_ADDRESSES answer without our COOKIE2", None, now)
-            return
-        refusal = next(
-            (
-                n
-                for n in _error_notifies(message)
-                if n in (NotifyType.UNACCEPTABLE_ADDRESSES, NotifyType.UNEXPECTED_NAT_DETECTED)
-            ),
-            None,
-        )
-        again = self._update_again
-        self._update_again = False
-        if refusal is not None:
-            self.counters["updates_refused"] += 1
-            self._finish_exchange(now)
-            if again:
-                # The refusal was about an address we have left since: ask anew.
-                self._send_update(now)
-            else:
-                self._emit(
-                    AddressUpdateRefused(
-                        self.local_spi, self.name, refusal, self.local, by_peer=True
-                    )
-                )
-            return
-        src, dst = self._response_path
-        encap_before = self.nat_local or self.nat_remote
-        self._detect_nat(message, self.spi_r, src, dst)
-        encap_changed = (self.nat_local or self.nat_remote) != encap_before
-        if encap_changed:
-            self._announce_move(children=False)
-        if encap_changed or self._initiator_config.return_routability:
-            self._move_children()  # the answer came back over the new path
-        self._finish_exchange(now)
-        if again:
-            self._send_update(now)
-
-    def _announce_move(self, *, children: bool) -> None:
-        encap = self.nat_local or self.nat_remote
-        self._emit(IkeSaAddressesUpdated(self.local_spi, self.name, self.local, self.remote, encap))
-        if children:
-            self._move_children()
-
-    def _move_children(self) -> None:
-        encap = self.nat_local or self.nat_remote
-        for child in self.children.values():
-            if child.state in _CHILD_IN_DATAPATH:
-                self._emit(
-                    ChildSaAddressesUpdated(
-                        self.local_spi,
-                        self.name,
-                        child.spi_in,
-                        child.spi_out,
-                        self.local,
-                        self.remote,
-                        encap,
-                    )
-                )
-
-    def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
-        """Command: announce our other addresses, or none (RFC 4555 §3.4, §3.6)."""
-        if self.mobike and self.state == IkeSaState.ESTABLISHED:
-            self._request(
-                ExchangeType.INFORMATIONAL,
-                additional_address_notifies(addresses),
-                lambda message, later: self._finish_exchange(later),
-                now,
-            )
-
-    def _read_address_list(self, message: Message) -> None:
-        """§3.4/§3.6: a list (or NO_ADDITIONAL_ADDRESSES) replaces the previous one."""
-        notifies = [
-            n for n in message.find_all(NotifyPayload) if n.notify_type in ADDRESS_LIST_NOTIFIES
-        ]
-        if not notifies or not self.mobike:
-            return
-        self.peer_additional_addresses = tuple(
-            read_additional_address(n)
-            for n in notifies
-            if n.notify_type != NotifyType.NO_ADDITIONAL_ADDRESSES
-        )
-        self._emit(
-            PeerAddressesAnnounced(self.local_spi, self.name, self.peer_additional_addresses)
-        )
-
-    @staticmethod
-    def _cookie2_echo(message: Message) -> list[Payload]:
-        """RFC 4555 §3.7: a COOKIE2 in a request is copied into the response."""
-        cookie = message.notify(NotifyType.COOKIE2)
-        return [cookie2_notify(read_cookie2(cookie))] if cookie is not None else []
-
-    # ==================================================================
-    # MOBIKE, responder (RFC 4555 §3.5, §3.9): the gateway checks and moves
-
-    def _on_update_sa_addresses(
-        self, message: Message, src: Address, dst: Address, now: float
-    ) -> None:
-        """The UPDATE_SA_ADDRESSES responder (RFC 4555 §3.5).
-
-        Reached only for an authenticated request with the expected Message ID
-        (a forged or replayed one never gets here). The new address pair is the
-        IP header's. Refused, by the address policy (UNACCEPTABLE_ADDRESSES, §3.5;
-        under ``allocated`` the address must be this IKE SA's CP lease) or by
-        NO_NATS_ALLOWED not matching the header (UNEXPECTED_NAT_DETECTED, §3.9):
-        the answer goes back where the request came from and nothing moves.
-        """
-        echo = self._cookie2_echo(message)
-        config = self._rcfg
-        if config is None or not self.mobike:
-            self.counters["updates_ignored"] += 1
-            self._respond(message.header, echo)
-            return
-        refusal: NotifyType | None = None
-        if not config.address_policy(self.info(), _ip(src)):
-            refusal = NotifyType.UNACCEPTABLE_ADDRESSES
-        else:
-            no_nats = message.notify(NotifyType.NO_NATS_ALLOWED)
-            if no_nats is not None and no_nats_mismatch(no_nats, src, dst):
-                refusal = NotifyType.UNEXPECTED_NAT_DETECTED
-        if refusal is not None:
-            self.counters["updates_refused"] += 1
-            self._respond(message.header, [NotifyPayload(refusal), *echo])
-            self._emit(AddressUpdateRefused(self.local_spi, self.name, refusal, src, False))
-            return
-        self.remote, self.local = src, dst
-        self._detect_nat(message, self.spi_r, src, dst)
-        self.counters["updates_accepted"] += 1
-        self._respond(message.header, [*self._natd_notifies(self.spi_r), *echo])
-        self._announce_move(children=not config.return_routability)
-        if config.return_routability:
-            self._check_return_routability(now)
-
-    def _check_return_routability(self, now: float) -> None:
-        """§3.5/§3.7: an INFORMATIONAL with COOKIE2 to the new address; the CHILD SAs
-        move when its answer echoes the cookie (no answer: the SA dies, §2.4)."""
-        cookie = self._random(COOKIE2_SIZE)
-        target = self.remote
-
-        def on_response(message: Message, later: float) -> None:
-            echoed = message.notify(NotifyType.COOKIE2)
-            self._finish_exchange(later)
-            if echoed is None or not hmac.compare_digest(echoed.data, cookie):
-                self.counters["return_routability_failed"] += 1
-                return
-            if self.remote == target:
-                self._move_children()
-
-        self._request(ExchangeType.INFORMATIONAL, [cookie2_notify(cookie)], on_response, now)
-
-    # ==================================================================
-    # CREATE_CHILD_SA, initiator (RFC 7296 §1.3.1, §1.3.3, §2.8, §2.17)
-
-    def create_child_sa(self, now: float) -> None:
-        """Command: one more CHILD SA with the configured proposals and selectors (§1.3.1)."""
-        if self.state == IkeSaState.ESTABLISHED:
-            self._request_child(None, now)
-
-    def rekey_child_sa(self, spi_in: bytes, now: float) -> None:
-        """Command: rekey the CHILD SA ``spi_in`` (§1.3.3, §2.8): a new SA, then DELETE
-        of the old one by us (or by the peer after a collision it won, §2.8.1)."""
-        child = self.children.get(spi_in)
-        if self.state != IkeSaState.ESTABLISHED or child is None:
-            return
-        if child.state != ChildSaState.INSTALLED:
-            return
-        child.state = ChildSaState.REKEYING
-        self._request_child(child, now)
-
-    def _child_config_proposals(self) -> tuple[ProposalSpec, ...]:
-        config = self._icfg or self._rcfg
-        assert config is not None
-        return config.child.esp_proposals
-
-    def _new_child_ts(self) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
-        """(TSi, TSr) as this side proposes them for an additional CHILD SA."""
-        if self._icfg is not None:
-            if self.assigned_addresses:
-                local = tuple(selector_for_address(a) for a in self.assigned_addresses)
-            else:
-                local = self._dynamic_local_ts()
-            return local, selectors_for_networks(self._icfg.child.remote_ts)
-        config = self._responder_config
-        return selectors_for_networks(config.child.local_ts), self._allowed_remote_ts()
-
-    def _request_child(self, old: ChildSa | None, now: float, group: int | None = None) -> None:
-        """``group``: the KE group the peer asked for by INVALID_KE_PAYLOAD (§1.3)."""
-        if self._outstanding is not None:
-            # Window 1 (§2.3): wait; what to send is decided when it can leave.
-            self._queued.append(lambda later: self._request_child_if_due(old, later))
-            return
-        proposals = self._child_config_proposals()
-        new = ChildSa(spi_in=self._new_child_spi())
-        self.children[new.spi_in] = new
-        nonce = self._random(NONCE_SIZE)
-        first = proposals[0].first(TransformType.DH)
-        if group is None and first is not None:
-            group = first.id
-        dh = None
-        if group:  # PFS (§1.3.1, §2.12)
-            dh = generate_key_exchange(group, self._random)
-        tsi, tsr = (old.local_ts, old.remote_ts) if old is not None else self._new_child_ts()
-        payloads: list[Payload] = []
-        if old is not None:
-            payloads.append(rekey_sa_notify(old.spi_in))
-        payloads += [sa_payload(proposals, new.spi_in), NoncePayload(nonce)]
-        if dh is not None:
-            payloads.append(KePayload(dh.group, dh.public_bytes))
-        payloads += [TsiPayload(tsi), TsrPayload(tsr)]
-
-        def on_response(message: Message, later: float) -> None:
-            if old is not None:
-                self._child_rekeys_out.discard(old.spi_in)
-            self._finish_exchange(later)
-            self._on_create_child_response(message, later, new, old, nonce, dh, (tsi, tsr))
-
-        if old is not None:
-            self._child_rekeys_out.add(old.spi_in)
-        self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _request_child_if_due(self, old: ChildSa | None, now: float) -> None:
-        """A queued CHILD SA request: skipped if the SA to rekey went meanwhile (the
-        peer rekeyed or deleted it, or the IKE SA is no longer established)."""
-        due = self.state == IkeSaState.ESTABLISHED and (
-            old is None
-            or (old.state == ChildSaState.REKEYING and self.children.get(old.spi_in) is old)
-        )
-        if due:
-            self._request_child(old, now)
-        else:
-            self._next_queued(now)
-
-    def _on_create_child_response(
-        self,
-        message: Message,
-        now: float,
-        new: ChildSa,
-        old: ChildSa | None,
-        nonce_i: bytes,
-        dh: KeyExchange | None,
-        offered: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]],
-    ) -> None:
-        if new.spi_in not in self.children or self.state not in _LIVE_STATES:
-            return  # the IKE SA was rekeyed or is going meanwhile
-        wanted = self._child_ke_retry(message, dh)
-        if wanted is not None:
-            self.children.pop(new.spi_in, None)
-            if old is not None:
-                self._child_rekeys_out.add(old.spi_in)
-            self._request_child(old, now, group=wanted)
-            return
-        try:
-            spec, nonce_r, shared = self._check_child_answer(message, new, dh, offered)
-        except RemoteProtocolError as error:
-            self._child_request_failed(new, old, error.notify, str(error), now)
-            return
-        self._install_child(
-            new, spec, initiator=True, now=now, nonces=(nonce_i, nonce_r), shared_secret=shared
-        )
-        if old is not None:
-            self._finish_child_rekey(old, new, (nonce_i, nonce_r), now)
-
-    def _child_ke_retry(self, message: Message, dh: KeyExchange | None) -> int | None:
-        """§1.3: INVALID_KE_PAYLOAD names the group the peer wants; retry once with it
-        if it is one of ours (a second refusal of the same kind fails the CHILD SA)."""
-        notify = message.notify(NotifyType.INVALID_KE_PAYLOAD)
-        if notify is None or dh is None:
-            return None
-        group = int(read_invalid_ke_group(notify))
-        offered = {
-            t.id for p in self._child_config_proposals() for t in p.of_type(TransformType.DH)
-        }
-        return group if group in offered and group != dh.group else None
-
-    def _check_child_answer(
-        self,
-        message: Message,
-        new: ChildSa,
-        dh: KeyExchange | None,
-        offered: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]],
-    ) -> tuple[ProposalSpec, bytes, bytes | None]:
-        errors = _error_notifies(message)
-        if errors:
-            raise _error(errors[0], f"CREATE_CHILD_SA refused: {errors[0].name}")
-        sa, nonce = message.find(SaPayload), message.find(NoncePayload)
-        tsi, tsr = message.find(TsiPayload), message.find(TsrPayload)
-        if sa is None or nonce is None or tsi is None or tsr is None:
-            raise _error(NotifyType.INVALID_SYNTAX, "SA, Nr, TSi and TSr are required")
-        proposal, spec = check_answer(self._child_config_proposals(), sa, ProtocolId.ESP)
-        if len(proposal.spi) != 4:
-            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
-        if not acceptable_answer(tsi.selectors, offered[0]) or not acceptable_answer(
-            tsr.selectors, offered[1]
-        ):
-            raise _error(NotifyType.TS_UNACCEPTABLE, "selectors not within those proposed")
-        shared = None
-        if dh is not None:
-            ke = message.find(KePayload)
-            if ke is None or ke.group != dh.group:
-                raise _error(NotifyType.INVALID_KE_PAYLOAD, "the answer lacks our KE group")
-            shared = dh.shared_secret(ke.data)
-        new.spi_out = proposal.spi
-        new.local_ts = tuple(t for t in tsi.selectors if isinstance(t, TrafficSelector))
-        new.remote_ts = tuple(t for t in tsr.selectors if isinstance(t, TrafficSelector))
-        return spec, nonce.data, shared
-
-    def _child_request_failed(
-        self, new: ChildSa, old: ChildSa | None, notify: NotifyType, reason: str, now: float
-    ) -> None:
-        """§2.21.3: the IKE SA survives; a refused rekey keeps the old SA (and retries
-        after TEMPORARY_FAILURE, §2.25)."""
-        self.children.pop(new.spi_in, None)
-        new.state = ChildSaState.FAILED
-        if old is not None and old.state == ChildSaState.REKEYING:
-            old.state = ChildSaState.INSTALLED
-            if notify == NotifyType.TEMPORARY_FAILURE:
-                old.rekey_at = now + REKEY_RETRY_DELAY
-        self._emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
-
-    def _finish_child_rekey(
-        self, old: ChildSa, new: ChildSa, nonces: tuple[bytes, bytes], now: float
-    ) -> None:
-        """Our rekey of ``old`` produced ``new``. §2.8.1: if the peer rekeyed ``old``
-        too, the exchange holding the lowest of the four nonces made the redundant
-        SA, and its initiator deletes it; the winner's initiator deletes ``old``."""
-        peer = self._peer_rekeyed.pop(old.spi_in, None)
-        if peer is not None and ours_is_redundant(nonces, peer.nonces):
-            self.counters["child_rekey_collisions_lost"] += 1
-            old.state = ChildSaState.REKEYED  # the peer deletes it
-            self._emit_rekeyed(old, peer.new)
-            self._send_child_delete(new, now)
-            return
-        if peer is not None:
-            self.counters["child_rekey_collisions_won"] += 1
-        self._emit_rekeyed(old, new)
-        self._send_child_delete(old, now)
-
-    def _emit_rekeyed(self, old: ChildSa, new: ChildSa) -> None:
-        self._emit(
-            ChildSaRekeyed(
-                self.local_spi,
-                self.name,
-                old.spi_in,
-                old.spi_out,
-                new.spi_in,
-                new.spi_out,
-            )
-        )
-
-    # ==================================================================
-    # CREATE_CHILD_SA, responder (RFC 7296 §1.3, §2.8, §2.18, §2.25)
-
-    def _on_create_child_request(
-        self, message: Message, src: Address, dst: Address, now: float
-    ) -> None:
-        """A new CHILD SA, a CHILD SA rekey (N(REKEY_SA)) or an IKE SA rekey (an IKE
-        proposal). Accepted while our own request is outstanding (§2.3): strongSwan
-        rekeys the CHILD SA right after a MOBIKE update, often before answering it."""
-        sa = message.find(SaPayload)
-        if self.state != IkeSaState.ESTABLISHED:
-            # §2.25: an SA being deleted or rekeyed away is not rekeyed again.
-            self._respond(message.header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
-            return
-        if sa is None:
-            self._respond(message.header, [NotifyPayload(NotifyType.INVALID_SYNTAX)])
-            return
-        if any(p.protocol_id == ProtocolId.IKE for p in sa.proposals):
-            self._on_ike_rekey_request(message, sa, now)
-            return
-        old: ChildSa | None = None
-        rekey = message.notify(NotifyType.REKEY_SA)
-        if rekey is not None:
-            _, spi = read_rekey_sa(rekey)
-            matching = [c for c in self.children.values() if c.spi_out == spi]
-            live = [
-                c for c in matching if c.state in (ChildSaState.INSTALLED, ChildSaState.REKEYING)
-            ]
-            if not live:
-                # §2.25.1: being deleted (or rekeyed away): TEMPORARY_FAILURE; unknown:
-                # CHILD_SA_NOT_FOUND.
-                notify = NotifyType.TEMPORARY_FAILURE if matching else NotifyType.CHILD_SA_NOT_FOUND
-                self._respond(message.header, [NotifyPayload(notify)])
-                return
-            old = live[0]
-        self._answer_create_child(message, sa, old, now)
-
-    def _answer_create_child(
-        self, message: Message, sa: SaPayload, old: ChildSa | None, now: float
-    ) -> None:
-        nonce, ke = message.find(NoncePayload), message.find(KePayload)
-        tsi, tsr = message.find(TsiPayload), message.find(TsrPayload)
-        new: ChildSa | None = None
-        try:
-            if nonce is None or tsi is None or tsr is None:
-                raise _error(NotifyType.INVALID_SYNTAX, "Ni, TSi and TSr are required")
-            if self._rcfg is not None:
-                new, spec, sa_answer = self._accept_child(sa, tsi, tsr)
-            else:
-                new, spec, sa_answer = self._accept_child_as_initiator(sa, tsi, tsr)
-            ke_answer, shared = self._answer_child_ke(spec, ke)
-        except RemoteProtocolError as error:
-            if new is not None:
-                self.children.pop(new.spi_in, None)
-            self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
-            if error.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is a round (§1.3)
-                self._emit(ChildSaFailed(self.local_spi, self.name, error.notify, str(error)))
-            return
-        nonce_r = self._random(NONCE_SIZE)
-        payloads: list[Payload] = [sa_answer, NoncePayload(nonce_r), *ke_answer]
-        payloads += [TsiPayload(new.remote_ts), TsrPayload(new.local_ts)]
-        self._respond(message.header, payloads)
-        nonces = (nonce.data, nonce_r)
-        self._install_child(
-            new, spec, initiator=False, now=now, nonces=nonces, shared_secret=shared
-        )
-        if old is None:
-            return
-        if old.spi_in in self._child_rekeys_out:
-            # §2.8.1: we are rekeying it too; decided when our answer comes.
-            self._peer_rekeyed[old.spi_in] = PeerChildRekey(new, nonces)
-            return
-        old.state = ChildSaState.REKEYED  # the peer deletes it (§2.8)
-        self._emit_rekeyed(old, new)
-
-    def _accept_child_as_initiator(
-        self, offer: SaPayload, tsi_payload: TsiPayload, tsr_payload: TsrPayload
-    ) -> tuple[ChildSa, ProposalSpec, SaPayload]:
-        """The mobile node answering the gateway's CREATE_CHILD_SA: our selectors are
-        TSr (the lease or dynamic), the gateway's networks TSi."""
-        config = self._initiator_config
-        received, spec = select(config.child.esp_proposals, offer, ProtocolId.ESP)
-        if len(received.spi) != 4:
-            raise _error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
-        ours, theirs = self._new_child_ts()
-        tsi = narrow(tsi_payload.selectors, theirs)
-        tsr = narrow(tsr_payload.selectors, ours)
-        if not tsi or not tsr:
-            raise _error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
-        child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
-        child.local_ts, child.remote_ts = tsr, tsi
-        self.children[child.spi_in] = child
-        return child, spec, answer(received, spec, child.spi_in)
-
-    def _answer_child_ke(
-        self, spec: ProposalSpec, ke: KePayload | None
-    ) -> tuple[list[Payload], bytes | None]:
-        """PFS (§1.3.1): KEr in the selected group; INVALID_KE_PAYLOAD names it (§1.3)."""
-        group = spec.first(TransformType.DH)
-        if group is None or group.id == 0:
-            return [], None
-        if ke is None or ke.group != group.id:
-            raise RemoteProtocolError(
-                "KE of another group",
-                NotifyType.INVALID_KE_PAYLOAD,
-                invalid_ke_notify(DhGroup(group.id)).data,
-            )
-        dh = generate_key_exchange(group.id, self._random)
-        return [KePayload(dh.group, dh.public_bytes)], dh.shared_secret(ke.data)
-
-    # ==================================================================
-    # IKE SA rekey (RFC 7296 §1.3.2, §2.18, §2.25.2)
-
-    def rekey_ike_sa(self, now: float) -> None:
-        """Command: rekey this IKE SA. A new IKE SA with new SPIs and keys from SK_d
-        takes the CHILD SAs and the lease; then we DELETE this one."""
-        if self.state != IkeSaState.ESTABLISHED or self._ike_rekey is not None:
-            return
-        if self._outstanding is not None or self._queued:
-            # §2.18: not while other exchanges are under way; try again shortly.
-            self._ike_rekey_at = now + IKE_REKEY_BUSY_DELAY
-            return
-        assert self._suite is not None
-        config = self._icfg or self._rcfg
-        assert config is not None
-        # Our current group first, so that the peer needs no INVALID_KE round.
-        proposals = sorted(
-            config.ike_proposals,
-            key=lambda p: not any(t.id == self._suite_group() for t in p.of_type(TransformType.DH)),
-        )
-        rekey = IkeRekey(
-            self._new_ike_spi(),
-            self._random(NONCE_SIZE),
-            generate_key_exchange(self._suite.dh_group, self._random),
-        )
-        self._ike_rekey = rekey
-        payloads: list[Payload] = [
-            sa_payload(proposals, rekey.spi),
-            NoncePayload(rekey.nonce),
-            KePayload(rekey.dh.group, rekey.dh.public_bytes),
-        ]
-
-        def on_response(message: Message, later: float) -> None:
-            self._on_ike_rekey_response(message, later, proposals)
-
-        self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
-
-    def _suite_group(self) -> int:
-        assert self._suite is not None
-        return int(self._suite.dh_group)
-
-    def _on_ike_rekey_response(
-        self, message: Message, now: float, proposals: Sequence[ProposalSpec]
-    ) -> None:
-        rekey, self._ike_rekey = self._ike_rekey, None
-        assert rekey is not None
-        try:
-            spi_r, spec, nonce_r, shared = self._check_ike_rekey_answer(message, rekey, proposals)
-        except RemoteProtocolError as error:
-            self.counters["ike_rekeys_failed"] += 1
-            if error.notify == NotifyType.TEMPORARY_FAILURE:
-                self._ike_rekey_at = now + REKEY_RETRY_DELAY
-            self._ike_collision = None
-            self._finish_exchange(now)
-            return
-        self._outstanding = None
-        self._my_next_id += 1
-        nonces = (rekey.nonce, nonce_r)
-        ours = self._make_successor(rekey.spi, spi_r, True, spec, nonces, shared, now)
-        collision, self._ike_collision = self._ike_collision, None
-        if collision is not None and ours_is_redundant(nonces, collision.nonces):
-            # §2.25.2: our exchange holds the lowest nonce: ours is redundant and we
-            # delete it; the peer deletes this IKE SA.
-            self.counters["ike_rekey_collisions_lost"] += 1
-            self._hand_over(collision.successor, now)
-            ours._superseded = True
-            ours.delete(now)
-            return
-        if collision is not None:
-            self.counters["ike_rekey_collisions_won"] += 1
-            redundant = collision.successor  # the peer deletes it; it only waits for that
-            redundant._superseded = True
-            redundant.state = IkeSaState.REKEYED
-            redundant._half_open_deadline = now + REKEYED_IKE_SA_GRACE
-        self._hand_over(ours, now)
-        self.state = IkeSaState.ESTABLISHED  # for delete(); nothing else runs on it now
-        self.delete(now)
-
-    def _check_ike_rekey_answer(
-        self, message: Message, rekey: IkeRekey, proposals: Sequence[ProposalSpec]
-    ) -> tuple[bytes, ProposalSpec, bytes, bytes]:
-        errors = _error_notifies(message)
-        if errors:
-            raise _error(errors[0], f"IKE SA rekey refused: {errors[0].name}")
-        sa, nonce, ke = message.find(SaPayload), message.find(NoncePayload), message.find(KePayload)
-        if sa is None or nonce is None or ke is None:
-            raise _error(NotifyType.INVALID_SYNTAX, "SA, Nr and KEr are required")
-        proposal, spec = check_answer(proposals, sa, ProtocolId.IKE)
-        if len(proposal.spi) != 8 or ke.group != rekey.dh.group:
-            raise _error(NotifyType.INVALID_SYNTAX, "bad SPI or KE group in the answer")
-        return proposal.spi, spec, nonce.data, rekey.dh.shared_secret(ke.data)
-
-    def _on_ike_rekey_request(self, message: Message, offer: SaPayload, now: float) -> None:
-        """§1.3.2: the peer rekeys this IKE SA. With a CHILD SA exchange of ours out,
-        TEMPORARY_FAILURE (§2.25.2); with our own IKE SA rekey out, answer and let
-        the nonces decide when our answer comes. An INFORMATIONAL of ours (a MOBIKE
-        update) finishes on this IKE SA; an update is told again on the new one."""
-        outstanding = self._outstanding
-        if (
-            outstanding is not None
-            and outstanding.exchange == ExchangeType.CREATE_CHILD_SA
-            and self._ike_rekey is None
-        ):
-            self._respond(message.header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
-            return
-        config = self._icfg or self._rcfg
-        assert config is not None
-        nonce, ke = message.find(NoncePayload), message.find(KePayload)
-        try:
-            if nonce is None or ke is None:
-                raise _error(NotifyType.INVALID_SYNTAX, "Ni and KEi are required")
-            received, spec = select(config.ike_proposals, offer, ProtocolId.IKE)
-            group = spec.first(TransformType.DH)
-            assert group is not None
-            if ke.group != group.id:
-                raise RemoteProtocolError(
-                    "KE of another group",
-                    NotifyType.INVALID_KE_PAYLOAD,
-                    invalid_ke_notify(DhGroup(group.id)).data,
-                )
-            if len(received.spi) != 8:
-                raise _error(NotifyType.INVALID_SYNTAX, "IKE SPI must be 8 octets")
-            dh = generate_key_exchange(group.id, self._random)
-            shared = dh.shared_secret(ke.data)
-        except RemoteProtocolError as error:
-            self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
-            return
-        spi_r, nonce_r = self._new_ike_spi(), self._random(NONCE_SIZE)
-        self._respond(
-            message.header,
-            [
-                answer(received, spec, spi_r),
-                NoncePayload(nonce_r),
-                KePayload(dh.group, dh.public_bytes),
-            ],
-        )
-        nonces = (nonce.data, nonce_r)
-        successor = self._make_successor(received.spi, spi_r, False, spec, nonces, shared, now)
-        if self._ike_rekey is not None:
-            self._ike_collision = IkeCollision(successor, nonces)
-            return
-        self._hand_over(successor, now)
-
-    def _make_successor(
-        self,
-        spi_i: bytes,
-        spi_r: bytes,
-        we_initiated: bool,
-        spec: ProposalSpec,
-        nonces: tuple[bytes, bytes],
-        shared_secret: bytes,
-        now: float,
-    ) -> IkeSa:
-        """The new IKE SA (§2.18): the rekey initiator is its original initiator,
-        SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), Message IDs from 0."""
-        assert self._suite is not None and self._keys is not None
-        new = IkeSa(
-            initiator=we_initiated,
-            name=self.name,
-            local=self.local,
-            remote=self.remote,
-            random=self._random,
-            retransmit=self._retransmit,
-        )
-        new._icfg, new._rcfg = self._icfg, self._rcfg
-        new.spi_i, new.spi_r = spi_i, spi_r
-        new._nonce_i, new._nonce_r = nonces
-        new._suite = IkeSuite.from_proposal(spec)
-        new._keys = new._suite.derive_rekeyed_keys(
-            self._suite.prf, self._keys.sk_d, nonces[0], nonces[1], spi_i, spi_r, shared_secret
-        )
-        new._ciphers = sk_cipher_pair(new._suite, new._keys, self._random)
-        new.state = IkeSaState.ESTABLISHED
-        new.peer_identity, new.assigned_addresses, new.dns = (
-            self.peer_identity,
-            self.assigned_addresses,
-            self.dns,
-        )
-        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
-        new.peer_fragmentation, new.peer_mobike, new.mobike = (
-            self.peer_fragmentation,
-            self.peer_mobike,
-            self.mobike,
-        )
-        new._peer_hashes = self._peer_hashes
-        new.peer_additional_addresses = self.peer_additional_addresses
-        new._start_ike_lifetime(now)
-        self._successors.append(new)
-        return new
-
-    def _hand_over(self, new: IkeSa, now: float) -> None:
-        """Move the CHILD SAs and the lease to ``new``; this SA waits for its DELETE."""
-        for child in self.children.values():
-            if child.state in (ChildSaState.REKEYING, ChildSaState.CREATING):
-                child.state = ChildSaState.INSTALLED if child.params else ChildSaState.FAILED
-                child.rekey_at = now  # its exchange died with this IKE SA: again, on the new
-        new.children = {k: c for k, c in self.children.items() if c.params is not None}
-        self.children = {}
-        # A MOBIKE update queued or in flight here is told again on the new IKE SA, so
-        # that the peer's new SA has our present addresses (RFC 4555 §3.5).
-        update_pending = self._update_queued or self._update_cookie is not None
-        self._peer_rekeyed.clear()
-        self._child_rekeys_out.clear()
-        self._queued.clear()
-        self._update_queued = False
-        self._reown_lease(new)
-        self._superseded = True
-        self.state = IkeSaState.REKEYED
-        self._half_open_deadline = now + REKEYED_IKE_SA_GRACE
-        self.counters["ike_rekeys"] += 1
-        self._emit(IkeSaRekeyed(self.local_spi, self.name, new.local_spi))
-        if update_pending and new.mobike and new._icfg is not None:
-            new._send_update(now)
-
-    def _reown_lease(self, new: IkeSa) -> None:
-        """The lease belongs to the IKE SA (§2.19): file it under the new SPI."""
-        config = self._rcfg
-        if self._lease_owner is None or config is None or config.allocator is None:
-            return
-        released = config.allocator.release(self._lease_owner)
-        self._lease_owner = None
-        new._lease_owner = new.local_spi
-        for address in released:
-            config.allocator.acquire(new.local_spi, address.version, address)
 
     def take_successors(self) -> list[IkeSa]:
         """New IKE SAs made by rekeying this one, for the endpoint to file."""
@@ -2344,7 +1533,9 @@ _HANDLERS: dict[tuple[str, IkeSaState, ExchangeType], RequestHandler] = {
 for _role in ("i", "r"):
     for _state in (IkeSaState.ESTABLISHED, IkeSaState.REKEYED, IkeSaState.DELETING):
         _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
-        _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = IkeSa._on_create_child_request
+        _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = (
+            rekey_exchanges.on_create_child_request
+        )
 for _state in (IkeSaState.EAP, IkeSaState.AUTH_SENT, IkeSaState.EAP_SENT):
     _HANDLERS[("r" if _state == IkeSaState.EAP else "i", _state, ExchangeType.INFORMATIONAL)] = (
         IkeSa._on_informational_during_setup

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
 
+import pytest
 from core_harness import (
     GATEWAY,
     MOBILE,
@@ -18,6 +19,7 @@ from core_harness import (
 )
 
 from gateway.pool import AddressPool
+from mpa_ike import mobike
 from mpa_ike.constants import ExchangeType, NotifyType
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.endpoint import Endpoint
@@ -33,7 +35,7 @@ from mpa_ike.events import (
 )
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode, IkeSaInfo
-from mpa_ike.wire import Message, NotifyPayload, parse_header, parse_message
+from mpa_ike.wire import Message, NotifyPayload, Payload, parse_header, parse_message
 from mpa_ike.wire.notify import cookie2_notify
 
 PSK = b"a pre-shared key for the gateway"
@@ -257,17 +259,18 @@ def test_address_change_before_the_answer_restarts(pool: AddressPool[object]) ->
     assert not link.of_type(IkeSaFailed)
 
 
-def test_cookie2_mismatch_closes_the_ike_sa(pool: AddressPool[object]) -> None:
+def test_cookie2_mismatch_closes_the_ike_sa(
+    pool: AddressPool[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§3.7: an answer that does not echo our COOKIE2 closes the IKE SA."""
     link = up(pool)
-    mobile, gateway = sas(link)
-    original = gateway._cookie2_echo
+    mobile, _ = sas(link)
 
-    def wrong_cookie(message: object) -> list[object]:
+    def wrong_cookie(message: Message) -> list[Payload]:
         return [cookie2_notify(b"\x00" * 16)]
 
-    gateway._cookie2_echo = wrong_cookie  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(mobike, "cookie2_echo", wrong_cookie)
     move(link, LEASE)
-    gateway._cookie2_echo = original  # type: ignore[method-assign]
     (failed,) = link.of_type(IkeSaFailed)
     assert isinstance(failed, IkeSaFailed) and "COOKIE2" in failed.reason
     assert mobile.closed
