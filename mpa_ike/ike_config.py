@@ -48,6 +48,10 @@ class Lifetimes:
     ike_rekey_time: float | None = DEFAULT_IKE_REKEY_TIME
     child_rekey_time: float | None = DEFAULT_CHILD_REKEY_TIME
     jitter: float = 0.1  # fraction of the rekey time
+    # strongSwan's dpd_delay: after this long without an authenticated message from
+    # the peer, check its liveness with an empty INFORMATIONAL (RFC 7296 §1.4, §2.4);
+    # no answer after the retransmissions: the IKE SA has failed. None: never.
+    liveness_interval: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.jitter < 1.0:

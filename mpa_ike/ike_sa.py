@@ -271,6 +271,7 @@ class IkeSa:
         self._update_queued = False
         self._update_again = False
         self.peer_additional_addresses: tuple[IPAddress, ...] = ()
+        self._last_heard = 0.0  # when the peer's last authenticated message came
 
     # ------------------------------------------------------------------
     # Construction
@@ -349,11 +350,19 @@ class IkeSa:
             deadlines.append(self._outstanding.retransmitter.deadline)
         if self.state == IkeSaState.ESTABLISHED:
             deadlines.append(self._ike_rekey_at)
+            deadlines.append(self._liveness_deadline())
             deadlines += [
                 c.rekey_at for c in self.children.values() if c.state == ChildSaState.INSTALLED
             ]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
+
+    def _liveness_deadline(self) -> float | None:
+        """When to check the quiet peer's liveness (Lifetimes.liveness_interval)."""
+        interval = rekey_exchanges.lifetimes_of(self).liveness_interval
+        if interval is None or self._outstanding is not None or self._queued:
+            return None
+        return self._last_heard + interval
 
     def snapshot(self) -> dict[str, object]:
         """Status for ``mpa-gateway status`` / ``mpa-mobile status``."""
@@ -388,6 +397,10 @@ class IkeSa:
             self._close_failed("half-open IKE SA timed out", None, now)
             return
         rekey_exchanges.lifetime_timers(self, now)
+        liveness = self._liveness_deadline()
+        if liveness is not None and now >= liveness and self.state == IkeSaState.ESTABLISHED:
+            self.counters["liveness_checks"] += 1
+            self.check_liveness(now)
         outstanding = self._outstanding
         if outstanding is None:
             return
@@ -526,6 +539,7 @@ class IkeSa:
         if message_or_none is None:
             return
         self._response_path = (src, dst)
+        self._last_heard = now
         outstanding.on_response(message_or_none, now)
 
     def _open(self, data: bytes, reassembler: Reassembler) -> Message | None:
@@ -554,6 +568,7 @@ class IkeSa:
             return
         if message is None:
             return
+        self._last_heard = now
         self._dispatch_request(message, src, dst, now)
 
     @staticmethod

@@ -126,6 +126,7 @@ def jittered_time(sa: IkeSa, rekey_time: float) -> float:
 
 
 def start_ike_lifetime(sa: IkeSa, now: float) -> None:
+    sa._last_heard = now
     rekey_time = lifetimes_of(sa).ike_rekey_time
     sa._ike_rekey_at = None if rekey_time is None else now + jittered_time(sa, rekey_time)
 

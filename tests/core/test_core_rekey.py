@@ -443,3 +443,17 @@ def test_child_rekey_retries_with_the_group_the_peer_wants(pool: AddressPool[obj
     ]
     assert len(creates) == 4  # INVALID_KE_PAYLOAD round, then the rekey
     assert not link.of_type(ChildSaFailed, "gateway")
+
+
+def test_periodic_liveness_check(pool: AddressPool[object]) -> None:
+    """Lifetimes.liveness_interval (strongSwan's dpd_delay): a quiet peer is asked
+    every interval; one that stops answering fails the IKE SA (§2.4)."""
+    lifetimes = Lifetimes(ike_rekey_time=None, child_rekey_time=None, liveness_interval=60.0)
+    link = up(pool, mobile={"lifetimes": lifetimes})
+    assert link.mobile.get_timer() == 60.0 and link.now == 0.0
+    link.run(until=130.0)
+    assert len(link.of_type(LivenessConfirmed)) == 2  # at 60 and 120
+    link.tamper = lambda datagram, way, n: [] if way == "g->m" else [datagram]
+    link.run(until=1000.0)
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and "not responding" in failed.reason
