@@ -467,9 +467,10 @@ def answer_child_ke(
 # IKE SA rekey (RFC 7296 §1.3.2, §2.18, §2.25.2)
 
 
-def rekey_ike_sa(sa: IkeSa, now: float) -> None:
+def rekey_ike_sa(sa: IkeSa, now: float, group: int | None = None) -> None:
     """Command: rekey this IKE SA. A new IKE SA with new SPIs and keys from SK_d
-    takes the CHILD SAs and the lease; then we DELETE this one."""
+    takes the CHILD SAs and the lease; then we DELETE this one. ``group``: the KE
+    group the peer asked for by INVALID_KE_PAYLOAD (default: the current one)."""
     if sa.state != IkeSaState.ESTABLISHED or sa._ike_rekey is not None:
         return
     if sa._outstanding is not None or sa._queued:
@@ -479,15 +480,16 @@ def rekey_ike_sa(sa: IkeSa, now: float) -> None:
     assert sa._suite is not None
     config = sa._icfg or sa._rcfg
     assert config is not None
-    # Our current group first, so that the peer needs no INVALID_KE round.
+    wanted = group or suite_group(sa)
+    # That group's proposals first, so that the peer needs no INVALID_KE round.
     proposals = sorted(
         config.ike_proposals,
-        key=lambda p: not any(t.id == suite_group(sa) for t in p.of_type(TransformType.DH)),
+        key=lambda p: not any(t.id == wanted for t in p.of_type(TransformType.DH)),
     )
     rekey = IkeRekey(
         sa._new_ike_spi(),
         sa._random(NONCE_SIZE),
-        generate_key_exchange(sa._suite.dh_group, sa._random),
+        generate_key_exchange(wanted, sa._random),
     )
     sa._ike_rekey = rekey
     payloads: list[Payload] = [
@@ -500,6 +502,18 @@ def rekey_ike_sa(sa: IkeSa, now: float) -> None:
         on_ike_rekey_response(sa, message, later, proposals)
 
     sa._request(ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+
+def ike_ke_retry(
+    message: Message, rekey: IkeRekey, proposals: Sequence[ProposalSpec]
+) -> int | None:
+    """§1.3: the group an INVALID_KE_PAYLOAD answer asks for, if we offered it."""
+    notify = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+    if notify is None:
+        return None
+    group = int(read_invalid_ke_group(notify))
+    offered = {t.id for p in proposals for t in p.of_type(TransformType.DH)}
+    return group if group in offered and group != rekey.dh.group else None
 
 
 def suite_group(sa: IkeSa) -> int:
@@ -516,10 +530,19 @@ def on_ike_rekey_response(
         spi_r, spec, nonce_r, shared = check_ike_rekey_answer(sa, message, rekey, proposals)
     except RemoteProtocolError as error:
         sa.counters["ike_rekeys_failed"] += 1
-        if error.notify == NotifyType.TEMPORARY_FAILURE:
-            sa._ike_rekey_at = now + REKEY_RETRY_DELAY
-        sa._ike_collision = None
+        collision, sa._ike_collision = sa._ike_collision, None
+        if collision is not None:
+            # The peer's rekey, answered meanwhile, stands alone (§2.25.2).
+            sa._outstanding = None
+            sa._my_next_id += 1
+            hand_over(sa, collision.successor, now)
+            return
         sa._finish_exchange(now)
+        retry_group = ike_ke_retry(message, rekey, proposals)
+        if retry_group is not None:
+            rekey_ike_sa(sa, now, retry_group)
+        elif error.notify == NotifyType.TEMPORARY_FAILURE:
+            sa._ike_rekey_at = now + REKEY_RETRY_DELAY
         return
     sa._outstanding = None
     sa._my_next_id += 1

@@ -4,9 +4,10 @@ our MOBIKE update is out (strongSwan does that), additional CHILD SAs, lifetimes
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+from core_harness import GATEWAY, MOBILE, Link, ike, initiator_config, responder_config, seeded
 
 from gateway.pool import AddressPool
 from mpa_ike.child_sa import ChildSa, ChildSaState
@@ -457,3 +458,22 @@ def test_periodic_liveness_check(pool: AddressPool[object]) -> None:
     link.run(until=1000.0)
     (failed,) = link.of_type(IkeSaFailed)
     assert isinstance(failed, IkeSaFailed) and "not responding" in failed.reason
+
+
+def test_ike_rekey_retries_with_the_group_the_peer_wants(pool: AddressPool[object]) -> None:
+    """§1.3: the gateway's policy changed to another group; INVALID_KE_PAYLOAD names it
+    and the IKE SA rekey is sent again with a KE of that group."""
+    link = up(pool, mobile={"ike_text": "aes128gcm16-prfsha256-x25519-modp2048"})
+    mobile, gateway = sas(link)
+    assert mobile._suite is not None and mobile._suite.dh_group == 31  # x25519
+    assert gateway._rcfg is not None
+    gateway._rcfg = dataclasses.replace(
+        gateway._rcfg, ike_proposals=ike("aes128gcm16-prfsha256-modp2048")
+    )
+    link.mobile.rekey_ike_sa(mobile.local_spi, link.now)
+    link.run(until=link.now + 10)
+    assert len(link.of_type(IkeSaRekeyed)) == 1
+    new_mobile, new_gateway = sas(link)
+    assert new_mobile._suite is not None and new_mobile._suite.dh_group == 14  # modp2048
+    assert mobile.counters["ike_rekeys_failed"] == 1
+    assert_pair(new_mobile, new_gateway)
