@@ -53,6 +53,8 @@ ESP_HEADER_SIZE = 8
 
 _PAD = bytes(range(1, 256))
 """RFC 4303 §2.4: default padding is the monotonic series 1, 2, 3, ..."""
+_TRAILERS = {(n, nh): _PAD[:n] + bytes((n, nh)) for n in range(16) for nh in (4, 41)}
+"""Padding, pad length and next header, prebuilt for tunnel-mode packets."""
 _ZERO_BLOCK = bytes(16)
 _CBC_NONCE_PREFIX = b"mpa-esp\x00"
 
@@ -91,7 +93,8 @@ class EspTransform:
     """Payload | padding | pad length | next header is a multiple of this."""
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
-        """IV | ciphertext | ICV for ``plaintext`` (already padded)."""
+        """The whole packet, ``header`` (SPI | seq) | IV | ciphertext | ICV, for
+        ``plaintext`` (already padded)."""
         raise NotImplementedError
 
     def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
@@ -114,7 +117,7 @@ class _Aead(EspTransform):
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
         aad = header[:4] + seq_hi + header[4:] if seq_hi else header
-        return iv + self._encrypt(self._salt + iv, plaintext, aad)
+        return header + iv + self._encrypt(self._salt + iv, plaintext, aad)
 
     def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
         aad = packet[:4] + seq_hi + packet[4:8] if seq_hi else packet[:8]
@@ -154,7 +157,7 @@ class _CbcHmac(EspTransform):
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         body = self._chain.update(_CBC_NONCE_PREFIX + seq.to_bytes(8, "big") + plaintext)
         signed = header + body
-        return body + self._icv(signed + seq_hi if seq_hi else signed)
+        return signed + self._icv(signed + seq_hi if seq_hi else signed)
 
     def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
         n = self.icv_size
@@ -239,10 +242,13 @@ class OutboundSa:
         self.seq = seq = self.seq + 1
         t = self.transform
         pad_len = -(len(payload) + 2) % t.align
-        plaintext = payload + _PAD[:pad_len] + bytes((pad_len, next_header))
+        trailer = _TRAILERS.get((pad_len, next_header))
+        if trailer is None:
+            trailer = _PAD[:pad_len] + bytes((pad_len, next_header))
+        plaintext = payload + trailer
         header = self.spi + (seq & 0xFFFFFFFF).to_bytes(4, "big")
         seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else b""
-        packet = header + t.seal(header, seq, seq_hi, plaintext)
+        packet = t.seal(header, seq, seq_hi, plaintext)
         stats = self.stats
         stats.packets += 1
         stats.bytes += len(payload)

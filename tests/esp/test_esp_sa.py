@@ -252,7 +252,7 @@ def test_bad_pad_length() -> None:
     out = OutboundSa(SPI, t)
     # A plaintext whose pad length points before its start.
     header = SPI + (1).to_bytes(4, "big")
-    packet = header + t.seal(header, 1, b"", b"\x05\xfe\x04\x04")
+    packet = t.seal(header, 1, b"", b"\x05\xfe\x04\x04")
     assert InboundSa(SPI, transform("aes128gcm16")).decrypt(packet) is DropReason.BAD_PADDING
     assert out.seq == 0
 
