@@ -151,6 +151,8 @@ def test_ike_rekey_by_the_mobile_node(pool: AddressPool[object]) -> None:
     assert mobile.spi_i not in (old_mobile.spi_i, old_mobile.spi_r)
     assert mobile.is_initiator and not gateway.is_initiator
     assert mobile._keys is not None and mobile._keys.sk_d != old_sk_d
+    assert old_mobile._keys is not None and mobile._keys.sk_ei != old_mobile._keys.sk_ei
+    assert gateway._keys == mobile._keys  # SKEYSEED from the old SK_d, both sides (§2.18)
     assert only_child(mobile) is child  # the CHILD SA moved, untouched
     assert_pair(mobile, gateway)
     # The lease moved with it; nothing was released; no IKE SA deleted for the glue.
