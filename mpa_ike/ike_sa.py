@@ -189,6 +189,7 @@ class _AuthRequest:
     tsi: TsiPayload | None
     tsr: TsrPayload | None
     mobike: bool
+    message: Message  # for its ADDITIONAL_*_ADDRESS list (RFC 4555 §3.4)
 
 
 class IkeSa:
@@ -1026,11 +1027,10 @@ class IkeSa:
         self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         self.mobike = self._initiator_config.mobike and self.peer_mobike
         self.state = IkeSaState.ESTABLISHED
-        mobike_exchanges.read_address_list(
-            self, message
-        )  # RFC 4555 §3.4: the gateway's other addresses
         rekey_exchanges.start_ike_lifetime(self, now)
         self._emit_established()
+        # RFC 4555 §3.4: the gateway's other addresses, if it lists them.
+        mobike_exchanges.read_address_list(self, message)
         self._initiator_child_result(message, now)
 
     def _peer_name(self) -> str:
@@ -1223,6 +1223,7 @@ class IkeSa:
             message.find(TsiPayload),
             message.find(TsrPayload),
             message.notify(NotifyType.MOBIKE_SUPPORTED) is not None,
+            message,
         )
         config = self._responder_config
         self._eap_server = EapServer(
@@ -1305,6 +1306,7 @@ class IkeSa:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
         self._respond(message.header, payloads)
         self._emit_established()
+        mobike_exchanges.read_address_list(self, self._auth_request.message)  # §3.4
         child_result()
 
     # ------------------------------------------------------------------

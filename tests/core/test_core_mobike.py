@@ -36,7 +36,7 @@ from mpa_ike.events import (
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode, IkeSaInfo
 from mpa_ike.wire import Message, NotifyPayload, Payload, parse_header, parse_message
-from mpa_ike.wire.notify import cookie2_notify
+from mpa_ike.wire.notify import additional_address_notify, cookie2_notify
 
 PSK = b"a pre-shared key for the gateway"
 LEASE: Address = ("10.10.0.1", 4500)  # the first address of the test pool
@@ -450,3 +450,30 @@ def test_refusal_of_an_address_already_left_is_not_final(pool: AddressPool[objec
     assert lost and gateway.remote == LEASE
     assert not link.of_type(AddressUpdateRefused, "mobile")
     assert gateway.counters["updates_refused"] == 1 and gateway.counters["updates_accepted"] == 1
+
+
+def test_address_list_in_ike_auth(
+    pool: AddressPool[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§3.4: a list sent in IKE_AUTH (charon does, with several addresses) is kept."""
+    from mpa_ike import ike_sa as ike_sa_module
+
+    original = ike_sa_module.IkeSa._send_first_auth
+    extra = IPv6Address("2001:db8::10")
+
+    def with_address_list(sa: IkeSa, now: float) -> None:
+        request = sa._request
+
+        def add_list(exchange: ExchangeType, payloads: Any, *rest: Any) -> None:
+            request(exchange, [*payloads, additional_address_notify(extra)], *rest)
+
+        sa._request = add_list  # type: ignore[method-assign,assignment]
+        original(sa, now)
+        del sa._request
+
+    monkeypatch.setattr(ike_sa_module.IkeSa, "_send_first_auth", with_address_list)
+    link = up(pool)
+    _, gateway = sas(link)
+    assert gateway.peer_additional_addresses == (extra,)
+    names = [type(e).__name__ for e in link.gateway_events]
+    assert names.index("PeerAddressesAnnounced") > names.index("IkeSaEstablished")
