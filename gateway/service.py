@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import GatewayConfig
 from gateway.control import ControlError, Handler
-from gateway.ike_transport import IKE_PORTS, IkeTransport, TransportError
+from gateway.ike_transport import IKE_PORTS, EspHandler, IkeTransport, TransportError
 from gateway.pool import AddressPool, Family
 from gateway.registry import ChildSaEntry, IkeSaEntry, Registry
 from gateway.validation import ConfigError
@@ -243,8 +243,18 @@ async def delete_all_and_wait(transport: IkeTransport, grace: float = DELETE_GRA
 
 
 class GatewayService:
-    def __init__(self, config: GatewayConfig, *, datapath: Datapath | None = None) -> None:
+    """``datapath`` gets the CHILD SAs (recorded only, until a real one is wired);
+    ``esp_handler`` the ESP in UDP arriving on port 4500 (``transport.send_raw`` sends)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        datapath: Datapath | None = None,
+        esp_handler: EspHandler | None = None,
+    ) -> None:
         self.config = config
+        self.esp_handler = esp_handler
         self.registry = Registry()
         self.pool: AddressPool[Hashable] = AddressPool(config.pool, config.reserved_addresses())
         self.datapath: Datapath = datapath if datapath is not None else RecordingDatapath()
@@ -292,7 +302,7 @@ class GatewayService:
             responder=responder,
             half_open_threshold=self.config.half_open_threshold,
         )
-        transport = IkeTransport(self.endpoint, self._on_event)
+        transport = IkeTransport(self.endpoint, self._on_event, esp_handler=self.esp_handler)
         try:
             for listen in self.config.listen:
                 ports = IKE_PORTS if listen.port is None else (listen.port,)

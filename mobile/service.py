@@ -20,6 +20,7 @@ from typing import Any
 from gateway.control import DEFAULT_TIMEOUT, CommandError, Handler
 from gateway.ike_transport import (
     IKE_PORTS,
+    EspHandler,
     IkeTransport,
     TransportError,
     source_address_for,
@@ -73,8 +74,18 @@ class _Attempt:
 
 
 class MobileService:
-    def __init__(self, config: MobileConfig, *, datapath: Datapath | None = None) -> None:
+    """``datapath`` gets the CHILD SAs (recorded only, until a real one is wired);
+    ``esp_handler`` the ESP in UDP arriving on port 4500 (``transport.send_raw`` sends)."""
+
+    def __init__(
+        self,
+        config: MobileConfig,
+        *,
+        datapath: Datapath | None = None,
+        esp_handler: EspHandler | None = None,
+    ) -> None:
         self.config = config
+        self.esp_handler = esp_handler
         self.registry = Registry()
         self.datapath: Datapath = datapath if datapath is not None else RecordingDatapath()
         self.endpoint = Endpoint(random=os.urandom)
@@ -93,7 +104,7 @@ class MobileService:
         return handlers
 
     async def start(self) -> None:
-        self.transport = IkeTransport(self.endpoint, self._on_event)
+        self.transport = IkeTransport(self.endpoint, self._on_event, esp_handler=self.esp_handler)
 
     async def stop(self) -> None:
         transport, self.transport = self.transport, None
