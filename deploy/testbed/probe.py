@@ -278,6 +278,7 @@ def run_sender(
     duration: float | None = None,
     size: int = 64,
     linger: float = 0.5,
+    started: Any = None,
 ) -> FlowLog:
     """Send paced probes (``interval`` 0 floods) and collect echoes until done or signalled.
 
@@ -290,6 +291,8 @@ def run_sender(
     addr = (addr[0], port, *addr[2:])
     sock.setblocking(False)
     log = FlowLog(interval)
+    if started is not None:
+        started()
     start = time.monotonic()
     end = start + duration if duration is not None else None
     seq = 0
@@ -456,6 +459,7 @@ class ProbeFlow:
         return env
 
     def start(self, timeout: float = 10.0) -> ProbeFlow:
+        """Start the reflector, then the sender; return once the first probe is due."""
         refl = [*self._module(), "reflect", "--port", str(self.port)]
         refl += ["--out", str(self.workdir / "reflector.json")]
         if not self.echo:
@@ -476,7 +480,14 @@ class ProbeFlow:
         if self.duration is not None:
             send += ["--duration", repr(self.duration)]
         send += ["--out", str(self.workdir / "sender.json")]
-        self.sender = subprocess.Popen([*self.sender_prefix, *send], env=self._env())
+        self.sender = subprocess.Popen(
+            [*self.sender_prefix, *send], stdout=subprocess.PIPE, env=self._env()
+        )
+        assert self.sender.stdout is not None
+        ready, _, _ = select.select([self.sender.stdout], [], [], timeout)
+        if not ready or not self.sender.stdout.readline().startswith(b"sending"):
+            self._kill()
+            raise RuntimeError("probe sender did not start")
         return self
 
     def wait(self, timeout: float | None = None) -> FlowLog:
@@ -494,6 +505,8 @@ class ProbeFlow:
 
     def _collect(self) -> FlowLog:
         assert self.reflector is not None
+        if self.sender is not None and self.sender.stdout is not None:
+            self.sender.stdout.close()
         if self.reflector.poll() is None:
             self.reflector.send_signal(signal.SIGINT)
             self.reflector.wait(10)
@@ -629,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration=args.duration,
             size=args.size,
             linger=args.linger,
+            started=None if args.out == "-" else lambda: print("sending", flush=True),
         )
         echoes = [(a.seq, a.sent, a.received) for a in log.reverse]
         data = {"interval": log.interval, "sent": log.sent, "echoes": echoes}

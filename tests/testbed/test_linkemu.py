@@ -239,15 +239,18 @@ def test_an_outage_is_measured_as_a_gap(link: Pair) -> None:
         count=600,
         linger=0.1,
     ).start()
-    time.sleep(0.25)
+    time.sleep(0.1)
+    t_down = time.monotonic()
     link.control.set_down("l", carrier="none")
     time.sleep(0.1)
     link.control.set_up("l")
+    t_up = time.monotonic()  # the sleep may oversleep on a loaded machine: use the clock
     report = analyse(flow.wait(30))
-    assert 0.09 < report.forward.longest < 0.125, report.summary()
-    assert 85 <= report.forward.lost <= 120
+    outage = t_up - t_down
+    assert outage - 0.005 < report.forward.longest < outage + 0.025, (outage, report.summary())
+    assert outage * 1000 - 15 <= report.forward.lost <= outage * 1000 + 20
     longest = report.forward.longest_gap
     assert longest is not None and longest.lost == report.forward.lost
     # Other gaps are the sender's scheduling on a busy machine, far shorter.
     others = sorted(g.duration for g in report.forward.gaps if g != longest)
-    assert not others or others[-1] < 0.03, report.summary()
+    assert not others or others[-1] < 0.05, report.summary()
