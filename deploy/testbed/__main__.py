@@ -1,4 +1,4 @@
-"""``python3 -m deploy.testbed up|down|status|link|exec``: the testbed from a shell (root).
+"""``python3 -m deploy.testbed up|down|status|link|probe|exec``: the testbed from a shell (root).
 
 python3 -m deploy.testbed up --emu a:delay=10ms --emu ngw-core:delay=25ms,loss=1%
 python3 -m deploy.testbed link tb1a2b3c a down      # the layer-2 handover, by hand
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from deploy.testbed.linkemu import Control
+from deploy.testbed.probe import analyse
 from deploy.testbed.topology import (
     LINK_NAMES,
     NODES,
@@ -88,6 +89,17 @@ def _link(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    state = json.loads((state_dir() / f"{args.prefix}.json").read_text())
+    bed = Testbed(TestbedSpec(family=state["family"], prefix=args.prefix))
+    flow = bed.probe(
+        args.src, args.dst, args.target, interval=args.interval, duration=args.duration
+    )
+    report = analyse(flow.start().wait(args.duration + 30))
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m deploy.testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     link.add_argument("prefix")
     link.add_argument("name", choices=LINK_NAMES)
     link.add_argument("action", choices=["down", "up", "stats"])
+    probe = sub.add_parser("probe", help="a probe flow; prints gaps and losses both ways")
+    probe.add_argument("prefix")
+    probe.add_argument("src", choices=NODES)
+    probe.add_argument("dst", choices=NODES)
+    probe.add_argument("target", help="the address of dst to probe")
+    probe.add_argument("--duration", type=float, default=5.0)
+    probe.add_argument("--interval", type=float, default=0.001)
     ex = sub.add_parser("exec", help="run a command in a node")
     ex.add_argument("prefix")
     ex.add_argument("node", choices=NODES)
@@ -128,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "link":
         return _link(args)
+    if args.command == "probe":
+        return _probe(args)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     os.execvp("ip", ["ip", "netns", "exec", f"{args.prefix}-{args.node}", *cmd])
 
