@@ -165,3 +165,18 @@ def test_parallel_testbeds_do_not_collide(netns_env: None) -> None:
         assert t_down <= time.monotonic()
         assert _wait_flags(one, "mn-b", "LOWER_UP")
     assert _gone(one.prefix) and _gone(two.prefix)
+
+
+def test_delays_add_up_along_the_path(netns_env: None) -> None:
+    # Every link emulated: 2 ms uplink on A and 3 ms on the core link to the CN.
+    spec = TestbedSpec().emulate()
+    spec.emulate("a", direction="a2b", delay="2ms").emulate("cn-core", direction="a2b", delay="3ms")
+    with Testbed(spec) as bed:
+        report = analyse(
+            bed.probe("mn", "cn", bed.addr("cn"), count=300, linger=0.2).start().wait(30)
+        )
+        assert report.forward.lost == 0 and report.reverse.lost == 0
+        assert report.forward.delay_median is not None
+        assert report.reverse.delay_median is not None
+        assert abs(report.forward.delay_median - 0.005) < 0.0015, report.summary()
+        assert report.reverse.delay_median < 0.0015, report.summary()
