@@ -459,8 +459,9 @@ class PacketKeys:
 def packet_keys(packet: bytes) -> PacketKeys | None:
     """Addresses, protocol and ports of an IP packet, or None if it is not one.
 
-    Ports are read only when the transport header follows the IP header
-    directly (no IPv6 extension headers) and in first fragments.
+    The protocol is the upper layer one, after any IPv6 extension headers
+    (RFC 4301 §4.4.1.1: "next layer protocol"); ports are read in unfragmented
+    packets and first fragments only.
     """
     if len(packet) < 20:
         return None
@@ -472,9 +473,8 @@ def packet_keys(packet: bytes) -> PacketKeys | None:
         first_fragment = not int.from_bytes(packet[6:8], "big") & 0x1FFF
         l4 = ihl if first_fragment and ihl >= 20 else -1
     elif version == 6 and len(packet) >= 40:
-        protocol = packet[6]
         src, dst = int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
-        l4 = 40
+        protocol, l4 = _ipv6_upper_layer(packet)
     else:
         return None
     if protocol in _PORT_PROTOCOLS and l4 >= 0 and len(packet) >= l4 + 4:
@@ -482,6 +482,32 @@ def packet_keys(packet: bytes) -> PacketKeys | None:
         dport = int.from_bytes(packet[l4 + 2 : l4 + 4], "big")
         return PacketKeys(version, src, dst, protocol, sport, dport)
     return PacketKeys(version, src, dst, protocol, None, None)
+
+
+_IPV6_EXTENSIONS = frozenset((0, 43, 60))
+"""Hop-by-hop options, routing, destination options: skipped to the upper layer."""
+_IPV6_FRAGMENT = 44
+
+
+def _ipv6_upper_layer(packet: bytes) -> tuple[int, int]:
+    """The upper-layer protocol of an IPv6 packet and its offset (-1: no ports)."""
+    next_header, offset = packet[6], 40
+    for _ in range(8):
+        if next_header in _IPV6_EXTENSIONS:
+            if len(packet) < offset + 2:
+                return next_header, -1
+            next_header, offset = packet[offset], offset + (packet[offset + 1] + 1) * 8
+        elif next_header == _IPV6_FRAGMENT:
+            if len(packet) < offset + 8:
+                return next_header, -1
+            fragment_offset = int.from_bytes(packet[offset + 2 : offset + 4], "big") >> 3
+            next_header = packet[offset]
+            offset = offset + 8 if fragment_offset == 0 else -1
+            if offset < 0:
+                return next_header, -1
+        else:
+            return next_header, offset
+    return next_header, -1
 
 
 def _covered(

@@ -109,3 +109,21 @@ def test_selector_matches_like_ipaddress(a: int, b: int, addr: int, proto: int, 
     expected = start <= addr <= end and proto == 17 and 1000 <= port <= 2000
     assert sel.matches(addr, proto, port) == expected
     assert not sel.matches(addr, proto, None)
+
+
+def test_ipv6_extension_headers_and_fragments() -> None:
+    base = packet("fd00:1::5", "fd00:9::1", proto=17, sport=7, dport=53)
+    header, l4 = base[:40], base[40:]
+    # Hop-by-hop options (8 bytes), then a first fragment, then UDP.
+    hop = bytes([44, 0]) + bytes(6)
+    first = bytes([17, 0]) + (0).to_bytes(2, "big") + bytes(4)
+    chained = header[:6] + bytes([0]) + header[7:] + hop + first + l4
+    keys = packet_keys(chained)
+    assert keys is not None and (keys.protocol, keys.src_port, keys.dst_port) == (17, 7, 53)
+    # A later fragment: the protocol is known, the ports are not.
+    later = bytes([17, 0]) + (185 << 3).to_bytes(2, "big") + bytes(4)
+    keys = packet_keys(header[:6] + bytes([44]) + header[7:] + later + l4)
+    assert keys is not None and (keys.protocol, keys.dst_port) == (17, None)
+    # Truncated extension headers never raise.
+    for cut in range(40, len(chained)):
+        packet_keys(chained[:cut])
