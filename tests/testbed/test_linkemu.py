@@ -193,7 +193,7 @@ def test_down_and_up_are_carrier_events(link: Pair) -> None:
     finally:
         monitor.send_signal(signal.SIGTERM)
         events, _ = monitor.communicate(timeout=5)
-    lines = [line for line in events.splitlines() if "e0" in line]
+    lines = [line for line in events.splitlines() if ": e0:" in line]
     assert any("NO-CARRIER" in line for line in lines), events
     assert "LOWER_UP" in lines[-1], events
     # Neighbour entries that failed while the link was down would wait out the kernel's
