@@ -450,31 +450,35 @@ class Testbed:
             lines.append(f"route add {dest} via {via}")
         _run(["ip", "-n", self.ns(node), "-batch", "-"], input="\n".join(lines) + "\n")
 
+    _UPSTREAM = {
+        "mn": ("a", "b"),
+        "ara": ("ara-core", "b"),
+        "ngw": ("ngw-core", "b"),
+        "gwc": ("gwc-core", "b"),
+        "cn": ("cn-core", "a"),
+    }
+
+    def _gateway(self, link: str, end: str, family: int) -> str:
+        plan = self._links[link].plan
+        host = plan.a_host if end == "a" else plan.b_host
+        subnet = plan.v4 if family == 4 else plan.v6
+        assert host is not None and subnet is not None
+        return _host(subnet, host).split("/")[0]
+
     def _routes(self, node: str) -> list[tuple[str, str]]:
+        """(destination, next hop): hosts and access routers default towards ``core``
+        (the MN through ``ara``); ``core`` routes each access network, pool included, to
+        its router."""
+        if node in self._UPSTREAM:
+            link, end = self._UPSTREAM[node]
+            return [("default", self._gateway(link, end, f)) for f in self.spec.families(link)]
         routes: list[tuple[str, str]] = []
-
-        def via(link: str, end: str, dest_for: dict[int, str]) -> None:
-            plan = self._links[link].plan
-            host = plan.a_host if end == "a" else plan.b_host
-            subnets = {4: plan.v4, 6: plan.v6}
-            for family in self.spec.families(link):
-                subnet = subnets[family]
-                if subnet and host is not None and family in dest_for:
-                    routes.append((dest_for[family], _host(subnet, host).split("/")[0]))
-
-        default = {4: "default", 6: "default"}
-        if node == "mn":
-            via("a", "b", default)
-        elif node in ("ara", "ngw", "gwc"):
-            via(f"{node}-core", "b", default)
-        elif node == "cn":
-            via("cn-core", "a", default)
-        elif node == "core":
-            for access, router in (("a", "ara"), ("b", "ngw"), ("c", "gwc")):
-                plan = self._links[access].plan
-                dests = {f: s for f, s in ((4, plan.v4), (6, plan.v6)) if s}
-                dests = {f: s for f, s in dests.items() if f in self.spec.families(access)}
-                via(f"{router}-core", "a", dests)
+        for access, router in (("a", "ara"), ("b", "ngw"), ("c", "gwc")):
+            plan = self._links[access].plan
+            for family in self.spec.families(access):
+                subnet = plan.v4 if family == 4 else plan.v6
+                if subnet:
+                    routes.append((subnet, self._gateway(f"{router}-core", "a", family)))
         return routes
 
     def _save_state(self) -> None:
