@@ -1,9 +1,10 @@
 #!/bin/sh
-# The main job, for now: build the deterministic sample IKE_SA_INIT + IKE_AUTH
-# exchange with mpa_ike (SA/KE/Nonce/NAT-D, SK protection with derived keys),
-# encode it, decode and decrypt it again, and print each message's payload chain
-# and size. Later this becomes the MPA handover demo.
+# The main job: in network namespaces, mpa-mobile pre-authenticates through network A
+# with mpa-gateway, the access router of network B (IKE_SA_INIT, IKE_AUTH with EAP, CP
+# gives the nCoA, a tunnel-mode CHILD SA), and a probe flow from a correspondent reaches
+# the nCoA through that tunnel. Needs root. `python3 -m mpa_ike.samples` prints a sample
+# exchange without namespaces.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-exec "$PYTHON" -m mpa_ike.samples "$@"
+exec "$PYTHON" -m deploy.demo "$@"
