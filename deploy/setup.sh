@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
-    iproute2 tcpdump tshark
+    iproute2 tcpdump tshark iperf3
     strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
     libcharon-extra-plugins libstrongswan-extra-plugins
 )
