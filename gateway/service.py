@@ -10,6 +10,7 @@ with DELETE and waits briefly for the answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import logging
@@ -33,10 +34,11 @@ from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import NotifyType, ProtocolId
 from mpa_ike.crypto.auth import SigningKey
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
-from mpa_ike.datapath import Datapath, RecordingDatapath
+from mpa_ike.datapath import ChildSaParams, Datapath, RecordingDatapath
 from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import ConfigError as CoreConfigError
+from mpa_ike.errors import LocalProtocolError
 from mpa_ike.events import (
     ChildSaAddressesUpdated,
     ChildSaDeleted,
@@ -52,6 +54,9 @@ from mpa_ike.events import (
     LeaseReleased,
 )
 from mpa_ike.ike_config import ResponderConfig
+from mpa_ike.io.raw_esp import RawEspSockets
+from mpa_ike.io.userspace import UserspaceDatapath
+from mpa_ike.io.xfrm import XfrmDatapath, XfrmUsageError, select_datapath
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 
 log = logging.getLogger(__name__)
@@ -163,6 +168,7 @@ def refresh_registry(registry: Registry, endpoint: Endpoint) -> None:
 
 
 def apply_to_datapath(datapath: Datapath, event: Event) -> None:
+    """The datapath calls of one core event (without the bookkeeping of :class:`DatapathGlue`)."""
     if isinstance(event, ChildSaEstablished):
         datapath.install_child_sa(event.params)
     elif isinstance(event, ChildSaDeleted):
@@ -171,6 +177,233 @@ def apply_to_datapath(datapath: Datapath, event: Event) -> None:
         datapath.update_addresses(
             event.spi_in, event.spi_out, event.local, event.remote, event.encap
         )
+
+
+FORWARDING = {
+    4: Path("/proc/sys/net/ipv4/ip_forward"),
+    6: Path("/proc/sys/net/ipv6/conf/all/forwarding"),
+}
+# What a datapath raises when the kernel or its own checks refuse an SA.
+DATAPATH_ERRORS = (LocalProtocolError, XfrmUsageError, OSError, KeyError)
+
+
+class DatapathGlue:
+    """A daemon's datapath and the core events that drive it.
+
+    :meth:`open` builds what ``datapath:`` names. The userspace one (strongSwan's
+    kernel-libipsec) reads a TUN device, sends ESP in UDP from the IKE sockets of the
+    transport, which hands it the ESP arriving on 4500, and plain ESP over raw sockets
+    where allowed. The glue files CHILD SAs and inner addresses under their IKE SA, so
+    that an IKE SA that ends takes them along whatever events came before, and a
+    shutdown leaves no SA, route or address behind.
+
+    ``inner_addresses`` (the mobile node): the CP-assigned addresses go on the TUN
+    device, as charon puts a virtual IP there. ``forward`` (the gateway): IP forwarding
+    is turned on with the first CHILD SA of a family, since decrypted traffic goes on to
+    the LAN, and back to what it was on close.
+    """
+
+    def __init__(
+        self,
+        datapath: Datapath,
+        kind: str = "none",
+        *,
+        userspace: UserspaceDatapath | None = None,
+        raw: RawEspSockets | None = None,
+        inner_addresses: bool = False,
+        forward: bool = False,
+    ) -> None:
+        self.datapath = datapath
+        self.kind = kind
+        self.userspace = userspace
+        self.raw = raw
+        self.inner_addresses = inner_addresses
+        self.forward = forward
+        self.errors = 0
+        self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
+        self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
+        self._forwarding_was: dict[int, str] = {}
+
+    @classmethod
+    def open(
+        cls,
+        kind: str,
+        transport: IkeTransport,
+        *,
+        inner_addresses: bool = False,
+        forward: bool = False,
+        device: str = "mpa%d",
+    ) -> DatapathGlue:
+        """The datapath ``kind`` (userspace, xfrm, auto) wired to ``transport``.
+
+        ``auto`` without the right to create a TUN device runs without a datapath (a
+        warning: SAs are negotiated but carry nothing); ``userspace`` fails then.
+        """
+        if select_datapath(kind) == "xfrm":
+            return cls(XfrmDatapath(), "xfrm", inner_addresses=inner_addresses, forward=forward)
+        try:
+            userspace = UserspaceDatapath.open(transport.send_raw, name=device)
+        except OSError as error:
+            reason = f"cannot create a TUN device: {error.strerror or error}"
+            if kind == "userspace":
+                raise ControlError(f"datapath userspace: {reason}") from None
+            log.warning("no datapath (%s): CHILD SAs will carry no traffic", reason)
+            return cls(
+                RecordingDatapath(), "none", inner_addresses=inner_addresses, forward=forward
+            )
+        raw = None
+        try:
+            raw = RawEspSockets(asyncio.get_running_loop(), userspace.esp_received)
+            userspace.send_plain = raw.send
+        except OSError as error:
+            log.warning("ESP in UDP only: no raw socket for plain ESP (%s)", error.strerror)
+        transport.esp_handler = userspace.esp_received
+        log.info("userspace datapath on %s", cls._device(userspace))
+        return cls(
+            userspace,
+            "userspace",
+            userspace=userspace,
+            raw=raw,
+            inner_addresses=inner_addresses,
+            forward=forward,
+        )
+
+    @staticmethod
+    def _device(userspace: UserspaceDatapath) -> str:
+        return str(getattr(userspace.tun, "name", ""))
+
+    # ------------------------------------------------------------------
+    # Events
+
+    def on_event(self, event: Event) -> None:
+        """Turn one core event into datapath calls; a refused call is logged and counted."""
+        try:
+            self._apply(event)
+        except DATAPATH_ERRORS as error:
+            self.errors += 1
+            log.error("%s[%s]: datapath: %s", event.name, event.ike_sa.hex(), error)
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, IkeSaEstablished) and self.inner_addresses:
+            self._add_inner(event.ike_sa, [str(a) for a in event.assigned_addresses])
+        elif isinstance(event, ChildSaEstablished):
+            self._install(event.ike_sa, event.params)
+        elif isinstance(event, ChildSaDeleted):
+            self._remove(event.ike_sa, event.spi_in)
+        elif isinstance(event, ChildSaAddressesUpdated):
+            self.datapath.update_addresses(
+                event.spi_in, event.spi_out, event.local, event.remote, event.encap
+            )
+        elif isinstance(event, IkeSaRekeyed):  # its CHILD SAs and lease move along
+            for filed in (self._children, self._inner):
+                if event.ike_sa in filed:
+                    filed[event.new_ike_sa] = filed.pop(event.ike_sa)  # type: ignore[assignment]
+        elif isinstance(event, IkeSaDeleted | IkeSaFailed):
+            self._forget(event.ike_sa)
+
+    def _add_inner(self, ike_sa: bytes, addresses: list[str]) -> None:
+        if self.userspace is None:
+            return
+        added = self._inner.setdefault(ike_sa, [])
+        for address in addresses:
+            self.userspace.add_inner_address(address)
+            added.append(address)
+
+    def _install(self, ike_sa: bytes, params: ChildSaParams) -> None:
+        if self.forward:
+            self._enable_forwarding(params)
+        self.datapath.install_child_sa(params)
+        self._children.setdefault(ike_sa, {})[params.spi_in] = params.spi_out
+
+    def _remove(self, ike_sa: bytes, spi_in: bytes) -> None:
+        for children in (self._children.get(ike_sa), *self._children.values()):
+            if children is not None and spi_in in children:
+                self.datapath.remove_child_sa(spi_in, children.pop(spi_in))
+                return
+
+    def _forget(self, ike_sa: bytes) -> None:
+        """Everything of an IKE SA that ended: its CHILD SAs, then its inner addresses."""
+        for spi_in in list(self._children.get(ike_sa, {})):
+            try:
+                self._remove(ike_sa, spi_in)
+            except DATAPATH_ERRORS as error:
+                self.errors += 1
+                log.error("datapath: removing %s: %s", spi_in.hex(), error)
+        self._children.pop(ike_sa, None)
+        for address in self._inner.pop(ike_sa, []):
+            if self.userspace is not None:
+                try:
+                    self.userspace.del_inner_address(address)
+                except DATAPATH_ERRORS as error:
+                    log.error("datapath: removing address %s: %s", address, error)
+
+    def _enable_forwarding(self, params: ChildSaParams) -> None:
+        versions = {ipaddress.ip_address(ts.start).version for ts in params.remote_ts}
+        for version in versions - set(self._forwarding_was):
+            knob = FORWARDING[version]
+            was = knob.read_text().strip()
+            if was != "1":
+                knob.write_text("1\n")
+                log.info("IPv%d forwarding turned on (was %s)", version, was)
+            self._forwarding_was[version] = was
+
+    # ------------------------------------------------------------------
+    # Status and shutdown
+
+    def installed(self, spi_in: bytes) -> bool:
+        return any(spi_in in children for children in self._children.values())
+
+    def child_counters(self, spi_in: bytes) -> dict[str, Any]:
+        """Bytes and packets each way and drops by reason of one installed CHILD SA."""
+        found: dict[str, Any] = {}
+        try:
+            counted = self.datapath.counters(spi_in)
+        except DATAPATH_ERRORS:
+            return found
+        found.update(
+            bytes_in=counted.bytes_in,
+            bytes_out=counted.bytes_out,
+            packets_in=counted.packets_in,
+            packets_out=counted.packets_out,
+        )
+        if self.userspace is not None:
+            with contextlib.suppress(*DATAPATH_ERRORS):
+                found["drops"] = self.userspace.drops(spi_in)
+        return found
+
+    def annotate(self, ike_sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Status entries of ``Registry.to_json`` with each CHILD SA's counters added."""
+        for sa in ike_sas:
+            for child in sa.get("child_sas", []):
+                spi_in = bytes.fromhex(child["spi_in"])
+                if self.installed(spi_in):
+                    child.update(self.child_counters(spi_in))
+        return ike_sas
+
+    def status(self) -> dict[str, Any]:
+        """The datapath's own line: kind, device, drops tied to no SA (unknown SPI, ...)."""
+        found: dict[str, Any] = {"kind": self.kind, "errors": self.errors}
+        if self.userspace is not None:
+            found["device"] = self._device(self.userspace)
+            found["drops"] = self.userspace.drops()
+            found["tun_write_errors"] = self.userspace.tun_write_errors
+        return found
+
+    def close(self) -> None:
+        """Remove what is still installed, close the device and sockets, restore forwarding."""
+        for ike_sa in list(self._children) + list(self._inner):
+            self._forget(ike_sa)
+        if self.raw is not None:
+            self.raw.close()
+        if self.userspace is not None:
+            self.userspace.close()
+        elif isinstance(self.datapath, XfrmDatapath):
+            self.datapath.close()
+        for version, was in self._forwarding_was.items():
+            if was != "1":
+                with contextlib.suppress(OSError):
+                    FORWARDING[version].write_text(f"{was}\n")
+        self._forwarding_was.clear()
 
 
 def describe_event(event: Event) -> str:
@@ -243,8 +476,8 @@ async def delete_all_and_wait(transport: IkeTransport, grace: float = DELETE_GRA
 
 
 class GatewayService:
-    """``datapath`` gets the CHILD SAs (recorded only, until a real one is wired);
-    ``esp_handler`` the ESP in UDP arriving on port 4500 (``transport.send_raw`` sends)."""
+    """``datapath`` replaces the one the configuration names (tests pass a recording one);
+    ``esp_handler`` then gets the ESP in UDP arriving on port 4500."""
 
     def __init__(
         self,
@@ -257,11 +490,16 @@ class GatewayService:
         self.esp_handler = esp_handler
         self.registry = Registry()
         self.pool: AddressPool[Hashable] = AddressPool(config.pool, config.reserved_addresses())
-        self.datapath: Datapath = datapath if datapath is not None else RecordingDatapath()
+        self._given_datapath = datapath
+        self.glue = DatapathGlue(datapath if datapath is not None else RecordingDatapath())
         # Built by start(), so that a bad key file or a busy port ends the daemon with one
         # line (the daemon loop reports ControlError so), not a traceback.
         self.endpoint = Endpoint(random=os.urandom)
         self.transport: IkeTransport | None = None
+
+    @property
+    def datapath(self) -> Datapath:
+        return self.glue.datapath
 
     def _responder_config(self) -> ResponderConfig:
         config = self.config
@@ -310,6 +548,12 @@ class GatewayService:
         except TransportError as error:
             transport.close()
             raise ControlError(str(error)) from None
+        if self._given_datapath is None:
+            try:
+                self.glue = DatapathGlue.open(self.config.datapath, transport, forward=True)
+            except BaseException:
+                transport.close()
+                raise
         self.transport = transport
         log.info("serving IKE on %s", ", ".join(f"{a}[{p}]" for a, p in transport.local_addresses))
 
@@ -320,11 +564,12 @@ class GatewayService:
         if any(not sa.closed for sa in self.endpoint):
             log.info("deleting %d IKE SAs", sum(1 for sa in self.endpoint if not sa.closed))
             await delete_all_and_wait(transport)
+        self.glue.close()
         transport.close()
 
     def _on_event(self, event: Event) -> None:
         log.info("%s", describe_event(event))
-        apply_to_datapath(self.datapath, event)
+        self.glue.on_event(event)
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """IKE SAs, leases and pool usage: the result of ``mpa-gateway status --json``."""
@@ -332,7 +577,7 @@ class GatewayService:
         listening = self.transport.local_addresses if self.transport is not None else []
         return {
             "listening": [f"{address}[{port}]" for address, port in listening],
-            "ike_sas": self.registry.to_json(),
+            "ike_sas": self.glue.annotate(self.registry.to_json()),
             "leases": [
                 {"address": str(address), "ike_sa": self._describe(owner)}
                 for address, owner in self.pool.leases()
@@ -345,6 +590,7 @@ class GatewayService:
                 for family in FAMILIES
             },
             "counters": counters(self.endpoint, self.transport),
+            "datapath": self.glue.status(),
         }
 
     def _describe(self, owner: Hashable) -> str:

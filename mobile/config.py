@@ -66,6 +66,7 @@ class GatewayEntry:
     interface: str | None = None  # the mobile node's interface on that gateway's network
     preauth: bool = False
     handover: str = "manual"  # one of HANDOVER_MODES
+    encap: bool = False  # swanctl's encap: ESP in UDP even without a NAT
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
         interface=section.optional("interface", interface_name, None),
         preauth=section.optional("preauth", boolean, False),
         handover=section.optional("handover", choice(*HANDOVER_MODES), "manual"),
+        encap=section.optional("encap", boolean, False),
     )
     section.check_unknown()
     _check_handover(entry, path)

@@ -27,7 +27,7 @@ from gateway.ike_transport import (
 )
 from gateway.registry import Registry
 from gateway.service import (
-    apply_to_datapath,
+    DatapathGlue,
     counters,
     delete_all_and_wait,
     describe_event,
@@ -74,8 +74,8 @@ class _Attempt:
 
 
 class MobileService:
-    """``datapath`` gets the CHILD SAs (recorded only, until a real one is wired);
-    ``esp_handler`` the ESP in UDP arriving on port 4500 (``transport.send_raw`` sends)."""
+    """``datapath`` replaces the one the configuration names (tests pass a recording one);
+    ``esp_handler`` then gets the ESP in UDP arriving on port 4500."""
 
     def __init__(
         self,
@@ -87,11 +87,16 @@ class MobileService:
         self.config = config
         self.esp_handler = esp_handler
         self.registry = Registry()
-        self.datapath: Datapath = datapath if datapath is not None else RecordingDatapath()
+        self._given_datapath = datapath
+        self.glue = DatapathGlue(datapath if datapath is not None else RecordingDatapath())
         self.endpoint = Endpoint(random=os.urandom)
         self.transport: IkeTransport | None = None
         self._connecting: dict[bytes, _Attempt] = {}
         self._deleting: dict[bytes, _Attempt] = {}
+
+    @property
+    def datapath(self) -> Datapath:
+        return self.glue.datapath
 
     def handlers(self) -> Mapping[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -104,7 +109,12 @@ class MobileService:
         return handlers
 
     async def start(self) -> None:
-        self.transport = IkeTransport(self.endpoint, self._on_event, esp_handler=self.esp_handler)
+        transport = IkeTransport(self.endpoint, self._on_event, esp_handler=self.esp_handler)
+        if self._given_datapath is None:
+            # The CP address goes on the TUN device, routes to the gateway's selectors
+            # through it (charon's kernel-libipsec with a virtual IP).
+            self.glue = DatapathGlue.open(self.config.datapath, transport, inner_addresses=True)
+        self.transport = transport
 
     async def stop(self) -> None:
         transport, self.transport = self.transport, None
@@ -112,6 +122,7 @@ class MobileService:
             return
         if any(not sa.closed for sa in self.endpoint):
             await delete_all_and_wait(transport)
+        self.glue.close()
         transport.close()
 
     # ------------------------------------------------------------------
@@ -171,7 +182,7 @@ class MobileService:
         """IKE SAs and configured gateways: the result of ``mpa-mobile status --json``."""
         refresh_registry(self.registry, self.endpoint)
         return {
-            "ike_sas": self.registry.to_json(),
+            "ike_sas": self.glue.annotate(self.registry.to_json()),
             "gateways": [
                 {
                     "name": entry.name,
@@ -183,6 +194,7 @@ class MobileService:
                 for entry in self.config.gateways.values()
             ],
             "counters": counters(self.endpoint, self.transport),
+            "datapath": self.glue.status(),
         }
 
     def gateway_name(self, args: dict[str, Any]) -> str:
@@ -226,6 +238,7 @@ class MobileService:
             eap_methods=(EAP_TYPES[self.config.eap.method],),
             virtual_ip_families=families or (4,),
             eap_identity=self.config.eap.identity,
+            force_encap=entry.encap,
         )
 
     async def _addresses(
@@ -245,7 +258,7 @@ class MobileService:
 
     def _on_event(self, event: Event) -> None:
         log.info("%s", describe_event(event))
-        apply_to_datapath(self.datapath, event)
+        self.glue.on_event(event)
         if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
             for waiting in (self._connecting, self._deleting):
                 if event.ike_sa in waiting:
