@@ -1,7 +1,7 @@
 """``mpa-bench``: benchmarks of the handover agent.
 
 Subcommands are thin: ``micro`` hands its arguments to :mod:`mobile.bench_micro`,
-``connect`` to :mod:`mobile.bench_connect`.
+``connect`` to :mod:`mobile.bench_connect`, ``esp`` to :mod:`mobile.bench_esp`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gateway.commandline import EXIT_FAILURE, EXIT_OK, Parser
 PROG = "mpa-bench"
 MICRO_MODULE = "mobile.bench_micro"
 CONNECT_MODULE = "mobile.bench_connect"
+ESP_MODULE = "mobile.bench_esp"
 
 
 def build_parser() -> Parser:
@@ -33,6 +34,12 @@ def build_parser() -> Parser:
         description=f"Connection set-up times; the arguments are passed to {CONNECT_MODULE}.",
     )
     connect.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {CONNECT_MODULE}")
+    esp = commands.add_parser(
+        "esp",
+        help="UDP through the tunnel, mpa-gateway against charon's kernel-libipsec",
+        description=f"ESP throughput; the arguments are passed to {ESP_MODULE}.",
+    )
+    esp.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {ESP_MODULE}")
     return parser
 
 
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return micro(argv[1:])
     if argv[:1] == ["connect"]:
         return delegate("connect", CONNECT_MODULE, argv[1:])
+    if argv[:1] == ["esp"]:
+        return delegate("esp", ESP_MODULE, argv[1:])
     parser = build_parser()
     parser.parse_args(argv)
     parser.print_help()
