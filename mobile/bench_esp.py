@@ -13,12 +13,16 @@ torn down before the next:
   daemons carry traffic (otherwise left out with a note).
 
 For each, iperf3 in UDP mode from lan to the MN's inner address and from the MN to
-lan, at each ``--sizes`` UDP payload: the offered load is saturating (``-b 0``, as
-fast as the sender can, unless ``--offered`` says otherwise) and the figure is the
-delivered rate at the receiver (packets/s, and Mbit/s of UDP payload), the median of
-``--runs`` runs of ``--seconds``. The default large payload is 1372 bytes, a
-1400-byte inner packet: both TUN devices have an MTU of 1400, so a larger one would
-measure IP fragmentation instead of ESP.
+lan, at each ``--sizes`` UDP payload. The figure is the rate delivered at the receiver
+(packets/s, and Mbit/s of UDP payload), the median of ``--runs`` runs of ``--seconds``,
+at the highest offered load found with less than 1% loss (``--load search``, the
+default: from the rate that arrives when the sender goes as fast as it can, steps of
+10% up or down) or at a fixed one (``--load saturate``, ``-b 0`` unless ``--offered``
+says otherwise). On a machine with few cores a saturating sender takes a whole core
+from the tunnel endpoints, hence the search. The CPU time of the gateway process
+(charon or mpa-gateway) per second of each run is printed too. The default large
+payload is 1372 bytes, a 1400-byte inner packet: both TUN devices have an MTU of 1400,
+so a larger one would measure IP fragmentation instead of ESP.
 
 ``--profile`` runs the mpa-gateway set-up once more with the gateway under
 pyinstrument (if installed) or cProfile and prints where its time goes.
@@ -57,6 +61,9 @@ METHOD = "eap-md5"
 KEY: Final = "ecdsa"
 DAEMON_START = 20.0
 SETTLE = 0.5  # between runs, for queues to drain
+MAX_LOSS = 0.01
+STEP = 0.1
+SEARCH_STEPS = 8
 SCENARIOS = {
     "charon": "charon MN -- charon gw (kernel-libipsec)",
     "mpa-gw": "charon MN -- mpa-gateway (userspace)",
@@ -76,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--sizes", default="64,1372", help="UDP payload sizes in bytes (64,1372: inner 92, 1400)"
     )
     parser.add_argument(
-        "--offered", default="0", help="iperf3 -b, offered load (0: as fast as the sender can)"
+        "--load",
+        choices=("search", "saturate"),
+        default="search",
+        help="search: the highest load with <1%% loss (default); saturate: -b --offered",
+    )
+    parser.add_argument(
+        "--offered",
+        default="0",
+        help="with --load saturate: iperf3 -b (0: as fast as the sender can)",
     )
     parser.add_argument("--esp", default="aes128gcm16", help="ESP proposal (aes128gcm16)")
     parser.add_argument("--ike", default="aes128-sha256-x25519", help="IKE proposal")
@@ -105,6 +120,11 @@ class Run:
     seconds: float
     bits_per_second: float
     gateway_cpu: float = 0.0  # CPU seconds of the gateway process per second of the run
+    offered: str = "0"  # iperf3 -b
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.packets if self.packets else 1.0
 
     @property
     def pps(self) -> float:
@@ -130,12 +150,17 @@ class Figure:
         return statistics.median(r.sent / r.seconds if r.seconds else 0.0 for r in self.runs)
 
     @property
+    def loss(self) -> float:
+        return statistics.median(r.loss for r in self.runs) if self.runs else 1.0
+
+    @property
     def gateway_cpu(self) -> float:
         return statistics.median(r.gateway_cpu for r in self.runs) if self.runs else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "gateway_cpu": round(self.gateway_cpu, 3),
+            "loss": round(self.loss, 5),
             "pps": round(self.pps, 1),
             "mbit_per_s": round(self.mbps, 3),
             "offered_pps": round(self.offered_pps, 1),
@@ -425,10 +450,15 @@ def iperf3_server(topo: Topology) -> Iterator[None]:
             server.wait()
 
 
-def iperf3(topo: Topology, direction: str, size: int, args: argparse.Namespace) -> Run:
-    """One UDP run; ``lan->mn`` is iperf3's reverse mode (the server on lan sends)."""
+def iperf3(
+    topo: Topology, direction: str, size: int, args: argparse.Namespace, offered: str = "0"
+) -> Run:
+    """One UDP run at ``offered`` (iperf3's ``-b``: payload bits/s, 0 for as fast as it can).
+
+    ``lan->mn`` is iperf3's reverse mode (the server on lan sends).
+    """
     cmd = ["iperf3", "-c", LAN_HOST, "-B", topo.inner, "-u", "-J"]
-    cmd += ["-b", str(args.offered), "-l", str(size), "-t", str(args.seconds)]
+    cmd += ["-b", offered, "-l", str(size), "-t", str(args.seconds)]
     if direction == "lan->mn":
         cmd.append("-R")
     cpu_before, start = cpu_seconds(topo.gateway_pid), time.monotonic()
@@ -446,6 +476,7 @@ def iperf3(topo: Topology, direction: str, size: int, args: argparse.Namespace) 
         seconds=float(got["seconds"]),
         bits_per_second=float(got["bits_per_second"]),
         gateway_cpu=cpu,
+        offered=offered,
     )
 
 
@@ -453,16 +484,50 @@ def measure(topo: Topology, args: argparse.Namespace, sizes: list[int]) -> dict[
     figures: dict[tuple[str, int], Figure] = {}
     for direction in DIRECTIONS:
         for size in sizes:
+            offered = args.offered
+            if args.load == "search":
+                offered = search(topo, direction, size, args)
             figure = figures[direction, size] = Figure()
             for _ in range(args.runs):
-                figure.runs.append(iperf3(topo, direction, size, args))
+                figure.runs.append(iperf3(topo, direction, size, args, offered))
                 time.sleep(SETTLE)
             print(
-                f"#   {direction} {size} B: {figure.pps:,.0f} packets/s, {figure.mbps:.1f} Mbit/s",
+                f"#   {direction} {size} B: {figure.pps:,.0f} packets/s, {figure.mbps:.1f} Mbit/s, "
+                f"loss {figure.loss:.2%} at -b {offered}",
                 file=sys.stderr,
                 flush=True,
             )
     return figures
+
+
+def search(topo: Topology, direction: str, size: int, args: argparse.Namespace) -> str:
+    """The highest offered load (iperf3 ``-b``) found with less than ``MAX_LOSS`` lost.
+
+    Starts from what arrives at a saturating load, then steps up while the loss stays
+    under the bound, or down until it does, by ``STEP`` each time.
+    """
+
+    def bits(pps: float) -> str:
+        return str(max(int(pps * size * 8), 8 * size))
+
+    def ok(pps: float) -> bool:
+        run = iperf3(topo, direction, size, args, bits(pps))
+        time.sleep(SETTLE)
+        return run.loss < MAX_LOSS
+
+    rate = iperf3(topo, direction, size, args).pps
+    time.sleep(SETTLE)
+    if ok(rate):
+        for _ in range(SEARCH_STEPS):
+            if not ok(rate * (1 + STEP)):
+                break
+            rate *= 1 + STEP
+    else:
+        for _ in range(SEARCH_STEPS):
+            rate *= 1 - STEP
+            if ok(rate):
+                break
+    return bits(rate)
 
 
 # ---------------------------------------------------------------------------
@@ -472,10 +537,15 @@ def measure(topo: Topology, args: argparse.Namespace, sizes: list[int]) -> dict[
 def print_table(
     args: argparse.Namespace, sizes: list[int], results: Results, notes: list[str]
 ) -> None:
-    offered = "saturating (-b 0)" if args.offered == "0" else f"-b {args.offered}"
+    if args.load == "search":
+        how = "at the highest offered load found with <1% loss"
+    elif args.offered == "0":
+        how = "at a saturating offered load (-b 0)"
+    else:
+        how = f"at an offered load of -b {args.offered}"
     print(
-        f"UDP through the tunnel, ESP {args.esp} in UDP, IKE {args.ike}; iperf3 offered load "
-        f"{offered}, delivered rate at the receiver, median of {args.runs} x {args.seconds:g} s"
+        f"UDP through the tunnel, ESP {args.esp} in UDP, IKE {args.ike}, iperf3: delivered "
+        f"rate at the receiver {how}, median of {args.runs} x {args.seconds:g} s"
     )
     names = list(results)
     header = f"{'direction':<9} {'payload':>7}"
@@ -501,10 +571,10 @@ def print_table(
             print(line)
     for name in names:
         print(f"  {name}: {SCENARIOS[name]}")
-    print("  offered packets/s (sender side) / gateway process CPU (cores), medians:")
+    print("  offered packets/s / loss / gateway process CPU (cores), medians:")
     for name in names:
         offered_line = ", ".join(
-            f"{d} {s}B {fig.offered_pps:,.0f}/{fig.gateway_cpu:.2f}"
+            f"{d} {s}B {fig.offered_pps:,.0f}/{fig.loss:.1%}/{fig.gateway_cpu:.2f}"
             for d in DIRECTIONS
             for s in sizes
             if (fig := results[name][d, s])
@@ -520,11 +590,17 @@ def write_json(
     data: dict[str, Any] = {
         "esp": args.esp,
         "ike": args.ike,
+        "load": args.load,
         "offered": args.offered,
         "seconds": args.seconds,
         "runs": args.runs,
         "sizes": sizes,
-        "measure": "delivered rate at the receiver under the offered load, median",
+        "measure": (
+            "delivered rate at the receiver, median, at the highest offered load found with "
+            "<1% loss"
+            if args.load == "search"
+            else "delivered rate at the receiver under the offered load, median"
+        ),
         "scenarios": {name: SCENARIOS[name] for name in results},
         "results": {
             name: {f"{d} {s}": fig.to_json() for (d, s), fig in figs.items()}
