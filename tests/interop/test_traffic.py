@@ -30,7 +30,7 @@ import yaml
 from tests.harness.charon import Charon, ChildSa
 from tests.harness.netns import Netns, TwoHosts, add_veth, netns, two_hosts
 from tests.harness.pcap import capture, classify, read_udp
-from tests.harness.pki import make_ca, make_cert
+from tests.harness.pki import KeyType, make_ca, make_cert
 from tests.harness.scenarios import CHILD, Scenario, initiator_config, responder_config
 from tests.interop.test_mobile_vs_gateway import (
     GATEWAY_ID,
@@ -41,7 +41,7 @@ from tests.interop.test_mobile_vs_gateway import (
     status,
     wait_listening,
 )
-from tests.service.servicehelp import REPO, cli, edited, write_yaml
+from tests.service.servicehelp import REPO, Daemon, cli, edited, write_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 
@@ -51,7 +51,8 @@ LAN_HOST = "10.1.0.10"
 COUNT = 5
 # Each echo crosses the tunnel once each way per datagram, and it runs both ways.
 PACKETS = 2 * COUNT
-METHOD, IKE, KEY = "eap-mschapv2", "aes256gcm16-prfsha384-x25519", "ecdsa"
+METHOD, IKE = "eap-mschapv2", "aes256gcm16-prfsha384-x25519"
+KEY: KeyType = "ecdsa"
 
 
 @pytest.fixture
@@ -169,7 +170,9 @@ def with_settings(config: Path, **settings: object) -> Path:
 @dataclass
 class OurPair:
     net: Net
+    gateway: Daemon
     gateway_config: Path
+    mobile: Daemon
     mobile_config: Path
 
 
@@ -189,7 +192,7 @@ def mobile_and_gateway(workdir: Path, family: int = 4, encap: bool = False) -> I
         stack.callback(lambda: print(mobile.stop()))
         result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
         assert result.returncode == 0, result.stderr
-        yield OurPair(net, gw_config, mn_config)
+        yield OurPair(net, gateway, gw_config, mobile, mn_config)
 
 
 def cp_address(pair: OurPair) -> str:
@@ -232,17 +235,19 @@ def test_echo_through_mobile_and_gateway(family: int, short_tmp: Path) -> None:
         assert mn_tun not in net.mn.ip("route", "show").stdout
 
 
-def test_stop_removes_devices_and_forwarding(short_tmp: Path) -> None:
-    with three_hosts() as net:
-        listen = [net.hosts.link.b.addr(4)]
-        gw_config, _ = gateway_yaml(short_tmp, listen, METHOD, IKE, KEY, datapath="userspace")
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        try:
-            wait_listening(gw_config)
-            assert len(devices(net.gw)) == 1
-        finally:
-            print(gateway.stop())
-        assert devices(net.gw) == []
+def test_stop_removes_devices_routes_and_forwarding(short_tmp: Path) -> None:
+    with mobile_and_gateway(short_tmp) as pair:
+        net = pair.net
+        address = cp_address(pair)
+        assert net.gw.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+        assert len(devices(net.mn)) == len(devices(net.gw)) == 1
+        pair.mobile.stop()
+        pair.gateway.stop()
+        assert devices(net.mn) == devices(net.gw) == []
+        assert address not in net.mn.ip("-o", "addr", "show").stdout
+        assert address not in net.gw.ip("route", "show").stdout
+        assert "10.1.0.0/24" not in net.mn.ip("route", "show").stdout
+        # Forwarding was off in the new namespace: the gateway turned it on, and off again.
         assert net.gw.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "0"
 
 
