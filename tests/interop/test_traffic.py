@@ -35,6 +35,7 @@ from tests.harness.scenarios import CHILD, Scenario, initiator_config, responder
 from tests.interop.test_mobile_vs_gateway import (
     GATEWAY_ID,
     POOL,
+    PROTECTED_NET,
     gateway_yaml,
     mobile_yaml,
     start_daemon,
@@ -48,6 +49,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 ECHO = REPO / "tests" / "esp" / "udp_echo.py"
 GW_LAN = "10.1.0.1"
 LAN_HOST = "10.1.0.10"
+GW_LAN6 = "fd01::1"
+LAN_HOST6 = "fd01::10"
+LAN_NET6 = "fd01::/64"
+POOL6 = "fd03::/120"
 COUNT = 5
 # Each echo crosses the tunnel once each way per datagram, and it runs both ways.
 PACKETS = 2 * COUNT
@@ -87,8 +92,14 @@ class Net:
 def three_hosts() -> Iterator[Net]:
     """mn -- gw -- lan; the LAN host's default route is the gateway."""
     with two_hosts() as hosts, netns("lan") as lan:
-        add_veth(hosts.right, lan, [f"{GW_LAN}/24"], [f"{LAN_HOST}/24"])
+        add_veth(
+            hosts.right,
+            lan,
+            [f"{GW_LAN}/24", f"{GW_LAN6}/64"],
+            [f"{LAN_HOST}/24", f"{LAN_HOST6}/64"],
+        )
         lan.ip("route", "add", "default", "via", GW_LAN)
+        lan.ip("-6", "route", "add", "default", "via", GW_LAN6)
         yield Net(hosts, lan)
 
 
@@ -121,11 +132,11 @@ def echoes(ns: Netns, host: str, port: int, src: str, count: int = COUNT) -> int
     return int(ns.run(cmd, timeout=30).stdout.strip())
 
 
-def echo_both_ways(net: Net, address: str) -> None:
+def echo_both_ways(net: Net, address: str, lan_host: str = LAN_HOST) -> None:
     """The mobile node's address to the LAN host and back, then the other way round."""
-    with echo_server(net.lan, LAN_HOST, 7001), echo_server(net.mn, address, 7002):
-        assert echoes(net.mn, LAN_HOST, 7001, address) == COUNT
-        assert echoes(net.lan, address, 7002, LAN_HOST) == COUNT
+    with echo_server(net.lan, lan_host, 7001), echo_server(net.mn, address, 7002):
+        assert echoes(net.mn, lan_host, 7001, address) == COUNT
+        assert echoes(net.lan, address, 7002, lan_host) == COUNT
 
 
 # --------------------------------------------------------------------------- daemons
@@ -152,10 +163,12 @@ def charon_counts(child: ChildSa) -> dict[str, int]:
     }
 
 
-def assert_counts_match(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+def assert_counts_match(
+    ours: dict[str, Any], theirs: dict[str, Any], packets: int = PACKETS
+) -> None:
     """Each side saw the echo's packets each way, and the other side's bytes."""
-    assert ours["packets_in"] == ours["packets_out"] == PACKETS, ours
-    assert theirs["packets_in"] == theirs["packets_out"] == PACKETS, theirs
+    assert ours["packets_in"] == ours["packets_out"] == packets, ours
+    assert theirs["packets_in"] == theirs["packets_out"] == packets, theirs
     assert ours["bytes_out"] == theirs["bytes_in"] > 0, (ours, theirs)
     assert ours["bytes_in"] == theirs["bytes_out"] > 0, (ours, theirs)
 
@@ -177,17 +190,27 @@ class OurPair:
 
 
 @contextlib.contextmanager
-def mobile_and_gateway(workdir: Path, family: int = 4, encap: bool = False) -> Iterator[OurPair]:
-    """mpa-gateway in gw, mpa-mobile in mn, both with the userspace datapath, connected."""
+def mobile_and_gateway(
+    workdir: Path, family: int = 4, encap: bool = False, dual_stack: bool = False
+) -> Iterator[OurPair]:
+    """mpa-gateway in gw, mpa-mobile in mn, both with the userspace datapath, connected.
+
+    ``dual_stack``: an IPv4 and an IPv6 CP address, the LAN's IPv4 and IPv6 networks.
+    """
     with three_hosts() as net, contextlib.ExitStack() as stack:
         link = net.hosts.link
         listen = [link.b.addr(4), link.b.addr(6)]
-        gw_config, _ = gateway_yaml(workdir, listen, METHOD, IKE, KEY, datapath="userspace")
+        extra: dict[str, object] = {"datapath": "userspace"}
+        if dual_stack:
+            extra.update(pool=[POOL, POOL6], local_ts=[PROTECTED_NET, LAN_NET6])
+        gw_config, _ = gateway_yaml(workdir, listen, METHOD, IKE, KEY, **extra)
         gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
         stack.callback(lambda: print(gateway.stop()))
         wait_listening(gw_config)
         mn_config = mobile_yaml(workdir, link.b.addr(family), METHOD, IKE, ca=workdir / "ca.pem")
         with_settings(mn_config, datapath="userspace", gateways__gw__encap=encap)
+        if dual_stack:
+            with_settings(mn_config, gateways__gw__remote_ts=[PROTECTED_NET, LAN_NET6])
         mobile = start_daemon("mobile.cli", mn_config, net.mn.name)
         stack.callback(lambda: print(mobile.stop()))
         result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
@@ -233,6 +256,22 @@ def test_echo_through_mobile_and_gateway(family: int, short_tmp: Path) -> None:
         # The address and the routes went with the IKE SA; the device stays until stop.
         assert address not in net.mn.ip("-o", "addr", "show", "dev", mn_tun).stdout
         assert mn_tun not in net.mn.ip("route", "show").stdout
+
+
+def test_echo_over_inner_ipv6(short_tmp: Path) -> None:
+    """Dual-stack CP: an IPv6 echo through the same CHILD SA as an IPv4 one."""
+    with mobile_and_gateway(short_tmp, dual_stack=True) as pair:
+        [sa] = status("mobile.cli", pair.mobile_config)["ike_sas"]
+        [child] = sa["child_sas"]
+        [address6] = [
+            ts.split("/")[0] for ts in child["local_ts"] if ipaddress.ip_network(ts).version == 6
+        ]
+        assert ipaddress.ip_address(address6) in ipaddress.ip_network(POOL6)
+        echo_both_ways(pair.net, address6, LAN_HOST6)
+        echo_both_ways(pair.net, cp_address(pair), LAN_HOST)
+        mobile = our_child("mobile.cli", pair.mobile_config)
+        gateway = our_child("gateway.cli", pair.gateway_config)
+        assert_counts_match(mobile, gateway, 2 * PACKETS)
 
 
 def test_stop_removes_devices_routes_and_forwarding(short_tmp: Path) -> None:
