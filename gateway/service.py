@@ -382,7 +382,8 @@ class DatapathGlue:
 
     def status(self) -> dict[str, Any]:
         """The datapath's own line: kind, device, drops tied to no SA (unknown SPI, ...)."""
-        found: dict[str, Any] = {"kind": self.kind, "errors": self.errors}
+        installed = sum(len(children) for children in self._children.values())
+        found: dict[str, Any] = {"kind": self.kind, "child_sas": installed, "errors": self.errors}
         if self.userspace is not None:
             found["device"] = self._device(self.userspace)
             found["drops"] = self.userspace.drops()

@@ -149,8 +149,12 @@ def our_child(module: str, config: Path) -> dict[str, Any]:
     return child
 
 
-def charon_child(charon: Charon) -> ChildSa:
-    return charon.wait_established(CHILD).child(CHILD)
+def charon_child(charon: Charon, ours: dict[str, Any]) -> ChildSa:
+    """charon's half of our CHILD SA (a rekey leaves two for a moment)."""
+    sa = charon.wait_established(CHILD)
+    [child] = [c for c in sa.children if c.spi_out == ours["spi_in"]]
+    assert child.spi_in == ours["spi_out"]
+    return child
 
 
 def charon_counts(child: ChildSa) -> dict[str, int]:
@@ -320,7 +324,7 @@ def test_echo_through_mobile_and_charon_gateway(short_tmp: Path) -> None:
             echo_both_ways(net, vip)
 
             ours = our_child("mobile.cli", config)
-            theirs = charon_counts(charon_child(charon))
+            theirs = charon_counts(charon_child(charon, ours))
             assert_counts_match(ours, theirs)
             assert ours["drops"] == {}
         except BaseException:
@@ -356,9 +360,25 @@ def test_echo_through_charon_initiator_and_gateway(short_tmp: Path) -> None:
             echo_both_ways(net, vip)
 
             ours = our_child("gateway.cli", gw_config)
-            theirs = charon_counts(charon_child(charon))
+            theirs = charon_counts(charon_child(charon, ours))
             assert_counts_match(ours, theirs)
             assert ours["drops"] == {}
+
+            # charon rekeys the CHILD SA: the new pair carries the traffic, the old is gone.
+            old_spi = ours["spi_in"]
+            charon.rekey(child=CHILD)
+
+            def rekeyed() -> bool:
+                children = status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]
+                return [child["spi_in"] for child in children] not in ([], [old_spi])
+
+            wait_for(rekeyed)
+            wait_for(lambda: len(status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]) == 1)
+            assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 1
+            echo_both_ways(net, vip)
+            ours = our_child("gateway.cli", gw_config)
+            assert ours["spi_in"] != old_spi
+            assert_counts_match(ours, charon_counts(charon_child(charon, ours)))
         except BaseException:
             print(charon.diagnostics())
             raise
