@@ -2,9 +2,13 @@
 
 It turns the configuration into the core's responder policy, serves IKE on UDP 500 and
 4500 of every ``listen`` address through :class:`gateway.ike_transport.IkeTransport`,
-hands CHILD SA keys to the datapath, and answers ``status`` from the core's snapshot
-(leases come from the pool the core allocates from). On stop it deletes every IKE SA
-with DELETE and waits briefly for the answers.
+hands CHILD SA keys to the datapath ``datapath:`` names (:class:`DatapathGlue`, shared
+with mpa-mobile), and answers ``status`` from the core's snapshot (leases come from the
+pool the core allocates from) with each CHILD SA's counters. Decrypted traffic leaves
+the TUN device for the LAN by IP forwarding; the routes of leased addresses lead back
+into it, where the datapath picks the SA by the peer's traffic selectors. On stop it
+deletes every IKE SA with DELETE, waits briefly for the answers, and closes the
+datapath (device, routes, forwarding as it was).
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import NotifyType, ProtocolId
 from mpa_ike.crypto.auth import SigningKey
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
+from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaParams, Datapath, RecordingDatapath
 from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import ConfigError as CoreConfigError
 from mpa_ike.errors import LocalProtocolError
+from mpa_ike.esp import Expiry
 from mpa_ike.events import (
     ChildSaAddressesUpdated,
     ChildSaDeleted,
@@ -220,6 +226,8 @@ class DatapathGlue:
         self.inner_addresses = inner_addresses
         self.forward = forward
         self.errors = 0
+        self.transport: IkeTransport | None = None
+        self._rekeying: set[bytes] = set()  # inbound SPIs rekeyed for their sequence numbers
         self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
         self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
         self._forwarding_was: dict[int, str] = {}
@@ -259,7 +267,7 @@ class DatapathGlue:
             log.warning("ESP in UDP only: no raw socket for plain ESP (%s)", error.strerror)
         transport.esp_handler = userspace.esp_received
         log.info("userspace datapath on %s", cls._device(userspace))
-        return cls(
+        glue = cls(
             userspace,
             "userspace",
             userspace=userspace,
@@ -267,6 +275,10 @@ class DatapathGlue:
             inner_addresses=inner_addresses,
             forward=forward,
         )
+        glue.transport = transport
+        userspace.on_expire = glue._expired
+        userspace.on_mapping = glue._mapped
+        return glue
 
     @staticmethod
     def _device(userspace: UserspaceDatapath) -> str:
@@ -318,6 +330,7 @@ class DatapathGlue:
     def _remove(self, ike_sa: bytes, spi_in: bytes) -> None:
         for children in (self._children.get(ike_sa), *self._children.values()):
             if children is not None and spi_in in children:
+                self._rekeying.discard(spi_in)
                 self.datapath.remove_child_sa(spi_in, children.pop(spi_in))
                 return
 
@@ -336,6 +349,31 @@ class DatapathGlue:
                     self.userspace.del_inner_address(address)
                 except DATAPATH_ERRORS as error:
                     log.error("datapath: removing address %s: %s", address, error)
+
+    def ike_sa_of(self, spi_in: bytes) -> bytes | None:
+        return next((sa for sa, children in self._children.items() if spi_in in children), None)
+
+    def _expired(self, expiry: Expiry) -> None:
+        """Outbound sequence numbers running out: rekey the CHILD SA, once (RFC 4303
+        §3.3.3), as charon does on the kernel's soft expire."""
+        ike_sa = self.ike_sa_of(expiry.spi_in)
+        transport = self.transport
+        if ike_sa is None or transport is None or expiry.spi_in in self._rekeying:
+            if expiry.hard:
+                log.warning("CHILD SA %s: sequence numbers exhausted", expiry.spi_in.hex())
+            return
+        self._rekeying.add(expiry.spi_in)
+        log.info("CHILD SA %s: sequence numbers running out, rekeying", expiry.spi_in.hex())
+        try:
+            transport.endpoint.rekey_child_sa(ike_sa, expiry.spi_in, transport.now())
+        except Exception as error:  # a rekey already under way, an IKE SA going away
+            log.warning("CHILD SA %s: rekey refused: %s", expiry.spi_in.hex(), error)
+        transport.process()
+
+    def _mapped(self, spi_in: bytes, spi_out: bytes, src: Address) -> None:
+        # Authenticated ESP proves nothing about the path (RFC 4555 §3.12): moving the SA
+        # is for MOBIKE or NAT detection in IKE to decide; this is only logged.
+        log.info("CHILD SA %s: ESP from %s[%d]", spi_in.hex(), *src)
 
     def _enable_forwarding(self, params: ChildSaParams) -> None:
         versions = {ipaddress.ip_address(ts.start).version for ts in params.remote_ts}

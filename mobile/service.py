@@ -3,8 +3,11 @@
 ``connect NAME`` starts an IKE SA to the configured gateway (EAP, CP for an address,
 one tunnel-mode CHILD SA) from the address the kernel would use to reach it, on UDP 500
 and 4500 of that address as charon does, and answers once the CHILD SA is up or the
-attempt failed; ``disconnect NAME`` deletes it. ``status`` shows the core's snapshot.
-Pre-authentication and handover are later steps and still answer "not implemented yet".
+attempt failed; ``disconnect NAME`` deletes it. ``status`` shows the core's snapshot
+with each CHILD SA's counters. The datapath ``datapath:`` names carries the traffic: the
+CP address goes on its TUN device and the gateway's traffic selectors are routed into
+it, as charon's kernel-libipsec does with a virtual IP. Pre-authentication and handover
+are later steps and still answer "not implemented yet".
 """
 
 from __future__ import annotations
