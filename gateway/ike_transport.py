@@ -39,6 +39,9 @@ STUCK_TIMER_DELAY = 0.05
 # Linux <linux/in.h> and <linux/in6.h>; Python's socket module lacks them.
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
+# <linux/udp.h>: the kernel's XFRM takes ESP in UDP off a socket so marked (RFC 3948).
+UDP_ENCAP = 100
+UDP_ENCAP_ESPINUDP = 2
 
 EventHandler = Callable[[Event], None]
 # (ESP packet without UDP header, source, local address) -> None
@@ -107,6 +110,7 @@ class IkeTransport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._fired_at: float | None = None
+        self._kernel_esp = False
         self.counters: dict[str, int] = {"esp_dropped": 0, "keepalives": 0, "unroutable": 0}
 
     # ------------------------------------------------------------------
@@ -131,11 +135,21 @@ class IkeTransport:
             if local in self._sockets:
                 continue
             sock = _open_socket(local, freebind)
+            if self._kernel_esp and port == NAT_T_PORT:
+                _hand_esp_to_kernel(sock)
             _, protocol = await self._loop.create_datagram_endpoint(
                 functools.partial(_IkeProtocol, self, local), sock=sock
             )
             self._sockets[local] = protocol
             log.debug("listening on %s", _text(local))
+
+    def hand_esp_to_kernel(self) -> None:
+        """The XFRM datapath: ESP in UDP on our 4500 sockets goes to the kernel's SAs,
+        as charon sets UDP_ENCAP on its socket; IKE behind the marker still comes here."""
+        self._kernel_esp = True
+        for local, protocol in self._sockets.items():
+            if local[1] == NAT_T_PORT and protocol.transport is not None:
+                _hand_esp_to_kernel(protocol.transport.get_extra_info("socket"))
 
     def close(self) -> None:
         if self._timer is not None:
@@ -242,6 +256,13 @@ def _open_socket(local: Address, freebind: bool) -> socket.socket:
         sock.close()
         raise TransportError(f"cannot listen on {_text(local)}: {error.strerror}") from None
     return sock
+
+
+def _hand_esp_to_kernel(sock: Any) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+    except OSError as error:  # a kernel without XFRM: its SAs could not be installed either
+        log.warning("ESP in UDP stays in userspace: %s", error.strerror)
 
 
 def _text(address: Address) -> str:

@@ -248,7 +248,12 @@ class DatapathGlue:
         warning: SAs are negotiated but carry nothing); ``userspace`` fails then.
         """
         if select_datapath(kind) == "xfrm":
-            return cls(XfrmDatapath(), "xfrm", inner_addresses=inner_addresses, forward=forward)
+            try:
+                xfrm = XfrmDatapath()
+            except OSError as error:
+                raise ControlError(f"datapath xfrm: {error.strerror or error}") from None
+            transport.hand_esp_to_kernel()
+            return cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
         try:
             userspace = UserspaceDatapath.open(transport.send_raw, name=device)
         except OSError as error:

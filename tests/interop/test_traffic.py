@@ -195,7 +195,11 @@ class OurPair:
 
 @contextlib.contextmanager
 def mobile_and_gateway(
-    workdir: Path, family: int = 4, encap: bool = False, dual_stack: bool = False
+    workdir: Path,
+    family: int = 4,
+    encap: bool = False,
+    dual_stack: bool = False,
+    gw_datapath: str = "userspace",
 ) -> Iterator[OurPair]:
     """mpa-gateway in gw, mpa-mobile in mn, both with the userspace datapath, connected.
 
@@ -204,7 +208,7 @@ def mobile_and_gateway(
     with three_hosts() as net, contextlib.ExitStack() as stack:
         link = net.hosts.link
         listen = [link.b.addr(4), link.b.addr(6)]
-        extra: dict[str, object] = {"datapath": "userspace"}
+        extra: dict[str, object] = {"datapath": gw_datapath}
         if dual_stack:
             extra.update(pool=[POOL, POOL6], local_ts=[PROTECTED_NET, LAN_NET6])
         gw_config, _ = gateway_yaml(workdir, listen, METHOD, IKE, KEY, **extra)
@@ -446,3 +450,17 @@ def test_tampered_replayed_and_unknown_esp_are_dropped(short_tmp: Path) -> None:
         # The SA still carries traffic after the drops.
         with echo_server(net.lan, LAN_HOST, 7003):
             assert echoes(net.mn, LAN_HOST, 7003, address, 1) == 1
+
+
+def test_xfrm_gateway_still_gets_ike_on_4500(short_tmp: Path) -> None:
+    """``datapath: xfrm`` marks the 4500 sockets for the kernel's ESP (UDP_ENCAP, as
+    charon does); IKE behind the non-ESP marker must still reach the daemon. Where the
+    kernel has no ESP states (as on these machines) the install is refused, logged and
+    counted, and the IKE SA stands."""
+    with mobile_and_gateway(short_tmp, encap=True, gw_datapath="xfrm") as pair:
+        gateway = status("gateway.cli", pair.gateway_config)
+        [sa] = gateway["ike_sas"]
+        assert sa["state"] == "ESTABLISHED" and sa["local"].endswith("[4500]")
+        datapath = gateway["datapath"]
+        assert datapath["kind"] == "xfrm"
+        assert datapath["child_sas"] + datapath["errors"] == 1
