@@ -158,9 +158,15 @@ class Figure:
     def gateway_cpu(self) -> float:
         return statistics.median(r.gateway_cpu for r in self.runs) if self.runs else 0.0
 
+    @property
+    def gateway_us(self) -> float:
+        """Gateway CPU microseconds per delivered packet."""
+        return self.gateway_cpu / self.pps * 1e6 if self.pps else 0.0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "gateway_cpu": round(self.gateway_cpu, 3),
+            "gateway_us_per_packet": round(self.gateway_us, 2),
             "loss": round(self.loss, 5),
             "pps": round(self.pps, 1),
             "mbit_per_s": round(self.mbps, 3),
@@ -592,10 +598,14 @@ def print_table(
             print(line)
     for name in names:
         print(f"  {name}: {SCENARIOS[name]}")
-    print("  offered packets/s / loss / gateway process CPU (cores), medians:")
+    print(
+        "  medians of offered packets/s / loss / gateway process CPU in cores / "
+        "gateway CPU per delivered packet in us:"
+    )
     for name in names:
         offered_line = ", ".join(
-            f"{d} {s}B {fig.offered_pps:,.0f}/{fig.loss:.1%}/{fig.gateway_cpu:.2f}"
+            f"{d} {s}B {fig.offered_pps:,.0f}/{fig.loss:.1%}/{fig.gateway_cpu:.2f}/"
+            f"{fig.gateway_us:.1f}"
             for d in DIRECTIONS
             for s in sizes
             if (fig := results[name][d, s])
