@@ -254,6 +254,8 @@ class DatapathGlue:
                 raise ControlError(f"datapath xfrm: {error.strerror or error}") from None
             transport.hand_esp_to_kernel()
             return cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
+        # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
+        logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
         try:
             userspace = UserspaceDatapath.open(transport.send_raw, name=device)
         except OSError as error:
@@ -487,6 +489,12 @@ def describe_event(event: Event) -> str:
         return (
             f"{who}: IKE SA moved to {event.local[0]}[{event.local[1]}] === "
             f"{event.remote[0]}[{event.remote[1]}]"
+        )
+    if isinstance(event, ChildSaAddressesUpdated):
+        encap = ", ESP in UDP" if event.encap else ""
+        return (
+            f"{who}: CHILD SA {event.spi_in.hex()}_i {event.spi_out.hex()}_o moved to "
+            f"{event.local[0]} === {event.remote[0]}{encap}"
         )
     if isinstance(event, LeaseReleased):
         return f"{who}: released {', '.join(str(a) for a in event.addresses)}"

@@ -464,3 +464,56 @@ def test_xfrm_gateway_still_gets_ike_on_4500(short_tmp: Path) -> None:
         datapath = gateway["datapath"]
         assert datapath["kind"] == "xfrm"
         assert datapath["child_sas"] + datapath["errors"] == 1
+
+
+@pytest.mark.charon
+@pytest.mark.usefixtures("charon_env")
+def test_echo_goes_on_after_charon_moves(short_tmp: Path) -> None:
+    """charon's address changes; after its UPDATE_SA_ADDRESSES (and the CHILD SA rekey
+    kernel-libipsec does after a move) the gateway sends to the new address."""
+    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
+    with three_hosts() as net, contextlib.ExitStack() as stack:
+        link = net.hosts.link
+        (short_tmp / "gw").mkdir()
+        gw_config, ca = gateway_yaml(
+            short_tmp / "gw",
+            [link.b.addr(4)],
+            METHOD,
+            IKE,
+            KEY,
+            datapath="userspace",
+            mobike={"address_policy": "any"},  # as strongSwan: not an address we allocated
+        )
+        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
+        stack.callback(lambda: print(gateway.stop()))
+        wait_listening(gw_config)
+        charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
+        charon.add_cacert(ca)
+        swanctl = initiator_config(sc, "%any", link.b.addr(4))
+        charon.configure(swanctl)
+        charon.start()
+        charon.load()
+        try:
+            charon.initiate(CHILD, timeout=5)
+            [vip] = charon.wait_established(CHILD).local_vips
+            echo_both_ways(net, vip)
+            # (The other way round, the new address would go with the old primary one.)
+            net.mn.del_addr(link.a.dev, "192.0.2.1/24")
+            net.mn.add_addr(link.a.dev, "192.0.2.3/24")
+
+            def moved() -> bool:
+                [sa] = status("gateway.cli", gw_config)["ike_sas"]
+                return bool(sa["remote"].startswith("192.0.2.3["))
+
+            wait_for(moved, timeout=5)
+            charon.wait_for(lambda sas: bool(sas) and sas[0].local_host == "192.0.2.3", timeout=5)
+            time.sleep(0.3)  # the rekey kernel-libipsec starts after a move
+            echo_both_ways(net, vip)
+            wait_for(lambda: status("gateway.cli", gw_config)["datapath"]["child_sas"] == 1)
+            ours = our_child("gateway.cli", gw_config)
+            theirs = charon_counts(charon_child(charon, ours))
+            assert ours["bytes_out"] == theirs["bytes_in"] and ours["drops"] == {}
+            assert ours["packets_out"] == theirs["packets_in"] >= COUNT
+        except BaseException:
+            print(charon.diagnostics())
+            raise
