@@ -253,7 +253,9 @@ class DatapathGlue:
             except OSError as error:
                 raise ControlError(f"datapath xfrm: {error.strerror or error}") from None
             transport.hand_esp_to_kernel()
-            return cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
+            glue = cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
+            glue.transport = transport
+            return glue
         # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
         try:
@@ -301,6 +303,27 @@ class DatapathGlue:
         except DATAPATH_ERRORS as error:
             self.errors += 1
             log.error("%s[%s]: datapath: %s", event.name, event.ike_sa.hex(), error)
+            if isinstance(event, ChildSaEstablished):
+                self._delete_soon(event.ike_sa, event.params.spi_in)
+
+    def _delete_soon(self, ike_sa: bytes, spi_in: bytes) -> None:
+        """A CHILD SA the datapath refused carries nothing: delete it, as charon does when
+        the kernel refuses an SA, once the events under way are handled."""
+        transport = self.transport
+        if transport is None:
+            return
+
+        def delete() -> None:
+            if self.transport is not transport:  # closed meanwhile
+                return
+            log.info("deleting CHILD SA %s: the datapath refused it", spi_in.hex())
+            try:
+                transport.endpoint.delete_child_sa(ike_sa, spi_in, transport.now())
+            except Exception as error:  # the IKE SA went away meanwhile
+                log.warning("CHILD SA %s: delete refused: %s", spi_in.hex(), error)
+            transport.process()
+
+        asyncio.get_running_loop().call_soon(delete)
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, IkeSaEstablished) and self.inner_addresses:
@@ -437,6 +460,7 @@ class DatapathGlue:
 
     def close(self) -> None:
         """Remove what is still installed, close the device and sockets, restore forwarding."""
+        self.transport = None
         for ike_sa in list(self._children) + list(self._inner):
             self._forget(ike_sa)
         if self.raw is not None:
