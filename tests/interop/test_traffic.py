@@ -303,11 +303,12 @@ def test_stop_removes_devices_routes_and_forwarding(short_tmp: Path) -> None:
 
 @pytest.mark.charon
 @pytest.mark.usefixtures("charon_env")
-def test_echo_through_mobile_and_charon_gateway(short_tmp: Path) -> None:
+@pytest.mark.parametrize("family", [4, 6], ids=["outer-ipv4", "outer-ipv6"])
+def test_echo_through_mobile_and_charon_gateway(family: int, short_tmp: Path) -> None:
     sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY)
     with three_hosts() as net, contextlib.ExitStack() as stack:
         net.gw.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        gw_ip = net.hosts.link.b.addr(4)
+        gw_ip = net.hosts.link.b.addr(family)
         charon = stack.enter_context(Charon(net.gw, short_tmp / "charon"))
         ca = make_ca(key_type=KEY)
         cert_file = charon.add_cert(make_cert(ca, GATEWAY_ID, KEY, san_ip=[gw_ip]), "gw")
@@ -341,20 +342,22 @@ def test_echo_through_mobile_and_charon_gateway(short_tmp: Path) -> None:
 
 @pytest.mark.charon
 @pytest.mark.usefixtures("charon_env")
-def test_echo_through_charon_initiator_and_gateway(short_tmp: Path) -> None:
+@pytest.mark.parametrize("family", [4, 6], ids=["outer-ipv4", "outer-ipv6"])
+def test_echo_through_charon_initiator_and_gateway(family: int, short_tmp: Path) -> None:
     sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
     with three_hosts() as net, contextlib.ExitStack() as stack:
         link = net.hosts.link
         (short_tmp / "gw").mkdir()
+        listen = [link.b.addr(4), link.b.addr(6)]
         gw_config, ca = gateway_yaml(
-            short_tmp / "gw", [link.b.addr(4)], METHOD, IKE, KEY, datapath="userspace"
+            short_tmp / "gw", listen, METHOD, IKE, KEY, datapath="userspace"
         )
         gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
         stack.callback(lambda: print(gateway.stop()))
         wait_listening(gw_config)
         charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
         charon.add_cacert(ca)
-        charon.configure(initiator_config(sc, link.a.addr(4), link.b.addr(4)))
+        charon.configure(initiator_config(sc, link.a.addr(family), link.b.addr(family)))
         charon.start()
         charon.load()
         try:
