@@ -337,9 +337,10 @@ class DatapathGlue:
                 event.spi_in, event.spi_out, event.local, event.remote, event.encap
             )
         elif isinstance(event, IkeSaRekeyed):  # its CHILD SAs and lease move along
-            for filed in (self._children, self._inner):
-                if event.ike_sa in filed:
-                    filed[event.new_ike_sa] = filed.pop(event.ike_sa)  # type: ignore[assignment]
+            if event.ike_sa in self._children:
+                self._children[event.new_ike_sa] = self._children.pop(event.ike_sa)
+            if event.ike_sa in self._inner:
+                self._inner[event.new_ike_sa] = self._inner.pop(event.ike_sa)
         elif isinstance(event, IkeSaDeleted | IkeSaFailed):
             self._forget(event.ike_sa)
 

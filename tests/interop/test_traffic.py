@@ -31,7 +31,7 @@ from tests.harness.charon import Charon, ChildSa
 from tests.harness.netns import Netns, TwoHosts, add_veth, netns, two_hosts
 from tests.harness.pcap import capture, classify, read_udp
 from tests.harness.pki import KeyType, make_ca, make_cert
-from tests.harness.scenarios import CHILD, Scenario, initiator_config, responder_config
+from tests.harness.scenarios import CHILD, CONN, Scenario, initiator_config, responder_config
 from tests.interop.test_mobile_vs_gateway import (
     GATEWAY_ID,
     POOL,
@@ -386,6 +386,17 @@ def test_echo_through_charon_initiator_and_gateway(family: int, short_tmp: Path)
             ours = our_child("gateway.cli", gw_config)
             assert ours["spi_in"] != old_spi
             assert_counts_match(ours, charon_counts(charon_child(charon, ours)))
+
+            # An IKE SA rekey hands the CHILD SA to the new IKE SA, whose deletion
+            # then takes it out of the datapath.
+            old_ike = charon.wait_established(CHILD).initiator_spi
+            charon.rekey(ike=CONN)
+            charon.wait_for(lambda sas: bool(sas) and sas[0].initiator_spi != old_ike)
+            echo_both_ways(net, vip)
+            charon.terminate(ike=CONN, timeout=5)
+            wait_for(lambda: not status("gateway.cli", gw_config)["ike_sas"])
+            assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 0
+            assert vip not in net.gw.ip("route", "show").stdout
         except BaseException:
             print(charon.diagnostics())
             raise
