@@ -3,8 +3,8 @@
 charon initiates with ``encap = yes`` (kernel-libipsec only does ESP in UDP),
 authenticates with EAP (MD5 or MSCHAPv2) and asks for a virtual IP; mpa-gateway signs
 with an RSA or ECDSA certificate and leases the address from its pool. The four cases
-cover every pair of method, IKE proposal and key type. The gateway's datapath is the
-recording one: nothing here claims that traffic flows.
+cover every pair of method, IKE proposal and key type. These tests check the IKE side
+only; traffic through the SAs is tested in test_traffic.py.
 """
 
 from __future__ import annotations

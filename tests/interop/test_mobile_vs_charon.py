@@ -2,8 +2,8 @@
 
 charon authenticates with a certificate (RSA or ECDSA) and the mobile node with EAP
 (MD5 or MSCHAPv2), and assigns a virtual IP from its pool by CP. The four cases cover
-every pair of method, IKE proposal and key type. The mobile node's datapath is the
-recording one: nothing here claims that traffic flows.
+every pair of method, IKE proposal and key type. These tests check the IKE side
+only; traffic through the SAs is tested in test_traffic.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """mpa-mobile against mpa-gateway, each daemon in its own network namespace.
 
 The two programs run as they would in production (``python -m ... run -c FILE``); the
-test drives them through their CLIs only. The datapath is the recording one: nothing
-here claims that traffic flows through the tunnel.
+test drives them through their CLIs only. These tests check the IKE
+side only; traffic through the SAs is tested in test_traffic.py.
 """
 
 from __future__ import annotations
