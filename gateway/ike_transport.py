@@ -208,7 +208,9 @@ class IkeTransport:
 
     def send_raw(self, payload: bytes, src: Address, dst: Address) -> bool:
         """Send ``payload`` as is from our socket ``src`` (the datapath's ESP in UDP)."""
-        protocol = self._sockets.get(normalize(src))
+        # Per ESP packet: the datapath passes addresses already in canonical form, so
+        # parse the spelling only when the direct lookup misses.
+        protocol = self._sockets.get(src) or self._sockets.get(normalize(src))
         if protocol is None or protocol.transport is None:
             self.counters["unroutable"] += 1
             return False
