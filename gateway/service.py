@@ -602,6 +602,11 @@ class GatewayService:
                 tuple(config.mobike.prefixes),
             ),
             return_routability=config.mobike.return_routability,
+            additional_addresses=tuple(
+                address
+                for address in (ipaddress.ip_address(str(x.address)) for x in config.listen)
+                if not address.is_unspecified
+            ),
         )
 
     def handlers(self) -> Mapping[str, Handler]:

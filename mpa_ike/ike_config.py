@@ -130,6 +130,9 @@ class ResponderConfig:
     # routability before the CHILD SAs move.
     address_policy: AddressCheck = field(default_factory=AddressPolicy)
     return_routability: bool = False
+    # §3.4: the gateway's other addresses, announced in IKE_AUTH (as charon does), so
+    # that a mobile node can move to one of another family.
+    additional_addresses: tuple[IPAddress, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.credential is None) == (self.psk is None):

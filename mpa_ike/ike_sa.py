@@ -1304,10 +1304,17 @@ class IkeSa:
         payloads += child_payloads
         if self.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
+            payloads += self._own_additional_addresses()
         self._respond(message.header, payloads)
         self._emit_established()
         mobike_exchanges.read_address_list(self, self._auth_request.message)  # §3.4
         child_result()
+
+    def _own_additional_addresses(self) -> list[Payload]:
+        """§3.4: the configured addresses other than the one this IKE SA uses."""
+        ours = ip_of(self.local)
+        others = [a for a in self._responder_config.additional_addresses if a != ours]
+        return list(mobike_exchanges.additional_address_notifies(others)) if others else []
 
     # ------------------------------------------------------------------
     # Responder: CP and the first CHILD SA (§2.19, §2.9, §2.17)
