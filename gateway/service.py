@@ -527,8 +527,13 @@ def describe_event(event: Event) -> str:
 
 
 def counters(endpoint: Endpoint, transport: IkeTransport | None) -> dict[str, int]:
-    """What was dropped or refused, and why: the core's counters and the sockets'."""
-    found = dict(endpoint.counters)
+    """What was dropped or refused, and why: the core's counters and the sockets'.
+
+    The core's are :meth:`Endpoint.statistics`, those of the endpoint and of every IKE SA
+    (a forged or replayed request is dropped and counted by its SA, a refused MOBIKE
+    update too), not only the endpoint's own.
+    """
+    found = dict(endpoint.statistics())
     if transport is not None:
         found.update((f"udp_{name}", value) for name, value in transport.counters.items())
     return dict(sorted(found.items()))
