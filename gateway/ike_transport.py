@@ -30,6 +30,7 @@ from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT
 from mpa_ike.datagram import Address, Datagram, frame_for_socket, unframe_from_socket
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import Event
+from mpa_ike.io.policy_routing import mark_socket
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class IkeTransport:
         self._timer_at: float | None = None
         self._fired_at: float | None = None
         self._kernel_esp = False
+        self._mark: int | None = None
         self.counters: dict[str, int] = {"esp_dropped": 0, "keepalives": 0, "unroutable": 0}
 
     # ------------------------------------------------------------------
@@ -135,6 +137,8 @@ class IkeTransport:
             if local in self._sockets:
                 continue
             sock = _open_socket(local, freebind)
+            if self._mark is not None:
+                mark_socket(sock, self._mark)
             if self._kernel_esp and port == NAT_T_PORT:
                 _hand_esp_to_kernel(sock)
             _, protocol = await self._loop.create_datagram_endpoint(
@@ -142,6 +146,14 @@ class IkeTransport:
             )
             self._sockets[local] = protocol
             log.debug("listening on %s", _text(local))
+
+    def mark_sockets(self, mark: int) -> None:
+        """Mark what every socket, present and future, sends (policy routing by mark:
+        see :mod:`mpa_ike.io.policy_routing`)."""
+        self._mark = mark
+        for protocol in self._sockets.values():
+            if protocol.transport is not None:
+                mark_socket(protocol.transport.get_extra_info("socket"), mark)
 
     def hand_esp_to_kernel(self) -> None:
         """The XFRM datapath: ESP in UDP on our 4500 sockets goes to the kernel's SAs,

@@ -60,7 +60,9 @@ from mpa_ike.events import (
     LeaseReleased,
 )
 from mpa_ike.ike_config import ResponderConfig
+from mpa_ike.io.policy_routing import BYPASS_MARK, GATEWAY_TABLE, Rules, gateway_rules
 from mpa_ike.io.raw_esp import RawEspSockets
+from mpa_ike.io.tun import MAIN_TABLE
 from mpa_ike.io.userspace import UserspaceDatapath
 from mpa_ike.io.xfrm import XfrmDatapath, XfrmUsageError, select_datapath
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
@@ -227,6 +229,7 @@ class DatapathGlue:
         self.forward = forward
         self.errors = 0
         self.transport: IkeTransport | None = None
+        self.rules: Rules | None = None
         self._rekeying: set[bytes] = set()  # inbound SPIs rekeyed for their sequence numbers
         self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
         self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
@@ -258,8 +261,9 @@ class DatapathGlue:
             return glue
         # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
+        table = GATEWAY_TABLE if forward else MAIN_TABLE
         try:
-            userspace = UserspaceDatapath.open(transport.send_raw, name=device)
+            userspace = UserspaceDatapath.open(transport.send_raw, name=device, route_table=table)
         except OSError as error:
             reason = f"cannot create a TUN device: {error.strerror or error}"
             if kind == "userspace":
@@ -275,6 +279,9 @@ class DatapathGlue:
         except OSError as error:
             log.warning("ESP in UDP only: no raw socket for plain ESP (%s)", error.strerror)
         transport.esp_handler = userspace.esp_received
+        rules = None
+        if forward:
+            rules = cls._gateway_routing(userspace, transport, raw)
         log.info("userspace datapath on %s", cls._device(userspace))
         glue = cls(
             userspace,
@@ -285,9 +292,25 @@ class DatapathGlue:
             forward=forward,
         )
         glue.transport = transport
+        glue.rules = rules
         userspace.on_expire = glue._expired
         userspace.on_mapping = glue._mapped
         return glue
+
+    @staticmethod
+    def _gateway_routing(
+        userspace: UserspaceDatapath, transport: IkeTransport, raw: RawEspSockets | None
+    ) -> Rules | None:
+        """Tunnel routes in their own table, our IKE and ESP sockets marked past it: an
+        nCoA is both the inner and the outer address after the move."""
+        netlink = getattr(userspace.tun, "netlink", None)
+        if netlink is None:
+            return None
+        rules = gateway_rules(netlink)
+        transport.mark_sockets(BYPASS_MARK)
+        if raw is not None:
+            raw.mark_sockets(BYPASS_MARK)
+        return rules
 
     @staticmethod
     def _device(userspace: UserspaceDatapath) -> str:
@@ -466,6 +489,9 @@ class DatapathGlue:
             self._forget(ike_sa)
         if self.raw is not None:
             self.raw.close()
+        if self.rules is not None:
+            self.rules.close()
+            self.rules = None
         if self.userspace is not None:
             self.userspace.close()
         elif isinstance(self.datapath, XfrmDatapath):

@@ -150,6 +150,15 @@ class AddressUpdateRefused(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AddressUpdateAccepted(Event):
+    """The mobile node: the gateway answered our UPDATE_SA_ADDRESSES without refusal;
+    the SAs live at ``local`` === ``remote`` on both sides now."""
+
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAddressesAnnounced(Event):
     """ADDITIONAL_IP4/IP6_ADDRESS (or NO_ADDITIONAL_ADDRESSES: empty) from the peer;
     each list replaces the previous one (RFC 4555 §3.4, §3.6)."""

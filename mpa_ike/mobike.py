@@ -29,6 +29,7 @@ from mpa_ike.constants import ExchangeType, NotifyType
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import IPNetwork
 from mpa_ike.events import (
+    AddressUpdateAccepted,
     AddressUpdateRefused,
     ChildSaAddressesUpdated,
     IkeSaAddressesUpdated,
@@ -214,6 +215,8 @@ def on_update_response(sa: IkeSa, message: Message, now: float) -> None:
     sa._finish_exchange(now)
     if again:
         send_update(sa, now)
+    else:
+        sa._emit(AddressUpdateAccepted(sa.local_spi, sa.name, sa.local, sa.remote))
 
 
 def announce_move(sa: IkeSa, *, children: bool) -> None:

@@ -39,6 +39,11 @@ class RawEspSockets:
             self.socks[family] = sock
             loop.add_reader(sock.fileno(), self._readable, sock)
 
+    def mark_sockets(self, mark: int) -> None:
+        """Mark what is sent (see :mod:`mpa_ike.io.policy_routing`)."""
+        for sock in self.socks.values():
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
     def _readable(self, sock: socket.socket) -> None:
         v4 = sock.family == socket.AF_INET
         for _ in range(64):

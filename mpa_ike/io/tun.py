@@ -28,10 +28,11 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFA_F_NODAD = 0x02
+MAIN_TABLE = 254
 MAX_PACKET = 65535
 
 
-class _Netlink:
+class Netlink:
     """An ``IPRoute`` living in its own thread (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -50,7 +51,7 @@ class _Netlink:
 class TunDevice:
     """An open, non-blocking TUN device."""
 
-    def __init__(self, fd: int, name: str, netlink: _Netlink) -> None:
+    def __init__(self, fd: int, name: str, netlink: Netlink) -> None:
         self.fd = fd
         self.name = name
         self._nl = netlink
@@ -72,7 +73,7 @@ class TunDevice:
             ifr = struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI)
             result = fcntl.ioctl(fd, TUNSETIFF, ifr)
             real_name = struct.unpack("16sH", result[:18])[0].rstrip(b"\0").decode()
-            dev = cls(fd, real_name, _Netlink())
+            dev = cls(fd, real_name, Netlink())
         except BaseException:
             os.close(fd)
             raise
@@ -115,15 +116,20 @@ class TunDevice:
             prefixlen=iface.network.prefixlen,
         )
 
-    def add_route(self, network: str, src: str | None = None) -> None:
+    def add_route(self, network: str, src: str | None = None, table: int = MAIN_TABLE) -> None:
         """Route ``network`` into the device, preferring source ``src`` if given."""
         net = ipaddress.ip_network(network)
-        extra = {"prefsrc": src} if src else {}
-        self._nl.call("route", "add", dst=str(net), oif=self.index, **extra)
+        extra: dict[str, Any] = {"prefsrc": src} if src else {}
+        self._nl.call("route", "add", dst=str(net), oif=self.index, table=table, **extra)
 
-    def del_route(self, network: str) -> None:
+    def del_route(self, network: str, table: int = MAIN_TABLE) -> None:
         net = str(ipaddress.ip_network(network))
-        self._nl.call("route", "del", dst=net, oif=self.index)
+        self._nl.call("route", "del", dst=net, oif=self.index, table=table)
+
+    @property
+    def netlink(self) -> Netlink:
+        """The device's rtnetlink worker, for the policy routing that goes with it."""
+        return self._nl
 
     def read(self) -> bytes:
         """One IP packet; raises BlockingIOError when none is waiting."""

@@ -27,7 +27,7 @@ from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import DEFAULT_REPLAY_WINDOW, DropReason, EspTunnels, Expiry, SaPair
-from mpa_ike.io.tun import TunDevice
+from mpa_ike.io.tun import MAIN_TABLE, TunDevice
 
 Sender = Callable[[bytes, Address, Address], object]
 """``sender(esp_packet, local, remote)``: put ESP in UDP on the wire from ``local``
@@ -49,9 +49,9 @@ class PacketDevice(Protocol):
 
     def write(self, packet: bytes) -> int: ...
 
-    def add_route(self, network: str, src: str | None = None) -> None: ...
+    def add_route(self, network: str, src: str | None = None, table: int = MAIN_TABLE) -> None: ...
 
-    def del_route(self, network: str) -> None: ...
+    def del_route(self, network: str, table: int = MAIN_TABLE) -> None: ...
 
     def add_address(self, cidr: str) -> None: ...
 
@@ -70,6 +70,7 @@ class UserspaceDatapath:
         replay_window: int = DEFAULT_REPLAY_WINDOW,
         manage_routes: bool = True,
         send_plain: Sender | None = None,
+        route_table: int = MAIN_TABLE,
     ) -> None:
         self.tun = tun
         self.send_esp = send_esp
@@ -78,7 +79,14 @@ class UserspaceDatapath:
         self.loop = loop
         self.tunnels = EspTunnels(replay_window)
         self.manage_routes = manage_routes
+        self.route_table = route_table
+        """Where the routes into the device go (a gateway keeps them out of ``main``,
+        see :mod:`mpa_ike.io.policy_routing`)."""
+        self.source_tables: dict[str, int] = {}
+        """Routes preferring one of these sources go to its table instead (the mobile
+        node's pre-authentication tunnels, reached by a ``from`` rule)."""
         self._routes: Counter[tuple[str, str | None]] = Counter()
+        self._route_tables: dict[tuple[str, str | None], int] = {}
         self.tun_write_errors = 0
         self._reading = False
         self.last_inbound: dict[bytes, float] = {}
@@ -99,11 +107,18 @@ class UserspaceDatapath:
         mtu: int = 1400,
         replay_window: int = DEFAULT_REPLAY_WINDOW,
         send_plain: Sender | None = None,
+        route_table: int = MAIN_TABLE,
     ) -> UserspaceDatapath:
         """Create a TUN device and start reading it on the running loop (needs root)."""
         tun = TunDevice.create(name, mtu=mtu)
         try:
-            datapath = cls(tun, send_esp, replay_window=replay_window, send_plain=send_plain)
+            datapath = cls(
+                tun,
+                send_esp,
+                replay_window=replay_window,
+                send_plain=send_plain,
+                route_table=route_table,
+            )
             datapath.start()
         except BaseException:
             tun.close()
@@ -128,6 +143,7 @@ class UserspaceDatapath:
         self.stop()
         self.tunnels = EspTunnels(self.tunnels.replay_window)
         self._routes.clear()
+        self._route_tables.clear()
         close = getattr(self.tun, "close", None)
         if close is not None:
             close()
@@ -305,17 +321,40 @@ class UserspaceDatapath:
         if self._routes[route] > 1:
             return
         net, src = route
+        table = self.source_tables.get(src or "", self.route_table)
+        self._route_tables[route] = table
+        self._install_route(net, src, table)
+
+    def _install_route(self, net: str, src: str | None, table: int) -> None:
         try:
-            self.tun.add_route(net, src)
+            self.tun.add_route(net, src, table)
         except Exception:
             # The source address may not be on the device (yet): route without it.
             with contextlib.suppress(Exception):
-                self.tun.add_route(net)
+                self.tun.add_route(net, None, table)
 
     def _del_route(self, route: tuple[str, str | None]) -> None:
         self._routes[route] -= 1
         if self._routes[route] > 0:
             return
         del self._routes[route]
+        table = self._route_tables.pop(route, self.route_table)
         with contextlib.suppress(Exception):
-            self.tun.del_route(route[0])
+            self.tun.del_route(route[0], table)
+
+    def move_routes(self, src: str, table: int | None) -> None:
+        """Put the routes preferring source ``src`` into ``table`` (None: the default
+        table) from now on, those already installed included."""
+        if table is None:
+            self.source_tables.pop(src, None)
+        else:
+            self.source_tables[src] = table
+        wanted = self.source_tables.get(src, self.route_table)
+        for route in [r for r in self._routes if r[1] == src]:
+            was = self._route_tables.get(route, self.route_table)
+            if was == wanted:
+                continue
+            with contextlib.suppress(Exception):
+                self.tun.del_route(route[0], was)
+            self._route_tables[route] = wanted
+            self._install_route(route[0], src, wanted)

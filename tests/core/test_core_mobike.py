@@ -421,7 +421,7 @@ def test_mobile_awaits_the_answer_before_moving_children(pool: AddressPool[objec
     _, gateway = sas(link)
     move(link, LEASE)
     kinds = [type(e).__name__ for e in link.mobile_events]
-    assert kinds == ["IkeSaAddressesUpdated", "ChildSaAddressesUpdated"]
+    assert kinds == ["IkeSaAddressesUpdated", "ChildSaAddressesUpdated", "AddressUpdateAccepted"]
     assert gateway.remote == LEASE
     # Refused: the CHILD SAs never left the old path.
     move(link, ELSEWHERE)

@@ -33,6 +33,7 @@ class FakeTun:
         self.fd = -1
         self.written: list[bytes] = []
         self.routes: dict[str, str | None] = {}
+        self.tables: dict[str, int] = {}
         self.addresses: list[str] = []
 
     def read(self) -> bytes:
@@ -42,11 +43,13 @@ class FakeTun:
         self.written.append(packet)
         return len(packet)
 
-    def add_route(self, network: str, src: str | None = None) -> None:
+    def add_route(self, network: str, src: str | None = None, table: int = 254) -> None:
         assert network not in self.routes
         self.routes[network] = src
+        self.tables[network] = table
 
-    def del_route(self, network: str) -> None:
+    def del_route(self, network: str, table: int = 254) -> None:
+        assert self.tables.pop(network) == table
         del self.routes[network]
 
     def add_address(self, cidr: str) -> None:

@@ -1,0 +1,205 @@
+"""Interface link state, and the moves of an address between interfaces.
+
+:class:`LinkWatcher` reads rtnetlink's link group on the event loop: a handover starts
+on the event itself, without polling. A link counts as up when it is administratively
+up and has its carrier (``IFF_LOWER_UP``): the kernel reports a carrier coming on at
+once, while the operational state may lag (see ``deploy/testbed/README.md``).
+
+:class:`AddressMover` puts an address on an interface without duplicate address
+detection (the gateway allocated it: nobody else has it), routes the gateway through
+that interface, and clears neighbour entries that failed while the link was down, which
+the kernel would otherwise wait out for a second. Its netlink calls go through the TUN
+device's worker (:class:`mpa_ike.io.tun.Netlink`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE, Netlink
+
+log = logging.getLogger(__name__)
+
+RTMGRP_LINK = 0x1
+RTM_NEWLINK = 16
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
+SIOCGIFFLAGS = 0x8913
+NLMSG_HEADER = struct.Struct("=IHHII")
+IFINFOMSG = struct.Struct("=BxHiII")
+# Neighbour states not worth keeping when a link comes back (<linux/neighbour.h>).
+NUD_INCOMPLETE = 0x01
+NUD_FAILED = 0x20
+
+LinkListener = Callable[[str, bool], object]
+"""``listener(interface_name, up)`` on every link change the kernel reports."""
+
+
+def link_is_up(name: str) -> bool:
+    """Administratively up with carrier, as the interface flags say now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", name.encode(), 0)
+        try:
+            flags: int = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        except OSError:
+            return False
+    return bool(flags & IFF_UP and flags & IFF_RUNNING)
+
+
+def parse_link_messages(data: bytes) -> list[tuple[int, bool]]:
+    """(interface index, up) of each RTM_NEWLINK in a netlink datagram."""
+    found = []
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size:
+            break
+        body = offset + NLMSG_HEADER.size
+        if kind == RTM_NEWLINK and body + IFINFOMSG.size <= len(data):
+            _, _, index, flags, _ = IFINFOMSG.unpack_from(data, body)
+            found.append((index, bool(flags & IFF_UP and flags & IFF_LOWER_UP)))
+        offset += (length + 3) & ~3
+    return found
+
+
+class LinkWatcher:
+    """Link up/down events of every interface, from an rtnetlink socket on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE
+        )
+        self.sock.bind((0, RTMGRP_LINK))
+        self.listeners: list[LinkListener] = []
+        self._waiters: dict[int, list[asyncio.Future[float]]] = {}
+        self._state: dict[int, bool] = {}
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    async def wait_up(self, name: str, timeout: float) -> float:
+        """Return when ``name`` has link (at once if it has); the loop time it came up."""
+        index = socket.if_nametoindex(name)
+        waiter: asyncio.Future[float] = self.loop.create_future()
+        self._waiters.setdefault(index, []).append(waiter)
+        try:
+            if link_is_up(name):
+                return self.loop.time()
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            with contextlib.suppress(ValueError, KeyError):
+                self._waiters[index].remove(waiter)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # ENOBUFS: events lost; states are read anew
+                log.warning("link events: %s", error.strerror)
+                return
+            now = self.loop.time()
+            for index, up in parse_link_messages(data):
+                self._changed(index, up, now)
+
+    def _changed(self, index: int, up: bool, now: float) -> None:
+        if up:
+            for waiter in self._waiters.get(index, []):
+                if not waiter.done():
+                    waiter.set_result(now)
+        if self._state.get(index) == up:
+            return
+        self._state[index] = up
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            return
+        for listener in self.listeners:
+            listener(name, up)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class AddressMover:
+    """Addresses and host routes on the mobile node's interfaces (blocking calls on the
+    netlink worker; each takes a fraction of a millisecond)."""
+
+    def __init__(self, netlink: Netlink) -> None:
+        self.netlink = netlink
+
+    def attach(self, interface: str, address: str, gateway: str) -> None:
+        """``address`` on ``interface`` as a host address; ``gateway`` on-link through it
+        from ``address``; failed neighbour entries of the interface cleared."""
+        index = self._index(interface)
+        self.flush_failed_neighbours(index)
+        ip = ipaddress.ip_address(address)
+        extra: dict[str, Any] = {"flags": IFA_F_NODAD} if ip.version == 6 else {}
+        self._call_tolerant(
+            "addr", "add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, **extra
+        )
+        self._call_tolerant(
+            "route",
+            "replace",
+            dst=f"{gateway}/{ip.max_prefixlen}",
+            oif=index,
+            prefsrc=str(ip),
+            table=MAIN_TABLE,
+        )
+
+    def detach(self, interface: str, address: str, gateway: str | None = None) -> None:
+        """Undo :meth:`attach` (what is already gone is fine)."""
+        with contextlib.suppress(Exception):
+            index = self._index(interface)
+            ip = ipaddress.ip_address(address)
+            if gateway is not None:
+                with contextlib.suppress(Exception):
+                    dst = f"{gateway}/{ip.max_prefixlen}"
+                    self.netlink.call("route", "del", dst=dst, oif=index, table=MAIN_TABLE)
+            self.netlink.call(
+                "addr", "del", index=index, address=str(ip), prefixlen=ip.max_prefixlen
+            )
+
+    def own_address(self, interface: str, version: int, exclude: set[str]) -> str | None:
+        """A global address of ``interface`` of that family, other than ``exclude``."""
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        index = self._index(interface)
+        for message in self.netlink.call("get_addr", index=index, family=family):
+            address = message.get_attr("IFA_ADDRESS")
+            if address and address not in exclude and not address.startswith("fe80"):
+                return str(address)
+        return None
+
+    def flush_failed_neighbours(self, index: int) -> None:
+        for entry in self.netlink.call("get_neighbours", ifindex=index):
+            if entry["state"] & (NUD_FAILED | NUD_INCOMPLETE):
+                with contextlib.suppress(Exception):
+                    self.netlink.call(
+                        "neigh",
+                        "del",
+                        ifindex=index,
+                        dst=entry.get_attr("NDA_DST"),
+                        family=entry["family"],
+                    )
+
+    def _index(self, interface: str) -> int:
+        return socket.if_nametoindex(interface)
+
+    def _call_tolerant(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self.netlink.call(*args, **kwargs)
+        except Exception as error:
+            if getattr(error, "code", None) != errno.EEXIST:  # already there
+                raise
