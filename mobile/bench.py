@@ -1,7 +1,8 @@
 """``mpa-bench``: benchmarks of the handover agent.
 
 Subcommands are thin: ``micro`` hands its arguments to :mod:`mobile.bench_micro`,
-``connect`` to :mod:`mobile.bench_connect`, ``esp`` to :mod:`mobile.bench_esp`.
+``connect`` to :mod:`mobile.bench_connect`, ``esp`` to :mod:`mobile.bench_esp`,
+``handover`` to :mod:`mobile.bench_handover`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ PROG = "mpa-bench"
 MICRO_MODULE = "mobile.bench_micro"
 CONNECT_MODULE = "mobile.bench_connect"
 ESP_MODULE = "mobile.bench_esp"
+HANDOVER_MODULE = "mobile.bench_handover"
 
 
 def build_parser() -> Parser:
@@ -40,6 +42,12 @@ def build_parser() -> Parser:
         description=f"ESP throughput; the arguments are passed to {ESP_MODULE}.",
     )
     esp.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {ESP_MODULE}")
+    handover = commands.add_parser(
+        "handover",
+        help="handover outage: mpa against reactive, MOBIKE and charon, on the testbed",
+        description=f"Handover outage; the arguments are passed to {HANDOVER_MODULE}.",
+    )
+    handover.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of {HANDOVER_MODULE}")
     return parser
 
 
@@ -52,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return delegate("connect", CONNECT_MODULE, argv[1:])
     if argv[:1] == ["esp"]:
         return delegate("esp", ESP_MODULE, argv[1:])
+    if argv[:1] == ["handover"]:
+        return delegate("handover", HANDOVER_MODULE, argv[1:])
     parser = build_parser()
     parser.parse_args(argv)
     parser.print_help()
