@@ -3,8 +3,9 @@
 Pure functions over raw samples, so that the measurement itself is tested on synthetic
 flows and captures (``tests/bench``):
 
-- the probe flow (``deploy.testbed.probe``): outage is the longest silence in each
-  direction, lost packets those never received;
+- the probe flow (``deploy.testbed.probe``): the outage in each direction is the
+  longest silence that ends after the link event (or the trailing silence of a flow
+  that never came back), lost packets those of the flow never received;
 - the IKE messages the MN sent and received, from a capture in its namespace; tcpdump
   stamps packets with ``CLOCK_REALTIME``, the probe with ``CLOCK_MONOTONIC``: the capture
   is moved onto the probe's clock by the offset between the two clocks, read once
@@ -151,21 +152,27 @@ class Timeline:
         return self.ike_answer - self.ike_first
 
 
-def first_after_gap(timeline: Sequence[Arrival], t0: float) -> Arrival | None:
-    """The arrival ending the longest silence that ends after ``t0``.
+def silence_after(timeline: Sequence[Arrival], t0: float) -> tuple[float, Arrival | None]:
+    """The longest silence that ends after ``t0``, and the arrival that ends it.
 
-    Arrivals just after ``t0`` that were already on their way are not the end of the
-    handover's silence: the longest inter-arrival time ending after ``t0`` is.
+    Arrivals just after ``t0`` that were already on their way do not end the handover's
+    silence, and a silence before ``t0`` (a neighbour resolved late when the flow
+    started, say) is not the handover's.
     """
-    best: tuple[float, Arrival] | None = None
+    best: tuple[float, Arrival | None] = (0.0, None)
     previous: float | None = None
     for arrival in timeline:
         if arrival.received > t0:
             silence = arrival.received - (t0 if previous is None else previous)
-            if best is None or silence > best[0]:
+            if silence > best[0]:
                 best = (silence, arrival)
         previous = arrival.received
-    return None if best is None else best[1]
+    return best
+
+
+def first_after_gap(timeline: Sequence[Arrival], t0: float) -> Arrival | None:
+    """The arrival that ends the handover's silence (see ``silence_after``)."""
+    return silence_after(timeline, t0)[1]
 
 
 def build_timeline(
@@ -284,19 +291,21 @@ def measure(
     """A sample from a flow and a capture around a link event at ``t0``.
 
     A handover whose flow never came back has its trailing silence as outage and is
-    not ``ok``.
+    not ``ok``. The lost packets are the whole flow's (random loss on the links too).
     """
     report = analyse(log)
     line = build_timeline(t0, t_up, messages, report)
     recovered = line.data_forward is not None and report.forward.trailing == 0.0
+    forward = max(silence_after(report.forward.timeline, t0)[0], report.forward.trailing)
+    reverse = max(silence_after(report.reverse.timeline, t0)[0], report.reverse.trailing)
     return Sample(
         method=method,
         run=run,
         ok=completed and recovered and error is None,
         error=error if error else (None if recovered else "the probe flow did not come back"),
         t0=t0,
-        outage_forward=report.forward.longest,
-        outage_reverse=report.reverse.longest,
+        outage_forward=forward,
+        outage_reverse=reverse,
         lost_forward=report.forward.lost,
         lost_reverse=report.reverse.lost,
         timeline=line,

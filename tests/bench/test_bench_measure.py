@@ -293,3 +293,12 @@ def test_table_shows_ratios_to_mpa() -> None:
     assert rows["mpa"].split()[2:6] == ["5.0", "5.0", "5.0-5.0", "1.0"]
     assert rows["charon-reauth"].split()[2:6] == ["120.0", "120.0", "120.0-120.0", "24.0"]
     assert "not available: not yet" in rows["mobike"]
+
+
+def test_a_silence_before_the_event_is_not_the_handover_s() -> None:
+    # The flow starts late (a neighbour resolved after 300 ms) and the handover costs
+    # 20 ms: the outage is the silence that ends after the event.
+    sent, forward, reverse = _flow(2000, set(range(0, 300)) | set(range(1000, 1020)))
+    sample = measure("x", 0, FlowLog(INTERVAL, sent, forward, reverse), 100.0, None, [])
+    assert sample.outage_forward == pytest.approx(0.021, abs=1e-9)
+    assert sample.lost_forward == 320
