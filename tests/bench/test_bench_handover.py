@@ -51,9 +51,9 @@ def test_link_options_delay_and_drop_what_they_say() -> None:
 
 def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "handover.json"
+    command = [sys.executable, "-m", "mobile.bench", "handover", "--runs", "1"]
     proc = subprocess.run(
-        [sys.executable, "-m", "mobile.bench", "handover", "--runs", "1", "--json", str(out)]
-        + list(args),
+        [*command, "--json", str(out), *args],
         capture_output=True,
         text=True,
         timeout=120,
