@@ -110,7 +110,11 @@ class Configuration:
         return ", ".join(parts) or "no added delay or loss"
 
     def spec(self, family: str) -> TestbedSpec:
+        """The testbed: the access links always emulated, so that the layer-2 event is
+        the same carrier loss at both ends whatever else is asked (on a veth pair the far
+        end would go administratively down, taking the gateway's IPv6 address with it)."""
         spec = TestbedSpec(family="split" if family == "split" else "dual")
+        spec.emulate("a", "b")
         for link, imp in self.impairments.items():
             if any(imp.values()):
                 spec.emulate(link, **{kind: str(value) for kind, value in imp.items()})
