@@ -212,14 +212,15 @@ def merge_flows(before: FlowLog, after: FlowLog) -> FlowLog:
 
     The reactive MN changes address: the correspondent's flow to its old address stops
     at the handover, one to the address it gets afterwards (started beforehand) starts
-    delivering once it is connected. The logical flow is ``before``'s packets sent
-    before the first packet of ``after`` that arrived was sent, then ``after``'s from
-    that one on, renumbered in send order; both flows have the same interval.
+    delivering once it is connected. The logical flow is ``before``'s packets up to the
+    last one that arrived, then ``after``'s sent later, renumbered in send order (both
+    flows have the same interval). Packets of ``after`` sent earlier and delivered late
+    (queued somewhere until the new address existed) are not part of it.
     """
-    delivered = [a.sent for a in after.forward]
-    switch = min(delivered) if delivered else float("inf")
-    chosen = [(0, s, t) for s, t in before.sent if t < switch]
-    chosen += [(1, s, t) for s, t in after.sent if t >= switch]
+    delivered = [a.sent for a in before.forward]
+    switch = max(delivered) if delivered else float("-inf")
+    chosen = [(0, s, t) for s, t in before.sent if t <= switch]
+    chosen += [(1, s, t) for s, t in after.sent if t > switch]
     chosen.sort(key=lambda item: item[2])
     number = {(flow, seq): n for n, (flow, seq, _) in enumerate(chosen)}
     merged = FlowLog(before.interval, send_errors=before.send_errors + after.send_errors)

@@ -20,7 +20,7 @@ time is the origin ``t0``), the method's own completion is awaited, and the flow
   link-up handler would). The flow before the handover goes to its A address; a second
   flow runs all along to the address the gateway will give (fresh daemons, so the first
   of the pool, checked afterwards); the two are joined into one logical flow
-  (``merge_flows``), switching at the first packet the new address received.
+  (``merge_flows``), switching after the last packet the old address received.
 - ``charon-mobike`` / ``charon-reauth``: strongSwan's charon (kernel-libipsec, ESP in
   UDP) as MN and as nGW, the MN connecting from A with a virtual IP from the nGW's pool
   in B (the probe flow goes to it); ``mobike = yes`` or ``no``. The MN's static B
@@ -367,9 +367,14 @@ def run_mobike(ctx: Context, run: int) -> Sample:
 
 
 def run_reactive(ctx: Context, run: int) -> Sample:
+    if ctx.family == "split":
+        raise Unavailable(
+            "with --family split the MN's configuration names the nGW by its IPv4 "
+            "address, which the IPv6-only network B cannot reach"
+        )
     reset_mn(ctx)
     with mpa_programs(ctx, run) as programs:
-        old = ctx.bed.addr("mn", "mn-a", 4 if ctx.family == "split" else ctx.inner)
+        old = ctx.bed.addr("mn", "mn-a", ctx.inner)
         new = ctx.first_of_pool()
         request = Background(lambda: _ask(programs, "connect", ctx.timeout + 5))
 
@@ -465,7 +470,7 @@ def charon_pair(ctx: Context, run: int, mobike: bool) -> Iterator[tuple[Any, Any
     anchor = [str(ipaddress.ip_interface(_last_host(net))) for net in CN_NETWORKS.values()]
     for cidr in anchor:
         ctx.bed.ip("ngw", "addr", "add", cidr, "dev", "lo")
-    base = ctx.workdir / f"charon-{run}"
+    base = ctx.workdir / f"charon-{'mobike' if mobike else 'reauth'}-{run}"
     gw = Charon(Netns(ctx.bed.ns("ngw")), base / "ngw", log_levels=CHARON_LOG)
     mn = Charon(Netns(ctx.bed.ns("mn")), base / "mn", log_levels=CHARON_LOG)
     try:

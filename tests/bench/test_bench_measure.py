@@ -198,23 +198,30 @@ def test_the_end_of_the_silence_is_after_the_event() -> None:
 
 def test_a_reactive_mn_s_two_flows_join_into_one() -> None:
     # Flow 1 to the old address delivers until 100.000 (seq 999); flow 2 to the new
-    # address, sent half an interval later, delivers from 100.0305 on (seq 1030).
+    # address, sent half an interval later, delivers from 100.0305 on (seq 1030), and
+    # one packet of it sent long before came out of a queue with the first ones.
     s1, f1, r1 = _flow(2000, set(range(1000, 2000)))
     s2, f2, r2 = _flow(2000, set(range(0, 1030)), shift=0.0005)
+    queued = Arrival(500, s2[500][1], 100.0309)
+    f2.append(queued)
+    r2.append(Arrival(500, queued.received, queued.received + DELAY))
     merged = merge_flows(FlowLog(INTERVAL, s1, f1, r1), FlowLog(INTERVAL, s2, f2, r2))
     times = [t for _, t in merged.sent]
     assert times == sorted(times)
     assert [s for s, _ in merged.sent] == list(range(len(merged.sent)))
-    # Flow 1's packets sent before the switch (0..1030), then flow 2's from 1030 on.
-    assert len(merged.sent) == 1031 + 970
+    # Flow 1's packets up to its last delivered one (0..999, the last sent at 99.999),
+    # then flow 2's sent later (999.., from 99.9995).
+    assert len(merged.sent) == 1000 + 1001
+    assert len(merged.forward) == 1000 + 970
     sample = measure("reactive", 0, merged, 100.0, 100.002, [])
     assert sample.ok
     assert sample.outage_forward == pytest.approx(100.031 - 99.9995, abs=1e-9)
-    assert sample.lost_forward == 31  # flow 1's 1000..1030
+    assert sample.lost_forward == 31  # flow 2's 999..1029
     assert sample.lost_reverse == 0
-    # A second flow that never delivered leaves the first one whole.
+    # A second flow that never delivered: the first one's silence is the outage.
     nothing = merge_flows(FlowLog(INTERVAL, s1, f1, r1), FlowLog(INTERVAL, s2, [], []))
     assert len(nothing.sent) == 2000 and len(nothing.forward) == 1000
+    assert not measure("reactive", 0, nothing, 100.0, None, []).ok
 
 
 # -- statistics, options, table ---------------------------------------------------------------
