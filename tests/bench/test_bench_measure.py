@@ -220,7 +220,7 @@ def test_a_reactive_mn_s_two_flows_join_into_one() -> None:
     assert sample.lost_reverse == 0
     # A second flow that never delivered: the first one's silence is the outage.
     nothing = merge_flows(FlowLog(INTERVAL, s1, f1, r1), FlowLog(INTERVAL, s2, [], []))
-    assert len(nothing.sent) == 2000 and len(nothing.forward) == 1000
+    assert len(nothing.sent) == 2001 and len(nothing.forward) == 1000
     assert not measure("reactive", 0, nothing, 100.0, None, []).ok
 
 
