@@ -59,6 +59,7 @@ from mobile.bench_handover_methods import (
 )
 
 PROG = "mpa-bench handover"
+EPILOG = ("Link options" + (__doc__ or "").split("Link options", 1)[-1]).split("Run as root")[0]
 REPOSITORY = Path(__file__).resolve().parents[1]
 ALIASES = {"core": ("ngw-core",), "access": ("a", "b"), "all": LINK_NAMES}
 DEFAULT_LINKS = {
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Handover outage of mpa against reactive, MOBIKE and charon.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Link options", 1)[1].split("Run as root")[0] if __doc__ else "",
+        epilog=EPILOG,
     )
     parser.add_argument("--runs", type=int, default=10, help="handovers per method (10)")
     parser.add_argument(
