@@ -110,6 +110,12 @@ class Configuration:
                 parts.append(f"{link} {' '.join(words)}")
         return ", ".join(parts) or "no added delay or loss"
 
+    def added_delay(self) -> float:
+        """Every delay and jitter asked, added up: more than any one path gets."""
+        return sum(
+            imp.get("delay", 0.0) + imp.get("jitter", 0.0) for imp in self.impairments.values()
+        )
+
     def spec(self, family: str) -> TestbedSpec:
         """The testbed: the access links always emulated, so that the layer-2 event is
         the same carrier loss at both ends whatever else is asked (on a veth pair the far
@@ -309,6 +315,7 @@ def run_configuration(
             eap=args.eap,
             interval=args.probe_interval / 1e3,
             timeout=args.timeout,
+            settle=2 * conf.added_delay(),
         )
         for run in range(args.runs):
             for method in methods:

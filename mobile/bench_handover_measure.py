@@ -235,6 +235,24 @@ def merge_flows(before: FlowLog, after: FlowLog) -> FlowLog:
     return merged
 
 
+def trim(log: FlowLog, until: float) -> FlowLog:
+    """The flow as if its sender had stopped at ``until``: the probes sent later, their
+    arrivals and their echoes left out.
+
+    A stopped sender does not wait for its last echoes, and the reflector is stopped
+    right after it: the probes still in flight would otherwise look lost.
+    """
+    kept = [(seq, t) for seq, t in log.sent if t <= until]
+    seqs = {seq for seq, _ in kept}
+    return FlowLog(
+        log.interval,
+        kept,
+        [a for a in log.forward if a.seq in seqs],
+        [a for a in log.reverse if a.seq in seqs],
+        log.send_errors,
+    )
+
+
 @dataclass
 class Sample:
     """One handover of one method: figures, timeline, and every raw sample behind them."""

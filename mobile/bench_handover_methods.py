@@ -61,12 +61,14 @@ from mobile.bench_handover_measure import (
     ike_messages,
     measure,
     merge_flows,
+    trim,
 )
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 METHODS = ("mpa", "mobike", "reactive", "charon-mobike", "charon-reauth")
 PRE = 0.6  # seconds of flow before the link event
-POST = 0.5  # seconds of flow after the method says it is done
+POST = 0.6  # seconds of flow after the method says it is done
+TAIL = 0.3  # the flow's last seconds, left out (still in flight when it is stopped)
 PROBE_PORT = 9000
 STATIC_HOST = 0x50  # the MN's static address on B: .80 / ::50, outside the pool
 IKE_FILTER = (
@@ -95,6 +97,7 @@ class Context:
     eap: str = "mschapv2"
     interval: float = 0.001
     timeout: float = 30.0
+    settle: float = 0.0  # added to POST and TAIL: twice the delay the links add
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -242,8 +245,9 @@ def handover(
         if address is not None:
             address.link_event()
         error = done(t0 + ctx.timeout)
-        time.sleep(POST)
-        logs = [flow.stop() for flow in flows]
+        time.sleep(POST + ctx.settle)
+        stopped = time.monotonic()
+        logs = [trim(flow.stop(), stopped - TAIL - ctx.settle) for flow in flows]
     offset = (offset + clock_offset()) / 2
     messages = ike_messages(read_udp(pcap), ctx.gateway_addresses(), offset)
     pcap.unlink(missing_ok=True)

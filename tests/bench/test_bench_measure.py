@@ -27,6 +27,7 @@ from mobile.bench_handover_measure import (
     measure,
     merge_flows,
     summarise,
+    trim,
 )
 from mpa_ike.constants import ExchangeType
 from tests.harness.pcap import read_udp
@@ -222,6 +223,23 @@ def test_a_reactive_mn_s_two_flows_join_into_one() -> None:
     nothing = merge_flows(FlowLog(INTERVAL, s1, f1, r1), FlowLog(INTERVAL, s2, [], []))
     assert len(nothing.sent) == 2001 and len(nothing.forward) == 1000
     assert not measure("reactive", 0, nothing, 100.0, None, []).ok
+
+
+def test_a_stopped_flow_is_trimmed_to_what_could_arrive() -> None:
+    # Stopped at 100.0 with 25 ms on the way: the last probes never reached the
+    # reflector and their echoes never came back. Trimmed, nothing is lost.
+    delay = 0.025
+    sent = [(seq, 99.0 + seq * INTERVAL) for seq in range(1001)]
+    forward = [Arrival(s, t, t + delay) for s, t in sent if t + delay <= 100.0]
+    reverse = [Arrival(a.seq, a.received, a.received + delay) for a in forward]
+    reverse = [a for a in reverse if a.received <= 100.0]
+    log = FlowLog(INTERVAL, sent, forward, reverse)
+    assert not measure("x", 0, log, 99.5, None, []).ok  # looks like it never came back
+    trimmed = trim(log, 100.0 - 0.06)
+    assert len(trimmed.sent) == 941 and len(trimmed.forward) == 941
+    sample = measure("x", 0, trimmed, 99.5, None, [])
+    assert sample.ok and sample.lost_forward == 0 and sample.lost_reverse == 0
+    assert sample.outage_reverse == pytest.approx(INTERVAL, abs=1e-9)
 
 
 # -- statistics, options, table ---------------------------------------------------------------
