@@ -64,7 +64,8 @@ NGW_SETTINGS: dict[str, Any] = {
         "kernel-libipsec": {"allow_peer_ts": True},
         "kernel-netlink": {"fwmark": f"!{FWMARK}"},
         "socket-default": {"fwmark": FWMARK},
-    }
+    },
+    "filelog": {"main": {"time_add_ms": True}},
 }
 
 
