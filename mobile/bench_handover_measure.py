@@ -156,12 +156,17 @@ def silence_after(timeline: Sequence[Arrival], t0: float) -> tuple[float, Arriva
     """The longest silence that ends after ``t0``, and the arrival that ends it.
 
     Arrivals just after ``t0`` that were already on their way do not end the handover's
-    silence, and a silence before ``t0`` (a neighbour resolved late when the flow
-    started, say) is not the handover's.
+    silence, a silence before ``t0`` (a neighbour resolved late when the flow started,
+    say) is not the handover's, and a probe that arrives after later ones (held in a
+    queue somewhere) neither ends a silence nor starts one.
     """
     best: tuple[float, Arrival | None] = (0.0, None)
     previous: float | None = None
+    highest = -1
     for arrival in timeline:
+        if arrival.seq < highest:
+            continue  # a straggler overtaken by later probes: the flow did not resume
+        highest = arrival.seq
         if arrival.received > t0:
             silence = arrival.received - (t0 if previous is None else previous)
             if silence > best[0]:

@@ -170,7 +170,8 @@ class ConnectionManager:
     with B's.
 
     Both at once after the event, through an ``ip -batch`` process started beforehand
-    (it runs each line as it reads it): a millisecond or two. charon needs both: it
+    (it runs each line as it reads it): a millisecond or two; a method's reaction to
+    the link (reactive's ``connect``) starts once they are made. charon needs both: it
     ignores a carrier loss on an interface still administratively up, and picks its
     source address from routes itself, which would take a route over a link without
     carrier.
@@ -179,15 +180,28 @@ class ConnectionManager:
     def __init__(self, ctx: Context) -> None:
         self.cidr = ctx.static_b()
         self._proc = subprocess.Popen(
-            ["ip", "-n", ctx.bed.ns("mn"), "-batch", "-"], stdin=subprocess.PIPE, text=True
+            ["ip", "-o", "-n", ctx.bed.ns("mn"), "-batch", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
 
-    def link_event(self) -> None:
-        assert self._proc.stdin is not None
+    def link_event(self) -> bool:
+        """Both changes; returns once they are made (whether the address is there)."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
         extra = " nodad" if ":" in self.cidr else ""
         self._proc.stdin.write("addr flush dev mn-a scope global\n")
         self._proc.stdin.write(f"addr add {self.cidr} dev mn-b{extra}\n")
+        # What mn-b has now, then lo's line as the end of that answer.
+        self._proc.stdin.write("addr show dev mn-b\nlink show dev lo\n")
         self._proc.stdin.flush()
+        address = f" {self.cidr} "
+        present = False
+        for line in self._proc.stdout:
+            present = present or address in line
+            if line.startswith("1: lo"):
+                break
+        return present
 
     def close(self) -> None:
         if self._proc.stdin is not None:
@@ -242,8 +256,8 @@ def handover(
             arm()
         t0 = ctx.bed.handover("a", "b")
         t_up = time.monotonic()
-        if address is not None:
-            address.link_event()
+        if address is not None and not address.link_event():
+            raise RuntimeError(f"{address.cidr} could not be put on mn-b")
         error = done(t0 + ctx.timeout)
         time.sleep(POST + ctx.settle)
         stopped = time.monotonic()

@@ -242,6 +242,18 @@ def test_a_stopped_flow_is_trimmed_to_what_could_arrive() -> None:
     assert sample.outage_reverse == pytest.approx(INTERVAL, abs=1e-9)
 
 
+def test_a_straggler_neither_ends_nor_starts_a_silence() -> None:
+    # A probe held 120 ms in a queue comes after later ones: the flow did not stop
+    # before it nor resume with it.
+    sent, forward, reverse = _flow(1000, set(range(500, 510)))
+    late = forward.pop(300)
+    forward.append(Arrival(late.seq, late.sent, late.received + 0.120))
+    forward.sort(key=lambda a: a.received)
+    sample = measure("x", 0, FlowLog(INTERVAL, sent, forward, reverse), 99.45, None, [])
+    assert sample.outage_forward == pytest.approx(0.011, abs=1e-9)
+    assert sample.timeline.data_forward == pytest.approx(99.5105 - 99.45)
+
+
 # -- statistics, options, table ---------------------------------------------------------------
 
 
