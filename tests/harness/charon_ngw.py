@@ -53,11 +53,15 @@ NGW_LOG_LEVELS = {"ike": 2, "cfg": 2, "net": 1, "enc": 1, "chd": 2, "knl": 2, "e
 # a source address it must find inside the local traffic selector; charon installs no
 # route, and fails the CHILD SA (TS_UNACCEPTABLE), when ngw has no address there.
 LOCAL_TS_ADDRESS = "10.0.9.254/32"
-# After the move the MN's outer address is its inner one (the nCoA): by default
-# kernel-libipsec refuses the route "nCoA/32 dev ipsec0" ("conflicts with IKE
-# traffic") and with it the CHILD SA rekeyed after the update. allow_peer_ts lets it
-# install the route; charon's own packets then carry fwmark 0x42, and its rule to
-# table 220 skips them, so IKE and ESP to the nCoA still leave by ngw-b.
+# After the move the MN's outer address is its inner one (the nCoA), and the route
+# "nCoA/32 dev ipsec0" in table 220 (rule "from all lookup 220") would take charon's
+# own IKE and ESP packets to the nCoA into the tunnel too: its answer to the MN's
+# UPDATE_SA_ADDRESSES vanishes there and the handover fails. So charon's sockets mark
+# their packets (0x42) and its rule to table 220 skips marked packets: they leave by
+# ngw-b, while the correspondent's packets to the nCoA still take the tunnel.
+# allow_peer_ts: kernel-libipsec refuses to install that route for a CHILD SA whose
+# peer is the nCoA ("conflicts with IKE traffic"). The rekey after the update keeps
+# the PHT's route (same policy, same route), but a CHILD SA set up from B would not.
 FWMARK = "0x42"
 NGW_SETTINGS: dict[str, Any] = {
     "plugins": {

@@ -12,10 +12,12 @@ the IKE SA to the nCoA and, its kernel-libipsec being unable to update an SA, re
 the CHILD SA at once. The flow must go on through the new CHILD SA, whose SPIs both
 sides show.
 
-charon with kernel-libipsec needs two things from this testbed that a charon gateway
-on its own LAN would not (see the harness): an address inside its local traffic
-selector, and ``allow_peer_ts`` with an fwmark, because after the move the MN's outer
-address is the inner one.
+charon with kernel-libipsec needs two settings here (see the harness): an address
+inside its local traffic selector, without which it installs no route into its TUN
+device and refuses the CHILD SA, and an fwmark on its own packets, because after the
+move the MN's outer address is its inner one and the tunnel's route to the nCoA would
+swallow charon's answer to the update. The test checks that route before and after.
+The outage figures (longest gap, lost probes per direction) are printed with ``-s``.
 """
 
 from __future__ import annotations
