@@ -375,6 +375,14 @@ class DatapathGlue:
             self.userspace.add_inner_address(address)
             added.append(address)
 
+    def take_inner_address(self, ike_sa: bytes, address: str) -> None:
+        """Take ``address`` off the device: it moved to an interface (MPA handover)."""
+        addresses = self._inner.get(ike_sa, [])
+        if address in addresses:
+            addresses.remove(address)
+            if self.userspace is not None:
+                self.userspace.del_inner_address(address)
+
     def _install(self, ike_sa: bytes, params: ChildSaParams) -> None:
         if self.forward:
             self._enable_forwarding(params)

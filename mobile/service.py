@@ -6,8 +6,12 @@ and 4500 of that address as charon does, and answers once the CHILD SA is up or 
 attempt failed; ``disconnect NAME`` deletes it. ``status`` shows the core's snapshot
 with each CHILD SA's counters. The datapath ``datapath:`` names carries the traffic: the
 CP address goes on its TUN device and the gateway's traffic selectors are routed into
-it, as charon's kernel-libipsec does with a virtual IP. Pre-authentication and handover
-are later steps and still answer "not implemented yet".
+it, as charon's kernel-libipsec does with a virtual IP.
+
+MPA (:mod:`mobile.mpa`): ``preauth NAME`` does the same through the current network
+with a candidate gateway, but the address it gets (the nCoA) only routes its own traffic
+into the tunnel, the proactive handover tunnel (PHT); ``handover NAME`` moves the nCoA
+to the gateway's network once its link is up and sends one UPDATE_SA_ADDRESSES.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from gateway.service import (
     with_notify,
 )
 from mobile.config import GatewayEntry, MobileConfig
+from mobile.mpa import Mpa
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
 from mpa_ike.datapath import Datapath, RecordingDatapath
@@ -57,11 +62,12 @@ from mpa_ike.events import (
     IkeSaRekeyed,
 )
 from mpa_ike.ike_config import InitiatorConfig
+from mpa_ike.ike_sa import IkeSa
+from mpa_ike.ike_sa_common import IkeSaState
 
 log = logging.getLogger(__name__)
 
 GATEWAY_COMMANDS = ("connect", "disconnect", "preauth", "handover")
-NOT_YET = ("preauth", "handover")
 EAP_TYPES = {"md5": EapType.MD5_CHALLENGE, "mschapv2": EapType.MSCHAPV2}
 # The CLI gives up on an answer after DEFAULT_TIMEOUT; answer a little before that.
 COMMAND_WAIT = DEFAULT_TIMEOUT - 0.5
@@ -96,6 +102,9 @@ class MobileService:
         self.transport: IkeTransport | None = None
         self._connecting: dict[bytes, _Attempt] = {}
         self._deleting: dict[bytes, _Attempt] = {}
+        self.preauthenticating: set[bytes] = set()
+        """IKE SAs being set up as proactive handover tunnels (their routes differ)."""
+        self.mpa = Mpa(self)
 
     @property
     def datapath(self) -> Datapath:
@@ -106,9 +115,9 @@ class MobileService:
             "status": self.status,
             "connect": self.connect,
             "disconnect": self.disconnect,
+            "preauth": self.mpa.preauth,
+            "handover": self.mpa.handover,
         }
-        for command in NOT_YET:
-            handlers[command] = self._not_implemented(command)
         return handlers
 
     async def start(self) -> None:
@@ -118,6 +127,7 @@ class MobileService:
             # through it (charon's kernel-libipsec with a virtual IP).
             self.glue = DatapathGlue.open(self.config.datapath, transport, inner_addresses=True)
         self.transport = transport
+        self.mpa.start()
 
     async def stop(self) -> None:
         transport, self.transport = self.transport, None
@@ -125,6 +135,7 @@ class MobileService:
             return
         if any(not sa.closed for sa in self.endpoint):
             await delete_all_and_wait(transport)
+        self.mpa.close()
         self.glue.close()
         transport.close()
 
@@ -132,30 +143,45 @@ class MobileService:
     # Commands
 
     async def connect(self, args: dict[str, Any]) -> str:
-        name = self.gateway_name(args)
+        return await self.establish("connect", self.gateway_name(args))
+
+    async def establish(
+        self,
+        command: str,
+        name: str,
+        *,
+        source: str | None = None,
+        preauth: bool = False,
+        wait: float = COMMAND_WAIT,
+    ) -> str:
+        """IKE_SA_INIT, IKE_AUTH with EAP and CP to gateway ``name`` (from ``source``,
+        else the address the kernel picks); the answer once the CHILD SA is up."""
         transport = self._transport()
-        if self.endpoint.find(name):
-            raise CommandError(f"connect {name}: already connected (disconnect first)")
+        if any(_in_use(sa) for sa in self.endpoint.find(name)):
+            raise CommandError(f"{command} {name}: already connected (disconnect first)")
         entry = self.config.gateways[name]
         try:
             config = self.initiator_config(entry)
-            local, remote = await self._addresses(transport, entry)
+            local, remote = await self._addresses(transport, entry, source)
         except (CoreConfigError, TransportError) as error:
-            raise CommandError(f"connect {name}: {error}") from None
+            raise CommandError(f"{command} {name}: {error}") from None
         attempt = _Attempt(asyncio.get_running_loop().create_future())
         sa = self.endpoint.initiate(config, local, remote, transport.now())
         log.info("%s: initiating %s[%d] -> %s[%d]", name, *local, *remote)
         self._connecting[sa.local_spi] = attempt
+        if preauth:
+            self.preauthenticating.add(sa.local_spi)
         transport.process()
         try:
-            async with asyncio.timeout(COMMAND_WAIT):
+            async with asyncio.timeout(wait):
                 return await attempt.done
         except TimeoutError:
             raise CommandError(
-                f"connect {name}: no answer from {remote[0]} yet (still trying)"
+                f"{command} {name}: no answer from {remote[0]} yet (still trying)"
             ) from None
         finally:
             _forget(self._connecting, attempt)
+            self.preauthenticating.discard(sa.local_spi)
 
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
@@ -198,6 +224,8 @@ class MobileService:
             ],
             "counters": counters(self.endpoint, self.transport),
             "datapath": self.glue.status(),
+            "phts": self.mpa.status(),
+            "handovers": self.mpa.handovers,
         }
 
     def gateway_name(self, args: dict[str, Any]) -> str:
@@ -207,13 +235,6 @@ class MobileService:
         if name not in self.config.gateways:
             raise CommandError(f"unknown gateway {name!r}")
         return name
-
-    def _not_implemented(self, command: str) -> Handler:
-        async def handle(args: dict[str, Any]) -> None:
-            name = self.gateway_name(args)
-            raise CommandError(f"{command} {name}: not implemented yet")
-
-        return handle
 
     def _transport(self) -> IkeTransport:
         if self.transport is None:
@@ -245,13 +266,13 @@ class MobileService:
         )
 
     async def _addresses(
-        self, transport: IkeTransport, entry: GatewayEntry
+        self, transport: IkeTransport, entry: GatewayEntry, source: str | None = None
     ) -> tuple[tuple[str, int], tuple[str, int]]:
         """(local, remote): our source address towards the gateway, on 500 and 4500
         like charon (only 4500, with the marker, if the gateway listens elsewhere)."""
         gateway = str(ipaddress.ip_address(entry.address.address))
         port = entry.address.port or IKE_PORT
-        source = source_address_for(gateway, port)
+        source = source or source_address_for(gateway, port)
         ports = IKE_PORTS if port == IKE_PORT else (NAT_T_PORT,)
         await transport.bind(source, ports)
         return (source, ports[0]), (gateway, port)
@@ -261,7 +282,9 @@ class MobileService:
 
     def _on_event(self, event: Event) -> None:
         log.info("%s", describe_event(event))
+        self.mpa.before_datapath(event)
         self.glue.on_event(event)
+        self.mpa.after_datapath(event)
         if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
             for waiting in (self._connecting, self._deleting):
                 if event.ike_sa in waiting:
@@ -285,6 +308,11 @@ class MobileService:
             _fail(attempt, f"connect {event.name}: CHILD SA failed: {reason}")
         elif isinstance(event, IkeSaFailed):
             _fail(attempt, f"connect {event.name}: {_failure_text(event)}")
+
+
+def _in_use(sa: IkeSa) -> bool:
+    """Not closed, and not on its way out (a new IKE SA may start beside one that is)."""
+    return not sa.closed and sa.state != IkeSaState.DELETING
 
 
 def _failure_text(event: IkeSaFailed) -> str:

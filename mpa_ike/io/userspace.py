@@ -354,7 +354,7 @@ class UserspaceDatapath:
             was = self._route_tables.get(route, self.route_table)
             if was == wanted:
                 continue
+            self._route_tables[route] = wanted
+            self._install_route(route[0], src, wanted)  # before the old one goes: no gap
             with contextlib.suppress(Exception):
                 self.tun.del_route(route[0], was)
-            self._route_tables[route] = wanted
-            self._install_route(route[0], src, wanted)

@@ -1,0 +1,394 @@
+"""Media-independent pre-authentication on the mobile node: ``preauth`` and ``handover``.
+
+``preauth NAME`` runs IKE_SA_INIT and IKE_AUTH (EAP, CP) with a candidate gateway
+through the current network. The address it assigns, the nCoA, goes on the TUN device
+like any CP address, but the routes into the tunnel go into a table of their own that
+only traffic from the nCoA reaches (``from`` rule): the proactive handover tunnel (PHT)
+carries the nCoA's traffic while everything else keeps using the current network.
+Several candidates may be pre-authenticated at once, each with its own table.
+
+``handover NAME`` waits for the link of the gateway's interface
+(``gateways.NAME.interface``; at once if it is up), puts the nCoA on that interface
+(no DAD: the gateway allocated it), routes the gateway through it, and sends one
+INFORMATIONAL with UPDATE_SA_ADDRESSES from the nCoA (RFC 4555). The SAs move in the
+datapath at once; on the gateway's answer the nCoA leaves the TUN device, the tunnel's
+routes become the node's routes (as after ``connect``), and the PHTs to the other
+candidates are deleted. ``handover: auto`` does the same on the link event alone.
+
+Fallbacks: without a live PHT (never made, expired, deleted by the gateway), or when
+the gateway refuses the move (UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED) or does
+not answer, the node connects anew from the new network, a full IKE exchange from an
+address of the interface's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.control import CommandError
+from mobile.config import GatewayEntry
+from mpa_ike.events import (
+    AddressUpdateAccepted,
+    AddressUpdateRefused,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+)
+from mpa_ike.ike_sa import IkeSa
+from mpa_ike.ike_sa_common import IkeSaState
+from mpa_ike.io.links import AddressMover, LinkWatcher
+from mpa_ike.io.policy_routing import PREAUTH_TABLE_BASE, Rules, source_rule
+from mpa_ike.io.tun import Netlink
+
+if TYPE_CHECKING:
+    from mobile.service import MobileService
+
+log = logging.getLogger(__name__)
+
+# How long a handover waits for the link, then for the gateway's answer.
+LINK_WAIT = 4.0
+ANSWER_WAIT = 4.0
+
+
+@dataclass
+class Pht:
+    """A proactive handover tunnel: a pre-authenticated IKE SA and its nCoA."""
+
+    name: str
+    ike_sa: bytes
+    table: int
+    addresses: list[str] = field(default_factory=list)
+    interface: str | None = None  # where the nCoA lives once moved
+    gateway: str | None = None  # the gateway's address it was routed to there
+    moving: bool = False
+    timeline: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def moved(self) -> bool:
+        return self.interface is not None
+
+
+class HandoverFailed(Exception):
+    """The move did not happen; the text says why (for the fallback's answer)."""
+
+
+class Mpa:
+    """The MPA commands of one :class:`mobile.service.MobileService`."""
+
+    def __init__(self, service: MobileService) -> None:
+        self.service = service
+        self.phts: dict[str, Pht] = {}
+        self.links: LinkWatcher | None = None
+        self.mover: AddressMover | None = None
+        self.rules: Rules | None = None
+        self._own_netlink: Netlink | None = None
+        self._answers: dict[bytes, asyncio.Future[Event]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.handovers: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------
+    # Lifecycle
+
+    def start(self) -> None:
+        try:
+            self.links = LinkWatcher()
+        except OSError as error:
+            log.warning("no link events (%s): handover unavailable", error.strerror)
+            return
+        self.links.listeners.append(self._link_changed)
+        userspace = self.service.glue.userspace
+        netlink = getattr(userspace.tun, "netlink", None) if userspace is not None else None
+        if netlink is None:
+            try:
+                netlink = self._own_netlink = Netlink()
+            except OSError as error:
+                log.warning("no rtnetlink (%s): handover unavailable", error.strerror)
+                return
+        self.mover = AddressMover(netlink)
+        self.rules = Rules(netlink)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for pht in list(self.phts.values()):
+            self._release(pht)
+        if self.rules is not None:
+            self.rules.close()
+        if self.links is not None:
+            self.links.close()
+        if self._own_netlink is not None:
+            self._own_netlink.close()
+
+    # ------------------------------------------------------------------
+    # Commands
+
+    async def preauth(self, args: dict[str, Any]) -> str:
+        name = self.service.gateway_name(args)
+        entry = self.service.config.gateways[name]
+        if entry.interface is None:
+            raise CommandError(f"preauth {name}: gateways.{name}.interface is not set")
+        if self.mover is None:
+            raise CommandError(f"preauth {name}: no rtnetlink access (run as root)")
+        answer = await self.service.establish("preauth", name, preauth=True)
+        pht = self.phts.get(name)
+        if pht is None or not pht.addresses:
+            with contextlib.suppress(CommandError):
+                await self.service.disconnect({"name": name})
+            raise CommandError(f"preauth {name}: the gateway assigned no address (no nCoA)")
+        await self._bind_ncoa(pht)
+        return answer.replace(": established,", ": pre-authenticated,", 1) + " (PHT up)"
+
+    async def handover(self, args: dict[str, Any]) -> str:
+        name = self.service.gateway_name(args)
+        entry = self.service.config.gateways[name]
+        if entry.interface is None:
+            raise CommandError(f"handover {name}: gateways.{name}.interface is not set")
+        return await self.move(entry, entry.interface)
+
+    async def move(self, entry: GatewayEntry, interface: str) -> str:
+        name = entry.name
+        if self.links is None or self.mover is None:
+            raise CommandError(f"handover {name}: no rtnetlink access (run as root)")
+        pht = self.phts.get(name)
+        if pht is not None and pht.moving:
+            raise CommandError(f"handover {name}: already under way")
+        if pht is not None:
+            pht.moving = True
+        try:
+            try:
+                link_up = await self.links.wait_up(interface, LINK_WAIT)
+            except TimeoutError:
+                raise CommandError(f"handover {name}: no link on {interface}") from None
+            except OSError:
+                raise CommandError(f"handover {name}: no interface {interface}") from None
+            sa = self._live_sa(pht)
+            if pht is None or sa is None:
+                return await self._reconnect(entry, interface, "no pre-authentication")
+            if pht.moved:
+                return f"{name}: already on {pht.interface} with {pht.addresses[0]}"
+            try:
+                return await self._move_pht(pht, sa, interface, link_up)
+            except HandoverFailed as failure:
+                log.warning("%s: handover failed: %s; connecting anew", name, failure)
+                return await self._reconnect(entry, interface, str(failure))
+        finally:
+            if pht is not None:
+                pht.moving = False
+
+    # ------------------------------------------------------------------
+    # The move
+
+    async def _move_pht(self, pht: Pht, sa: IkeSa, interface: str, link_up: float) -> str:
+        assert self.mover is not None
+        service, transport = self.service, self.service._transport()
+        address = pht.addresses[0]
+        remote = self._remote_for(sa, address)
+        self.mover.attach(interface, address, remote[0])
+        local = (address, sa.local[1])
+        await transport.bind(address, (local[1],))
+        answer: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._answers[sa.local_spi] = answer
+        sent = transport.now()
+        service.endpoint.update_addresses(sa.local_spi, local, sent, remote)
+        transport.process()
+        pht.interface, pht.gateway = interface, remote[0]
+        try:
+            async with asyncio.timeout(ANSWER_WAIT):
+                event = await answer
+        except TimeoutError:
+            event = None
+        finally:
+            self._answers.pop(sa.local_spi, None)
+        answered = transport.now()
+        if not isinstance(event, AddressUpdateAccepted):
+            raise HandoverFailed(self._refusal_text(event))
+        pht.timeline = {"link_up": link_up, "update_sent": sent, "answered": answered}
+        self.handovers.append({"gateway": pht.name, "address": address, **pht.timeline})
+        self._settle(pht)
+        return (
+            f"{pht.name}: moved to {address} on {interface}, "
+            f"update answered {1e3 * (answered - link_up):.1f} ms after link up"
+        )
+
+    def _settle(self, pht: Pht) -> None:
+        """After the gateway's yes: the nCoA off the TUN device, the tunnel's routes for
+        everyone (not only the nCoA), the other candidates' PHTs deleted."""
+        glue = self.service.glue
+        for address in pht.addresses:
+            with contextlib.suppress(Exception):
+                glue.take_inner_address(pht.ike_sa, address)
+            if glue.userspace is not None:
+                glue.userspace.move_routes(address, None)
+            self._drop_rule(address, pht.table)
+        for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
+            log.info("%s: deleting the unused PHT", other.name)
+            with contextlib.suppress(Exception):
+                self.service.endpoint.delete(other.ike_sa, self.service._transport().now())
+        self.service._transport().process()
+
+    def _undo_move(self, pht: Pht) -> None:
+        if self.mover is not None and pht.interface is not None:
+            self.mover.detach(pht.interface, pht.addresses[0], pht.gateway)
+        pht.interface = pht.gateway = None
+
+    def _refusal_text(self, event: Event | None) -> str:
+        if event is None:
+            return "the gateway did not answer the update"
+        if isinstance(event, AddressUpdateRefused):
+            return f"the gateway refused the move ({event.notify.name})"
+        return "the pre-authenticated IKE SA ended"
+
+    def _remote_for(self, sa: IkeSa, address: str) -> tuple[str, int]:
+        """The gateway's address in the nCoA's family: the current one, or one it
+        announced (RFC 4555 §3.4), for a move across families."""
+        version = ipaddress.ip_address(address).version
+        if ipaddress.ip_address(sa.remote[0]).version == version:
+            return sa.remote
+        for candidate in sa.peer_additional_addresses:
+            if candidate.version == version:
+                return (str(candidate), sa.remote[1])
+        raise HandoverFailed(f"the gateway announced no IPv{version} address to move to")
+
+    async def _reconnect(self, entry: GatewayEntry, interface: str, reason: str) -> str:
+        """A full IKE exchange from an address of ``interface``'s own."""
+        assert self.mover is not None
+        name = entry.name
+        pht = self.phts.get(name)
+        for sa in self.service.endpoint.find(name):
+            if not sa.closed:
+                self.service.endpoint.delete(sa.local_spi, self.service._transport().now())
+        self.service._transport().process()
+        if pht is not None:
+            self._undo_move(pht)  # after the DELETE left from the nCoA, if it had moved
+        gateway = str(entry.address.address)
+        version = ipaddress.ip_address(gateway).version
+        ncoas = set(pht.addresses) if pht is not None else set()
+        own = self.mover.own_address(interface, version, ncoas)
+        if own is None:
+            raise CommandError(
+                f"handover {name}: {reason}, and {interface} has no IPv{version} address "
+                "of its own to connect from"
+            )
+        self.mover.attach(interface, own, gateway)
+        answer = await self.service.establish("handover", name, source=own)
+        return f"{answer} (connected anew from {own}: {reason})"
+
+    # ------------------------------------------------------------------
+    # Events
+
+    def before_datapath(self, event: Event) -> None:
+        """A pre-authenticated IKE SA's addresses get their table and rule before its
+        CHILD SA's routes are installed."""
+        if isinstance(event, IkeSaEstablished) and event.ike_sa in self.service.preauthenticating:
+            pht = Pht(event.name, event.ike_sa, self._free_table())
+            pht.addresses = [str(a) for a in event.assigned_addresses]
+            self.phts[event.name] = pht
+            userspace = self.service.glue.userspace
+            for address in pht.addresses:
+                if userspace is not None:
+                    userspace.move_routes(address, pht.table)
+                self._add_rule(address, pht.table)
+        elif isinstance(event, IkeSaRekeyed):
+            for pht in self.phts.values():
+                if pht.ike_sa == event.ike_sa:
+                    pht.ike_sa = event.new_ike_sa
+            if event.ike_sa in self._answers:
+                self._answers[event.new_ike_sa] = self._answers.pop(event.ike_sa)
+
+    def after_datapath(self, event: Event) -> None:
+        answer = self._answers.get(event.ike_sa)
+        if answer is not None and not answer.done():
+            refused = isinstance(event, AddressUpdateRefused) and event.by_peer
+            if refused or isinstance(event, AddressUpdateAccepted | IkeSaDeleted | IkeSaFailed):
+                answer.set_result(event)
+        if isinstance(event, IkeSaDeleted | IkeSaFailed):
+            for pht in [p for p in self.phts.values() if p.ike_sa == event.ike_sa]:
+                self._release(pht)
+
+    def _release(self, pht: Pht) -> None:
+        """The PHT's IKE SA ended: its rule, and the nCoA on the interface if moved."""
+        self.phts.pop(pht.name, None)
+        for address in pht.addresses:
+            self._drop_rule(address, pht.table)
+            userspace = self.service.glue.userspace
+            if userspace is not None:
+                userspace.source_tables.pop(address, None)
+        if pht.moved:
+            self._undo_move(pht)
+
+    def _link_changed(self, interface: str, up: bool) -> None:
+        if not up:
+            return
+        for entry in self.service.config.gateways.values():
+            pht = self.phts.get(entry.name)
+            if entry.handover != "auto" or entry.interface != interface or pht is None:
+                continue
+            if pht.moved or pht.moving:
+                continue
+            task = asyncio.get_running_loop().create_task(self._auto(entry, interface))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _auto(self, entry: GatewayEntry, interface: str) -> None:
+        try:
+            log.info("%s", await self.move(entry, interface))
+        except CommandError as error:
+            log.warning("%s", error)
+
+    # ------------------------------------------------------------------
+    # Helpers
+
+    def _live_sa(self, pht: Pht | None) -> IkeSa | None:
+        if pht is None:
+            return None
+        sa = self.service.endpoint.sas.get(pht.ike_sa)
+        if sa is None or sa.closed or sa.state != IkeSaState.ESTABLISHED:
+            return None
+        return sa
+
+    async def _bind_ncoa(self, pht: Pht) -> None:
+        """Open the IKE sockets on the nCoA now, not during the handover."""
+        sa = self.service.endpoint.sas.get(pht.ike_sa)
+        if sa is None:
+            return
+        for address in pht.addresses:
+            with contextlib.suppress(Exception):
+                await self.service._transport().bind(address, (sa.local[1],))
+
+    def _free_table(self) -> int:
+        used = {pht.table for pht in self.phts.values()}
+        return next(
+            PREAUTH_TABLE_BASE + n for n in range(256) if PREAUTH_TABLE_BASE + n not in used
+        )
+
+    def _add_rule(self, address: str, table: int) -> None:
+        if self.rules is None:
+            return
+        try:
+            self.rules.add(**source_rule(address), table=table)
+        except Exception as error:
+            log.error("rule from %s to table %d: %s", address, table, error)
+
+    def _drop_rule(self, address: str, table: int) -> None:
+        if self.rules is not None:
+            self.rules.remove(**source_rule(address), table=table)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "gateway": pht.name,
+                "ike_sa": pht.ike_sa.hex(),
+                "ncoa": pht.addresses,
+                "table": pht.table,
+                "moved_to": pht.interface,
+                "timeline": pht.timeline,
+            }
+            for pht in self.phts.values()
+        ]
