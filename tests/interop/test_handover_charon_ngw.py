@@ -188,14 +188,23 @@ def moved_and_rekeyed(ngw: CharonNgw, ncoa: str, pht: ChildSa) -> ChildSa:
     return new
 
 
-LINKS = {
-    # The layer-2 event takes ngw-b administratively down and up: charon sees its
-    # interface come back and, 100 ms later, sends the MN an address list update
-    # (to the address the MN had on A if the MN's update is not in yet).
-    "veth": TestbedSpec,
-    # Carrier loss at both ends, ngw-b staying up, as a radio link is lost.
-    "carrier": lambda: TestbedSpec().emulate("a", "b"),
-}
+def veth_links() -> TestbedSpec:
+    """A and B as veth pairs: the layer-2 event takes ngw-b administratively down and
+    up. charon sees its interface come back and, 100 ms later, sends the MN an address
+    list update (to the MN's address on A, if the MN's update is not in yet)."""
+    spec = TestbedSpec()
+    for name in ("a", "b"):
+        spec.links[name].emulated = False
+    return spec
+
+
+def carrier_links() -> TestbedSpec:
+    """A and B emulated: a carrier loss at both ends, ngw-b staying up, as a radio link
+    is lost. charon sees nothing of it."""
+    return TestbedSpec().emulate("a", "b")
+
+
+LINKS = {"veth": veth_links, "carrier": carrier_links}
 
 
 @pytest.mark.parametrize("links", list(LINKS))
