@@ -11,9 +11,9 @@ Several candidates may be pre-authenticated at once, each with its own table.
 (``gateways.NAME.interface``; at once if it is up), puts the nCoA on that interface
 (no DAD: the gateway allocated it), routes the gateway through it, and sends one
 INFORMATIONAL with UPDATE_SA_ADDRESSES from the nCoA (RFC 4555). The SAs move in the
-datapath at once; on the gateway's answer the nCoA leaves the TUN device, the tunnel's
-routes become the node's routes (as after ``connect``), and the PHTs to the other
-candidates are deleted. ``handover: auto`` does the same on the link event alone.
+datapath at once and the tunnel's routes become the node's routes (as after
+``connect``); on the gateway's answer the nCoA leaves the TUN device and the PHTs to
+the other candidates are deleted. ``handover: auto`` does the same on the link event alone.
 
 Fallbacks: without a live PHT (never made, expired, deleted by the gateway), or when
 the gateway refuses the move (UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED) or does
@@ -191,6 +191,7 @@ class Mpa:
         address = pht.addresses[0]
         remote = self._remote_for(sa, address)
         self.mover.attach(interface, address, remote[0])
+        pht.interface, pht.gateway = interface, remote[0]
         local = (address, sa.local[1])
         await transport.bind(address, (local[1],))
         answer: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
@@ -198,7 +199,7 @@ class Mpa:
         sent = transport.now()
         service.endpoint.update_addresses(sa.local_spi, local, sent, remote)
         transport.process()
-        pht.interface, pht.gateway = interface, remote[0]
+        self._route_everyone(pht)
         try:
             async with asyncio.timeout(ANSWER_WAIT):
                 event = await answer
@@ -217,16 +218,21 @@ class Mpa:
             f"update answered {1e3 * (answered - link_up):.1f} ms after link up"
         )
 
+    def _route_everyone(self, pht: Pht) -> None:
+        """The tunnel's routes for all traffic, not only the nCoA's (as after connect);
+        removing the address from the device may have taken the old ones along."""
+        userspace = self.service.glue.userspace
+        for address in pht.addresses:
+            if userspace is not None:
+                userspace.move_routes(address, None)
+            self._drop_rule(address, pht.table)
+
     def _settle(self, pht: Pht) -> None:
-        """After the gateway's yes: the nCoA off the TUN device, the tunnel's routes for
-        everyone (not only the nCoA), the other candidates' PHTs deleted."""
-        glue = self.service.glue
+        """After the gateway's yes: the nCoA off the TUN device (only now: until the
+        answer, the old path must still deliver), the other candidates' PHTs deleted."""
         for address in pht.addresses:
             with contextlib.suppress(Exception):
-                glue.take_inner_address(pht.ike_sa, address)
-            if glue.userspace is not None:
-                glue.userspace.move_routes(address, None)
-            self._drop_rule(address, pht.table)
+                self.service.glue.take_inner_address(pht.ike_sa, address)
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):

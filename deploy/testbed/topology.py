@@ -47,10 +47,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from deploy.testbed.linkemu import Carrier, Control, EmulatorProcess, Impairment, LinkSpec
 from deploy.testbed.probe import ProbeFlow
+
+if TYPE_CHECKING:
+    from deploy.testbed.programs import MpaPrograms
 
 NODES = ("mn", "ara", "ngw", "gwc", "core", "cn")
 ROUTERS = ("ara", "ngw", "gwc", "core")
@@ -112,8 +115,13 @@ class LinkConf:
 
 
 def _default_links() -> dict[str, LinkConf]:
+    """Veth pairs, but the candidate networks' access links are emulated (without
+    impairment): their going down is a carrier loss that leaves the gateway's interface
+    up, as at a real access point. An administratively down veth end would take the
+    gateway's IPv6 addresses with it, and the gateway listens on them."""
     links = {name: LinkConf() for name in LINK_NAMES}
     links["b"].up = links["c"].up = False
+    links["b"].emulated = links["c"].emulated = True
     return links
 
 
@@ -346,13 +354,14 @@ class Testbed:
         )
         return proc.returncode == 0
 
-    def start_programs(self) -> None:
-        """Next step, once the daemons are wired: start ``mpa-gateway`` in ``ngw`` and
-        ``gwc`` (pools from ``pool()``, IKE on ``addr(gw, gw + "-core")``) and
-        ``mpa-mobile`` in ``mn`` with ``gateways.NAME.interface`` set to ``mn-b`` and
-        ``mn-c``, each through ``popen`` so that ``down`` stops them.
-        """
-        raise NotImplementedError("the daemons are not wired into the testbed yet")
+    def start_programs(self, workdir: Path | None = None, **options: Any) -> MpaPrograms:
+        """Start ``mpa-gateway`` in the gateways and ``mpa-mobile`` in ``mn``
+        (:class:`deploy.testbed.programs.MpaPrograms` with ``options``); ``down`` stops them."""
+        from deploy.testbed.programs import MpaPrograms
+
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix=f"mpa-{self.prefix}-"))
+        return MpaPrograms(self, workdir, **options).start()
 
     # building and removing
 

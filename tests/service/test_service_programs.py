@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from servicehelp import DELETE, Daemon, cli, edited, write_yaml
 
 GATEWAY = "gateway.cli"
@@ -220,16 +221,16 @@ def test_mobile_status_json(mobile: Daemon, mobile_config: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("command", ["preauth", "handover"])
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_mobile_gateway_commands_are_not_implemented_yet(
-    mobile: Daemon, mobile_config: Path, command: str, where: str
+def test_mobile_handover_to_a_missing_interface(
+    mobile: Daemon, mobile_config: Path, where: str
 ) -> None:
     options = ["-c", str(mobile_config)]
-    args = [*options, command, "ngw"] if where == "before" else [command, "ngw", *options]
+    args = [*options, "handover", "ngw"] if where == "before" else ["handover", "ngw", *options]
     result = cli(MOBILE, *args)
     assert result.returncode == 1
-    assert one_line(result.stderr) == f"mpa-mobile: {command} ngw: not implemented yet"
+    interface = yaml.safe_load(mobile_config.read_text())["gateways"]["ngw"]["interface"]
+    assert one_line(result.stderr) == f"mpa-mobile: handover ngw: no interface {interface}"
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
