@@ -314,12 +314,18 @@ def measure(
 ) -> Sample:
     """A sample from a flow and a capture around a link event at ``t0``.
 
-    A handover whose flow never came back has its trailing silence as outage and is
-    not ``ok``. The lost packets are the whole flow's (random loss on the links too).
+    A handover whose flow never came back, in either direction, has its trailing
+    silence as outage and is not ``ok``. The lost packets are the whole flow's (random
+    loss on the links too).
     """
     report = analyse(log)
     line = build_timeline(t0, t_up, messages, report)
-    recovered = line.data_forward is not None and report.forward.trailing == 0.0
+    recovered = (
+        line.data_forward is not None
+        and line.data_reverse is not None
+        and report.forward.trailing == 0.0
+        and report.reverse.trailing == 0.0
+    )
     forward = max(silence_after(report.forward.timeline, t0)[0], report.forward.trailing)
     reverse = max(silence_after(report.reverse.timeline, t0)[0], report.reverse.trailing)
     return Sample(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import signal
 import subprocess
 import sys
@@ -162,6 +163,28 @@ def reset_mn(ctx: Context) -> None:
         args = ["neigh", "flush", "all"] if dev is None else ["neigh", "flush", "dev", dev]
         with contextlib.suppress(RuntimeError):
             bed.ip(node, *args)
+    for node in ("mn", "ngw"):
+        clear_policy_routing(bed, node)
+
+
+DEFAULT_RULES = {0, 32766, 32767}  # local, main, default
+DEFAULT_TABLES = {"local", "main", "default", "255", "254", "253"}
+
+
+def clear_policy_routing(bed: Testbed, node: str) -> None:
+    """Rules and tables a daemon of an earlier run left behind (charon's ``lookup 220``
+    survives its SIGKILL) go, so that every run starts from the same routing."""
+    for flag in ("-4", "-6"):
+        rules = json.loads(bed.ip(node, flag, "-j", "rule", "show") or "[]")
+        for rule in rules:
+            if rule.get("priority") not in DEFAULT_RULES:
+                with contextlib.suppress(RuntimeError):
+                    bed.ip(node, flag, "rule", "del", "priority", str(rule["priority"]))
+        routes = json.loads(bed.ip(node, flag, "-j", "route", "show", "table", "all") or "[]")
+        tables = {str(r["table"]) for r in routes if "table" in r} - DEFAULT_TABLES
+        for table in sorted(tables):
+            with contextlib.suppress(RuntimeError):
+                bed.ip(node, flag, "route", "flush", "table", table)
 
 
 class ConnectionManager:
