@@ -11,9 +11,9 @@ Several candidates may be pre-authenticated at once, each with its own table.
 (``gateways.NAME.interface``; at once if it is up), puts the nCoA on that interface
 (no DAD: the gateway allocated it), routes the gateway through it, and sends one
 INFORMATIONAL with UPDATE_SA_ADDRESSES from the nCoA (RFC 4555). The SAs move in the
-datapath at once and the tunnel's routes become the node's routes (as after
-``connect``); on the gateway's answer the nCoA leaves the TUN device and the PHTs to
-the other candidates are deleted. ``handover: auto`` does the same on the link event alone.
+datapath at once; on the gateway's answer the nCoA leaves the TUN device, the tunnel's
+routes become the node's routes (as after ``connect``) and the PHTs to the other
+candidates are deleted. ``handover: auto`` does the same on the link event alone.
 
 Fallbacks: without a live PHT (never made, expired, deleted by the gateway), or when
 the gateway refuses the move (UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED) or does
@@ -199,7 +199,6 @@ class Mpa:
         sent = transport.now()
         service.endpoint.update_addresses(sa.local_spi, local, sent, remote)
         transport.process()
-        self._route_everyone(pht)
         try:
             async with asyncio.timeout(ANSWER_WAIT):
                 event = await answer
@@ -229,10 +228,14 @@ class Mpa:
 
     def _settle(self, pht: Pht) -> None:
         """After the gateway's yes: the nCoA off the TUN device (only now: until the
-        answer, the old path must still deliver), the other candidates' PHTs deleted."""
+        answer, the old path must still deliver), the tunnel's routes for everyone, the
+        other candidates' PHTs deleted."""
         for address in pht.addresses:
             with contextlib.suppress(Exception):
                 self.service.glue.take_inner_address(pht.ike_sa, address)
+        # Only with the address off the device: removing it takes routes through the
+        # device that prefer it along.
+        self._route_everyone(pht)
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):

@@ -58,7 +58,7 @@ class MpaPrograms:
     family: ProgramFamily = 4
     gateways: Sequence[str] = ("ngw",)
     eap: str = "mschapv2"
-    address_policy: str = "allocated"
+    address_policy: str | list[str] = "allocated"
     handover: str = "manual"
     log_level: str = "info"
     extra_gateway: dict[str, Any] = field(default_factory=dict)
