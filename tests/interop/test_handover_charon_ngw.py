@@ -70,6 +70,9 @@ def mobile_and_charon_ngw(workdir: Path, spec: TestbedSpec) -> Iterator[Setup]:
         except BaseException:
             print(mobile.log_tail("mn", 80))
             print(ngw.diagnostics(150))
+            for node in ("mn", "ngw"):
+                print(f"--- {node}: rules and routes")
+                print(bed.ip(node, "rule") + bed.ip(node, "route", "show", "table", "all"))
             raise
         finally:
             mobile.stop()
@@ -140,6 +143,19 @@ def through_tunnel(ngw: CharonNgw, ncoa: str) -> bool:
     return any(line.split()[:3] == [ncoa, "dev", "ipsec0"] for line in ngw.routes().splitlines())
 
 
+def addresses_of(bed: Testbed, address: str) -> list[str]:
+    """The MN's devices that hold ``address``."""
+    out = bed.ip("mn", "-o", "addr", "show", "to", address)
+    return [line.split()[1] for line in out.splitlines()]
+
+
+def route_to_cn(setup: Setup) -> str:
+    """How the MN routes from its nCoA to the correspondent (``ip route get``)."""
+    cn = setup.bed.addr("cn", "cn-core")
+    ncoa = setup.mobile.ncoa(GATEWAY)
+    return setup.bed.exec("mn", ["ip", "route", "get", cn, "from", ncoa]).stdout.strip()
+
+
 def preauthenticate(setup: Setup) -> tuple[str, ChildSa]:
     """``mpa-mobile preauth`` through A: the nCoA from charon's pool, the PHT up."""
     bed, ngw, mobile = setup.bed, setup.ngw, setup.mobile
@@ -152,6 +168,8 @@ def preauthenticate(setup: Setup) -> tuple[str, ChildSa]:
     [pht] = installed(sa)
     assert [(c["spi_in"], c["spi_out"]) for c in our_children(mobile)] == [pair(pht)]
     assert through_tunnel(ngw, ncoa), ngw.routes()
+    tun = mobile.status()["datapath"]["device"]
+    assert addresses_of(bed, ncoa) == [tun]
     return ncoa, pht
 
 
@@ -230,16 +248,24 @@ def test_mpa_handover_to_charon_ngw_and_its_rekey(links: str, short_tmp: Path) -
             ours = mobile.ike_sa(GATEWAY)
             assert ours is not None and ours["address"] == ncoa
             assert ours["local"] == f"{ncoa}[4500]"
+            assert addresses_of(setup.bed, ncoa) == ["mn-b"]
             assert through_tunnel(ngw, ncoa), ngw.routes()
         finally:
             log = flow.wait(timeout=FLOW_SECONDS + 10)
 
         # The flow went on through the new CHILD SA, both ways.
         [new_now] = installed(ngw.wait_established(CHILD))
-        assert pair(new_now) == pair(new)
-        assert min(packets(new_now)) > 0, new_now.raw
         [our_new] = our_children(mobile)
-        assert our_new["packets_in"] > 0 and our_new["packets_out"] > 0, our_new
+        assert pair(new_now) == pair(new)
+        route = route_to_cn(setup)
+        assert packets(new_now)[1] > 0, ("charon sent nothing on the new CHILD SA", new_now.raw)
+        assert our_new["packets_out"] > 0 and packets(new_now)[0] > 0, (
+            "mpa-mobile sent nothing on the new CHILD SA",
+            our_new,
+            new_now.raw,
+            route,
+        )
+        assert our_new["packets_in"] > 0, our_new
         report = analyse(log)
         result = {
             "answer": answer,
