@@ -9,8 +9,14 @@ flow runs between the correspondent and the nCoA through the proactive handover
 tunnel; ``mpa-mobile handover ngw`` is started, then the layer-2 handover (A down, B
 up). mpa-mobile moves the nCoA onto mn-b and sends UPDATE_SA_ADDRESSES; charon moves
 the IKE SA to the nCoA and, its kernel-libipsec being unable to update an SA, rekeys
-the CHILD SA at once. The flow must go on through the new CHILD SA, whose SPIs both
-sides show.
+the CHILD SA at once, often before it answers the update. The flow must go on
+through the new CHILD SA, whose SPIs both sides show.
+
+Two link models: veth pairs, where the layer-2 event takes ngw-b administratively
+down and up, and carrier loss (emulated links), where charon sees nothing. With veth,
+charon notices its interface coming back and 100 ms later sends the MN an address list
+update; were the MN's update not in by then, that request would go to the MN's old
+address and the CHILD SA rekey would wait behind it for charon's 4 s retransmission.
 
 charon with kernel-libipsec needs two settings here (see the harness): an address
 inside its local traffic selector, without which it installs no route into its TUN
