@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ class Pht:
     interface: str | None = None  # where the nCoA lives once moved
     gateway: str | None = None  # the gateway's address it was routed to there
     moving: bool = False
+    prepared: str | None = None  # the interface the nCoA was put on ahead of the link
     timeline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -162,6 +164,9 @@ class Mpa:
         if pht is not None:
             pht.moving = True
         try:
+            sa = self._live_sa(pht)
+            if pht is not None and sa is not None and not pht.moved:
+                self._prepare(pht, interface)
             try:
                 link_up = await self.links.wait_up(interface, LINK_WAIT)
             except TimeoutError:
@@ -181,6 +186,7 @@ class Mpa:
         finally:
             if pht is not None:
                 pht.moving = False
+                self._unprepare(pht)
 
     # ------------------------------------------------------------------
     # The move
@@ -190,7 +196,17 @@ class Mpa:
         service, transport = self.service, self.service._transport()
         address = pht.addresses[0]
         remote = self._remote_for(sa, address)
-        self.mover.attach(interface, address, remote[0])
+        started = time.perf_counter()
+        if pht.prepared == interface:
+            self.mover.route_gateway(interface, address, remote[0])
+        else:
+            self.mover.attach(interface, address, remote[0])
+        log.debug(
+            "%s: link seen %.1f ms ago, routed in %.1f ms",
+            pht.name,
+            1e3 * (self.service._transport().now() - link_up),
+            _ms_since(started),
+        )
         pht.interface, pht.gateway = interface, remote[0]
         local = (address, sa.local[1])
         await transport.bind(address, (local[1],))
@@ -241,6 +257,24 @@ class Mpa:
             with contextlib.suppress(Exception):
                 self.service.endpoint.delete(other.ike_sa, self.service._transport().now())
         self.service._transport().process()
+
+    def _prepare(self, pht: Pht, interface: str) -> None:
+        """While waiting for the link: the nCoA on the interface already (it stays on
+        the TUN device too, so the tunnel still delivers it)."""
+        assert self.mover is not None
+        started = time.perf_counter()
+        try:
+            self.mover.prepare(interface, pht.addresses[0])
+            pht.prepared = interface
+            log.debug("%s: nCoA on %s in %.1f ms", pht.name, interface, _ms_since(started))
+        except Exception as error:  # done again at the move, with the error reported
+            log.warning("%s: preparing %s: %s", pht.name, interface, error)
+
+    def _unprepare(self, pht: Pht) -> None:
+        """A handover that did not happen leaves no nCoA on the interface."""
+        interface, pht.prepared = pht.prepared, None
+        if interface is not None and not pht.moved and self.mover is not None:
+            self.mover.detach(interface, pht.addresses[0])
 
     def _undo_move(self, pht: Pht) -> None:
         if self.mover is not None and pht.interface is not None:
@@ -397,7 +431,12 @@ class Mpa:
                 "ncoa": pht.addresses,
                 "table": pht.table,
                 "moved_to": pht.interface,
+                "waiting_for_link": pht.moving and not pht.moved,
                 "timeline": pht.timeline,
             }
             for pht in self.phts.values()
         ]
+
+
+def _ms_since(started: float) -> float:
+    return 1e3 * (time.perf_counter() - started)

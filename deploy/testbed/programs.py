@@ -228,6 +228,32 @@ class MpaPrograms:
     def handover_to(self, gateway: str) -> str:
         return self.cli("mn", "handover", gateway)
 
+    def begin_handover(self, gateway: str, timeout: float = 15.0) -> subprocess.Popen[str]:
+        """``mpa-mobile handover gateway`` in the background, returned once the daemon
+        waits for the link (the CLI's own start-up must not count in an outage)."""
+        cmd = [sys.executable, "-m", "mobile.cli", "-c", str(self.workdir / "mobile.yaml")]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.bed.ns("mn"), *cmd, "handover", gateway],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            phts = {p["gateway"]: p for p in self.status()["phts"]}
+            if phts.get(gateway, {}).get("waiting_for_link"):
+                return proc
+            time.sleep(0.02)
+        return proc  # no PHT (a reconnect follows the link) or it ended already
+
+    def end_handover(self, proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+        """The answer of :meth:`begin_handover`'s command; ProgramError if it failed."""
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise ProgramError((err.strip() or out.strip()).splitlines()[-1])
+        return out.strip()
+
     def disconnect(self, gateway: str) -> str:
         return self.cli("mn", "disconnect", gateway)
 

@@ -143,6 +143,12 @@ class AddressMover:
     def attach(self, interface: str, address: str, gateway: str) -> None:
         """``address`` on ``interface`` as a host address; ``gateway`` on-link through it
         from ``address``; failed neighbour entries of the interface cleared."""
+        self.prepare(interface, address)
+        self.route_gateway(interface, address, gateway)
+
+    def prepare(self, interface: str, address: str) -> None:
+        """What can be done before the link is up: the address (a host address, no
+        DAD), and no failed neighbour entries left to wait out."""
         index = self._index(interface)
         self.flush_failed_neighbours(index)
         ip = ipaddress.ip_address(address)
@@ -150,11 +156,16 @@ class AddressMover:
         self._call_tolerant(
             "addr", "add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, **extra
         )
+
+    def route_gateway(self, interface: str, address: str, gateway: str) -> None:
+        """The gateway on-link through ``interface``, from ``address`` (once the link is
+        up: before, this route would take the current path's packets to it)."""
+        ip = ipaddress.ip_address(address)
         self._call_tolerant(
             "route",
             "replace",
             dst=f"{gateway}/{ip.max_prefixlen}",
-            oif=index,
+            oif=self._index(interface),
             prefsrc=str(ip),
             table=MAIN_TABLE,
         )

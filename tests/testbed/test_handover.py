@@ -10,7 +10,6 @@ the same SAs. Outage figures come from ``mpa-bench handover``; here the bound is
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,24 +50,11 @@ def handover_with_flow(
     ncoa = programs.ncoa(gateway)
     flow = bed.probe("cn", "mn", ncoa, duration=FLOW).start()
     time.sleep(0.8)
-    answers: dict[str, str] = {}
-
-    def run() -> None:
-        try:
-            answers["ok"] = programs.handover_to(gateway)
-        except Exception as error:
-            answers["error"] = str(error)
-
-    worker = threading.Thread(target=run)
-    if command:
-        worker.start()
-        time.sleep(0.3)  # the command waits for the link
+    command_proc = programs.begin_handover(gateway) if command else None
     down = bed.handover("a", LINKS[gateway])
-    if command:
-        worker.join(15)
-        assert "error" not in answers, answers.get("error")
+    answer = programs.end_handover(command_proc) if command_proc is not None else ""
     report = analyse(flow.wait(FLOW + 15))
-    return answers.get("ok", ""), report, down
+    return answer, report, down
 
 
 def assert_flow_survived(report: FlowReport, down: float) -> None:
@@ -151,13 +137,9 @@ def test_refused_move_falls_back_to_a_full_exchange(
     programs.preauth("ngw")
     ncoa = programs.ncoa("ngw")
     bed.ip("mn", "addr", "add", "10.2.0.50/24", "dev", "mn-b")
-    answers: dict[str, str] = {}
-    worker = threading.Thread(target=lambda: answers.setdefault("a", programs.handover_to("ngw")))
-    worker.start()
-    time.sleep(0.3)
+    command = programs.begin_handover("ngw")
     bed.handover("a", "b")
-    worker.join(20)
-    answer = answers["a"]
+    answer = programs.end_handover(command)
     assert "connected anew from 10.2.0.50" in answer and "UNACCEPTABLE_ADDRESSES" in answer
     sa = programs.ike_sa("ngw")
     assert sa is not None and sa["local"].startswith("10.2.0.50[")
