@@ -84,6 +84,8 @@ class LinkWatcher:
         self.listeners: list[LinkListener] = []
         self._waiters: dict[int, list[asyncio.Future[float]]] = {}
         self._state: dict[int, bool] = {}
+        self.up_since: dict[int, float] = {}
+        """Loop time each interface last came up, as reported."""
         self.loop.add_reader(self.sock.fileno(), self._readable)
 
     async def wait_up(self, name: str, timeout: float) -> float:
@@ -93,7 +95,8 @@ class LinkWatcher:
         self._waiters.setdefault(index, []).append(waiter)
         try:
             if link_is_up(name):
-                return self.loop.time()
+                # Up before we asked: when it came up, if we saw it, for the timeline.
+                return self.up_since.get(index, self.loop.time())
             async with asyncio.timeout(timeout):
                 return await waiter
         finally:
@@ -121,6 +124,10 @@ class LinkWatcher:
         if self._state.get(index) == up:
             return
         self._state[index] = up
+        if up:
+            self.up_since[index] = now
+        else:
+            self.up_since.pop(index, None)
         try:
             name = socket.if_indextoname(index)
         except OSError:

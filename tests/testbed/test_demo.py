@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.usefixtures("netns_env")
-def test_demo_preauthenticates_and_carries_traffic() -> None:
+def test_demo_hands_over_with_the_flow_going_on() -> None:
     result = subprocess.run(
         [str(ROOT / "deploy" / "demo.sh"), "--eap", "md5"],
         capture_output=True,
@@ -21,5 +21,6 @@ def test_demo_preauthenticates_and_carries_traffic() -> None:
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "established, address 10.2.0." in result.stdout
-    assert "traffic flows through the proactive handover tunnel" in result.stdout
+    assert "ngw: pre-authenticated, address 10.2.0." in result.stdout
+    assert "handover: ngw: moved to 10.2.0." in result.stdout
+    assert "the flow went on through the handover" in result.stdout
