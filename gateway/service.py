@@ -46,6 +46,8 @@ from mpa_ike.errors import ConfigError as CoreConfigError
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import Expiry
 from mpa_ike.events import (
+    AddressUpdateAccepted,
+    AddressUpdateRefused,
     ChildSaAddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -555,6 +557,13 @@ def describe_event(event: Event) -> str:
             f"{who}: CHILD SA {event.spi_in.hex()}_i {event.spi_out.hex()}_o moved to "
             f"{event.local[0]} === {event.remote[0]}{encap}"
         )
+    if isinstance(event, AddressUpdateRefused):
+        whose = "the peer refused our" if event.by_peer else "refused the peer's"
+        return (
+            f"{who}: {whose} move to {event.address[0]}[{event.address[1]}] ({event.notify.name})"
+        )
+    if isinstance(event, AddressUpdateAccepted):
+        return f"{who}: move to {event.local[0]}[{event.local[1]}] accepted by the peer"
     if isinstance(event, LeaseReleased):
         return f"{who}: released {', '.join(str(a) for a in event.addresses)}"
     return f"{who}: {type(event).__name__}"
