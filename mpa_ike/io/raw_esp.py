@@ -15,6 +15,7 @@ from collections.abc import Callable
 from mpa_ike.datagram import Address
 
 IPPROTO_ESP = 50
+IP_PKTINFO = 8  # <linux/in.h>; not in every build of Python's socket module
 EspHandler = Callable[[bytes, Address, Address | None], object]
 """``handler(esp_packet, src, local)``: the datapath's ``esp_received``."""
 
@@ -64,14 +65,15 @@ class RawEspSockets:
                 self.on_esp(data, (str(addr[0]), 0), None)
 
     def send(self, packet: bytes, local: Address, remote: Address) -> None:
-        """The datapath's plain-ESP sender (the kernel picks the source address)."""
+        """The datapath's plain-ESP sender, from the SA's local address (``IP_PKTINFO``:
+        a gateway with several addresses must answer from the one the peer knows)."""
         family = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
         sock = self.socks.get(family)
         if sock is None:
             self.send_errors += 1
             return
         try:
-            sock.sendto(packet, (remote[0], 0))
+            sock.sendmsg([packet], [_source(family, local[0])], 0, (remote[0], 0))
         except OSError:
             self.send_errors += 1
 
@@ -80,3 +82,11 @@ class RawEspSockets:
             self.loop.remove_reader(sock.fileno())
             sock.close()
         self.socks.clear()
+
+
+def _source(family: int, address: str) -> tuple[int, int, bytes]:
+    """The ancillary item choosing the source address (interface left to routing)."""
+    packed = socket.inet_pton(family, address)
+    if family == socket.AF_INET6:
+        return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, packed + bytes(4))
+    return (socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + packed + bytes(4))

@@ -223,7 +223,7 @@ class UserspaceDatapath:
         pair, inner = result
         spi_in = pair.inbound.spi
         self.last_inbound[spi_in] = self._now()
-        if src is not None and src != pair.remote and self._mapped.get(spi_in) != src:
+        if src is not None and _moved(src, pair.remote) and self._mapped.get(spi_in) != src:
             self._mapped[spi_in] = src
             if self.on_mapping is not None:
                 self.on_mapping(spi_in, pair.outbound.spi, src)
@@ -358,3 +358,8 @@ class UserspaceDatapath:
             self._install_route(route[0], src, wanted)  # before the old one goes: no gap
             with contextlib.suppress(Exception):
                 self.tun.del_route(route[0], was)
+
+
+def _moved(src: Address, remote: Address) -> bool:
+    """ESP from elsewhere than the SA's remote (port 0: plain ESP, which has none)."""
+    return src[0] != remote[0] or (src[1] != 0 and src[1] != remote[1])
