@@ -94,6 +94,8 @@ class Mpa:
         self._answers: dict[bytes, asyncio.Future[Event]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.handovers: list[dict[str, Any]] = []
+        self.waiting: set[str] = set()
+        """Gateways whose handover waits for its interface's link."""
 
     # ------------------------------------------------------------------
     # Lifecycle
@@ -167,12 +169,15 @@ class Mpa:
             sa = self._live_sa(pht)
             if pht is not None and sa is not None and not pht.moved:
                 self._prepare(pht, interface)
+            self.waiting.add(name)
             try:
                 link_up = await self.links.wait_up(interface, LINK_WAIT)
             except TimeoutError:
                 raise CommandError(f"handover {name}: no link on {interface}") from None
             except OSError:
                 raise CommandError(f"handover {name}: no interface {interface}") from None
+            finally:
+                self.waiting.discard(name)
             sa = self._live_sa(pht)
             if pht is None or sa is None:
                 return await self._reconnect(entry, interface, "no pre-authentication")
@@ -431,7 +436,6 @@ class Mpa:
                 "ncoa": pht.addresses,
                 "table": pht.table,
                 "moved_to": pht.interface,
-                "waiting_for_link": pht.moving and not pht.moved,
                 "timeline": pht.timeline,
             }
             for pht in self.phts.values()

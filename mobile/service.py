@@ -226,6 +226,7 @@ class MobileService:
             "datapath": self.glue.status(),
             "phts": self.mpa.status(),
             "handovers": self.mpa.handovers,
+            "waiting_for_link": sorted(self.mpa.waiting),
         }
 
     def gateway_name(self, args: dict[str, Any]) -> str:

@@ -241,11 +241,10 @@ class MpaPrograms:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            phts = {p["gateway"]: p for p in self.status()["phts"]}
-            if phts.get(gateway, {}).get("waiting_for_link"):
+            if gateway in self.status()["waiting_for_link"]:
                 return proc
             time.sleep(0.02)
-        return proc  # no PHT (a reconnect follows the link) or it ended already
+        return proc  # it ended already (the link was up, or it failed)
 
     def end_handover(self, proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
         """The answer of :meth:`begin_handover`'s command; ProgramError if it failed."""

@@ -152,3 +152,21 @@ def test_refused_move_falls_back_to_a_full_exchange(
         time.sleep(0.1)
     assert [s["remote"].split("[")[0] for s in gateway["ike_sas"]] == ["10.2.0.50"]
     assert len(gateway["leases"]) == 1  # the refused SA's lease went with it
+
+
+def test_handover_without_a_live_pht_connects_anew(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    """The PHT is gone (deleted, expired) by the time of the move: a full exchange from
+    the MN's own address on B, and traffic flows on the new IKE SA."""
+    bed, programs = bed_for(4)
+    programs.preauth("ngw")
+    programs.disconnect("ngw")
+    bed.ip("mn", "addr", "add", "10.2.0.60/24", "dev", "mn-b")
+    command = programs.begin_handover("ngw")
+    bed.handover("a", "b")
+    answer = programs.end_handover(command)
+    assert "connected anew from 10.2.0.60: no pre-authentication" in answer
+    address = programs.ncoa("ngw")
+    flow = bed.probe("cn", "mn", address, count=100).start()
+    assert analyse(flow.wait(20)).forward.received > 90
