@@ -136,8 +136,8 @@ class Mpa:
     async def preauth(self, args: dict[str, Any]) -> str:
         name = self.service.gateway_name(args)
         entry = self.service.config.gateways[name]
-        if entry.interface is None:
-            raise CommandError(f"preauth {name}: gateways.{name}.interface is not set")
+        if not entry.preauth:
+            raise CommandError(f"preauth {name}: gateways.{name}.preauth is not true")
         if self.mover is None:
             raise CommandError(f"preauth {name}: no rtnetlink access (run as root)")
         answer = await self.service.establish("preauth", name, preauth=True)
