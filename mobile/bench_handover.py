@@ -263,6 +263,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         text=True,
         check=False,
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
     return {
         "kernel": platform.release(),
         "machine": platform.machine(),
@@ -271,6 +277,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "commit": commit or None,
+        "modified": [line[3:] for line in dirty if line.strip()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
