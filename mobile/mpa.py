@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +68,7 @@ class Pht:
     interface: str | None = None  # where the nCoA lives once moved
     gateway: str | None = None  # the gateway's address it was routed to there
     moving: bool = False
-    prepared: str | None = None  # the interface the nCoA was put on ahead of the link
+    prepared: tuple[str, str] | None = None  # (interface, gateway) laid ahead of the link
     timeline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -168,7 +167,7 @@ class Mpa:
         try:
             sa = self._live_sa(pht)
             if pht is not None and sa is not None and not pht.moved:
-                self._prepare(pht, interface)
+                self._prepare(pht, sa, interface)
             self.waiting.add(name)
             try:
                 link_up = await self.links.wait_up(interface, LINK_WAIT)
@@ -201,17 +200,8 @@ class Mpa:
         service, transport = self.service, self.service._transport()
         address = pht.addresses[0]
         remote = self._remote_for(sa, address)
-        started = time.perf_counter()
-        if pht.prepared == interface:
-            self.mover.route_gateway(interface, address, remote[0])
-        else:
+        if pht.prepared != (interface, remote[0]):
             self.mover.attach(interface, address, remote[0])
-        log.debug(
-            "%s: link seen %.1f ms ago, routed in %.1f ms",
-            pht.name,
-            1e3 * (self.service._transport().now() - link_up),
-            _ms_since(started),
-        )
         pht.interface, pht.gateway = interface, remote[0]
         local = (address, sa.local[1])
         await transport.bind(address, (local[1],))
@@ -232,54 +222,58 @@ class Mpa:
             raise HandoverFailed(self._refusal_text(event))
         pht.timeline = {"link_up": link_up, "update_sent": sent, "answered": answered}
         self.handovers.append({"gateway": pht.name, "address": address, **pht.timeline})
-        self._settle(pht)
+        await self._settle(pht)
         return (
             f"{pht.name}: moved to {address} on {interface}, "
             f"update answered {1e3 * (answered - link_up):.1f} ms after link up"
         )
 
-    def _route_everyone(self, pht: Pht) -> None:
-        """The tunnel's routes for all traffic, not only the nCoA's (as after connect);
-        removing the address from the device may have taken the old ones along."""
-        userspace = self.service.glue.userspace
-        for address in pht.addresses:
-            if userspace is not None:
-                userspace.move_routes(address, None)
-            self._drop_rule(address, pht.table)
-
-    def _settle(self, pht: Pht) -> None:
+    async def _settle(self, pht: Pht) -> None:
         """After the gateway's yes: the nCoA off the TUN device (only now: until the
-        answer, the old path must still deliver), the tunnel's routes for everyone, the
-        other candidates' PHTs deleted."""
+        answer, the old path must still deliver), the tunnel's routes for everyone (as
+        after connect), the other candidates' PHTs deleted.
+
+        Each kernel call blocks the loop for about a millisecond: the loop gets a turn
+        between them, so the traffic now arriving on the new path is not held up."""
+        userspace = self.service.glue.userspace
         for address in pht.addresses:
             with contextlib.suppress(Exception):
                 self.service.glue.take_inner_address(pht.ike_sa, address)
-        # Only with the address off the device: removing it takes routes through the
-        # device that prefer it along.
-        self._route_everyone(pht)
+            await asyncio.sleep(0)
+            # Only with the address off the device: removing it takes the routes
+            # through the device that prefer it along.
+            if userspace is not None:
+                userspace.move_routes(address, None)
+            await asyncio.sleep(0)
+            self._drop_rule(address, pht.table)
+            await asyncio.sleep(0)
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):
                 self.service.endpoint.delete(other.ike_sa, self.service._transport().now())
         self.service._transport().process()
 
-    def _prepare(self, pht: Pht, interface: str) -> None:
-        """While waiting for the link: the nCoA on the interface already (it stays on
-        the TUN device too, so the tunnel still delivers it)."""
+    def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
+        """While waiting for the link: the nCoA on the interface (it stays on the TUN
+        device too, so the tunnel still delivers it) and the route to the gateway
+        through it, ignored by the kernel until the link is up. At link up only the
+        update is left to send."""
         assert self.mover is not None
-        started = time.perf_counter()
+        address = pht.addresses[0]
         try:
-            self.mover.prepare(interface, pht.addresses[0])
-            pht.prepared = interface
-            log.debug("%s: nCoA on %s in %.1f ms", pht.name, interface, _ms_since(started))
+            gateway = self._remote_for(sa, address)[0]
+            self.mover.ignore_routes_while_down(interface)
+            self.mover.prepare(interface, address)
+            self.mover.route_gateway(interface, address, gateway)
+            pht.prepared = (interface, gateway)
         except Exception as error:  # done again at the move, with the error reported
             log.warning("%s: preparing %s: %s", pht.name, interface, error)
 
     def _unprepare(self, pht: Pht) -> None:
-        """A handover that did not happen leaves no nCoA on the interface."""
-        interface, pht.prepared = pht.prepared, None
-        if interface is not None and not pht.moved and self.mover is not None:
-            self.mover.detach(interface, pht.addresses[0])
+        """A handover that did not happen leaves no nCoA or route on the interface."""
+        prepared, pht.prepared = pht.prepared, None
+        if prepared is not None and not pht.moved and self.mover is not None:
+            self.mover.detach(prepared[0], pht.addresses[0], prepared[1])
 
     def _undo_move(self, pht: Pht) -> None:
         if self.mover is not None and pht.interface is not None:
@@ -440,7 +434,3 @@ class Mpa:
             }
             for pht in self.phts.values()
         ]
-
-
-def _ms_since(started: float) -> float:
-    return 1e3 * (time.perf_counter() - started)

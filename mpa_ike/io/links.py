@@ -23,6 +23,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE, Netlink
@@ -163,6 +164,16 @@ class AddressMover:
         self._call_tolerant(
             "addr", "add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, **extra
         )
+
+    def ignore_routes_while_down(self, interface: str) -> None:
+        """Routes through ``interface`` count only while it has link (the kernel's
+        ``ignore_routes_with_linkdown``), so a route laid ahead of the link takes effect
+        the moment the carrier comes, and takes nothing from the current path before."""
+        for version in ("ipv4", "ipv6"):
+            knob = Path(f"/proc/sys/net/{version}/conf/{interface}/ignore_routes_with_linkdown")
+            with contextlib.suppress(OSError):
+                if knob.read_text().strip() != "1":
+                    knob.write_text("1\n")
 
     def route_gateway(self, interface: str, address: str, gateway: str) -> None:
         """The gateway on-link through ``interface``, from ``address`` (once the link is
