@@ -94,6 +94,8 @@ class Mpa:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.handovers: list[dict[str, Any]] = []
         self.waiting: set[str] = set()
+        self.moved_connections: dict[str, Pht] = {}
+        """Connections (not PHTs) moved by plain MOBIKE: the route to undo at their end."""
         """Gateways whose handover waits for its interface's link."""
 
     # ------------------------------------------------------------------
@@ -178,6 +180,10 @@ class Mpa:
             finally:
                 self.waiting.discard(name)
             sa = self._live_sa(pht)
+            if pht is None:
+                connected = self._connected_sa(name)
+                if connected is not None:
+                    return await self._move_connected(entry, connected, interface, link_up)
             if pht is None or sa is None:
                 return await self._reconnect(entry, interface, "no pre-authentication")
             if pht.moved:
@@ -228,6 +234,39 @@ class Mpa:
             f"update answered {1e3 * (answered - link_up):.1f} ms after link up"
         )
 
+    async def _move_connected(
+        self, entry: GatewayEntry, sa: IkeSa, interface: str, link_up: float
+    ) -> str:
+        """Plain MOBIKE (RFC 4555), as charon moves: an IKE SA made by ``connect``
+        follows the node to an address of the new interface's own. A gateway that
+        only accepts the addresses it allocated refuses; then a full exchange."""
+        assert self.mover is not None
+        version = ipaddress.ip_address(sa.remote[0]).version
+        own = self.mover.own_address(interface, version, set())
+        if own is None:
+            return await self._reconnect(entry, interface, "no address to move to")
+        moving = Pht(entry.name, sa.local_spi, table=0, addresses=[own])
+        gateway = sa.remote[0]
+        self.mover.route_gateway(interface, own, gateway)  # the address is the OS's
+        moving.prepared = (interface, gateway)
+        try:
+            answer = await self._move_pht(moving, sa, interface, link_up)
+        except HandoverFailed as failure:
+            log.warning("%s: move failed: %s; connecting anew", entry.name, failure)
+            return await self._reconnect(entry, interface, str(failure))
+        self.moved_connections[entry.name] = moving
+        return answer
+
+    def _connected_sa(self, name: str) -> IkeSa | None:
+        return next(
+            (
+                sa
+                for sa in self.service.endpoint.find(name)
+                if not sa.closed and sa.state == IkeSaState.ESTABLISHED
+            ),
+            None,
+        )
+
     async def _settle(self, pht: Pht) -> None:
         """After the gateway's yes: the nCoA off the TUN device (only now: until the
         answer, the old path must still deliver), the tunnel's routes for everyone (as
@@ -245,8 +284,9 @@ class Mpa:
             if userspace is not None:
                 userspace.move_routes(address, None)
             await asyncio.sleep(0)
-            self._drop_rule(address, pht.table)
-            await asyncio.sleep(0)
+            if pht.table:
+                self._drop_rule(address, pht.table)
+                await asyncio.sleep(0)
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):
@@ -338,7 +378,7 @@ class Mpa:
                     userspace.move_routes(address, pht.table)
                 self._add_rule(address, pht.table)
         elif isinstance(event, IkeSaRekeyed):
-            for pht in self.phts.values():
+            for pht in [*self.phts.values(), *self.moved_connections.values()]:
                 if pht.ike_sa == event.ike_sa:
                     pht.ike_sa = event.new_ike_sa
             if event.ike_sa in self._answers:
@@ -353,6 +393,13 @@ class Mpa:
         if isinstance(event, IkeSaDeleted | IkeSaFailed):
             for pht in [p for p in self.phts.values() if p.ike_sa == event.ike_sa]:
                 self._release(pht)
+            for name, moved in list(self.moved_connections.items()):
+                if moved.ike_sa == event.ike_sa and self.mover is not None:
+                    del self.moved_connections[name]
+                    if moved.interface is not None and moved.gateway is not None:
+                        self.mover.unroute_gateway(
+                            moved.interface, moved.addresses[0], moved.gateway
+                        )
 
     def _release(self, pht: Pht) -> None:
         """The PHT's IKE SA ended: its rule, and the nCoA on the interface if moved."""

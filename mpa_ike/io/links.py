@@ -190,16 +190,24 @@ class AddressMover:
 
     def detach(self, interface: str, address: str, gateway: str | None = None) -> None:
         """Undo :meth:`attach` (what is already gone is fine)."""
+        if gateway is not None:
+            self.unroute_gateway(interface, address, gateway)
         with contextlib.suppress(Exception):
-            index = self._index(interface)
             ip = ipaddress.ip_address(address)
-            if gateway is not None:
-                with contextlib.suppress(Exception):
-                    dst = f"{gateway}/{ip.max_prefixlen}"
-                    self.netlink.call("route", "del", dst=dst, oif=index, table=MAIN_TABLE)
             self.netlink.call(
-                "addr", "del", index=index, address=str(ip), prefixlen=ip.max_prefixlen
+                "addr",
+                "del",
+                index=self._index(interface),
+                address=str(ip),
+                prefixlen=ip.max_prefixlen,
             )
+
+    def unroute_gateway(self, interface: str, address: str, gateway: str) -> None:
+        """Undo :meth:`route_gateway` (what is already gone is fine)."""
+        with contextlib.suppress(Exception):
+            dst = f"{gateway}/{ipaddress.ip_address(address).max_prefixlen}"
+            index = self._index(interface)
+            self.netlink.call("route", "del", dst=dst, oif=index, table=MAIN_TABLE)
 
     def own_address(self, interface: str, version: int, exclude: set[str]) -> str | None:
         """A global address of ``interface`` of that family, other than ``exclude``."""

@@ -170,3 +170,24 @@ def test_handover_without_a_live_pht_connects_anew(
     address = programs.ncoa("ngw")
     flow = bed.probe("cn", "mn", address, count=100).start()
     assert analyse(flow.wait(20)).forward.received > 90
+
+
+@pytest.mark.parametrize("policy", ["any", "allocated"])
+def test_connected_sa_moves_by_plain_mobike(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]], policy: str
+) -> None:
+    """Without pre-authentication, ``connect`` then ``handover``: the IKE SA follows the
+    node to its own address on B (charon's MOBIKE); a gateway under ``allocated``
+    refuses that address and the node connects anew from it."""
+    bed, programs = bed_for(4, address_policy=policy)
+    programs.connect("ngw")
+    address = programs.ncoa("ngw")
+    bed.ip("mn", "addr", "add", "10.2.0.70/24", "dev", "mn-b")
+    _, report, down = handover_with_flow(bed, programs, "ngw")
+    sa = programs.ike_sa("ngw")
+    assert sa is not None and sa["local"].startswith("10.2.0.70[")
+    if policy == "any":
+        assert_flow_survived(report, down)
+        assert programs.ncoa("ngw") == address
+    else:
+        assert programs.status("ngw")["counters"].get("updates_refused") == 1
