@@ -203,7 +203,7 @@ class Mpa:
 
     async def _move_pht(self, pht: Pht, sa: IkeSa, interface: str, link_up: float) -> str:
         assert self.mover is not None
-        service, transport = self.service, self.service._transport()
+        service, transport = self.service, self.service.live_transport()
         address = pht.addresses[0]
         remote = self._remote_for(sa, address)
         if pht.prepared != (interface, remote[0]):
@@ -290,8 +290,8 @@ class Mpa:
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):
-                self.service.endpoint.delete(other.ike_sa, self.service._transport().now())
-        self.service._transport().process()
+                self.service.endpoint.delete(other.ike_sa, self.service.live_transport().now())
+        self.service.live_transport().process()
 
     def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
         """While waiting for the link: the nCoA on the interface (it stays on the TUN
@@ -345,8 +345,8 @@ class Mpa:
         pht = self.phts.get(name)
         for sa in self.service.endpoint.find(name):
             if not sa.closed:
-                self.service.endpoint.delete(sa.local_spi, self.service._transport().now())
-        self.service._transport().process()
+                self.service.endpoint.delete(sa.local_spi, self.service.live_transport().now())
+        self.service.live_transport().process()
         if pht is not None:
             self._undo_move(pht)  # after the DELETE left from the nCoA, if it had moved
         gateway = str(entry.address.address)
@@ -449,7 +449,7 @@ class Mpa:
             return
         for address in pht.addresses:
             with contextlib.suppress(Exception):
-                await self.service._transport().bind(address, (sa.local[1],))
+                await self.service.live_transport().bind(address, (sa.local[1],))
 
     def _free_table(self) -> int:
         used = {pht.table for pht in self.phts.values()}

@@ -156,7 +156,7 @@ class MobileService:
     ) -> str:
         """IKE_SA_INIT, IKE_AUTH with EAP and CP to gateway ``name`` (from ``source``,
         else the address the kernel picks); the answer once the CHILD SA is up."""
-        transport = self._transport()
+        transport = self.live_transport()
         if any(_in_use(sa) for sa in self.endpoint.find(name)):
             raise CommandError(f"{command} {name}: already connected (disconnect first)")
         entry = self.config.gateways[name]
@@ -185,7 +185,7 @@ class MobileService:
 
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
-        transport = self._transport()
+        transport = self.live_transport()
         sas = [sa for sa in self.endpoint.find(name) if not sa.closed]
         if not sas:
             raise CommandError(f"disconnect {name}: not connected")
@@ -237,7 +237,7 @@ class MobileService:
             raise CommandError(f"unknown gateway {name!r}")
         return name
 
-    def _transport(self) -> IkeTransport:
+    def live_transport(self) -> IkeTransport:
         if self.transport is None:
             raise CommandError("the daemon is not running")
         return self.transport
