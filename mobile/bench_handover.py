@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from deploy.testbed.linkemu import parse_loss, parse_rate, parse_time
@@ -365,6 +367,10 @@ def check_environment() -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -383,6 +389,10 @@ def main(argv: Sequence[str]) -> int:
         return 1
     if str(REPOSITORY) not in sys.path:
         sys.path.insert(0, str(REPOSITORY))
+    # SIGTERM (or SIGINT where a background start left it ignored) tears down as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-handover-", dir="/tmp"))
     progress = Progress(len(confs) * len(methods) * args.runs)
     results: list[Result] = []
