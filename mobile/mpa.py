@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 # How long a handover waits for the link, then for the gateway's answer.
 LINK_WAIT = 4.0
 ANSWER_WAIT = 4.0
-SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -104,9 +102,6 @@ class Mpa:
     # Lifecycle
 
     def start(self) -> None:
-        # The netlink worker thread runs pyroute2's Python: with the default 5 ms
-        # switch interval it could hold the event loop (and the traffic) that long.
-        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.links = LinkWatcher()
         except OSError as error:
@@ -277,25 +272,26 @@ class Mpa:
         answer, the old path must still deliver), the tunnel's routes for everyone (as
         after connect), the other candidates' PHTs deleted.
 
-        The kernel calls run in a thread: the traffic the move lets go flows meanwhile."""
-        await asyncio.to_thread(self._leave_device, pht)
+        Each kernel call blocks the loop for about a millisecond: the loop gets a turn
+        between them, so the traffic now arriving on the new path is not held up."""
+        userspace = self.service.glue.userspace
+        for address in pht.addresses:
+            with contextlib.suppress(Exception):
+                self.service.glue.take_inner_address(pht.ike_sa, address)
+            await asyncio.sleep(0)
+            # Only with the address off the device: removing it takes the routes
+            # through the device that prefer it along.
+            if userspace is not None:
+                userspace.move_routes(address, None)
+            await asyncio.sleep(0)
+            if pht.table:
+                self._drop_rule(address, pht.table)
+                await asyncio.sleep(0)
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):
                 self.service.endpoint.delete(other.ike_sa, self.service.live_transport().now())
         self.service.live_transport().process()
-
-    def _leave_device(self, pht: Pht) -> None:
-        userspace = self.service.glue.userspace
-        for address in pht.addresses:
-            with contextlib.suppress(Exception):
-                self.service.glue.take_inner_address(pht.ike_sa, address)
-            # Only with the address off the device: removing it takes the routes
-            # through the device that prefer it along.
-            if userspace is not None:
-                userspace.move_routes(address, None)
-            if pht.table:
-                self._drop_rule(address, pht.table)
 
     def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
         """While waiting for the link: the nCoA on the interface (it stays on the TUN

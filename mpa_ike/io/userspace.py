@@ -350,7 +350,7 @@ class UserspaceDatapath:
         else:
             self.source_tables[src] = table
         wanted = self.source_tables.get(src, self.route_table)
-        for route in [r for r in list(self._routes) if r[1] == src]:  # list(): atomic
+        for route in [r for r in self._routes if r[1] == src]:
             was = self._route_tables.get(route, self.route_table)
             if was == wanted:
                 continue
