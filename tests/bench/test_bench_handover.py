@@ -84,12 +84,13 @@ def test_smoke_charon_mobike(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("netns_env")
-def test_smoke_mpa(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "--methods", "mpa")
+@pytest.mark.parametrize("method", ["mpa", "mobike"])
+def test_smoke_ours(tmp_path: Path, method: str) -> None:
+    data = _bench(tmp_path, "--methods", method)
     (conf,) = data["configurations"]
-    if "mpa" in conf["unavailable"]:
-        pytest.fail(conf["unavailable"]["mpa"])
-    (sample,) = conf["samples"]["mpa"]
+    if method in conf["unavailable"]:
+        pytest.fail(conf["unavailable"][method])
+    (sample,) = conf["samples"][method]
     assert sample["ok"], sample["error"]
     assert sample["outage_s"] < 0.5
     assert sample["timeline_s"]["ike_first"] is not None
