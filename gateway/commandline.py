@@ -92,9 +92,13 @@ def load(file: Path, loader: Callable[[Path], T]) -> T:
         raise CliError(f"{file}: {error}") from None
 
 
-def ask(socket: Path, cmd: str, args: Mapping[str, Any] | None = None) -> Any:
+def ask(
+    socket: Path, cmd: str, args: Mapping[str, Any] | None = None, timeout: float | None = None
+) -> Any:
     try:
-        return call(socket, cmd, args)
+        if timeout is None:
+            return call(socket, cmd, args)
+        return call(socket, cmd, args, timeout=timeout)
     except ControlError as error:
         raise CliError(str(error)) from None
 

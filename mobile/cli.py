@@ -22,9 +22,12 @@ from gateway.commandline import (
     socket_override,
 )
 from mobile.config import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, load_config
+from mobile.mpa import ANSWER_WAIT, LINK_WAIT
 from mobile.service import MobileService
 
 PROG = "mpa-mobile"
+# A handover waits for the link, then for the answer through retransmissions.
+HANDOVER_TIMEOUT = LINK_WAIT + ANSWER_WAIT + 5.0
 GATEWAY_COMMANDS = {
     "connect": "establish an IKE SA and CHILD SA with a gateway",
     "disconnect": "delete the SAs with a gateway",
@@ -70,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def gateway_command(args: argparse.Namespace) -> int:
-    result = ask(control_socket(args, DEFAULT_CONTROL_SOCKET), args.command, {"name": args.name})
+    timeout = HANDOVER_TIMEOUT if args.command == "handover" else None
+    socket = control_socket(args, DEFAULT_CONTROL_SOCKET)
+    result = ask(socket, args.command, {"name": args.name}, timeout)
     if result is not None:
         print(result)
     return EXIT_OK

@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long a handover waits for the link, then for the gateway's answer.
-LINK_WAIT = 4.0
-ANSWER_WAIT = 4.0
+# How long a handover waits for the link, then for the gateway's answer (through the
+# retransmissions of a lossy new link: 4 s, then 7.2 s more, then 13 s more).
+LINK_WAIT = 10.0
+ANSWER_WAIT = 25.0
 
 
 @dataclass

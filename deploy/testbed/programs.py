@@ -246,7 +246,7 @@ class MpaPrograms:
             time.sleep(0.02)
         return proc  # it ended already (the link was up, or it failed)
 
-    def end_handover(self, proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    def end_handover(self, proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
         """The answer of :meth:`begin_handover`'s command; ProgramError if it failed."""
         out, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
