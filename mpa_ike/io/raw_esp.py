@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 
 from mpa_ike.datagram import Address
+from mpa_ike.io.policy_routing import mark_socket
 
 IPPROTO_ESP = 50
 IP_PKTINFO = 8  # <linux/in.h>; not in every build of Python's socket module
@@ -43,7 +44,7 @@ class RawEspSockets:
     def mark_sockets(self, mark: int) -> None:
         """Mark what is sent (see :mod:`mpa_ike.io.policy_routing`)."""
         for sock in self.socks.values():
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            mark_socket(sock, mark)
 
     def _readable(self, sock: socket.socket) -> None:
         v4 = sock.family == socket.AF_INET
