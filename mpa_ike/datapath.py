@@ -3,7 +3,7 @@
 The core never calls a datapath: it emits events
 (:class:`mpa_ike.events.ChildSaEstablished` carries :class:`ChildSaParams`),
 and the gateway and mobile glue turn them into calls on a :class:`Datapath`.
-The userspace and XFRM datapaths are a later step; :class:`RecordingDatapath`
+The userspace and XFRM datapaths are in :mod:`mpa_ike.io`; :class:`RecordingDatapath`
 records what it is given, for tests and for running without one.
 """
 
@@ -80,7 +80,7 @@ class Datapath(Protocol):
     def update_addresses(
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
-        """Move an installed SA pair to new outer addresses (RFC 4555, issue 5)."""
+        """Move an installed SA pair to new outer addresses (RFC 4555)."""
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None: ...
 
