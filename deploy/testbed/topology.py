@@ -22,9 +22,11 @@ namespaces ever see the addresses.
 
 Every link has ends ``a`` and ``b`` with ``a`` on the mobile node's side, so ``a2b`` is
 uplink. A link is a veth pair, or emulated by ``linkemu`` (delay, jitter, loss, rate).
-``Testbed.link(name).set_down()`` is the layer-2 event: an emulated link drops its
-carrier at both ends (interfaces stay UP with their addresses); a veth link has its ``b``
-end set administratively down, which the ``a`` end sees as NO-CARRIER. Networks B and C
+``Testbed.link(name).set_down()`` is the layer-2 event: an emulated link carries no
+frames and drops the carrier of its ``a`` end, the mobile node's (interfaces stay UP
+with their addresses), while the router's end keeps its carrier as an access point's
+port does when a station leaves; a veth link has its ``b`` end set administratively
+down, which the ``a`` end sees as NO-CARRIER. Networks B and C
 start down, the mobile node being attached to A.
 
 Namespaces are named ``<prefix>-<node>`` with a fresh prefix per testbed, so runs never
@@ -203,8 +205,14 @@ class TestbedLink:
             raise ValueError(f"link {self.name} is a veth pair, not emulated")
         return self.bed.control
 
-    def set_down(self, carrier: Carrier = "both") -> None:
-        """Layer-2 down: carrier off (emulated) or the ``b`` end administratively down."""
+    def set_down(self, carrier: Carrier = "a") -> None:
+        """Layer-2 down: no frames and the carrier off at ``carrier`` (emulated), or the
+        ``b`` end administratively down (veth).
+
+        The router's end keeps its carrier by default: a carrier coming back there is
+        handled by the kernel's linkwatch, which may run after the first frames of the
+        mobile node arrived and then drop the router's answers (an ARP reply lost is a
+        second's wait)."""
         if self.conf.emulated:
             self._control().set_down(self.name, carrier)
         else:

@@ -213,10 +213,9 @@ class AddressMover:
         """A global address of ``interface`` of that family, other than ``exclude``."""
         family = socket.AF_INET6 if version == 6 else socket.AF_INET
         index = self._index(interface)
-        for message in self.netlink.call("get_addr", index=index, family=family):
-            address = message.get_attr("IFA_ADDRESS")
-            if address and address not in exclude and not address.startswith("fe80"):
-                return str(address)
+        for address in self.netlink.addresses(index, family):
+            if address not in exclude and not ipaddress.ip_address(address).is_link_local:
+                return address
         return None
 
     def flush_failed_neighbours(self, index: int) -> None:

@@ -13,6 +13,7 @@ protocol) are synchronous.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -24,6 +25,8 @@ from typing import Any
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
+from mpa_ike.io.rtnl import Rtnl, Unsupported
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -33,17 +36,27 @@ MAX_PACKET = 65535
 
 
 class Netlink:
-    """An ``IPRoute`` living in its own thread (see the module docstring)."""
+    """An ``IPRoute`` living in its own thread (see the module docstring); addresses,
+    routes and rules go the fast way, in the caller's thread (:mod:`mpa_ike.io.rtnl`)."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mpa-netlink")
         self._ipr: Any = self._pool.submit(IPRoute).result()
+        self._rtnl = Rtnl()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1:
+            with contextlib.suppress(Unsupported):
+                return self._rtnl.request(method, args[0], **kwargs)
         fn: Callable[..., Any] = getattr(self._ipr, method)
         return self._pool.submit(fn, *args, **kwargs).result()
 
+    def addresses(self, index: int, family: int) -> list[str]:
+        """The addresses of ``family`` on interface ``index`` (a quick dump)."""
+        return self._rtnl.addresses(index, family)
+
     def close(self) -> None:
+        self._rtnl.close()
         self._pool.submit(self._ipr.close).result()
         self._pool.shutdown()
 
