@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
     iproute2 tcpdump tshark iperf3
     strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
-    libcharon-extra-plugins libstrongswan-extra-plugins
+    libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
 )
 
 missing=()
