@@ -145,7 +145,10 @@ def build(method: str, command: str, kw: dict[str, Any]) -> tuple[int, int, byte
     builder = BUILDERS.get(method)
     if builder is None or command not in _FLAGS:
         raise Unsupported(f"{method} {command}")
-    return builder(command, **dict(kw))
+    try:
+        return builder(command, **dict(kw))
+    except KeyError as missing:
+        raise Unsupported(f"{method} {command} without {missing}") from None
 
 
 def parse_ack(data: bytes, sequence: int) -> int | None:
