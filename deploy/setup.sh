@@ -9,6 +9,7 @@ DEB_PACKAGES=(
     iproute2 tcpdump tshark iperf3
     strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
     libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
+    libcharon-extauth-plugins
 )
 
 missing=()
