@@ -72,6 +72,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 METHODS = ("mpa", "mobike", "reactive", "charon-mobike", "charon-reauth")
 PRE = 0.6  # seconds of flow before the link event
 POST = 0.6  # seconds of flow after the method says it is done
+HEARTBEAT = 0.05  # how often the probe sender tells of its newest echo
 TAIL = 0.3  # the flow's last seconds, left out (still in flight when it is stopped)
 PROBE_PORT = 9000
 STATIC_HOST = 0x50  # the MN's static address on B: .80 / ::50, outside the pool
@@ -294,7 +295,13 @@ def handover(
         flows: list[ProbeFlow] = []
         for n, target in enumerate(targets):
             flow = ctx.bed.probe(
-                "cn", "mn", target, port=PROBE_PORT + n, interval=ctx.interval, linger=0.3
+                "cn",
+                "mn",
+                target,
+                port=PROBE_PORT + n,
+                interval=ctx.interval,
+                linger=0.3,
+                heartbeat=HEARTBEAT,
             )
             stack.enter_context(flow)  # killed on the way out if something fails
             flows.append(flow)
@@ -306,6 +313,8 @@ def handover(
         if address is not None and not address.link_event():
             raise RuntimeError(f"{address.cidr} could not be put on mn-b")
         error = done(t0 + ctx.timeout)
+        if error is None:
+            wait_for_flow(flows, time.monotonic(), t0 + ctx.timeout)
         time.sleep(POST + ctx.settle)
         stopped = time.monotonic()
         logs = [trim(flow.stop(), stopped - TAIL - ctx.settle) for flow in flows]
@@ -314,6 +323,16 @@ def handover(
     pcap.unlink(missing_ok=True)
     log = merge_flows(logs[0], logs[1]) if len(logs) == 2 else logs[0]
     return measure(method, run, log, t0, t_up, messages, error=error)
+
+
+def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool:
+    """Until an echo of one of ``flows`` arrives after ``since`` (the method said it was
+    done): a flow that comes back only after a retransmission is measured, not cut off."""
+    while time.monotonic() < deadline:
+        if any((flow.last_echo() or 0.0) > since for flow in flows):
+            return True
+        time.sleep(HEARTBEAT)
+    return False
 
 
 @contextlib.contextmanager

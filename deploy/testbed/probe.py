@@ -279,12 +279,15 @@ def run_sender(
     size: int = 64,
     linger: float = 0.5,
     started: Any = None,
+    heartbeat: float | None = None,
 ) -> FlowLog:
     """Send paced probes (``interval`` 0 floods) and collect echoes until done or signalled.
 
     The schedule is absolute; a sender that falls more than one interval behind
     re-anchors instead of bursting. A failed send (no route during a handover) is logged
-    as sent: that packet is lost.
+    as sent: that packet is lost. With ``heartbeat``, every so many seconds a line
+    ``echo <time>`` on stdout tells when the newest echo arrived (when it is new): the
+    flow works both ways since then.
     """
     stop = _Stop()
     sock, addr = _socket_for(host)
@@ -295,9 +298,11 @@ def run_sender(
         started()
     start = time.monotonic()
     end = start + duration if duration is not None else None
+    beat = _Heartbeat(heartbeat, log)
     seq = 0
     while not stop.flag and (count is None or seq < count):
         now = time.monotonic()
+        beat.tick(now)
         if end is not None and now >= end:
             break
         due = start + seq * interval
@@ -322,6 +327,23 @@ def run_sender(
         _drain(sock, log, deadline - time.monotonic(), addr[0])
     sock.close()
     return log
+
+
+class _Heartbeat:
+    """The ``echo <time>`` lines of :func:`run_sender`."""
+
+    def __init__(self, every: float | None, log: FlowLog) -> None:
+        self.every, self.log = every, log
+        self.next = 0.0
+        self.told = 0
+
+    def tick(self, now: float) -> None:
+        if self.every is None or now < self.next:
+            return
+        self.next = now + self.every
+        if len(self.log.reverse) > self.told:
+            self.told = len(self.log.reverse)
+            print(f"echo {self.log.reverse[-1].received!r}", flush=True)
 
 
 def _drain(sock: socket.socket, log: FlowLog, timeout: float, peer: str) -> None:
@@ -434,6 +456,7 @@ class ProbeFlow:
         linger: float = 0.5,
         echo: bool = True,
         workdir: str | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self.sender_prefix = list(sender_prefix)
         self.reflector_prefix = list(reflector_prefix)
@@ -445,6 +468,8 @@ class ProbeFlow:
         self.size = size
         self.linger = linger
         self.echo = echo
+        self.heartbeat = heartbeat
+        self._last_echo: float | None = None
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="probe")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.sender: subprocess.Popen[bytes] | None = None
@@ -480,6 +505,8 @@ class ProbeFlow:
         if self.duration is not None:
             send += ["--duration", repr(self.duration)]
         send += ["--out", str(self.workdir / "sender.json")]
+        if self.heartbeat is not None:
+            send += ["--heartbeat", repr(self.heartbeat)]
         self.sender = subprocess.Popen(
             [*self.sender_prefix, *send], stdout=subprocess.PIPE, env=self._env()
         )
@@ -489,6 +516,20 @@ class ProbeFlow:
             self._kill()
             raise RuntimeError("probe sender did not start")
         return self
+
+    def last_echo(self) -> float | None:
+        """When the newest echo reached the sender, as its heartbeat has told so far
+        (``heartbeat`` set; monotonic clock, shared by the namespaces)."""
+        stdout = self.sender.stdout if self.sender is not None else None
+        if stdout is None or stdout.closed:
+            return self._last_echo
+        while select.select([stdout], [], [], 0)[0]:
+            line = stdout.readline()
+            if not line:
+                break
+            if line.startswith(b"echo "):
+                self._last_echo = float(line.split()[1])
+        return self._last_echo
 
     def wait(self, timeout: float | None = None) -> FlowLog:
         """Wait for a bounded sender to finish, then stop the reflector."""
@@ -618,6 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     send.add_argument("--size", type=int, default=64, help=f"UDP payload bytes (>= {MIN_SIZE})")
     send.add_argument("--linger", type=float, default=0.5, help="wait for echoes at the end")
     send.add_argument("--out", default="-")
+    send.add_argument(
+        "--heartbeat", type=float, help="print 'echo <time>' of the newest echo this often"
+    )
     refl = sub.add_parser("reflect", help="log arrivals and echo them")
     refl.add_argument("--port", type=int, default=9000)
     refl.add_argument("--bind", default="::")
@@ -643,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             size=args.size,
             linger=args.linger,
             started=None if args.out == "-" else lambda: print("sending", flush=True),
+            heartbeat=args.heartbeat,
         )
         echoes = [(a.seq, a.sent, a.received) for a in log.reverse]
         data = {"interval": log.interval, "sent": log.sent, "echoes": echoes}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testbed.probe import Arrival, FlowLog
+from deploy.testbed.probe import Arrival, FlowLog, ProbeFlow
 from mobile.bench_handover import Configuration, configurations, parse_links, table
 from mobile.bench_handover_measure import (
     IkeMessage,
@@ -343,3 +343,30 @@ def test_a_silence_before_the_event_is_not_the_handover_s() -> None:
     sample = measure("x", 0, FlowLog(INTERVAL, sent, forward, reverse), 100.0, None, [])
     assert sample.outage_forward == pytest.approx(0.021, abs=1e-9)
     assert sample.lost_forward == 320
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_the_heartbeat_tells_when_the_flow_works_both_ways() -> None:
+    """A run waits for the flow after the method is done (``wait_for_flow``): on loopback
+    a flow that echoes is back at once, one whose reflector never echoes is not."""
+    from mobile.bench_handover_methods import wait_for_flow
+
+    echoing = ProbeFlow([], [], "127.0.0.1", port=_free_udp_port(), heartbeat=0.02)
+    silent = ProbeFlow([], [], "127.0.0.1", port=_free_udp_port(), heartbeat=0.02, echo=False)
+    with echoing, silent:
+        since = time.monotonic()
+        assert wait_for_flow([echoing], since, since + 5.0)
+        told = echoing.last_echo()
+        assert told is not None and told > since
+        assert not wait_for_flow([silent], since, time.monotonic() + 0.3)
+        assert silent.last_echo() is None
+        log = echoing.stop()
+    assert any(abs(a.received - told) < 1e-9 for a in log.reverse)
