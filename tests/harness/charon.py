@@ -372,7 +372,7 @@ def charon_available() -> str | None:
         return f"{CHARON_BIN} missing (apt-get install strongswan-charon strongswan-swanctl)"
     for plugin in PLUGINS.split():
         if not (PLUGIN_DIR / f"libstrongswan-{plugin}.so").exists():
-            return f"strongSwan plugin {plugin} missing (deploy/setup.sh installs the plugin packages)"
+            return f"strongSwan plugin {plugin} missing (run deploy/setup.sh)"
     if not Path("/dev/net/tun").exists():
         return "/dev/net/tun missing (kernel-libipsec needs TUN)"
     return None
