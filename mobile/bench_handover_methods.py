@@ -445,8 +445,6 @@ def run_mpa(ctx: Context, run: int) -> Sample:
 
 
 def run_mobike(ctx: Context, run: int) -> Sample:
-    if ctx.family == "split":
-        raise Unavailable("with --family split the IKE SA would change family: not MOBIKE's case")
     reset_mn(ctx)
     # The OS's address of B is there before the link (its route is ignored until then);
     # charon, which picks routes itself and would use it, gets it at link up.
@@ -471,14 +469,10 @@ def run_mobike(ctx: Context, run: int) -> Sample:
 
 
 def run_reactive(ctx: Context, run: int) -> Sample:
-    if ctx.family == "split":
-        raise Unavailable(
-            "with --family split the MN's configuration names the nGW by its IPv4 "
-            "address, which the IPv6-only network B cannot reach"
-        )
     reset_mn(ctx)
-    with mpa_programs(ctx, run) as programs:
-        old = ctx.bed.addr("mn", "mn-a", ctx.inner)
+    # With split the MN reaches the nGW only on B, by its IPv6 address.
+    with mpa_programs(ctx, run, gateway_on_b=True) as programs:
+        old = ctx.bed.addr("mn", "mn-a", ctx.outer)
         new = ctx.first_of_pool()
         request = Background(lambda: _ask(programs, "connect", ctx.timeout + 5))
 

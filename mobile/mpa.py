@@ -242,12 +242,12 @@ class Mpa:
         follows the node to an address of the new interface's own. A gateway that
         only accepts the addresses it allocated refuses; then a full exchange."""
         assert self.mover is not None
-        version = ipaddress.ip_address(sa.remote[0]).version
-        own = self.mover.own_address(interface, version, set())
-        if own is None:
+        target = self._move_target(sa, interface)
+        if target is None:
             return await self._reconnect(entry, interface, "no address to move to")
+        own, gateway = target
         moving = Pht(entry.name, sa.local_spi, table=0, addresses=[own])
-        gateway = sa.remote[0]
+        self.mover.quick_neighbour_retries(interface)
         self.mover.route_gateway(interface, own, gateway)  # the address is the OS's
         moving.prepared = (interface, gateway)
         try:
@@ -257,6 +257,20 @@ class Mpa:
             return await self._reconnect(entry, interface, str(failure))
         self.moved_connections[entry.name] = moving
         return answer
+
+    def _move_target(self, sa: IkeSa, interface: str) -> tuple[str, str] | None:
+        """An address of ``interface``'s own and the gateway's address of its family:
+        in the IKE SA's family, else in the other one if the gateway announced an
+        address of it (RFC 4555 §3.4: a move between families)."""
+        assert self.mover is not None
+        current = ipaddress.ip_address(sa.remote[0]).version
+        for version in (current, 6 if current == 4 else 4):
+            own = self.mover.own_address(interface, version, set())
+            if own is None:
+                continue
+            with contextlib.suppress(HandoverFailed):
+                return own, self._remote_for(sa, own)[0]
+        return None
 
     def _connected_sa(self, name: str) -> IkeSa | None:
         return next(
@@ -300,6 +314,7 @@ class Mpa:
         try:
             gateway = self._remote_for(sa, address)[0]
             self.mover.ignore_routes_while_down(interface)
+            self.mover.quick_neighbour_retries(interface)
             self.mover.prepare(interface, address)
             self.mover.route_gateway(interface, address, gateway)
             pht.prepared = (interface, gateway)

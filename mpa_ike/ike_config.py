@@ -20,7 +20,7 @@ from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.eap import EapType
 from mpa_ike.errors import ConfigError
 from mpa_ike.mobike import AddressCheck, AddressPolicy
-from mpa_ike.retransmit import RetransmitPolicy
+from mpa_ike.retransmit import UPDATE_RETRANSMIT, RetransmitPolicy
 from mpa_ike.wire import IPAddress
 
 DEFAULT_EAP_METHODS = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE)
@@ -82,6 +82,8 @@ class InitiatorConfig:
     fragmentation: bool = True
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
     retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    # The schedule of our MOBIKE updates (RFC 4555 §3.5): sooner than other requests.
+    update_retransmit: RetransmitPolicy = UPDATE_RETRANSMIT
     eap_identity: str | None = None  # strongSwan's eap_id; default: the IKE identity
     max_init_retries: int = 5  # COOKIE and INVALID_KE_PAYLOAD rounds before giving up
     # RFC 7427 §4: announce SIGNATURE_HASH_ALGORITHMS (off: the gateway signs classically).

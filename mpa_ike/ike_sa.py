@@ -445,16 +445,22 @@ class IkeSa:
         on_response: Callable[[Message, float], None],
         now: float,
         on_give_up: Callable[[float], None] | None = None,
+        retransmit: RetransmitPolicy | None = None,
     ) -> None:
-        """Send a protected request now, or queue it behind the outstanding one (§2.3)."""
+        """Send a protected request now, or queue it behind the outstanding one (§2.3);
+        ``retransmit``: a schedule other than the SA's."""
         if self._outstanding is not None:
             self._queued.append(
-                lambda later: self._request(exchange, payloads, on_response, later, on_give_up)
+                lambda later: self._request(
+                    exchange, payloads, on_response, later, on_give_up, retransmit
+                )
             )
             return
         header = self._header(exchange, self._my_next_id, response=False)
         datagrams = self._seal(header, payloads)
-        self._start_outstanding(exchange, self._my_next_id, datagrams, on_response, now, on_give_up)
+        self._start_outstanding(
+            exchange, self._my_next_id, datagrams, on_response, now, on_give_up, retransmit
+        )
 
     def _start_outstanding(
         self,
@@ -464,12 +470,13 @@ class IkeSa:
         on_response: Callable[[Message, float], None],
         now: float,
         on_give_up: Callable[[float], None] | None,
+        retransmit: RetransmitPolicy | None = None,
     ) -> None:
         self._outstanding = _Outstanding(
             exchange,
             message_id,
             datagrams,
-            Retransmitter(self._retransmit, now),
+            Retransmitter(retransmit or self._retransmit, now),
             on_response,
             on_give_up or self._give_up,
         )

@@ -36,7 +36,7 @@ from mpa_ike.events import (
     PeerAddressesAnnounced,
 )
 from mpa_ike.ike_sa_common import CHILD_IN_DATAPATH, IkeSaState, error_notifies, ip_of
-from mpa_ike.retransmit import Retransmitter
+from mpa_ike.retransmit import RetransmitPolicy, Retransmitter
 from mpa_ike.wire import IPAddress, Message, NotifyPayload, Payload
 from mpa_ike.wire.notify import (
     additional_address_notify,
@@ -137,7 +137,7 @@ def update_addresses(
         sa._update_again = True
         outstanding = sa._outstanding
         if outstanding is not None:
-            outstanding.retransmitter = Retransmitter(sa._retransmit, now)
+            outstanding.retransmitter = Retransmitter(_update_schedule(sa), now)
             sa.counters["retransmitted"] += 1
             sa._send(outstanding.datagrams)
         return
@@ -174,7 +174,12 @@ def send_update(sa: IkeSa, now: float) -> None:
         payloads,
         lambda message, later: on_update_response(sa, message, later),
         now,
+        retransmit=_update_schedule(sa),
     )
+
+
+def _update_schedule(sa: IkeSa) -> RetransmitPolicy:
+    return sa._icfg.update_retransmit if sa._icfg is not None else sa._retransmit
 
 
 def on_update_response(sa: IkeSa, message: Message, now: float) -> None:

@@ -28,6 +28,12 @@ class RetransmitPolicy:
         return sum(self.delay(sent) for sent in range(1, self.tries + 2))
 
 
+UPDATE_RETRANSMIT = RetransmitPolicy(timeout=0.2, base=2.0, tries=7)
+"""For UPDATE_SA_ADDRESSES after a move: the node has just lost its path and the new
+link may drop the update, so the first retransmission comes after 0.2 s rather than
+4 s (then 0.4, 0.8 ... s; about 51 s in all before giving up)."""
+
+
 class TimerAction(Enum):
     NONE = "none"
     RETRANSMIT = "retransmit"

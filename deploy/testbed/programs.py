@@ -62,6 +62,9 @@ class MpaPrograms:
     handover: str = "manual"
     log_level: str = "info"
     extra_gateway: dict[str, Any] = field(default_factory=dict)
+    gateway_on_b: bool = False
+    """With ``split``: the MN names the gateway by its IPv6 access address, for a MN
+    that connects only once on B (IPv6-only) rather than through A."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,18 +84,24 @@ class MpaPrograms:
 
     def gateway_address(self, gateway: str) -> str:
         """Where the MN starts IKE: the gateway's access-network address, or with
-        ``split`` its IPv4 core address (its network is IPv6-only)."""
+        ``split`` its IPv4 core address (its network is IPv6-only; ``gateway_on_b``:
+        that IPv6 access address)."""
+        access = f"{gateway}-{GATEWAYS[gateway][0]}"
         if self.family == "split":
+            if self.gateway_on_b:
+                return self.bed.addr(gateway, access, 6)
             return self.bed.addr(gateway, f"{gateway}-core", 4)
-        return self.bed.addr(gateway, f"{gateway}-{GATEWAYS[gateway][0]}", self.outer_version)
+        return self.bed.addr(gateway, access, self.outer_version)
 
     def listen_addresses(self, gateway: str) -> list[str]:
-        """With ``split`` the gateway also listens on its IPv6 access address, which
-        it announces (ADDITIONAL_IP6_ADDRESS) and the MN moves to."""
-        addresses = [self.gateway_address(gateway)]
+        """With ``split`` the gateway listens on its IPv4 core address and its IPv6
+        access address, and announces the other (ADDITIONAL_*_ADDRESS) for a move."""
         if self.family == "split":
-            addresses.append(self.bed.addr(gateway, f"{gateway}-{GATEWAYS[gateway][0]}", 6))
-        return addresses
+            return [
+                self.bed.addr(gateway, f"{gateway}-core", 4),
+                self.bed.addr(gateway, f"{gateway}-{GATEWAYS[gateway][0]}", 6),
+            ]
+        return [self.gateway_address(gateway)]
 
     def cn_address(self) -> str:
         return self.bed.addr("cn", "cn-core", self.inner_version)

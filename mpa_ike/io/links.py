@@ -41,6 +41,7 @@ IFINFOMSG = struct.Struct("=BxHiII")
 # Neighbour states not worth keeping when a link comes back (<linux/neighbour.h>).
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
+QUICK_NEIGHBOUR_RETRY_MS = 100
 
 LinkListener = Callable[[str, bool], object]
 """``listener(interface_name, up)`` on every link change the kernel reports."""
@@ -174,6 +175,17 @@ class AddressMover:
             with contextlib.suppress(OSError):
                 if knob.read_text().strip() != "1":
                     knob.write_text("1\n")
+
+    def quick_neighbour_retries(self, interface: str) -> None:
+        """ARP and neighbour solicitations on ``interface`` repeated after 100 ms, not a
+        second: the gateway's link-layer address is resolved on the new link just as
+        the update leaves, and on a lossy link a lost request should not cost a second
+        (the kernel still gives up after ``mcast_solicit`` tries)."""
+        for version in ("ipv4", "ipv6"):
+            knob = Path(f"/proc/sys/net/{version}/neigh/{interface}/retrans_time_ms")
+            with contextlib.suppress(OSError, ValueError):
+                if int(knob.read_text()) > QUICK_NEIGHBOUR_RETRY_MS:
+                    knob.write_text(f"{QUICK_NEIGHBOUR_RETRY_MS}\n")
 
     def route_gateway(self, interface: str, address: str, gateway: str) -> None:
         """The gateway on-link through ``interface``, from ``address`` (once the link is

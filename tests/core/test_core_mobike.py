@@ -35,6 +35,7 @@ from mpa_ike.events import (
 )
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode, IkeSaInfo
+from mpa_ike.retransmit import UPDATE_RETRANSMIT
 from mpa_ike.wire import Message, NotifyPayload, Payload, parse_header, parse_message
 from mpa_ike.wire.notify import additional_address_notify, cookie2_notify
 
@@ -232,8 +233,27 @@ def test_lost_update_is_retransmitted_to_the_new_address(pool: AddressPool[objec
     assert len(updates) == 2
     assert all(t.datagram.src == LEASE for t in updates)
     assert updates[1].datagram.data == updates[0].datagram.data  # §2.1: bit-identical
-    assert updates[1].time == start + 4.0  # strongSwan's first retransmission timeout
+    # Sooner than strongSwan's 4 s: the node has just moved and waits for nothing else.
+    assert updates[1].time == start + UPDATE_RETRANSMIT.timeout
     assert gateway.remote == LEASE and mobile.counters["retransmitted"] == 1
+
+
+def test_an_update_never_answered_backs_off_then_the_sa_fails(pool: AddressPool[object]) -> None:
+    link = up(pool)
+    mobile, _ = sas(link)
+    sent_before = sum(1 for t in link.log if t.direction == "m->g")
+
+    def lose_updates(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        return [] if way == "m->g" and n >= sent_before else [datagram]
+
+    link.tamper = lose_updates
+    start = link.now
+    link.mobile.update_addresses(mobile.local_spi, LEASE, link.now)
+    link.run(until=start + 120)
+    times = [round(t.time - start, 3) for t in link.log if t.direction == "m->g"][sent_before:]
+    assert times == [0.0, 0.2, 0.6, 1.4, 3.0, 6.2, 12.6, 25.4]
+    failed = link.of_type(IkeSaFailed)
+    assert failed and UPDATE_RETRANSMIT.total() == pytest.approx(51.0)
 
 
 def test_address_change_before_the_answer_restarts(pool: AddressPool[object]) -> None:

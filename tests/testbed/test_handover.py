@@ -194,3 +194,21 @@ def test_connected_sa_moves_by_plain_mobike(
         assert programs.ncoa("ngw") == address
     else:
         assert programs.status("ngw")["counters"].get("updates_refused") == 1
+
+
+def test_connected_sa_moves_by_plain_mobike_across_families(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    """A IPv4-only, B IPv6-only: the IKE SA made over IPv4 moves to the node's own IPv6
+    address on B and the gateway's IPv6 address it announced (RFC 4555 §3.4)."""
+    bed, programs = bed_for("split", address_policy="any")
+    programs.connect("ngw")
+    address = programs.ncoa("ngw")
+    bed.ip("mn", "addr", "add", "fd00:2::70/64", "dev", "mn-b", "nodad")
+    answer, report, down = handover_with_flow(bed, programs, "ngw")
+    assert "moved to fd00:2::70 on mn-b" in answer
+    sa = programs.ike_sa("ngw")
+    assert sa is not None and sa["local"].startswith("fd00:2::70[")
+    assert sa["remote"].startswith("fd00:2::1[")
+    assert_flow_survived(report, down)
+    assert programs.ncoa("ngw") == address
