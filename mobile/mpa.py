@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # How long a handover waits for the link, then for the gateway's answer (through the
-# retransmissions of a lossy new link: 4 s, then 7.2 s more, then 13 s more).
+# update's retransmissions on a lossy new link: mpa_ike.retransmit.UPDATE_RETRANSMIT).
 LINK_WAIT = 10.0
 ANSWER_WAIT = 25.0
 

@@ -8,8 +8,9 @@ once, while the operational state may lag (see ``deploy/testbed/README.md``).
 :class:`AddressMover` puts an address on an interface without duplicate address
 detection (the gateway allocated it: nobody else has it), routes the gateway through
 that interface, and clears neighbour entries that failed while the link was down, which
-the kernel would otherwise wait out for a second. Its netlink calls go through the TUN
-device's worker (:class:`mpa_ike.io.tun.Netlink`).
+the kernel would otherwise wait out for a second. Its netlink calls go through
+:class:`mpa_ike.io.tun.Netlink`: addresses and routes straight over rtnetlink, the
+neighbour table through pyroute2.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class LinkWatcher:
 
 
 class AddressMover:
-    """Addresses and host routes on the mobile node's interfaces (blocking calls on the
-    netlink worker; each takes a fraction of a millisecond)."""
+    """Addresses and host routes on the mobile node's interfaces (blocking calls of some
+    tens of microseconds, :mod:`mpa_ike.io.rtnl`)."""
 
     def __init__(self, netlink: Netlink) -> None:
         self.netlink = netlink

@@ -41,7 +41,8 @@ RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 FR_ACT_TO_TBL = 1
-RT_TABLE_COMPAT = 252  # what rtm_table says of a table number that needs 32 bits
+RT_TABLE_COMPAT = 252
+ANSWER_TIMEOUT = 5.0  # what rtm_table says of a table number that needs 32 bits
 
 _FLAGS = {
     "add": NLM_F_CREATE | NLM_F_EXCL,
@@ -205,6 +206,7 @@ class Rtnl:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.bind((0, 0))
+        self.sock.settimeout(ANSWER_TIMEOUT)  # the kernel answers at once: never hang
         self._sequence = itertools.count(1)
         self._lock = threading.Lock()
 

@@ -6,9 +6,9 @@ with pyroute2. The device is not persistent: closing the descriptor deletes it,
 with its addresses and routes.
 
 pyroute2 0.9's synchronous ``IPRoute`` runs its own asyncio loop and refuses to
-work inside a running one, so every netlink call goes to one worker thread and
-is waited for: configuration is rare and quick, and the callers (the Datapath
-protocol) are synchronous.
+work inside a running one, so its calls go to one worker thread and are waited
+for (the callers, the Datapath protocol, are synchronous). Addresses, routes and
+rules, which a handover changes while traffic flows, skip it: :mod:`mpa_ike.io.rtnl`.
 """
 
 from __future__ import annotations
