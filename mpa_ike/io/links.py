@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mpa_ike.io.rtnl import messages
 from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE, Netlink
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 IFF_LOWER_UP = 0x10000
 SIOCGIFFLAGS = 0x8913
-NLMSG_HEADER = struct.Struct("=IHHII")
 IFINFOMSG = struct.Struct("=BxHiII")
 # Neighbour states not worth keeping when a link comes back (<linux/neighbour.h>).
 NUD_INCOMPLETE = 0x01
@@ -62,16 +62,10 @@ def link_is_up(name: str) -> bool:
 def parse_link_messages(data: bytes) -> list[tuple[int, bool]]:
     """(interface index, up) of each RTM_NEWLINK in a netlink datagram."""
     found = []
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            break
-        body = offset + NLMSG_HEADER.size
-        if kind == RTM_NEWLINK and body + IFINFOMSG.size <= len(data):
+    for kind, _, body, end in messages(data):
+        if kind == RTM_NEWLINK and body + IFINFOMSG.size <= end:
             _, _, index, flags, _ = IFINFOMSG.unpack_from(data, body)
             found.append((index, bool(flags & IFF_UP and flags & IFF_LOWER_UP)))
-        offset += (length + 3) & ~3
     return found
 
 

@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 NLMSG_HEADER = struct.Struct("=IHHII")
@@ -41,8 +42,8 @@ RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 FR_ACT_TO_TBL = 1
-RT_TABLE_COMPAT = 252
-ANSWER_TIMEOUT = 5.0  # what rtm_table says of a table number that needs 32 bits
+RT_TABLE_COMPAT = 252  # what rtm_table says of a table number that needs 32 bits
+ANSWER_TIMEOUT = 5.0
 
 _FLAGS = {
     "add": NLM_F_CREATE | NLM_F_EXCL,
@@ -102,8 +103,7 @@ def route_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
         protocol, kind = RTPROT_BOOT, RTN_UNICAST
         scope = RT_SCOPE_LINK if net.version == 4 else RT_SCOPE_UNIVERSE
     family = _family(net.network_address)
-    short_table = table if table < 256 else RT_TABLE_COMPAT
-    body = RTMSG.pack(family, net.prefixlen, 0, 0, short_table, protocol, scope, kind, 0)
+    body = RTMSG.pack(family, net.prefixlen, 0, 0, _short(table), protocol, scope, kind, 0)
     body += attribute(RTA_DST, net.network_address.packed) + _u32(RTA_OIF, oif)
     body += _u32(RTA_TABLE, table)
     if prefsrc is not None:
@@ -118,8 +118,7 @@ def rule_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
     priority = kw.pop("priority", None)
     fwmark, fwmask = kw.pop("fwmark", None), kw.pop("fwmask", None)
     _no_more(kw)
-    short_table = table if table < 256 else RT_TABLE_COMPAT
-    body = RTMSG.pack(family, 0, src_len, 0, short_table, 0, 0, FR_ACT_TO_TBL, 0)
+    body = RTMSG.pack(family, 0, src_len, 0, _short(table), 0, 0, FR_ACT_TO_TBL, 0)
     body += _u32(FRA_TABLE, table)
     if priority is not None:
         body += _u32(FRA_PRIORITY, priority)
@@ -131,6 +130,10 @@ def rule_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
         body += _u32(FRA_FWMASK, fwmask)
     kind = RTM_NEWRULE if command != "del" else RTM_DELRULE
     return kind, _FLAGS[command], body
+
+
+def _short(table: int) -> int:
+    return table if table < 256 else RT_TABLE_COMPAT
 
 
 def _no_more(kw: dict[str, Any]) -> None:
@@ -152,17 +155,24 @@ def build(method: str, command: str, kw: dict[str, Any]) -> tuple[int, int, byte
         raise Unsupported(f"{method} {command} without {missing}") from None
 
 
-def parse_ack(data: bytes, sequence: int) -> int | None:
-    """The errno (0: done) of the acknowledgement of ``sequence`` in a datagram."""
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, sequence, body offset, end) of each netlink message of a datagram, up to
+    a broken header."""
     offset = 0
     while offset + NLMSG_HEADER.size <= len(data):
         length, kind, _, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
         if length < NLMSG_HEADER.size:
-            break
-        if kind == NLMSG_ERROR and seq == sequence:
-            error: int = struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
-            return -error
+            return
+        yield kind, seq, offset + NLMSG_HEADER.size, min(offset + length, len(data))
         offset += (length + 3) & ~3
+
+
+def parse_ack(data: bytes, sequence: int) -> int | None:
+    """The errno (0: done) of the acknowledgement of ``sequence`` in a datagram."""
+    for kind, seq, body, _ in messages(data):
+        if kind == NLMSG_ERROR and seq == sequence:
+            error: int = struct.unpack_from("=i", data, body)[0]
+            return -error
     return None
 
 
@@ -181,22 +191,17 @@ def parse_addresses(data: bytes, sequence: int) -> tuple[list[tuple[int, str]], 
     """(interface index, address) of each RTM_NEWADDR of a dump datagram; whether the
     dump ended with it."""
     found: list[tuple[int, str]] = []
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            break
-        if seq == sequence:
-            if kind in (NLMSG_DONE, NLMSG_ERROR):
-                return found, True
-            body = offset + NLMSG_HEADER.size
-            if kind == RTM_NEWADDR and body + IFADDRMSG.size <= offset + length:
-                index = IFADDRMSG.unpack_from(data, body)[4]
-                attrs = parse_attributes(data, body + IFADDRMSG.size, offset + length)
-                raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-                if raw is not None and len(raw) in (4, 16):
-                    found.append((index, str(ipaddress.ip_address(raw))))
-        offset += (length + 3) & ~3
+    for kind, seq, body, end in messages(data):
+        if seq != sequence:
+            continue
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            return found, True
+        if kind == RTM_NEWADDR and body + IFADDRMSG.size <= end:
+            index = IFADDRMSG.unpack_from(data, body)[4]
+            attrs = parse_attributes(data, body + IFADDRMSG.size, end)
+            raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
+            if raw is not None and len(raw) in (4, 16):
+                found.append((index, str(ipaddress.ip_address(raw))))
     return found, False
 
 
@@ -214,12 +219,8 @@ class Rtnl:
         """Carry out ``method command`` (pyroute2's names); :class:`RtnlError` if the
         kernel refuses, :class:`Unsupported` if not built here."""
         kind, flags, body = build(method, command, kw)
-        sequence = next(self._sequence)
-        header = NLMSG_HEADER.pack(
-            NLMSG_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, sequence, 0
-        )
         with self._lock:
-            self.sock.send(header + body)
+            sequence = self._send(kind, NLM_F_ACK | flags, body)
             code = None
             while code is None:  # skipping answers to requests given up on
                 code = parse_ack(self.sock.recv(65536), sequence)
@@ -228,18 +229,21 @@ class Rtnl:
 
     def addresses(self, index: int, family: int) -> list[str]:
         """The addresses of one family on interface ``index``, as the kernel lists them."""
-        sequence = next(self._sequence)
-        header = NLMSG_HEADER.pack(
-            NLMSG_HEADER.size + IFADDRMSG.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0
-        )
         found: list[str] = []
         with self._lock:
-            self.sock.send(header + IFADDRMSG.pack(family, 0, 0, 0, 0))
+            sequence = self._send(RTM_GETADDR, NLM_F_DUMP, IFADDRMSG.pack(family, 0, 0, 0, 0))
             done = False
             while not done:
                 part, done = parse_addresses(self.sock.recv(65536), sequence)
                 found += [address for at, address in part if at == index]
         return found
+
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
+        """Send one request; its sequence number."""
+        sequence = next(self._sequence)
+        size = NLMSG_HEADER.size + len(body)
+        self.sock.send(NLMSG_HEADER.pack(size, kind, NLM_F_REQUEST | flags, sequence, 0) + body)
+        return sequence
 
     def close(self) -> None:
         self.sock.close()
