@@ -7,7 +7,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from gateway.commandline import (
+from gateway.config import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, load_config
+from gateway.service import GatewayService
+from mpa_ike.node.cli import (
     EXIT_OK,
     Parser,
     ask,
@@ -21,8 +23,6 @@ from gateway.commandline import (
     run_daemon,
     socket_override,
 )
-from gateway.config import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, load_config
-from gateway.service import GatewayService
 
 PROG = "mpa-gateway"
 

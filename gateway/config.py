@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from gateway.validation import (
+from mpa_ike.node.config import (
     DATAPATHS,
     DEFAULT_PROPOSALS,
     LOG_LEVELS,

@@ -1,7 +1,7 @@
 """The gateway service behind ``mpa-gateway run``.
 
 It turns the configuration into the core's responder policy, serves IKE on UDP 500 and
-4500 of every ``listen`` address through :class:`gateway.ike_transport.IkeTransport`,
+4500 of every ``listen`` address through :class:`mpa_ike.node.transport.IkeTransport`,
 hands CHILD SA keys to the datapath ``datapath:`` names (:class:`DatapathGlue`, shared
 with mpa-mobile), and answers ``status`` from the core's snapshot (leases come from the
 pool the core allocates from) with each CHILD SA's counters. Decrypted traffic leaves
@@ -28,11 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import GatewayConfig
-from gateway.control import ControlError, Handler
-from gateway.ike_transport import IKE_PORTS, EspHandler, IkeTransport, TransportError
 from gateway.pool import AddressPool, Family
-from gateway.registry import ChildSaEntry, IkeSaEntry, Registry
-from gateway.validation import ConfigError
 from mpa_ike.certificates import CertificateCredential
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import NotifyType, ProtocolId
@@ -68,6 +64,10 @@ from mpa_ike.io.tun import MAIN_TABLE
 from mpa_ike.io.userspace import UserspaceDatapath
 from mpa_ike.io.xfrm import XfrmDatapath, XfrmUsageError, select_datapath
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
+from mpa_ike.node.config import ConfigError
+from mpa_ike.node.control import ControlError, Handler
+from mpa_ike.node.registry import ChildSaEntry, IkeSaEntry, Registry
+from mpa_ike.node.transport import IKE_PORTS, EspHandler, IkeTransport, TransportError
 
 log = logging.getLogger(__name__)
 

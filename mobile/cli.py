@@ -7,7 +7,10 @@ import dataclasses
 import sys
 from typing import Any
 
-from gateway.commandline import (
+from mobile.config import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, load_config
+from mobile.mpa import ANSWER_WAIT, LINK_WAIT
+from mobile.service import MobileService
+from mpa_ike.node.cli import (
     EXIT_OK,
     Parser,
     ask,
@@ -21,9 +24,6 @@ from gateway.commandline import (
     run_daemon,
     socket_override,
 )
-from mobile.config import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET, load_config
-from mobile.mpa import ANSWER_WAIT, LINK_WAIT
-from mobile.service import MobileService
 
 PROG = "mpa-mobile"
 # A handover waits for the link, then for the answer through retransmissions.

@@ -30,7 +30,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.control import CommandError
 from mobile.config import GatewayEntry
 from mpa_ike.events import (
     AddressUpdateAccepted,
@@ -46,6 +45,7 @@ from mpa_ike.ike_sa_common import IkeSaState
 from mpa_ike.io.links import AddressMover, LinkWatcher
 from mpa_ike.io.policy_routing import PREAUTH_TABLE_BASE, Rules, source_rule
 from mpa_ike.io.tun import Netlink
+from mpa_ike.node.control import CommandError
 
 if TYPE_CHECKING:
     from mobile.service import MobileService

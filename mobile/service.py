@@ -24,15 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.control import DEFAULT_TIMEOUT, CommandError, Handler
-from gateway.ike_transport import (
-    IKE_PORTS,
-    EspHandler,
-    IkeTransport,
-    TransportError,
-    source_address_for,
-)
-from gateway.registry import Registry
 from gateway.service import (
     DatapathGlue,
     counters,
@@ -64,6 +55,15 @@ from mpa_ike.events import (
 from mpa_ike.ike_config import InitiatorConfig
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.ike_sa_common import IkeSaState
+from mpa_ike.node.control import DEFAULT_TIMEOUT, CommandError, Handler
+from mpa_ike.node.registry import Registry
+from mpa_ike.node.transport import (
+    IKE_PORTS,
+    EspHandler,
+    IkeTransport,
+    TransportError,
+    source_address_for,
+)
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,11 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.harness.charon import KEYS_LOG_LEVELS, Charon, IkeSa, charon_version  # noqa: E402
-from tests.harness.charonlog import LogEntry, parse_log  # noqa: E402
-from tests.harness.netns import Netns  # noqa: E402
-from tests.harness.pcap import UdpDatagram, capture, classify, read_udp  # noqa: E402
-from tests.harness.scenarios import (  # noqa: E402
+from mpa_harness.charon import KEYS_LOG_LEVELS, Charon, IkeSa, charon_version
+from mpa_harness.charonlog import LogEntry, parse_log
+from mpa_harness.netns import Netns
+from mpa_harness.pcap import UdpDatagram, capture, classify, read_udp
+from mpa_harness.scenarios import (
     CHILD,
     CLIENT_ID,
     CONN,

@@ -1,1 +1,0 @@
-"""Deployment material shipped for operators: setup, demo, examples and the testbed."""

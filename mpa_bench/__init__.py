@@ -1,0 +1,1 @@
+"""mpa-bench: benchmarks of the handover agent against strongSwan's charon."""

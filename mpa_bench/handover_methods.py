@@ -1,0 +1,631 @@
+"""The handover methods of ``mpa-bench handover``: set-up, trigger, and when each is done.
+
+Every run starts from the same state: the MN attached to A only (link ``b`` down), fresh
+daemons, nothing left on ``mn-b``. A probe flow from the correspondent runs for
+``PRE`` seconds, the layer-2 handover happens (``Testbed.handover``: A down, B up; its
+time is the origin ``t0``), the method's own completion is awaited, and the flow runs
+``POST`` seconds more. A capture in the MN's namespace (``tcpdump -i any``, IKE on
+500 and behind the non-ESP marker on 4500) gives the IKE timeline on the same clock.
+
+- ``mpa``: mpa-mobile pre-authenticates with mpa-gateway through A (``preauth ngw``: the
+  nCoA on a TUN device, the PHT up); the probe flow goes to the nCoA. The ``handover
+  ngw`` request is sent on the control socket before the link event (no CLI start-up in
+  the measurement); the daemon waits for ``mn-b``'s link, moves the nCoA onto it and
+  sends UPDATE_SA_ADDRESSES; done when it answers.
+- ``mobike``: mpa-mobile connected from A (``connect ngw``: an address of the pool on
+  its TUN device), moving by plain MOBIKE without pre-authentication to its static
+  address of B, which is on ``mn-b`` before the link comes up (mpa-mobile keeps it out
+  of use until then); the ``handover ngw`` request waits for the link as with ``mpa``;
+  the gateway under ``address_policy: any``.
+- ``reactive``: mpa-mobile on A, not connected; after the link event it is on B with a
+  static address and runs a full ``connect ngw`` (IKE_SA_INIT, IKE_AUTH with EAP, CP)
+  at once (the request is sent on the control socket when the link is up, as a
+  link-up handler would). The flow before the handover goes to its A address; a second
+  flow runs all along to the address the gateway will give (fresh daemons, so the first
+  of the pool, checked afterwards); the two are joined into one logical flow
+  (``merge_flows``), switching after the last packet the old address received.
+- ``charon-mobike`` / ``charon-reauth``: strongSwan's charon (kernel-libipsec, ESP in
+  UDP) as MN and as nGW, the MN connecting from A with a virtual IP from the nGW's pool
+  in B (the probe flow goes to it); ``mobike = yes`` or ``no``. The MN's static B
+  address is on ``mn-b`` before the link comes up; charon notices the change itself
+  (netlink; it waits 100 ms after an event). With MOBIKE it sends UPDATE_SA_ADDRESSES
+  (after probing the path); without, it re-authenticates with charon's defaults
+  (``make_before_break = no``: break-before-make, a new IKE SA with EAP that asks for
+  the same virtual IP, then the old one is deleted). Done when the MN's IKE SA is
+  ESTABLISHED from the B address with its CHILD SA INSTALLED.
+
+For the methods that rely on the OS for addresses (charon, mobike, reactive) the
+benchmark acts as a connection manager the moment the link event is over
+(``ConnectionManager``): A's addresses removed, the static address of B added; with
+``mpa`` the daemon moves its nCoA onto ``mn-b`` itself and A is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mpa_bench.handover_measure import (
+    Sample,
+    clock_offset,
+    ike_messages,
+    measure,
+    merge_flows,
+    trim,
+)
+from mpa_ike.node.control import call
+from mpa_testbed.probe import FlowLog, ProbeFlow
+from mpa_testbed.programs import CN_NETWORKS, EAP_PASSWORD, EAP_USER, MpaPrograms, ProgramError
+from mpa_testbed.topology import Testbed
+
+METHODS = ("mpa", "mobike", "reactive", "charon-mobike", "charon-reauth")
+PRE = 0.6  # seconds of flow before the link event
+POST = 0.6  # seconds of flow after the method says it is done
+HEARTBEAT = 0.05  # how often the probe sender tells of its newest echo
+TAIL = 0.3  # the flow's last seconds, left out (still in flight when it is stopped)
+PROBE_PORT = 9000
+STATIC_HOST = 0x50  # the MN's static address on B: .80 / ::50, outside the pool
+IKE_FILTER = (
+    "udp port 500 or (udp port 4500 and ((ip and udp[8:4] = 0) or (ip6 and ip6[48:4] = 0)))"
+)
+CHARON_IKE = "aes128-sha256-x25519"
+CHARON_ESP = "aes128gcm16"
+CHARON_LOG = {"ike": 1, "cfg": 2, "net": 1, "knl": 2, "chd": 2, "enc": 0}
+GATEWAY_ID = "ngw.mpa-ike.test"
+CLIENT_ID = f"{EAP_USER}@mpa-ike.test"
+
+Family = Literal[4, 6, "split"]
+
+
+class Unavailable(RuntimeError):
+    """The method cannot run here (the text says why); its other runs are skipped."""
+
+
+@dataclass
+class Context:
+    """What every run of every method shares."""
+
+    bed: Testbed
+    workdir: Path
+    family: Family = 4
+    eap: str = "mschapv2"
+    interval: float = 0.001
+    timeout: float = 30.0
+    settle: float = 0.0  # added to POST and TAIL: twice the delay the links add
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def lossless(self) -> Iterator[None]:
+        """No loss on the access links while a method sets itself up (connects through
+        A): the handover is measured under loss, not the start."""
+        changed = []
+        for name in ("a", "b"):
+            link = self.bed.link(name)
+            if link.conf.emulated and (link.conf.a2b.loss or link.conf.b2a.loss):
+                link.configure("both", loss=0)
+                changed.append(link)
+        try:
+            yield
+        finally:
+            for link in changed:
+                link.configure("a2b", loss=link.conf.a2b.loss)
+                link.configure("b2a", loss=link.conf.b2a.loss)
+
+    @property
+    def outer(self) -> int:
+        return 4 if self.family == "split" else int(self.family)
+
+    @property
+    def inner(self) -> int:
+        return 6 if self.family == "split" else int(self.family)
+
+    def gateway_address(self) -> str:
+        """Where the MN starts IKE (as ``MpaPrograms.gateway_address``)."""
+        if self.family == "split":
+            return self.bed.addr("ngw", "ngw-core", 4)
+        return self.bed.addr("ngw", "ngw-b", self.outer)
+
+    def gateway_addresses(self) -> list[str]:
+        """Every address of the nGW the MN may exchange IKE with."""
+        addresses = []
+        for dev in ("ngw-b", "ngw-core"):
+            for version in (4, 6):
+                with contextlib.suppress(LookupError):
+                    addresses.append(self.bed.addr("ngw", dev, version))
+        return addresses
+
+    def static_b(self) -> str:
+        """The MN's static address on B in the inner family (B's only one with split)."""
+        version = 6 if self.family == "split" else self.inner
+        plan = self.bed.addresses("ngw")["ngw-b"]
+        net = next(
+            ipaddress.ip_interface(c).network
+            for c in plan
+            if ipaddress.ip_interface(c).version == version
+        )
+        return f"{net.network_address + STATIC_HOST}/{net.prefixlen}"
+
+    def first_of_pool(self) -> str:
+        """The address a fresh gateway leases first (the pool's first usable one)."""
+        return str(ipaddress.ip_network(self.bed.pool("ngw", self.inner))[1])
+
+
+# -- the MN's state between runs ------------------------------------------------------
+
+
+def reset_mn(ctx: Context) -> None:
+    """Back to the start: attached to A, nothing on ``mn-b``, no stale neighbours."""
+    bed = ctx.bed
+    bed.link("b").set_down()
+    bed.link("a").set_up()
+    bed.ip("mn", "addr", "flush", "dev", "mn-b", "scope", "global")
+    for cidr in bed.addresses("mn")["mn-a"]:
+        extra = ["nodad"] if ":" in cidr else []
+        bed.ip("mn", "addr", "replace", cidr, "dev", "mn-a", *extra)
+    for flag in ("-4", "-6"):
+        with contextlib.suppress(RuntimeError):
+            bed.ip("mn", flag, "route", "flush", "dev", "mn-b")
+    for version in (4, 6):
+        with contextlib.suppress(LookupError, RuntimeError):
+            via = bed.addr("ara", "ara-a", version)
+            bed.ip("mn", f"-{version}", "route", "replace", "default", "via", via, "dev", "mn-a")
+    for node, dev in (("mn", None), ("ara", "ara-a"), ("ngw", "ngw-b")):
+        args = ["neigh", "flush", "all"] if dev is None else ["neigh", "flush", "dev", dev]
+        with contextlib.suppress(RuntimeError):
+            bed.ip(node, *args)
+    for node in ("mn", "ngw"):
+        clear_policy_routing(bed, node)
+    # Routes over mn-b count only while it has link, in every run (mpa-mobile sets this
+    # itself; set here it is the same for every method, whichever ran first).
+    keys = [f"net.{v}.conf.mn-b.ignore_routes_with_linkdown=1" for v in ("ipv4", "ipv6")]
+    bed.exec("mn", ["sysctl", "-qw", *keys])
+
+
+DEFAULT_RULES = {0, 32766, 32767}  # local, main, default
+DEFAULT_TABLES = {"local", "main", "default", "255", "254", "253"}
+
+
+def clear_policy_routing(bed: Testbed, node: str) -> None:
+    """Rules and tables a daemon of an earlier run left behind (charon's ``lookup 220``
+    survives its SIGKILL) go, so that every run starts from the same routing."""
+    for flag in ("-4", "-6"):
+        rules = json.loads(bed.ip(node, flag, "-j", "rule", "show") or "[]")
+        for rule in rules:
+            if rule.get("priority") not in DEFAULT_RULES:
+                with contextlib.suppress(RuntimeError):
+                    bed.ip(node, flag, "rule", "del", "priority", str(rule["priority"]))
+        routes = json.loads(bed.ip(node, flag, "-j", "route", "show", "table", "all") or "[]")
+        tables = {str(r["table"]) for r in routes if "table" in r} - DEFAULT_TABLES
+        for table in sorted(tables):
+            with contextlib.suppress(RuntimeError):
+                bed.ip(node, flag, "route", "flush", "table", table)
+
+
+class ConnectionManager:
+    """What a connection manager does on the link event for a MN that relies on the OS
+    for its addresses: A's addresses go with A's carrier, the static address of B comes
+    with B's.
+
+    Both at once after the event, through an ``ip -batch`` process started beforehand
+    (it runs each line as it reads it): a millisecond or two; a method's reaction to
+    the link (reactive's ``connect``) starts once they are made. charon needs both: it
+    ignores a carrier loss on an interface still administratively up, and picks its
+    source address from routes itself, which would take a route over a link without
+    carrier.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.cidr = ctx.static_b()
+        self._proc = subprocess.Popen(
+            ["ip", "-o", "-n", ctx.bed.ns("mn"), "-batch", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def link_event(self) -> bool:
+        """Both changes; returns once they are made (whether the address is there)."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        extra = " nodad" if ":" in self.cidr else ""
+        self._proc.stdin.write("addr flush dev mn-a scope global\n")
+        self._proc.stdin.write(f"addr add {self.cidr} dev mn-b{extra}\n")
+        # What mn-b has now, then lo's line as the end of that answer.
+        self._proc.stdin.write("addr show dev mn-b\nlink show dev lo\n")
+        self._proc.stdin.flush()
+        address = f" {self.cidr} "
+        present = False
+        for line in self._proc.stdout:
+            present = present or address in line
+            if line.startswith("1: lo"):
+                break
+        return present
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+# -- one handover, whatever the method ------------------------------------------------
+
+
+def handover(
+    ctx: Context,
+    method: str,
+    run: int,
+    targets: list[str],
+    *,
+    arm: Callable[[], None] | None = None,
+    done: Callable[[float], str | None],
+    static_b: bool = False,
+) -> Sample:
+    """Flows to ``targets`` (two are joined: see ``merge_flows``), a capture, the link
+    event, then ``done(deadline)`` (an error text, or None when the method finished)."""
+    from mpa_harness.pcap import read_udp
+
+    pcap = ctx.workdir / f"{method}-{run}.pcap"
+    offset = clock_offset()
+    logs: list[FlowLog] = []
+    with contextlib.ExitStack() as stack:
+        address = ConnectionManager(ctx) if static_b else None
+        if address is not None:
+            stack.callback(address.close)
+        stack.enter_context(capture(ctx.bed, "mn", pcap))
+        flows: list[ProbeFlow] = []
+        for n, target in enumerate(targets):
+            flow = ctx.bed.probe(
+                "cn",
+                "mn",
+                target,
+                port=PROBE_PORT + n,
+                interval=ctx.interval,
+                linger=0.3,
+                heartbeat=HEARTBEAT,
+            )
+            stack.enter_context(flow)  # killed on the way out if something fails
+            flows.append(flow)
+        time.sleep(PRE)
+        if arm is not None:
+            arm()
+        t0 = ctx.bed.handover("a", "b")
+        t_up = time.monotonic()
+        if address is not None and not address.link_event():
+            raise RuntimeError(f"{address.cidr} could not be put on mn-b")
+        error = done(t0 + ctx.timeout)
+        if error is None:
+            wait_for_flow(flows, time.monotonic(), t0 + ctx.timeout)
+        time.sleep(POST + ctx.settle)
+        stopped = time.monotonic()
+        logs = [trim(flow.stop(), stopped - TAIL - ctx.settle) for flow in flows]
+    offset = (offset + clock_offset()) / 2
+    messages = ike_messages(read_udp(pcap), ctx.gateway_addresses(), offset)
+    pcap.unlink(missing_ok=True)
+    log = merge_flows(logs[0], logs[1]) if len(logs) == 2 else logs[0]
+    return measure(method, run, log, t0, t_up, messages, error=error)
+
+
+def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool:
+    """Until an echo of one of ``flows`` arrives after ``since`` (the method said it was
+    done): a flow that comes back only after a retransmission is measured, not cut off."""
+    while time.monotonic() < deadline:
+        if any((flow.last_echo() or 0.0) > since for flow in flows):
+            return True
+        time.sleep(HEARTBEAT)
+    return False
+
+
+@contextlib.contextmanager
+def capture(bed: Testbed, node: str, path: Path) -> Iterator[Path]:
+    """IKE on every interface of ``node`` (``tcpdump -i any``) into ``path``, flushed on exit.
+
+    Like ``mpa_harness.pcap.capture`` but on ``any``, for which tcpdump first names the
+    link type before it says it is listening.
+    """
+    cmd = ["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
+    proc = bed.popen(node, [*cmd, "-w", str(path), IKE_FILTER], stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        while True:  # tcpdump either says it listens or exits (end of file)
+            line = proc.stderr.readline().decode(errors="replace")
+            seen.append(line)
+            if "listening on" in line:
+                break
+            if not line:
+                raise RuntimeError(f"tcpdump did not start: {''.join(seen)}")
+        yield path
+        time.sleep(0.1)  # the last packets into the capture buffer
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# -- our programs ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mpa_programs(ctx: Context, run: int, **options: Any) -> Iterator[MpaPrograms]:
+    programs = MpaPrograms(
+        ctx.bed, ctx.workdir / f"mpa-{run}", family=ctx.family, eap=ctx.eap, **options
+    )
+    try:
+        programs.start()
+        yield programs
+    finally:
+        programs.stop()
+
+
+def _socket(programs: MpaPrograms) -> Path:
+    return programs.workdir / "mn.sock"
+
+
+def _ask(programs: MpaPrograms, command: str, timeout: float) -> str:
+    """A command on mpa-mobile's control socket; ``Unavailable`` if not implemented."""
+    try:
+        return str(call(_socket(programs), command, {"name": "ngw"}, timeout=timeout))
+    except Exception as error:  # the daemon's refusal comes back as its text
+        text = str(error)
+        if "not implemented" in text or "not yet" in text:
+            raise Unavailable(f"mpa-mobile {command}: {text}") from None
+        raise ProgramError(f"mpa-mobile {command}: {text}") from None
+
+
+class Background:
+    """A control-socket request running in a thread: its answer, error and time."""
+
+    def __init__(self, action: Callable[[], str]) -> None:
+        self.answer: str | None = None
+        self.error: str | None = None
+        self.answered: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(action,), daemon=True)
+
+    def _run(self, action: Callable[[], str]) -> None:
+        try:
+            self.answer = action()
+        except Exception as error:
+            self.error = str(error)
+        self.answered = time.monotonic()
+
+    def start(self) -> Background:
+        self._thread.start()
+        return self
+
+    def wait(self, deadline: float) -> str | None:
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            return "no answer within the time limit"
+        return self.error
+
+
+def run_mpa(ctx: Context, run: int) -> Sample:
+    reset_mn(ctx)
+    with mpa_programs(ctx, run) as programs:
+        with ctx.lossless():
+            _ask(programs, "preauth", ctx.timeout)
+        ncoa = programs.ncoa("ngw")
+        request = Background(lambda: _ask(programs, "handover", ctx.timeout + 5))
+
+        def arm() -> None:
+            request.start()
+            time.sleep(0.2)  # the request is in the daemon, waiting for mn-b's link
+
+        sample = handover(ctx, "mpa", run, [ncoa], arm=arm, done=request.wait)
+        sample.extra.update(ncoa=ncoa, answer=request.answer)
+        if request.answered is not None:
+            sample.extra["command_answered_s"] = request.answered - sample.t0
+        return sample
+
+
+def run_mobike(ctx: Context, run: int) -> Sample:
+    reset_mn(ctx)
+    # The OS's address of B is there before the link (its route is ignored until then);
+    # charon, which picks routes itself and would use it, gets it at link up.
+    cidr = ctx.static_b()
+    ctx.bed.ip("mn", "addr", "add", cidr, "dev", "mn-b", *(["nodad"] if ":" in cidr else []))
+    with mpa_programs(ctx, run, address_policy="any") as programs:
+        with ctx.lossless():
+            _ask(programs, "connect", ctx.timeout)
+        inner = programs.ncoa("ngw")
+        request = Background(lambda: _ask(programs, "handover", ctx.timeout + 5))
+
+        def arm() -> None:
+            request.start()
+            time.sleep(0.2)
+
+        sample = handover(ctx, "mobike", run, [inner], arm=arm, done=request.wait)
+        sample.extra.update(address=inner, answer=request.answer)
+        if request.answer is not None and "moved to" not in request.answer:
+            sample.ok = False
+            sample.error = f"not a MOBIKE move: {request.answer}"
+        return sample
+
+
+def run_reactive(ctx: Context, run: int) -> Sample:
+    reset_mn(ctx)
+    # With split the MN reaches the nGW only on B, by its IPv6 address.
+    with mpa_programs(ctx, run, gateway_on_b=True) as programs:
+        old = ctx.bed.addr("mn", "mn-a", ctx.outer)
+        new = ctx.first_of_pool()
+        request = Background(lambda: _ask(programs, "connect", ctx.timeout + 5))
+
+        def done(deadline: float) -> str | None:
+            request.start()  # at once when the link is up: what a link-up handler does
+            error = request.wait(deadline)
+            if error is None or "still trying" not in error:
+                return error
+            while time.monotonic() < deadline:  # the daemon retransmits on its own
+                with contextlib.suppress(ProgramError):
+                    if programs.ike_sa("ngw") is not None:
+                        return None
+                time.sleep(0.2)
+            return error
+
+        sample = handover(ctx, "reactive", run, [old, new], done=done, static_b=True)
+        got = None
+        with contextlib.suppress(ProgramError):
+            got = programs.ncoa("ngw")
+        sample.extra.update(old=old, new=new, assigned=got, answer=request.answer)
+        if got is not None and got != new:
+            sample.ok = False
+            sample.error = f"the gateway gave {got}, not the first address {new}"
+        return sample
+
+
+# -- charon on both ends -----------------------------------------------------------------
+
+
+def charon_available() -> str | None:
+    from mpa_harness.charon import charon_available as available
+
+    return available()
+
+
+def _charon_configs(ctx: Context, mobike: bool) -> tuple[Any, Any]:
+    from mpa_harness.charon import AuthRound, Child, Connection, Pool, Secret, SwanctlConfig
+
+    gateway = ctx.gateway_address()
+    remote_addrs = [gateway]
+    local_addrs = [gateway]
+    if ctx.family == "split":
+        b6 = ctx.bed.addr("ngw", "ngw-b", 6)
+        remote_addrs.append(b6)
+        local_addrs.append(b6)
+    eap = f"eap-{ctx.eap}"
+    cn_net = CN_NETWORKS[ctx.inner]
+    secrets = [Secret("eap", EAP_PASSWORD, [EAP_USER])]
+    responder = Connection(
+        local_addrs=local_addrs,
+        remote_addrs=["%any"],
+        local=[AuthRound("pubkey", id=GATEWAY_ID, certs=["gw.pem"])],
+        remote=[AuthRound(eap, id=CLIENT_ID, eap_id="%any")],
+        children={"net": Child(local_ts=[cn_net], esp_proposals=[CHARON_ESP])},
+        proposals=[CHARON_IKE],
+        pools=["poolb"],
+        mobike=mobike,
+    )
+    initiator = Connection(
+        local_addrs=["%any"],
+        remote_addrs=remote_addrs,
+        local=[AuthRound(eap, id=CLIENT_ID, eap_id=EAP_USER)],
+        remote=[AuthRound("pubkey", id=GATEWAY_ID)],
+        children={"net": Child(remote_ts=[cn_net], esp_proposals=[CHARON_ESP])},
+        proposals=[CHARON_IKE],
+        vips=["0.0.0.0" if ctx.inner == 4 else "::"],
+        encap=True,
+        mobike=mobike,
+    )
+    pool = {"poolb": Pool(ctx.bed.pool("ngw", ctx.inner))}
+    return (
+        SwanctlConfig({"bench": responder}, secrets, pool),
+        SwanctlConfig({"bench": initiator}, secrets),
+    )
+
+
+def _last_host(network: str) -> str:
+    net = ipaddress.ip_network(network)
+    return f"{net[-2]}/{net.max_prefixlen}"
+
+
+@contextlib.contextmanager
+def charon_pair(ctx: Context, run: int, mobike: bool) -> Iterator[tuple[Any, Any]]:
+    """charon as nGW in ``ngw`` and as MN in ``mn``, configurations loaded; killed on exit
+    (kernel-libipsec's TUN device and its routes go with the process)."""
+    from mpa_harness.charon import Charon
+    from mpa_harness.netns import Netns
+    from mpa_harness.pki import make_ca, make_cert
+
+    if "pki" not in ctx.cache:
+        ca = make_ca(key_type="ecdsa")
+        sans = ctx.gateway_addresses()
+        ctx.cache["pki"] = (ca, make_cert(ca, GATEWAY_ID, "ecdsa", san_ip=sans))
+    ca, cert = ctx.cache["pki"]
+    # kernel-libipsec routes the pool into its TUN device with a source address in the
+    # local traffic selector (the CN's network): the nGW gets one on lo while it runs.
+    anchor = [str(ipaddress.ip_interface(_last_host(net))) for net in CN_NETWORKS.values()]
+    for cidr in anchor:
+        ctx.bed.ip("ngw", "addr", "add", cidr, "dev", "lo")
+    base = ctx.workdir / f"charon-{'mobike' if mobike else 'reauth'}-{run}"
+    gw = Charon(Netns(ctx.bed.ns("ngw")), base / "ngw", log_levels=CHARON_LOG)
+    mn = Charon(Netns(ctx.bed.ns("mn")), base / "mn", log_levels=CHARON_LOG)
+    try:
+        gw.add_cert(cert, "gw")
+        gw.add_cacert(ca)
+        mn.add_cacert(ca)
+        responder, initiator = _charon_configs(ctx, mobike)
+        gw.configure(responder)
+        mn.configure(initiator)
+        gw.start()
+        mn.start()
+        gw.load()
+        mn.load()
+        yield gw, mn
+    finally:
+        mn.kill()
+        gw.kill()
+        for cidr in anchor:
+            with contextlib.suppress(RuntimeError):
+                ctx.bed.ip("ngw", "addr", "del", cidr, "dev", "lo")
+
+
+def _charon_done(mn: Any, address: str, previous: str) -> Callable[[float], str | None]:
+    """Done when the MN's IKE SA runs from ``address`` with its CHILD SA installed."""
+
+    def done(deadline: float) -> str | None:
+        time.sleep(0.3)
+        while time.monotonic() < deadline:
+            for sa in mn.list_sas():
+                installed = any(c.state == "INSTALLED" for c in sa.children)
+                if sa.state == "ESTABLISHED" and sa.local_host == address and installed:
+                    return None
+            time.sleep(0.2)
+        return f"charon did not move from {previous} to {address} in time"
+
+    return done
+
+
+def run_charon(ctx: Context, run: int, *, mobike: bool) -> Sample:
+    reason = charon_available()
+    if reason is not None:
+        raise Unavailable(reason)
+    name = "charon-mobike" if mobike else "charon-reauth"
+    reset_mn(ctx)
+    with charon_pair(ctx, run, mobike) as (_gw, mn):
+        with ctx.lossless():
+            mn.initiate("net", ike="bench", timeout=10)
+            sa = mn.wait_established("net", timeout=10)
+        vip = str(ipaddress.ip_interface(sa.local_vips[0]).ip)
+        address = ctx.static_b().split("/")[0]
+        sample = handover(
+            ctx, name, run, [vip], done=_charon_done(mn, address, sa.local_host), static_b=True
+        )
+        sample.extra.update(vip=vip, ike_sas=[s.raw for s in mn.list_sas()])
+        return sample
+
+
+RUNNERS: dict[str, Callable[[Context, int], Sample]] = {
+    "mpa": run_mpa,
+    "mobike": run_mobike,
+    "reactive": run_reactive,
+    "charon-mobike": lambda ctx, run: run_charon(ctx, run, mobike=True),
+    "charon-reauth": lambda ctx, run: run_charon(ctx, run, mobike=False),
+}

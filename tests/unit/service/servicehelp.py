@@ -1,0 +1,118 @@
+"""Helpers of the service tests: paths, and editing configuration dictionaries by key path."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "deploy" / "examples"
+
+DELETE = object()
+
+
+def edited(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """A deep copy of ``data`` with ``path`` (dot-separated) set to ``value`` or DELETEd."""
+    result = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node = result
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return result
+
+
+def cli(module: str, *args: str | Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` (works before ``pip install -e .``)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=timeout,
+    )
+
+
+def environment() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def write_yaml(file: Path, data: dict[str, Any]) -> Path:
+    file.write_text(yaml.safe_dump(data))
+    return file
+
+
+def accepts_connections(path: Path) -> bool:
+    """Whether the daemon answers on ``path`` (the file exists before it listens).
+
+    A whole request, not a bare connect: a connection still open when the daemon
+    stops makes its control server log a cancelled task.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(str(path))
+            probe.sendall(b'{"cmd": "status"}\n')
+            return probe.makefile("rb").readline().startswith(b"{")
+        except OSError:
+            return False
+
+
+class Daemon:
+    """``python -m module run ...`` in the background, ready once its socket answers.
+
+    ``prefix`` runs it through another command (``ip netns exec NS`` in interop tests).
+    """
+
+    def __init__(
+        self, module: str, socket: Path, *args: str | Path, prefix: Sequence[str] = ()
+    ) -> None:
+        self.module = module
+        self.socket = socket
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", module, "run", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20) -> None:
+        """Until the socket accepts connections (it exists a moment before it listens)."""
+        deadline = time.monotonic() + timeout
+        while not accepts_connections(self.socket):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                stderr = self.stop()
+                raise AssertionError(f"{self.module} did not start: {stderr}")
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> int:
+        """Send ``signum`` and return the exit code."""
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=10)
+
+    def stop(self) -> str:
+        """Terminate if still running; returns what it wrote to stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, stderr = self.process.communicate()
+        return stderr
