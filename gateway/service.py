@@ -184,9 +184,7 @@ def apply_to_datapath(datapath: Datapath, event: Event) -> None:
     elif isinstance(event, ChildSaDeleted):
         datapath.remove_child_sa(event.spi_in, event.spi_out)
     elif isinstance(event, ChildSaAddressesUpdated):
-        datapath.update_addresses(
-            event.spi_in, event.spi_out, event.local, event.remote, event.encap
-        )
+        datapath.move_child_sa(event.spi_in, event.spi_out, event.local, event.remote, event.encap)
 
 
 FORWARDING = {
@@ -358,7 +356,7 @@ class DatapathGlue:
         elif isinstance(event, ChildSaDeleted):
             self._remove(event.ike_sa, event.spi_in)
         elif isinstance(event, ChildSaAddressesUpdated):
-            self.datapath.update_addresses(
+            self.datapath.move_child_sa(
                 event.spi_in, event.spi_out, event.local, event.remote, event.encap
             )
         elif isinstance(event, IkeSaRekeyed):  # its CHILD SAs and lease move along

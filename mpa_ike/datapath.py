@@ -77,7 +77,7 @@ class Datapath(Protocol):
 
     def install_child_sa(self, params: ChildSaParams) -> None: ...
 
-    def update_addresses(
+    def move_child_sa(
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
         """Move an installed SA pair to new outer addresses (RFC 4555)."""
@@ -104,10 +104,10 @@ class RecordingDatapath:
         self.calls.append(DatapathCall("install_child_sa", (params,)))
         self.installed[params.spi_in] = params
 
-    def update_addresses(
+    def move_child_sa(
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
-        self.calls.append(DatapathCall("update_addresses", (spi_in, spi_out, local, remote, encap)))
+        self.calls.append(DatapathCall("move_child_sa", (spi_in, spi_out, local, remote, encap)))
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:
         self.calls.append(DatapathCall("remove_child_sa", (spi_in, spi_out)))

@@ -678,7 +678,7 @@ class EspTunnels:
             self._ranged.remove(pair)
         return pair
 
-    def update_addresses(self, spi_in: bytes, local: Address, remote: Address, encap: bool) -> None:
+    def move(self, spi_in: bytes, local: Address, remote: Address, encap: bool) -> None:
         """Move a pair to new outer addresses; sequence numbers and replay state stay."""
         pair = self.by_spi_in.get(spi_in)
         if pair is None:

@@ -126,7 +126,7 @@ class IkeSaAddressesUpdated(Event):
 @dataclass(frozen=True, slots=True)
 class ChildSaAddressesUpdated(Event):
     """MOBIKE: move the installed pair to new outer addresses
-    (``Datapath.update_addresses(spi_in, spi_out, local, remote, encap)``)."""
+    (``Datapath.move_child_sa(spi_in, spi_out, local, remote, encap)``)."""
 
     spi_in: bytes
     spi_out: bytes

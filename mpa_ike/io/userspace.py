@@ -157,13 +157,13 @@ class UserspaceDatapath:
             for route in self._routes_for(pair):
                 self._add_route(route)
 
-    def update_addresses(
+    def move_child_sa(
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
         """Move an SA pair (RFC 4555 §3.5): counters, sequence and replay state stay."""
         self._check_encap(encap)
         pair = self._pair(spi_in, spi_out)
-        self.tunnels.update_addresses(pair.inbound.spi, local, remote, encap)
+        self.tunnels.move(pair.inbound.spi, local, remote, encap)
         self._mapped.pop(spi_in, None)
 
     def remove_child_sa(self, spi_in: bytes, spi_out: bytes) -> None:

@@ -1244,7 +1244,7 @@ class XfrmDatapath:
             self._undo(child)
             raise
 
-    def update_addresses(
+    def move_child_sa(
         self, spi_in: bytes, spi_out: bytes, local: Address, remote: Address, encap: bool
     ) -> None:
         """Move a CHILD SA's states and policy templates to new outer addresses (RFC 4555 §3.5)."""

@@ -94,7 +94,7 @@ async def main(config: dict[str, Any]) -> None:
             elif words[0] == "update":
                 spi_in, spi_out, local, remote = words[1:5]
                 port = config.get("port", 4500)
-                dp.update_addresses(
+                dp.move_child_sa(
                     bytes.fromhex(spi_in),
                     bytes.fromhex(spi_out),
                     (local, port),

@@ -318,7 +318,7 @@ def test_userspace_esp_echo(outer: int, suite: str, plain: bool) -> None:
 
 
 def test_userspace_esp_address_move() -> None:
-    """update_addresses (MOBIKE, RFC 4555 §3.5) keeps sequence numbers and replay state."""
+    """move_child_sa (MOBIKE, RFC 4555 §3.5) keeps sequence numbers and replay state."""
     require_netns()
     with topology(4, "gcm128", mn_bind="0.0.0.0") as topo:
         assert echo(topo.lan, LAN_HOST[4], topo.mn, MN_INNER[4], 3) == 3

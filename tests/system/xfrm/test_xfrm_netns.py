@@ -158,7 +158,7 @@ def test_child_sa_lifecycle(seeded_netns: Netns, esp_ok: bool, move_method: str)
             assert dp.counters(v4.spi_in).packets_in == 0
 
         # The mobile node moves: new local address, same gateway.
-        dp.update_addresses(v4.spi_in, v4.spi_out, ("203.0.113.5", 4500), v4.remote, True)
+        dp.move_child_sa(v4.spi_in, v4.spi_out, ("203.0.113.5", 4500), v4.remote, True)
         check_templates(dp, v4, "203.0.113.5", "198.51.100.1")
         text = spd(ns)
         assert "tmpl src 203.0.113.5 dst 198.51.100.1" in text

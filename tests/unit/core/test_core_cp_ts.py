@@ -75,11 +75,11 @@ def test_recording_datapath_takes_child_sa_events(pki: Pki, pool: AddressPool[An
         if isinstance(event, ChildSaEstablished):
             datapath.install_child_sa(event.params)
     (params,) = datapath.installed.values()
-    datapath.update_addresses(params.spi_in, params.spi_out, ("10.0.0.1", 4500), GATEWAY, True)
+    datapath.move_child_sa(params.spi_in, params.spi_out, ("10.0.0.1", 4500), GATEWAY, True)
     datapath.remove_child_sa(params.spi_in, params.spi_out)
     assert [c.method for c in datapath.calls] == [
         "install_child_sa",
-        "update_addresses",
+        "move_child_sa",
         "remove_child_sa",
     ]
     assert not datapath.installed

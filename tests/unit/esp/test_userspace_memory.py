@@ -214,8 +214,8 @@ def test_update_addresses_keeps_sequence_and_replay_state() -> None:
         link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
         link.gw.inner_packet(ip_udp("10.1.0.1", "10.9.0.1"))
     new_mn: Address = ("198.51.100.7", 4500)
-    link.mn.update_addresses(mn_p.spi_in, mn_p.spi_out, new_mn, GW_OUTER, True)
-    link.gw.update_addresses(gw_p.spi_in, gw_p.spi_out, GW_OUTER, new_mn, True)
+    link.mn.move_child_sa(mn_p.spi_in, mn_p.spi_out, new_mn, GW_OUTER, True)
+    link.gw.move_child_sa(gw_p.spi_in, gw_p.spi_out, GW_OUTER, new_mn, True)
     link.mn_src = new_mn
     link.gw.inner_packet(ip_udp("10.1.0.1", "10.9.0.1"))
     assert link.sent_by_gw[-1] == new_mn
@@ -223,7 +223,7 @@ def test_update_addresses_keeps_sequence_and_replay_state() -> None:
     assert pair.outbound.seq == 4 and pair.inbound.window.top == 3
     assert link.gw.counters(gw_p.spi_in).packets_out == 4
     with pytest.raises(LocalProtocolError):
-        link.gw.update_addresses(b"\0\0\0\1", gw_p.spi_out, GW_OUTER, new_mn, True)
+        link.gw.move_child_sa(b"\0\0\0\1", gw_p.spi_out, GW_OUTER, new_mn, True)
 
 
 def test_removed_sa_and_refusals() -> None:
@@ -288,7 +288,7 @@ def test_plain_esp_sender() -> None:
     dp.install_child_sa(p)
     assert dp.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
     assert (udp, plain) == ([], [GW_OUTER])
-    dp.update_addresses(p.spi_in, p.spi_out, MN_OUTER, GW_OUTER, True)
+    dp.move_child_sa(p.spi_in, p.spi_out, MN_OUTER, GW_OUTER, True)
     assert dp.inner_packet(ip_udp("10.9.0.1", "10.1.0.1")) is None
     assert (udp, plain) == ([GW_OUTER], [GW_OUTER])
 
@@ -337,7 +337,7 @@ def test_mapping_change_is_reported_not_applied() -> None:
     assert len(link.gw_tun.written) == 4
     link.gw.inner_packet(ip_udp("10.1.0.1", "10.9.0.1"))
     assert link.sent_by_gw[-1] == MN_OUTER  # not moved by the datapath itself
-    link.gw.update_addresses(gw_p.spi_in, gw_p.spi_out, GW_OUTER, link.mn_src, True)
+    link.gw.move_child_sa(gw_p.spi_in, gw_p.spi_out, GW_OUTER, link.mn_src, True)
     link.mn.inner_packet(ip_udp("10.9.0.1", "10.1.0.1"))
     assert len(reports) == 1
 

@@ -183,7 +183,7 @@ def test_move_by_readd_keeps_replay_and_counters() -> None:
     esn_in = attr(kernel.states[in_old], "XFRMA_REPLAY_ESN_VAL")
     esn_in["seq"], esn_in["bmp"] = 321, [0xFFFFFFFF, 0x7]
 
-    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
+    dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
 
     in_new = StateKey("203.0.113.5", 0xC1A55E01)
     assert set(kernel.states) == {FOREIGN_STATE, out_old, in_new}
@@ -218,7 +218,7 @@ def test_move_turning_encapsulation_on() -> None:
     dp = datapath(kernel)
     params = params_gcm_v6(encap=False)
     dp.install_child_sa(params)
-    dp.update_addresses(
+    dp.move_child_sa(
         params.spi_in, params.spi_out, ("2001:db8:7::5", 4500), ("2001:db8:2::1", 4500), True
     )
     for state in kernel.states.values():
@@ -231,7 +231,7 @@ def test_move_by_migrate_and_fallback() -> None:
     dp = datapath(kernel, move_method="migrate")
     params = params_cbc_sha256_v4(encap=True)
     dp.install_child_sa(params)
-    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
+    dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
     assert [n for n, _ in kernel.log].count("XFRM_MSG_MIGRATE") == 3
     assert StateKey("203.0.113.5", 0xC1A55E01) in kernel.states
     assert set(dp.installed_states) == {
@@ -239,7 +239,7 @@ def test_move_by_migrate_and_fallback() -> None:
         StateKey("198.51.100.1", 0x0DDBA112),
     }
     kernel.migrate = False
-    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.6", 4500), params.remote, True)
+    dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.6", 4500), params.remote, True)
     assert StateKey("203.0.113.6", 0xC1A55E01) in kernel.states
     for key in dp.installed_policies:
         assert "203.0.113.6" in tmpl_addrs(kernel.policies[key])
@@ -301,7 +301,7 @@ def test_policies_only() -> None:
     dp.install_child_sa(params)
     assert kernel.states == {} and len(kernel.policies) == 3
     assert dp.counters(params.spi_in) == ChildSaCounters()
-    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
+    dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
     dp.remove_child_sa(params.spi_in, params.spi_out)
     assert kernel.policies == {}
 
@@ -439,7 +439,7 @@ def test_migrate_failing_half_way_falls_back() -> None:
 
     kernel.request = flaky  # type: ignore[method-assign]
     new_remote = ("198.51.100.77", 4500)
-    dp.update_addresses(params.spi_in, params.spi_out, params.local, new_remote, True)
+    dp.move_child_sa(params.spi_in, params.spi_out, params.local, new_remote, True)
     assert set(kernel.states) == {
         StateKey("192.0.2.10", 0xC1A55E01),
         StateKey("198.51.100.77", 0x0DDBA112),
@@ -457,7 +457,7 @@ def test_migrate_cannot_drop_encapsulation() -> None:
     dp = datapath(kernel, move_method="migrate")
     params = params_cbc_sha256_v4(encap=True)
     dp.install_child_sa(params)
-    dp.update_addresses(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
+    dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
     assert "XFRM_MSG_MIGRATE" not in [name for name, _ in kernel.log]
     for state in kernel.states.values():
         assert xfrm.get_attr(state, "XFRMA_ENCAP") is None
