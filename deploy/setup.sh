@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mpa-ike needs on Debian 12 (run as root): strongSwan's
-# charon (interop peer), FreeRADIUS later, tshark, iproute2, and this package
+# charon (interop peer), FreeRADIUS (the AAA server of the tests), user-mode-linux
+# (a kernel with ESP for the XFRM tests), tshark, iproute2, and this package
 # with its test extras. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ DEB_PACKAGES=(
     strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
     libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
     libcharon-extauth-plugins
+    freeradius freeradius-utils
+    user-mode-linux kmod
 )
 
 missing=()
