@@ -40,11 +40,11 @@ class Restriction:
         if length < 0 or length > buf.remaining:
             raise _truncated(length, buf.remaining)
         self._buf = buf
-        self._saved_end = buf._end
-        self._end = buf._pos + length
+        self._saved_end = buf.end
+        self._end = buf.tell() + length
 
     def __enter__(self) -> Buffer:
-        self._buf._end = self._end
+        self._buf.set_end(self._end)
         return self._buf
 
     def __exit__(
@@ -54,10 +54,10 @@ class Restriction:
         tb: TracebackType | None,
     ) -> None:
         buf = self._buf
-        buf._end = self._saved_end
-        if exc_type is None and buf._pos != self._end:
+        buf.set_end(self._saved_end)
+        if exc_type is None and buf.tell() != self._end:
             raise CodecError(
-                f"{self._end - buf._pos} unparsed bytes inside a length-delimited structure",
+                f"{self._end - buf.tell()} unparsed bytes inside a length-delimited structure",
                 NotifyType.INVALID_SYNTAX,
             )
 
@@ -90,6 +90,15 @@ class Buffer:
     def tell(self) -> int:
         """Read position."""
         return self._pos
+
+    @property
+    def end(self) -> int:
+        """Where reads stop: the data's end, or that of the restriction in force."""
+        return self._end
+
+    def set_end(self, end: int) -> None:
+        """Move where reads stop (a :class:`Restriction` narrows and restores it)."""
+        self._end = end
 
     def restrict(self, length: int) -> Restriction:
         return Restriction(self, length)
