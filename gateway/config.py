@@ -5,17 +5,18 @@ Relative file paths are relative to the directory of the configuration file.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from gateway.cli import DEFAULT_CONTROL_SOCKET
+from mpa_ike.errors import ConfigError
+from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
     DATAPATHS,
     DEFAULT_PROPOSALS,
     LOG_LEVELS,
-    ConfigError,
     Endpoint,
     IPAddress,
     IPNetwork,
@@ -38,26 +39,15 @@ from mpa_ike.node.config import (
     string,
 )
 
-DEFAULT_CONFIG = Path("/etc/mpa-ike/gateway.yaml")
-DEFAULT_CONTROL_SOCKET = Path("/run/mpa-gateway.sock")
 EAP_METHODS = ("md5", "mschapv2")
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
 FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
 
 
-class AddressPolicy(enum.Enum):
-    """Which new addresses a MOBIKE update may move an IKE SA to (issue 5)."""
-
-    ALLOCATED = "allocated"  # only the address this gateway leased to that IKE SA
-    ANY = "any"  # any address, as strongSwan does
-    PREFIXES = "prefixes"  # any address inside MobikeConfig.prefixes
-
-
 @dataclass(frozen=True)
 class MobikeConfig:
-    address_policy: AddressPolicy = AddressPolicy.ALLOCATED
-    prefixes: tuple[IPNetwork, ...] = ()
+    address_policy: AddressPolicy = field(default_factory=AddressPolicy)
     return_routability: bool = False
 
 
@@ -134,12 +124,12 @@ def _authentication(top: Section, base_dir: Path) -> tuple[Path | None, Path | N
     """The gateway proves its identity with a certificate and its key, or with a PSK."""
     if top.has("psk"):
         if top.has("certificate"):
-            raise ConfigError("psk", "give either psk or certificate, not both")
+            raise ConfigError("give either psk or certificate, not both", key="psk")
         if top.has("private_key"):
-            raise ConfigError("private_key", "only used with certificate, not with psk")
+            raise ConfigError("only used with certificate, not with psk", key="private_key")
         return None, None, top.required("psk", psk)
     if not top.has("certificate"):
-        raise ConfigError("certificate", "required (or psk)")
+        raise ConfigError("required (or psk)", key="certificate")
     certificate = top.required("certificate", readable_file(base_dir))
     private_key = top.required("private_key", readable_file(base_dir))
     return certificate, private_key, None
@@ -148,7 +138,7 @@ def _authentication(top: Section, base_dir: Path) -> tuple[Path | None, Path | N
 def _eap(value: object, path: str) -> EapServerConfig:
     section = Section(value, path)
     if section.has("radius"):
-        raise ConfigError(f"{path}.radius", "RADIUS is not supported yet")
+        raise ConfigError("RADIUS is not supported yet", key=f"{path}.radius")
     config = EapServerConfig(
         method=section.required("method", choice(*EAP_METHODS)),
         users=section.required("users", _users),
@@ -162,26 +152,25 @@ def _users(value: object, path: str) -> Mapping[str, str]:
         name: secret(password, f"{path}.{name}") for name, password in mapping_items(value, path)
     }
     if not users:
-        raise ConfigError(path, "at least one user is required")
+        raise ConfigError("at least one user is required", key=path)
     return MappingProxyType(users)
 
 
 def _mobike(value: object, path: str) -> MobikeConfig:
     section = Section(value, path)
-    default: tuple[AddressPolicy, tuple[IPNetwork, ...]] = (AddressPolicy.ALLOCATED, ())
-    policy, prefixes = section.optional("address_policy", _address_policy, default)
     config = MobikeConfig(
-        address_policy=policy,
-        prefixes=prefixes,
+        address_policy=section.optional("address_policy", _address_policy, AddressPolicy()),
         return_routability=section.optional("return_routability", boolean, False),
     )
     section.check_unknown()
     return config
 
 
-def _address_policy(value: object, path: str) -> tuple[AddressPolicy, tuple[IPNetwork, ...]]:
+def _address_policy(value: object, path: str) -> AddressPolicy:
+    """``allocated`` (only the address leased to that IKE SA), ``any`` (strongSwan's
+    behaviour) or a list of prefixes."""
     if isinstance(value, list):
-        return AddressPolicy.PREFIXES, list_of(network)(value, path)
+        return AddressPolicy(AddressPolicyMode.PREFIXES, list_of(network)(value, path))
     if value in ("allocated", "any"):
-        return AddressPolicy(value), ()
-    raise ConfigError(path, f"expected allocated, any or a list of prefixes, got {value!r}")
+        return AddressPolicy(AddressPolicyMode(value))
+    raise ConfigError(f"expected allocated, any or a list of prefixes, got {value!r}", key=path)

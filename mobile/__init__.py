@@ -1,1 +1,1 @@
-"""mpa-mobile: the IKEv2/MOBIKE initiator daemon and CLI of the mobile node; mpa-bench."""
+"""mpa-mobile: the mobile node's IKEv2/MOBIKE initiator daemon and its command line."""

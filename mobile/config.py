@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from mobile.cli import DEFAULT_CONTROL_SOCKET
+from mpa_ike.errors import ConfigError
 from mpa_ike.node.config import (
     DATAPATHS,
     DEFAULT_PROPOSALS,
     LOG_LEVELS,
-    ConfigError,
     Endpoint,
     IPNetwork,
     Section,
@@ -35,8 +36,6 @@ from mpa_ike.node.config import (
     string,
 )
 
-DEFAULT_CONFIG = Path("/etc/mpa-ike/mobile.yaml")
-DEFAULT_CONTROL_SOCKET = Path("/run/mpa-mobile.sock")
 EAP_METHODS = ("md5", "mschapv2")
 HANDOVER_MODES = ("auto", "manual")
 FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
@@ -114,11 +113,11 @@ def _eap(value: object, path: str) -> EapPeerConfig:
 def _gateways(value: object, path: str, base_dir: Path) -> Mapping[str, GatewayEntry]:
     entries = mapping_items(value, path)
     if not entries:
-        raise ConfigError(path, "at least one gateway is required")
+        raise ConfigError("at least one gateway is required", key=path)
     gateways = {}
     for name, entry in entries:
         if not _GATEWAY_NAME.fullmatch(name):
-            raise ConfigError(f"{path}.{name}", "names may hold only letters, digits, _ . -")
+            raise ConfigError("names may hold only letters, digits, _ . -", key=f"{path}.{name}")
         gateways[name] = _gateway(name, entry, f"{path}.{name}", base_dir)
     return MappingProxyType(gateways)
 
@@ -148,17 +147,17 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
 def _gateway_authentication(section: Section, base_dir: Path) -> tuple[Path | None, bytes | None]:
     """The gateway is authenticated by a certificate from ``ca`` or by a PSK."""
     if section.has("ca") and section.has("psk"):
-        raise ConfigError(f"{section.path}.psk", "give either ca or psk, not both")
+        raise ConfigError("give either ca or psk, not both", key=f"{section.path}.psk")
     if section.has("psk"):
         return None, section.required("psk", psk)
     if not section.has("ca"):
-        raise ConfigError(f"{section.path}.ca", "required (or psk)")
+        raise ConfigError("required (or psk)", key=f"{section.path}.ca")
     return section.required("ca", readable_file(base_dir)), None
 
 
 def _check_handover(entry: GatewayEntry, path: str) -> None:
     """Pre-authentication and handover move the nCoA onto ``interface``: it must be known."""
     if entry.interface is None and entry.preauth:
-        raise ConfigError(f"{path}.interface", "required when preauth is true")
+        raise ConfigError("required when preauth is true", key=f"{path}.interface")
     if entry.interface is None and entry.handover == "auto":
-        raise ConfigError(f"{path}.interface", "required when handover is auto")
+        raise ConfigError("required when handover is auto", key=f"{path}.interface")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mobile.config import GatewayEntry
+from mobile.waits import ANSWER_WAIT, LINK_WAIT
 from mpa_ike.events import (
     AddressUpdateAccepted,
     AddressUpdateRefused,
@@ -51,11 +52,6 @@ if TYPE_CHECKING:
     from mobile.service import MobileService
 
 log = logging.getLogger(__name__)
-
-# How long a handover waits for the link, then for the gateway's answer (through the
-# update's retransmissions on a lossy new link: mpa_ike.retransmit.UPDATE_RETRANSMIT).
-LINK_WAIT = 10.0
-ANSWER_WAIT = 25.0
 
 
 @dataclass

@@ -19,29 +19,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.service import (
-    DatapathGlue,
-    counters,
-    delete_all_and_wait,
-    describe_event,
-    load_certificates,
-    proposal_specs,
-    refresh_registry,
-    wall_clock,
-    with_notify,
-)
 from mobile.config import GatewayEntry, MobileConfig
 from mobile.mpa import Mpa
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
-from mpa_ike.datapath import Datapath, RecordingDatapath
-from mpa_ike.eap import EapType
-from mpa_ike.endpoint import Endpoint
+from mpa_ike.datapath import Datapath
 from mpa_ike.errors import ConfigError as CoreConfigError
 from mpa_ike.events import (
     ChildSaEstablished,
@@ -55,8 +41,11 @@ from mpa_ike.events import (
 from mpa_ike.ike_config import InitiatorConfig
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.ike_sa_common import IkeSaState
-from mpa_ike.node.control import DEFAULT_TIMEOUT, CommandError, Handler
-from mpa_ike.node.registry import Registry
+from mpa_ike.node.control import CommandError, Handler
+from mpa_ike.node.control_client import DEFAULT_TIMEOUT
+from mpa_ike.node.credentials import load_certificates
+from mpa_ike.node.describe import with_notify
+from mpa_ike.node.service import EAP_TYPES, NodeService, proposal_specs, wall_clock
 from mpa_ike.node.transport import (
     IKE_PORTS,
     EspHandler,
@@ -68,7 +57,6 @@ from mpa_ike.node.transport import (
 log = logging.getLogger(__name__)
 
 GATEWAY_COMMANDS = ("connect", "disconnect", "preauth", "handover")
-EAP_TYPES = {"md5": EapType.MD5_CHALLENGE, "mschapv2": EapType.MSCHAPV2}
 # The CLI gives up on an answer after DEFAULT_TIMEOUT; answer a little before that.
 COMMAND_WAIT = DEFAULT_TIMEOUT - 0.5
 
@@ -82,9 +70,8 @@ class _Attempt:
     children: list[str] = field(default_factory=list)
 
 
-class MobileService:
-    """``datapath`` replaces the one the configuration names (tests pass a recording one);
-    ``esp_handler`` then gets the ESP in UDP arriving on port 4500."""
+class MobileService(NodeService):
+    """The initiator: IKE SAs to the configured gateways, on the commands it is given."""
 
     def __init__(
         self,
@@ -93,22 +80,13 @@ class MobileService:
         datapath: Datapath | None = None,
         esp_handler: EspHandler | None = None,
     ) -> None:
+        super().__init__(datapath=datapath, esp_handler=esp_handler)
         self.config = config
-        self.esp_handler = esp_handler
-        self.registry = Registry()
-        self._given_datapath = datapath
-        self.glue = DatapathGlue(datapath if datapath is not None else RecordingDatapath())
-        self.endpoint = Endpoint(random=os.urandom)
-        self.transport: IkeTransport | None = None
         self._connecting: dict[bytes, _Attempt] = {}
         self._deleting: dict[bytes, _Attempt] = {}
         self.preauthenticating: set[bytes] = set()
         """IKE SAs being set up as proactive handover tunnels (their routes differ)."""
         self.mpa = Mpa(self)
-
-    @property
-    def datapath(self) -> Datapath:
-        return self.glue.datapath
 
     def handlers(self) -> Mapping[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -121,23 +99,15 @@ class MobileService:
         return handlers
 
     async def start(self) -> None:
-        transport = IkeTransport(self.endpoint, self._on_event, esp_handler=self.esp_handler)
-        if self._given_datapath is None:
-            # The CP address goes on the TUN device, routes to the gateway's selectors
-            # through it (charon's kernel-libipsec with a virtual IP).
-            self.glue = DatapathGlue.open(self.config.datapath, transport, inner_addresses=True)
+        transport = self.new_transport()
+        # The CP address goes on the TUN device, routes to the gateway's selectors
+        # through it (charon's kernel-libipsec with a virtual IP).
+        self.open_datapath(self.config.datapath, transport, inner_addresses=True)
         self.transport = transport
         self.mpa.start()
 
-    async def stop(self) -> None:
-        transport, self.transport = self.transport, None
-        if transport is None:
-            return
-        if any(not sa.closed for sa in self.endpoint):
-            await delete_all_and_wait(transport)
+    def close(self) -> None:
         self.mpa.close()
-        self.glue.close()
-        transport.close()
 
     # ------------------------------------------------------------------
     # Commands
@@ -209,9 +179,9 @@ class MobileService:
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """IKE SAs and configured gateways: the result of ``mpa-mobile status --json``."""
-        refresh_registry(self.registry, self.endpoint)
+        found = await super().status(args)
         return {
-            "ike_sas": self.glue.annotate(self.registry.to_json()),
+            "ike_sas": found["ike_sas"],
             "gateways": [
                 {
                     "name": entry.name,
@@ -222,8 +192,8 @@ class MobileService:
                 }
                 for entry in self.config.gateways.values()
             ],
-            "counters": counters(self.endpoint, self.transport),
-            "datapath": self.glue.status(),
+            "counters": found["counters"],
+            "datapath": found["datapath"],
             "phts": self.mpa.status(),
             "handovers": self.mpa.handovers,
             "waiting_for_link": sorted(self.mpa.waiting),
@@ -281,10 +251,9 @@ class MobileService:
     # ------------------------------------------------------------------
     # Events
 
-    def _on_event(self, event: Event) -> None:
-        log.info("%s", describe_event(event))
+    def on_event(self, event: Event) -> None:
         self.mpa.before_datapath(event)
-        self.glue.on_event(event)
+        super().on_event(event)
         self.mpa.after_datapath(event)
         if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
             for waiting in (self._connecting, self._deleting):

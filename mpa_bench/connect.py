@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from mpa_ike.constants import ExchangeType
-from mpa_ike.node.control import call
+from mpa_ike.node.control_client import call
 from mpa_ike.wire import HEADER_LENGTH, parse_header
 
 METHODS = ("eap-md5", "eap-mschapv2")

@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import yaml
 
-from mpa_ike.node.control import call
+from mpa_ike.node.control_client import call
 
 PROG = "mpa-bench esp"
 MN_ADDR, GW_ADDR = "192.0.2.1", "192.0.2.2"

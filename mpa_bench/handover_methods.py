@@ -62,7 +62,7 @@ from mpa_bench.handover_measure import (
     merge_flows,
     trim,
 )
-from mpa_ike.node.control import call
+from mpa_ike.node.control_client import call
 from mpa_testbed.probe import FlowLog, ProbeFlow
 from mpa_testbed.programs import CN_NETWORKS, EAP_PASSWORD, EAP_USER, MpaPrograms, ProgramError
 from mpa_testbed.topology import Testbed

@@ -21,7 +21,15 @@ class LocalProtocolError(IkeError):
 
 
 class ConfigError(LocalProtocolError):
-    """A configuration value (proposal string, key, identity) is invalid."""
+    """A configuration value (proposal string, key, identity, file) is invalid.
+
+    ``key`` names the configuration key when one is known (``gateways.ngw.address``);
+    ``str()`` is then ``key: message``, one line a command line can print as it is.
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
 
 
 class RemoteProtocolError(IkeError):

@@ -19,16 +19,14 @@ yields an all-zero X25519/X448 secret raises RemoteProtocolError
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 
 from mpa_ike.constants import DhGroup, NotifyType
 from mpa_ike.crypto.errors import UnsupportedAlgorithm
+from mpa_ike.crypto.randomness import Random
 from mpa_ike.errors import ConfigError, RemoteProtocolError
-
-Random = Callable[[int], bytes]
 
 _MODP2048_HEX = (
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -31,10 +30,9 @@ from mpa_ike.constants import EncrId
 from mpa_ike.crypto.cipher import Encr, get_encr
 from mpa_ike.crypto.integ import Integ, get_integ
 from mpa_ike.crypto.keys import IkeKeys
+from mpa_ike.crypto.randomness import Random
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.errors import IntegrityError, LocalProtocolError
-
-Random = Callable[[int], bytes]
 
 
 class SkCipher:

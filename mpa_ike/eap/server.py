@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from hmac import compare_digest
 
+from mpa_ike.crypto.randomness import Random
 from mpa_ike.eap.identity import build_identity_request, identity_of
 from mpa_ike.eap.md5 import CHALLENGE_LENGTH as MD5_CHALLENGE_LENGTH
 from mpa_ike.eap.md5 import Md5Value, md5_response_matches, parse_md5
@@ -62,7 +63,6 @@ SERVER_METHODS = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE)
 SERVER_NAME = b"mpa-ike"
 
 UserLookup = Callable[[bytes], str | None]
-Random = Callable[[int], bytes]
 
 
 class _Verdict(Enum):

@@ -1,99 +1,296 @@
-"""Addresses, routes and rules over a plain rtnetlink socket, in the caller's thread.
+"""rtnetlink on :mod:`mpa_ike.io.netlink`: addresses, routes, rules, links, neighbours.
 
-The kernel carries out an rtnetlink request inside ``send()`` and has queued its
-acknowledgement before ``send()`` returns, so a request and the read of its answer take
-some tens of microseconds and never wait. pyroute2's ``IPRoute`` (through
-:class:`mpa_ike.io.tun.Netlink`'s worker thread) costs about half a millisecond a call
-and holds the event loop meanwhile: too slow for the handful of changes a handover
-makes while traffic is coming back. Only the requests the datapath and the handover
-make are built here (the argument names are pyroute2's, so callers need not care);
-everything else stays with pyroute2.
+A request is carried out in the caller's thread in some tens of microseconds (see
+:mod:`mpa_ike.io.netlink`); pyroute2's ``IPRoute`` costs about half a millisecond a
+call and cannot run inside the event loop at all, too slow for the handful of changes a
+handover makes while traffic is coming back. So everything the datapath, the handover
+and the TUN device's set-up ask for is built here, as typed messages: the fixed parts
+(``ifaddrmsg``, ``rtmsg``, ``fib_rule_hdr``, ``ifinfomsg``, ``ndmsg``) are dataclasses
+with ``pull`` / ``push``, the attributes go through the netlink attribute codec. The
+argument names of :func:`build` are pyroute2's, so that :class:`mpa_ike.io.tun.Netlink`
+can hand what is not built here to pyroute2 unchanged (:class:`Unsupported`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import os
 import socket
 import struct
-import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-NLMSG_HEADER = struct.Struct("=IHHII")
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLMSG_DONE = 3
-NLM_F_DUMP = 0x300
+from mpa_ike.io.netlink import (
+    NETLINK_ROUTE,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    Attributes,
+    Message,
+    NetlinkCodecError,
+    NetlinkError,
+    NetlinkSocket,
+    pull_attributes,
+    pull_struct,
+    push_attribute,
+    push_u32,
+)
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE = 32, 33
-IFADDRMSG = struct.Struct("=BBBBI")
-RTMSG = struct.Struct("=BBBBBBBBI")  # also fib_rule_hdr: same layout
+MSG_NAMES = {
+    RTM_NEWLINK: "RTM_NEWLINK",
+    RTM_NEWADDR: "RTM_NEWADDR",
+    RTM_DELADDR: "RTM_DELADDR",
+    RTM_GETADDR: "RTM_GETADDR",
+    RTM_NEWROUTE: "RTM_NEWROUTE",
+    RTM_DELROUTE: "RTM_DELROUTE",
+    RTM_GETNEIGH: "RTM_GETNEIGH",
+    RTM_DELNEIGH: "RTM_DELNEIGH",
+    RTM_NEWRULE: "RTM_NEWRULE",
+    RTM_DELRULE: "RTM_DELRULE",
+}
+
+RTMGRP_LINK = 0x1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_PREFSRC, RTA_TABLE = 1, 4, 7, 15
 FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 2, 6, 10, 15, 16
+IFLA_MTU, IFLA_TXQLEN = 4, 13
+NDA_DST = 1
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
 RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
 FR_ACT_TO_TBL = 1
 RT_TABLE_COMPAT = 252  # what rtm_table says of a table number that needs 32 bits
-ANSWER_TIMEOUT = 5.0
+MAIN_TABLE = 254
 
 _FLAGS = {
     "add": NLM_F_CREATE | NLM_F_EXCL,
     "replace": NLM_F_CREATE | NLM_F_REPLACE,
     "del": 0,
+    "set": 0,
 }
 
 
-class RtnlError(OSError):
-    """The kernel refused a request; ``code`` is the errno (as pyroute2's error has)."""
+class RtnlError(NetlinkError):
+    """The kernel refused an rtnetlink request; ``code`` is the errno."""
 
-    def __init__(self, code: int) -> None:
-        super().__init__(code, os.strerror(code))
-        self.code = code
+    names = MSG_NAMES
 
 
 class Unsupported(LookupError):
     """A request this module does not build (the caller goes to pyroute2)."""
 
 
-def attribute(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+# --- fixed parts -------------------------------------------------------------------------
 
 
-def _u32(kind: int, value: int) -> bytes:
-    return attribute(kind, struct.pack("=I", value))
+@dataclass(frozen=True, slots=True)
+class IfAddrMsg:
+    """``struct ifaddrmsg``."""
+
+    LAYOUT: ClassVar = struct.Struct("=BBBBI")
+    family: int
+    prefixlen: int
+    flags: int
+    scope: int
+    index: int
+
+    def push(self) -> bytes:
+        return self.LAYOUT.pack(self.family, self.prefixlen, self.flags, self.scope, self.index)
+
+    @classmethod
+    def pull(cls, data: bytes) -> IfAddrMsg:
+        return cls(*pull_struct(cls.LAYOUT, data))
+
+
+@dataclass(frozen=True, slots=True)
+class RtMsg:
+    """``struct rtmsg``, and ``struct fib_rule_hdr`` which has the same layout (dst_len,
+    src_len, tos, table, then res1, res2, action in place of protocol, scope, type)."""
+
+    LAYOUT: ClassVar = struct.Struct("=BBBBBBBBI")
+    family: int
+    dst_len: int = 0
+    src_len: int = 0
+    tos: int = 0
+    table: int = 0
+    protocol: int = 0
+    scope: int = 0
+    type: int = 0
+    flags: int = 0
+
+    def push(self) -> bytes:
+        return self.LAYOUT.pack(
+            self.family,
+            self.dst_len,
+            self.src_len,
+            self.tos,
+            self.table,
+            self.protocol,
+            self.scope,
+            self.type,
+            self.flags,
+        )
+
+    @classmethod
+    def pull(cls, data: bytes) -> RtMsg:
+        return cls(*pull_struct(cls.LAYOUT, data))
+
+
+@dataclass(frozen=True, slots=True)
+class IfInfoMsg:
+    """``struct ifinfomsg``."""
+
+    LAYOUT: ClassVar = struct.Struct("=BxHiII")
+    family: int = socket.AF_UNSPEC
+    type: int = 0
+    index: int = 0
+    flags: int = 0
+    change: int = 0
+
+    def push(self) -> bytes:
+        return self.LAYOUT.pack(self.family, self.type, self.index, self.flags, self.change)
+
+    @classmethod
+    def pull(cls, data: bytes) -> IfInfoMsg:
+        return cls(*pull_struct(cls.LAYOUT, data))
+
+    @property
+    def has_link(self) -> bool:
+        """Administratively up with carrier (``IFF_LOWER_UP``: the operational state
+        may lag behind the carrier)."""
+        return bool(self.flags & IFF_UP and self.flags & IFF_LOWER_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class NdMsg:
+    """``struct ndmsg``."""
+
+    LAYOUT: ClassVar = struct.Struct("=BxxxiHBB")
+    family: int
+    index: int
+    state: int = 0
+    flags: int = 0
+    type: int = 0
+
+    def push(self) -> bytes:
+        return self.LAYOUT.pack(self.family, self.index, self.state, self.flags, self.type)
+
+    @classmethod
+    def pull(cls, data: bytes) -> NdMsg:
+        return cls(*pull_struct(cls.LAYOUT, data))
+
+
+# --- what the kernel tells ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEntry:
+    """One address of a dump (RTM_NEWADDR)."""
+
+    index: int
+    family: int
+    prefixlen: int
+    address: str
+
+    @classmethod
+    def pull(cls, body: bytes) -> AddressEntry | None:
+        """The entry, or None when it carries no address of its family's size."""
+        head = IfAddrMsg.pull(body)
+        attrs = pull_attributes(body, IfAddrMsg.LAYOUT.size)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if raw is None or len(raw) not in (4, 16):
+            return None
+        return cls(head.index, head.family, head.prefixlen, str(ipaddress.ip_address(raw)))
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """One neighbour table entry (RTM_NEWNEIGH of a dump)."""
+
+    index: int
+    family: int
+    state: int
+    dst: str | None
+
+    @classmethod
+    def pull(cls, body: bytes) -> Neighbour:
+        head = NdMsg.pull(body)
+        raw = pull_attributes(body, NdMsg.LAYOUT.size).get(NDA_DST)
+        dst = str(ipaddress.ip_address(raw)) if raw is not None and len(raw) in (4, 16) else None
+        return cls(head.index, head.family, head.state, dst)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """An RTM_NEWLINK (an event of the link group, or an answer)."""
+
+    index: int
+    up: bool
+
+    @classmethod
+    def pull(cls, body: bytes) -> LinkEvent:
+        head = IfInfoMsg.pull(body)
+        return cls(head.index, head.has_link)
+
+
+def link_events(messages: list[Message]) -> list[LinkEvent]:
+    """The link changes among a datagram's messages (others, and broken ones, skipped)."""
+    found = []
+    for msg in messages:
+        if msg.kind == RTM_NEWLINK:
+            try:
+                found.append(LinkEvent.pull(msg.body))
+            except NetlinkCodecError:
+                continue
+    return found
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An rtnetlink request: message type, flags beyond NLM_F_REQUEST, body."""
+
+    kind: int
+    flags: int
+    body: bytes
+
+    def attributes(self, fixed: int) -> Attributes:
+        """The attributes after a ``fixed``-byte header (for tests and diagnostics)."""
+        return pull_attributes(self.body, fixed)
 
 
 def _family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
-def address_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
+def address_request(command: str, **kw: Any) -> Request:
     """``addr add|del``: index, address, prefixlen, flags."""
     ip = ipaddress.ip_address(kw.pop("address"))
     index, prefixlen = kw.pop("index"), kw.pop("prefixlen")
     flags = kw.pop("flags", 0)
     _no_more(kw)
-    body = IFADDRMSG.pack(_family(ip), prefixlen, flags, RT_SCOPE_UNIVERSE, index)
-    body += attribute(IFA_LOCAL, ip.packed) + attribute(IFA_ADDRESS, ip.packed)
-    kind = RTM_NEWADDR if command != "del" else RTM_DELADDR
-    return kind, _FLAGS[command], body
+    body = IfAddrMsg(_family(ip), prefixlen, flags, RT_SCOPE_UNIVERSE, index).push()
+    body += push_attribute(IFA_LOCAL, ip.packed) + push_attribute(IFA_ADDRESS, ip.packed)
+    return Request(RTM_DELADDR if command == "del" else RTM_NEWADDR, _FLAGS[command], body)
 
 
-def route_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
+def route_request(command: str, **kw: Any) -> Request:
     """``route add|replace|del``: dst (``net/len``), oif, table, prefsrc; a device
     route, as ``ip route add NET dev DEV`` makes it."""
     net = ipaddress.ip_network(kw.pop("dst"), strict=False)
-    oif, table = kw.pop("oif"), kw.pop("table", 254)
+    oif, table = kw.pop("oif"), kw.pop("table", MAIN_TABLE)
     prefsrc = kw.pop("prefsrc", None)
     _no_more(kw)
     deleting = command == "del"
@@ -103,33 +300,61 @@ def route_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
         protocol, kind = RTPROT_BOOT, RTN_UNICAST
         scope = RT_SCOPE_LINK if net.version == 4 else RT_SCOPE_UNIVERSE
     family = _family(net.network_address)
-    body = RTMSG.pack(family, net.prefixlen, 0, 0, _short(table), protocol, scope, kind, 0)
-    body += attribute(RTA_DST, net.network_address.packed) + _u32(RTA_OIF, oif)
-    body += _u32(RTA_TABLE, table)
+    body = RtMsg(family, net.prefixlen, 0, 0, _short(table), protocol, scope, kind).push()
+    body += push_attribute(RTA_DST, net.network_address.packed) + push_u32(RTA_OIF, oif)
+    body += push_u32(RTA_TABLE, table)
     if prefsrc is not None:
-        body += attribute(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
-    return (RTM_DELROUTE if deleting else RTM_NEWROUTE), _FLAGS[command], body
+        body += push_attribute(RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
+    return Request(RTM_DELROUTE if deleting else RTM_NEWROUTE, _FLAGS[command], body)
 
 
-def rule_request(command: str, **kw: Any) -> tuple[int, int, bytes]:
+def rule_request(command: str, **kw: Any) -> Request:
     """``rule add|del``: family, priority, table, src/src_len, fwmark/fwmask."""
     family, table = kw.pop("family"), kw.pop("table")
     src, src_len = kw.pop("src", None), kw.pop("src_len", 0)
     priority = kw.pop("priority", None)
     fwmark, fwmask = kw.pop("fwmark", None), kw.pop("fwmask", None)
     _no_more(kw)
-    body = RTMSG.pack(family, 0, src_len, 0, _short(table), 0, 0, FR_ACT_TO_TBL, 0)
-    body += _u32(FRA_TABLE, table)
+    body = RtMsg(family, 0, src_len, 0, _short(table), type=FR_ACT_TO_TBL).push()
+    body += push_u32(FRA_TABLE, table)
     if priority is not None:
-        body += _u32(FRA_PRIORITY, priority)
+        body += push_u32(FRA_PRIORITY, priority)
     if src is not None:
-        body += attribute(FRA_SRC, ipaddress.ip_address(src).packed)
+        body += push_attribute(FRA_SRC, ipaddress.ip_address(src).packed)
     if fwmark is not None:
-        body += _u32(FRA_FWMARK, fwmark)
+        body += push_u32(FRA_FWMARK, fwmark)
     if fwmask is not None:
-        body += _u32(FRA_FWMASK, fwmask)
-    kind = RTM_NEWRULE if command != "del" else RTM_DELRULE
-    return kind, _FLAGS[command], body
+        body += push_u32(FRA_FWMASK, fwmask)
+    return Request(RTM_DELRULE if command == "del" else RTM_NEWRULE, _FLAGS[command], body)
+
+
+def link_request(command: str, **kw: Any) -> Request:
+    """``link set``: index, and any of mtu, txqlen, state ("up" or "down")."""
+    if command != "set":
+        raise Unsupported(f"link {command}")
+    index = kw.pop("index")
+    mtu, txqlen, state = kw.pop("mtu", None), kw.pop("txqlen", None), kw.pop("state", None)
+    _no_more(kw)
+    if state not in (None, "up", "down"):
+        raise Unsupported(f"link state {state}")
+    change = IFF_UP if state is not None else 0
+    body = IfInfoMsg(index=index, flags=IFF_UP if state == "up" else 0, change=change).push()
+    if mtu is not None:
+        body += push_u32(IFLA_MTU, mtu)
+    if txqlen is not None:
+        body += push_u32(IFLA_TXQLEN, txqlen)
+    return Request(RTM_NEWLINK, 0, body)
+
+
+def neighbour_request(command: str, **kw: Any) -> Request:
+    """``neigh del``: ifindex, dst, family."""
+    if command != "del":
+        raise Unsupported(f"neigh {command}")
+    index, dst = kw.pop("ifindex"), ipaddress.ip_address(kw.pop("dst"))
+    family = kw.pop("family", _family(dst))
+    _no_more(kw)
+    body = NdMsg(family, index).push() + push_attribute(NDA_DST, dst.packed)
+    return Request(RTM_DELNEIGH, 0, body)
 
 
 def _short(table: int) -> int:
@@ -141,11 +366,17 @@ def _no_more(kw: dict[str, Any]) -> None:
         raise Unsupported(f"arguments not built here: {sorted(kw)}")
 
 
-BUILDERS = {"addr": address_request, "route": route_request, "rule": rule_request}
+BUILDERS: dict[str, Callable[..., Request]] = {
+    "addr": address_request,
+    "route": route_request,
+    "rule": rule_request,
+    "link": link_request,
+    "neigh": neighbour_request,
+}
 
 
-def build(method: str, command: str, kw: dict[str, Any]) -> tuple[int, int, bytes]:
-    """(message type, flags, body) of ``method command **kw``, or :class:`Unsupported`."""
+def build(method: str, command: str, kw: dict[str, Any]) -> Request:
+    """The request ``method command **kw`` (pyroute2's names), or :class:`Unsupported`."""
     builder = BUILDERS.get(method)
     if builder is None or command not in _FLAGS:
         raise Unsupported(f"{method} {command}")
@@ -155,95 +386,45 @@ def build(method: str, command: str, kw: dict[str, Any]) -> tuple[int, int, byte
         raise Unsupported(f"{method} {command} without {missing}") from None
 
 
-def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(type, sequence, body offset, end) of each netlink message of a datagram, up to
-    a broken header."""
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size:
-            return
-        yield kind, seq, offset + NLMSG_HEADER.size, min(offset + length, len(data))
-        offset += (length + 3) & ~3
-
-
-def parse_ack(data: bytes, sequence: int) -> int | None:
-    """The errno (0: done) of the acknowledgement of ``sequence`` in a datagram."""
-    for kind, seq, body, _ in messages(data):
-        if kind == NLMSG_ERROR and seq == sequence:
-            error: int = struct.unpack_from("=i", data, body)[0]
-            return -error
-    return None
-
-
-def parse_attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    found = {}
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
-def parse_addresses(data: bytes, sequence: int) -> tuple[list[tuple[int, str]], bool]:
-    """(interface index, address) of each RTM_NEWADDR of a dump datagram; whether the
-    dump ended with it."""
-    found: list[tuple[int, str]] = []
-    for kind, seq, body, end in messages(data):
-        if seq != sequence:
-            continue
-        if kind in (NLMSG_DONE, NLMSG_ERROR):
-            return found, True
-        if kind == RTM_NEWADDR and body + IFADDRMSG.size <= end:
-            index = IFADDRMSG.unpack_from(data, body)[4]
-            attrs = parse_attributes(data, body + IFADDRMSG.size, end)
-            raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-            if raw is not None and len(raw) in (4, 16):
-                found.append((index, str(ipaddress.ip_address(raw))))
-    return found, False
+# --- the socket --------------------------------------------------------------------------
 
 
 class Rtnl:
-    """One rtnetlink socket; :meth:`request` returns when the kernel has answered."""
+    """One rtnetlink socket; every call returns when the kernel has answered."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(ANSWER_TIMEOUT)  # the kernel answers at once: never hang
-        self._sequence = itertools.count(1)
-        self._lock = threading.Lock()
+        self.netlink = NetlinkSocket(NETLINK_ROUTE, error=RtnlError)
 
     def request(self, method: str, command: str, **kw: Any) -> None:
         """Carry out ``method command`` (pyroute2's names); :class:`RtnlError` if the
         kernel refuses, :class:`Unsupported` if not built here."""
-        kind, flags, body = build(method, command, kw)
-        with self._lock:
-            sequence = self._send(kind, NLM_F_ACK | flags, body)
-            code = None
-            while code is None:  # skipping answers to requests given up on
-                code = parse_ack(self.sock.recv(65536), sequence)
-        if code:
-            raise RtnlError(code)
+        self.send(build(method, command, kw))
+
+    def send(self, request: Request, what: str = "") -> list[Message]:
+        return self.netlink.request(request.kind, NLM_F_ACK | request.flags, request.body, what)
 
     def addresses(self, index: int, family: int) -> list[str]:
         """The addresses of one family on interface ``index``, as the kernel lists them."""
-        found: list[str] = []
-        with self._lock:
-            sequence = self._send(RTM_GETADDR, NLM_F_DUMP, IFADDRMSG.pack(family, 0, 0, 0, 0))
-            done = False
-            while not done:
-                part, done = parse_addresses(self.sock.recv(65536), sequence)
-                found += [address for at, address in part if at == index]
+        body = IfAddrMsg(family, 0, 0, 0, 0).push()
+        found = []
+        for msg in self.netlink.request(RTM_GETADDR, NLM_F_DUMP, body):
+            if msg.kind != RTM_NEWADDR:
+                continue
+            entry = AddressEntry.pull(msg.body)
+            if entry is not None and entry.index == index:
+                found.append(entry.address)
         return found
 
-    def _send(self, kind: int, flags: int, body: bytes) -> int:
-        """Send one request; its sequence number."""
-        sequence = next(self._sequence)
-        size = NLMSG_HEADER.size + len(body)
-        self.sock.send(NLMSG_HEADER.pack(size, kind, NLM_F_REQUEST | flags, sequence, 0) + body)
-        return sequence
+    def neighbours(self, index: int) -> list[Neighbour]:
+        """The neighbour entries (both families) of interface ``index``."""
+        body = NdMsg(socket.AF_UNSPEC, 0).push()
+        found = []
+        for msg in self.netlink.request(RTM_GETNEIGH, NLM_F_DUMP, body):
+            if msg.kind == RTM_NEWNEIGH:
+                entry = Neighbour.pull(msg.body)
+                if entry.index == index:
+                    found.append(entry)
+        return found
 
     def close(self) -> None:
-        self.sock.close()
+        self.netlink.close()

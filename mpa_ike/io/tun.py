@@ -1,64 +1,120 @@
-"""A TUN device for the userspace datapath: inner IP packets in and out.
+"""A TUN device for the userspace datapath: inner IP packets in and out, and the
+rtnetlink access that goes with it (:class:`Netlink`).
 
 Created through ``/dev/net/tun`` (``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI``, so
-every read and write is exactly one IP packet) and configured over rtnetlink
-with pyroute2. The device is not persistent: closing the descriptor deletes it,
-with its addresses and routes.
+every read and write is exactly one IP packet) and configured over rtnetlink: MTU,
+queue length, state, addresses and routes are requests of :mod:`mpa_ike.io.rtnl`,
+carried out in the caller's thread in tens of microseconds (the callers, the Datapath
+protocol and the handover, are synchronous and run on the event loop). The device is
+not persistent: closing the descriptor deletes it, with its addresses and routes.
 
-pyroute2 0.9's synchronous ``IPRoute`` runs its own asyncio loop and refuses to
-work inside a running one, so its calls go to one worker thread and are waited
-for (the callers, the Datapath protocol, are synchronous). Addresses, routes and
-rules, which a handover changes while traffic flows, skip it: :mod:`mpa_ike.io.rtnl`.
+What :mod:`mpa_ike.io.rtnl` does not build goes to pyroute2, imported only then (it
+costs about 170 ms to import): outside an event loop its ``IPRoute``, inside one its
+``AsyncIPRoute`` through :meth:`Netlink.acall` (pyroute2 0.9's ``IPRoute`` runs a loop
+of its own and refuses to work inside a running one). Nothing the daemons do takes that
+path; it is there for diagnostics and tests.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import fcntl
+import importlib
+import inspect
 import ipaddress
 import os
+import socket
 import struct
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from mpa_ike.io.rtnl import MAIN_TABLE, Neighbour, Rtnl, Unsupported
 
-from mpa_ike.io.rtnl import Rtnl, Unsupported
+__all__ = ["IFA_F_NODAD", "MAIN_TABLE", "Netlink", "TunDevice"]
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFA_F_NODAD = 0x02
-MAIN_TABLE = 254
 MAX_PACKET = 65535
 
 
 class Netlink:
-    """An ``IPRoute`` living in its own thread (see the module docstring); addresses,
-    routes and rules go the fast way, in the caller's thread (:mod:`mpa_ike.io.rtnl`)."""
+    """rtnetlink in pyroute2's terms: :meth:`call` (``call("route", "add", dst=...,
+    oif=...)``) goes the fast way when :mod:`mpa_ike.io.rtnl` builds the request, as
+    everything the daemons ask for is; anything else goes to pyroute2 (see the module
+    docstring)."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mpa-netlink")
-        self._ipr: Any = self._pool.submit(IPRoute).result()
-        self._rtnl = Rtnl()
+        self.rtnl = Rtnl()
+        self.pyroute2: Any = None
+        """pyroute2's ``IPRoute``, opened on the first call that needs it."""
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1:
-            with contextlib.suppress(Unsupported):
-                return self._rtnl.request(method, args[0], **kwargs)
-        fn: Callable[..., Any] = getattr(self._ipr, method)
-        return self._pool.submit(fn, *args, **kwargs).result()
+        """``IPRoute.method(*args, **kwargs)``; outside an event loop only when it is not
+        built here (inside one, :class:`Unsupported`: use :meth:`acall`)."""
+        with _built_here():
+            return self._fast(method, *args, **kwargs)
+        if _loop_running():
+            raise Unsupported(f"{method} {args}: not built here; acall it inside the loop")
+        if self.pyroute2 is None:
+            self.pyroute2 = importlib.import_module("pyroute2").IPRoute()
+        return getattr(self.pyroute2, method)(*args, **kwargs)
+
+    async def acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`call` inside the event loop: what is not built here goes to a
+        short-lived ``AsyncIPRoute`` (a dump comes back as a list)."""
+        with _built_here():
+            return self._fast(method, *args, **kwargs)
+        async with importlib.import_module("pyroute2").AsyncIPRoute() as ipr:
+            result = getattr(ipr, method)(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if inspect.isasyncgen(result):
+                result = [item async for item in result]
+            return result
+
+    def _fast(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "link_lookup" and not args and list(kwargs) == ["ifname"]:
+            try:
+                return [socket.if_nametoindex(kwargs["ifname"])]
+            except OSError:
+                return []
+        if len(args) != 1:
+            raise Unsupported(method)
+        return self.rtnl.request(method, args[0], **kwargs)
 
     def addresses(self, index: int, family: int) -> list[str]:
         """The addresses of ``family`` on interface ``index`` (a quick dump)."""
-        return self._rtnl.addresses(index, family)
+        return self.rtnl.addresses(index, family)
+
+    def neighbours(self, index: int) -> list[Neighbour]:
+        """The neighbour entries of interface ``index`` (a quick dump)."""
+        return self.rtnl.neighbours(index)
 
     def close(self) -> None:
-        self._rtnl.close()
-        self._pool.submit(self._ipr.close).result()
-        self._pool.shutdown()
+        self.rtnl.close()
+        if self.pyroute2 is not None:
+            self.pyroute2.close()
+            self.pyroute2 = None
+
+
+class _built_here:
+    """Swallows :class:`Unsupported`, so that the caller goes on to pyroute2."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, Unsupported)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class TunDevice:
@@ -67,8 +123,9 @@ class TunDevice:
     def __init__(self, fd: int, name: str, netlink: Netlink) -> None:
         self.fd = fd
         self.name = name
-        self._nl = netlink
-        self.index: int = netlink.call("link_lookup", ifname=name)[0]
+        self.netlink = netlink
+        """The device's rtnetlink access, for the policy routing that goes with it."""
+        self.index = socket.if_nametoindex(name)
 
     @classmethod
     def create(
@@ -92,7 +149,7 @@ class TunDevice:
             raise
         try:
             dev.set_mtu(mtu)
-            dev._nl.call("link", "set", index=dev.index, txqlen=txqlen)
+            dev.set_txqlen(txqlen)
             if up:
                 dev.up()
         except BaseException:
@@ -101,16 +158,19 @@ class TunDevice:
         return dev
 
     def up(self) -> None:
-        self._nl.call("link", "set", index=self.index, state="up")
+        self.netlink.call("link", "set", index=self.index, state="up")
 
     def set_mtu(self, mtu: int) -> None:
-        self._nl.call("link", "set", index=self.index, mtu=mtu)
+        self.netlink.call("link", "set", index=self.index, mtu=mtu)
+
+    def set_txqlen(self, txqlen: int) -> None:
+        self.netlink.call("link", "set", index=self.index, txqlen=txqlen)
 
     def add_address(self, cidr: str) -> None:
         """Add an address (``10.3.0.1/32``); IPv6 without duplicate address detection."""
         iface = ipaddress.ip_interface(cidr)
         extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
-        self._nl.call(
+        self.netlink.call(
             "addr",
             "add",
             index=self.index,
@@ -121,7 +181,7 @@ class TunDevice:
 
     def del_address(self, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
-        self._nl.call(
+        self.netlink.call(
             "addr",
             "del",
             index=self.index,
@@ -133,16 +193,11 @@ class TunDevice:
         """Route ``network`` into the device, preferring source ``src`` if given."""
         net = ipaddress.ip_network(network)
         extra: dict[str, Any] = {"prefsrc": src} if src else {}
-        self._nl.call("route", "add", dst=str(net), oif=self.index, table=table, **extra)
+        self.netlink.call("route", "add", dst=str(net), oif=self.index, table=table, **extra)
 
     def del_route(self, network: str, table: int = MAIN_TABLE) -> None:
         net = str(ipaddress.ip_network(network))
-        self._nl.call("route", "del", dst=net, oif=self.index, table=table)
-
-    @property
-    def netlink(self) -> Netlink:
-        """The device's rtnetlink worker, for the policy routing that goes with it."""
-        return self._nl
+        self.netlink.call("route", "del", dst=net, oif=self.index, table=table)
 
     def read(self) -> bytes:
         """One IP packet; raises BlockingIOError when none is waiting."""
@@ -156,7 +211,7 @@ class TunDevice:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            self._nl.close()
+            self.netlink.close()
 
     def __enter__(self) -> TunDevice:
         return self

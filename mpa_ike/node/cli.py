@@ -1,4 +1,12 @@
-"""What the mpa-gateway and mpa-mobile command lines share.
+"""The command line both daemons share: ``run``, ``status`` and commands to a daemon.
+
+A :class:`Program` describes one command line (``mpa-gateway``, ``mpa-mobile``): its
+defaults, how to run the daemon, and the commands it sends to a running one.
+:func:`main` parses the arguments and runs the command.
+
+Everything a command that only talks to a daemon needs is imported here, and only the
+standard library is: ``run`` imports the daemon when it is asked for. A handover
+triggered from a shell pays the interpreter's start-up and nothing more.
 
 Failures end with one line on stderr and a non-zero exit, never a traceback:
 :data:`EXIT_USAGE` for bad arguments, :data:`EXIT_FAILURE` for a bad configuration, an
@@ -8,15 +16,15 @@ unreachable daemon or a refused command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
 
-from mpa_ike.node import daemon
-from mpa_ike.node.config import ConfigError, read_control_socket
-from mpa_ike.node.control import ControlError, call
+from mpa_ike.node.control_client import DEFAULT_TIMEOUT, ControlError, call
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,6 +46,57 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+@dataclass(frozen=True)
+class DaemonCommand:
+    """A command sent to the running daemon, with one ``NAME`` argument or none."""
+
+    help: str
+    argument: str | None = None  # the help of its NAME argument
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Program:
+    """One daemon's command line.
+
+    ``run`` starts the daemon from the parsed arguments (and imports it: nothing else
+    does); ``format_status`` turns a ``status`` result into lines.
+    """
+
+    prog: str
+    description: str
+    default_config: Path
+    default_socket: Path
+    run: Callable[[argparse.Namespace], int]
+    format_status: Callable[[dict[str, Any]], list[str]]
+    commands: Mapping[str, DaemonCommand] = field(default_factory=dict)
+
+
+def build_parser(program: Program) -> Parser:
+    common = location_options()
+    parser = Parser(prog=program.prog, parents=[common], description=program.description)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run", parents=[common], help=f"run the daemon (default config {program.default_config})"
+    )
+    status = commands.add_parser("status", parents=[common], help="show the daemon's SAs")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    for name, command in program.commands.items():
+        sub = commands.add_parser(name, parents=[common], help=command.help)
+        if command.argument is not None:
+            sub.add_argument("name", metavar="NAME", help=command.argument)
+    return parser
+
+
+def main(program: Program, argv: Sequence[str] | None = None) -> int:
+    args = build_parser(program).parse_args(argv)
+    if args.command == "run":
+        return execute(program.prog, lambda: program.run(args))
+    if args.command == "status":
+        return execute(program.prog, lambda: status(program, args))
+    return execute(program.prog, lambda: daemon_command(program, args))
 
 
 def location_options() -> Parser:
@@ -81,11 +140,15 @@ def control_socket(args: argparse.Namespace, default: Path) -> Path:
     config: Path | None = getattr(args, "config", None)
     if config is None:
         return default
+    from mpa_ike.node.config import read_control_socket  # YAML, only when -c is given
+
     return load(config, lambda file: read_control_socket(file, default))
 
 
 def load(file: Path, loader: Callable[[Path], T]) -> T:
     """Load a configuration file; a ConfigError becomes a CliError naming the file."""
+    from mpa_ike.errors import ConfigError
+
     try:
         return loader(file)
     except ConfigError as error:
@@ -93,21 +156,64 @@ def load(file: Path, loader: Callable[[Path], T]) -> T:
 
 
 def ask(
-    socket: Path, cmd: str, args: Mapping[str, Any] | None = None, timeout: float | None = None
+    socket: Path, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
 ) -> Any:
     try:
-        if timeout is None:
-            return call(socket, cmd, args)
         return call(socket, cmd, args, timeout=timeout)
     except ControlError as error:
         raise CliError(str(error)) from None
 
 
-def run_daemon(service: daemon.Service, socket: Path, log_level: str) -> int:
-    """``run``: serve until SIGTERM or SIGINT, then exit 0."""
-    daemon.configure_logging(log_level)
+def status(program: Program, args: argparse.Namespace) -> int:
+    result = ask(control_socket(args, program.default_socket), "status")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(program.format_status(result)))
+    return EXIT_OK
+
+
+def daemon_command(program: Program, args: argparse.Namespace) -> int:
+    command = program.commands[args.command]
+    arguments = {"name": args.name} if command.argument is not None else {}
+    socket = control_socket(args, program.default_socket)
+    result = ask(socket, args.command, arguments, command.timeout)
+    if result is not None:
+        print(result)
+    return EXIT_OK
+
+
+class Configured(Protocol):
+    """What a daemon's configuration (a dataclass) holds for :func:`run_daemon`."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def control_socket(self) -> Path: ...
+
+    @property
+    def log_level(self) -> str: ...
+
+
+C = TypeVar("C", bound=Configured)
+
+
+def run_daemon(
+    args: argparse.Namespace,
+    default_config: Path,
+    load_config: Callable[[Path], C],
+    make_service: Callable[[C], Any],
+) -> int:
+    """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0."""
+    from mpa_ike.node import daemon
+
+    config = load(config_file(args, default_config), load_config)
+    override = socket_override(args)
+    if override is not None:
+        config = dataclasses.replace(config, control_socket=override)
+    daemon.configure_logging(config.log_level)
     try:
-        daemon.run(service, socket)
+        daemon.run(make_service(config), config.control_socket)
     except ControlError as error:
         raise CliError(str(error)) from None
     return EXIT_OK
@@ -122,10 +228,6 @@ def execute(prog: str, command: Callable[[], int]) -> int:
         return error.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-def print_json(result: object) -> None:
-    print(json.dumps(result, indent=2))
 
 
 def format_ike_sas(ike_sas: list[dict[str, Any]]) -> list[str]:

@@ -22,7 +22,7 @@ import yaml
 
 from mpa_ike.constants import ProtocolId
 from mpa_ike.crypto.proposal import parse_proposal
-from mpa_ike.errors import ConfigError as CoreConfigError
+from mpa_ike.errors import ConfigError
 
 T = TypeVar("T")
 IPAddress = IPv4Address | IPv6Address
@@ -35,14 +35,6 @@ MAX_SOCKET_PATH = 107
 MAX_INTERFACE_NAME = 15
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DATAPATHS = ("userspace", "xfrm", "auto")
-
-
-class ConfigError(CoreConfigError):
-    """A configuration file is unreadable or invalid; ``str()`` is one line."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -76,7 +68,9 @@ class Section:
 
     def __init__(self, value: object, path: str) -> None:
         if not isinstance(value, dict):
-            raise ConfigError(path or "(top level)", f"expected a mapping, got {type_name(value)}")
+            raise ConfigError(
+                f"expected a mapping, got {type_name(value)}", key=path or "(top level)"
+            )
         self.path = path
         self._data: dict[object, object] = value
         self._asked: set[str] = set()
@@ -87,7 +81,7 @@ class Section:
 
     def required(self, key: str, parse: Parser[T]) -> T:
         if not self.has(key):
-            raise ConfigError(join(self.path, key), "required")
+            raise ConfigError("required", key=join(self.path, key))
         return parse(self._data[key], join(self.path, key))
 
     def optional(self, key: str, parse: Parser[T], default: T) -> T:
@@ -103,7 +97,7 @@ class Section:
         """Refuse keys that no parser read: a typo must not be ignored silently."""
         for key in self._data:
             if key not in self._asked:
-                raise ConfigError(join(self.path, key), "unknown key" + self._hint(key))
+                raise ConfigError("unknown key" + self._hint(key), key=join(self.path, key))
 
     def _hint(self, key: object) -> str:
         close = difflib.get_close_matches(str(key), sorted(self._asked), n=1)
@@ -113,42 +107,42 @@ class Section:
 def mapping_items(value: object, path: str) -> list[tuple[str, object]]:
     """The entries of a mapping with string keys (names of users, gateways...)."""
     if not isinstance(value, dict):
-        raise ConfigError(path, f"expected a mapping, got {type_name(value)}")
+        raise ConfigError(f"expected a mapping, got {type_name(value)}", key=path)
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(join(path, key), "names must be strings")
+            raise ConfigError("names must be strings", key=join(path, key))
     return list(value.items())
 
 
 def string(value: object, path: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(path, f"expected a string, got {type_name(value)}")
+        raise ConfigError(f"expected a string, got {type_name(value)}", key=path)
     if not value.strip():
-        raise ConfigError(path, "must not be empty")
+        raise ConfigError("must not be empty", key=path)
     return value
 
 
 def secret(value: object, path: str) -> str:
     """A password: numbers must be quoted, because YAML would mangle ``007``."""
     if not isinstance(value, str):
-        raise ConfigError(path, f"expected a string (quote it), got {type_name(value)}")
+        raise ConfigError(f"expected a string (quote it), got {type_name(value)}", key=path)
     if not value:
-        raise ConfigError(path, "must not be empty")
+        raise ConfigError("must not be empty", key=path)
     return value
 
 
 def boolean(value: object, path: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {value!r}")
+        raise ConfigError(f"expected true or false, got {value!r}", key=path)
     return value
 
 
 def integer(minimum: int, maximum: int) -> Parser[int]:
     def parse(value: object, path: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(path, f"expected an integer, got {type_name(value)}")
+            raise ConfigError(f"expected an integer, got {type_name(value)}", key=path)
         if not minimum <= value <= maximum:
-            raise ConfigError(path, f"must be between {minimum} and {maximum}, got {value}")
+            raise ConfigError(f"must be between {minimum} and {maximum}, got {value}", key=path)
         return value
 
     return parse
@@ -157,7 +151,7 @@ def integer(minimum: int, maximum: int) -> Parser[int]:
 def choice(*options: str) -> Parser[str]:
     def parse(value: object, path: str) -> str:
         if value not in options:
-            raise ConfigError(path, f"expected one of {', '.join(options)}, got {value!r}")
+            raise ConfigError(f"expected one of {', '.join(options)}, got {value!r}", key=path)
         assert isinstance(value, str)
         return value
 
@@ -169,10 +163,10 @@ def list_of(item: Parser[T], *, non_empty: bool = True) -> Parser[tuple[T, ...]]
 
     def parse(value: object, path: str) -> tuple[T, ...]:
         if isinstance(value, dict):
-            raise ConfigError(path, "expected a list, got a mapping")
+            raise ConfigError("expected a list, got a mapping", key=path)
         items = value if isinstance(value, list) else [value]
         if non_empty and not items:
-            raise ConfigError(path, "must not be empty")
+            raise ConfigError("must not be empty", key=path)
         return tuple(item(entry, f"{path}[{index}]") for index, entry in enumerate(items))
 
     return parse
@@ -182,7 +176,7 @@ def address(value: object, path: str) -> IPAddress:
     try:
         return ip_address(string(value, path))
     except ValueError:
-        raise ConfigError(path, f"not an IP address: {value!r}") from None
+        raise ConfigError(f"not an IP address: {value!r}", key=path) from None
 
 
 def endpoint(value: object, path: str) -> Endpoint:
@@ -192,14 +186,14 @@ def endpoint(value: object, path: str) -> Endpoint:
     try:
         return Endpoint(ip_address(host), port)
     except ValueError:
-        raise ConfigError(path, f"not an IP address: {text!r}") from None
+        raise ConfigError(f"not an IP address: {text!r}", key=path) from None
 
 
 def _split_port(text: str, path: str) -> tuple[str, int | None]:
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
-            raise ConfigError(path, f"not an IP address: {text!r}")
+            raise ConfigError(f"not an IP address: {text!r}", key=path)
         return host, _port(rest[1:], text, path) if rest else None
     if text.count(":") == 1:
         host, _, port = text.partition(":")
@@ -209,7 +203,7 @@ def _split_port(text: str, path: str) -> tuple[str, int | None]:
 
 def _port(text: str, whole: str, path: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(path, f"bad port in {whole!r}")
+        raise ConfigError(f"bad port in {whole!r}", key=path)
     return int(text)
 
 
@@ -223,8 +217,8 @@ def network(value: object, path: str) -> IPNetwork:
     try:
         loose = ip_network(text, strict=False)
     except ValueError:
-        raise ConfigError(path, f"not a CIDR prefix: {text!r}") from None
-    raise ConfigError(path, f"host bits set in {text!r} (did you mean {loose}?)")
+        raise ConfigError(f"not a CIDR prefix: {text!r}", key=path) from None
+    raise ConfigError(f"host bits set in {text!r} (did you mean {loose}?)", key=path)
 
 
 def disjoint_networks(value: object, path: str) -> tuple[IPNetwork, ...]:
@@ -232,7 +226,7 @@ def disjoint_networks(value: object, path: str) -> tuple[IPNetwork, ...]:
     for index, net in enumerate(networks):
         for other in networks[:index]:
             if net.version == other.version and net.overlaps(other):
-                raise ConfigError(f"{path}[{index}]", f"{net} overlaps {other}")
+                raise ConfigError(f"{net} overlaps {other}", key=f"{path}[{index}]")
     return networks
 
 
@@ -240,9 +234,9 @@ def interface_name(value: object, path: str) -> str:
     """A Linux interface name, by the kernel's rules (dev_valid_name)."""
     name = string(value, path)
     if len(name) > MAX_INTERFACE_NAME:
-        raise ConfigError(path, f"longer than {MAX_INTERFACE_NAME} characters: {name!r}")
+        raise ConfigError(f"longer than {MAX_INTERFACE_NAME} characters: {name!r}", key=path)
     if name in (".", "..") or re.search(r"[/:\s]", name):
-        raise ConfigError(path, f"not a valid interface name: {name!r}")
+        raise ConfigError(f"not a valid interface name: {name!r}", key=path)
     return name
 
 
@@ -255,7 +249,7 @@ def psk(value: object, path: str) -> bytes:
         if text.startswith("0s"):
             return base64.b64decode(text[2:], validate=True)
     except (ValueError, binascii.Error):
-        raise ConfigError(path, "malformed 0x (hex) or 0s (base64) key") from None
+        raise ConfigError("malformed 0x (hex) or 0s (base64) key", key=path) from None
     return text.encode()
 
 
@@ -268,7 +262,7 @@ def readable_file(base_dir: Path) -> Parser[Path]:
             with file.open("rb"):
                 pass
         except OSError as error:
-            raise ConfigError(path, f"cannot read '{file}': {error.strerror}") from None
+            raise ConfigError(f"cannot read '{file}': {error.strerror}", key=path) from None
         return file
 
     return parse
@@ -278,7 +272,7 @@ def socket_path(base_dir: Path) -> Parser[Path]:
     def parse(value: object, path: str) -> Path:
         file = base_dir / string(value, path)
         if len(bytes(file)) > MAX_SOCKET_PATH:
-            raise ConfigError(path, f"longer than {MAX_SOCKET_PATH} bytes: '{file}'")
+            raise ConfigError(f"longer than {MAX_SOCKET_PATH} bytes: '{file}'", key=path)
         return file
 
     return parse
@@ -314,8 +308,8 @@ def proposals(protocol: str) -> Parser[tuple[str, ...]]:
             for text in entry.split(","):
                 try:
                     result.append(validate_proposal(text.strip(), protocol))
-                except CoreConfigError as error:
-                    raise ConfigError(f"{path}[{index}]", str(error)) from None
+                except ConfigError as error:
+                    raise ConfigError(str(error), key=f"{path}[{index}]") from None
         return tuple(result)
 
     return parse
@@ -343,13 +337,13 @@ def load_yaml(file: Path) -> object:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise ConfigError("", f"cannot read '{file}': {reason}") from None
+        raise ConfigError(f"cannot read '{file}': {reason}", key="") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as error:
-        raise ConfigError("", _describe_yaml_error(error)) from None
+        raise ConfigError(_describe_yaml_error(error), key="") from None
     except yaml.YAMLError as error:
-        raise ConfigError("", f"invalid YAML: {' '.join(str(error).split())}") from None
+        raise ConfigError(f"invalid YAML: {' '.join(str(error).split())}", key="") from None
 
 
 def _describe_yaml_error(error: yaml.MarkedYAMLError) -> str:

@@ -1,9 +1,8 @@
-"""The control socket between a daemon and its CLI, shared by mpa-gateway and mpa-mobile.
+"""The daemon's side of the control socket, shared by mpa-gateway and mpa-mobile.
 
-Newline-delimited JSON over a Unix stream socket. A request is one line
-``{"cmd": "status", "args": {...}}``; the answer is one line, ``{"ok": true, "result":
-...}`` or ``{"ok": false, "error": "one line"}``. A client may send several requests
-on one connection; each is answered in order.
+The protocol (newline-delimited JSON) and the command lines' blocking client are in
+:mod:`mpa_ike.node.control_client`; this module serves registered async handlers on the
+event loop, and :func:`request` asks a daemon from inside a loop.
 """
 
 from __future__ import annotations
@@ -21,24 +20,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mpa_ike.node.control_client import (
+    DEFAULT_TIMEOUT,
+    MAX_LINE,
+    ControlError,
+    encode,
+    one_line,
+    result,
+    unreachable,
+)
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-DEFAULT_TIMEOUT = 5.0
-# Longer lines are refused: nothing legitimate comes near it.
-MAX_LINE = 1 << 20
 
 
 class CommandError(Exception):
     """A command failed in a way to report to the client as is (one line)."""
-
-
-class ControlError(Exception):
-    """A CLI could not get an answer, or the daemon refused the command (one line)."""
-
-    def __init__(self, message: str, *, from_daemon: bool = False) -> None:
-        super().__init__(message)
-        self.from_daemon = from_daemon
 
 
 class ControlServer:
@@ -195,14 +193,6 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     return request["cmd"], args
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split()) or "failed"
-
-
 async def request(
     path: Path,
     cmd: str,
@@ -221,10 +211,10 @@ async def request(
     except TimeoutError:
         raise ControlError(f"no answer from the daemon at {path} within {timeout:g} s") from None
     except OSError as error:
-        raise ControlError(_unreachable(path, error)) from None
+        raise ControlError(unreachable(path, error)) from None
     except ValueError:  # readline() past MAX_LINE
         raise ControlError("the daemon's answer is too long") from None
-    return _result(line)
+    return result(line)
 
 
 async def _exchange(path: Path, message: bytes) -> bytes:
@@ -237,31 +227,3 @@ async def _exchange(path: Path, message: bytes) -> bytes:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-def _unreachable(path: Path, error: OSError) -> str:
-    if isinstance(error, FileNotFoundError | ConnectionRefusedError):
-        reason = "no such socket" if isinstance(error, FileNotFoundError) else "connection refused"
-        return f"cannot reach the daemon at {path}: {reason} (is it running?)"
-    return f"cannot reach the daemon at {path}: {error.strerror or error}"
-
-
-def _result(line: bytes) -> Any:
-    if not line:
-        raise ControlError("the daemon closed the connection without answering")
-    try:
-        reply = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ControlError("the daemon sent a malformed answer") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-        raise ControlError("the daemon sent a malformed answer")
-    if not reply["ok"]:
-        raise ControlError(one_line(str(reply.get("error", ""))), from_daemon=True)
-    return reply.get("result")
-
-
-def call(
-    path: Path, cmd: str, args: Mapping[str, Any] | None = None, *, timeout: float = DEFAULT_TIMEOUT
-) -> Any:
-    """:func:`request` for synchronous callers such as the CLIs."""
-    return asyncio.run(request(path, cmd, args, timeout=timeout))

@@ -7,9 +7,12 @@ immutable: a change replaces the entry, so a status snapshot never sees half an 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import ipaddress
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mpa_ike.ike_sa import IkeSa
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,48 @@ class Registry:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [entry.to_json() for entry in self.ike_sas.values()]
+
+    def refresh(self, ike_sas: Iterable[IkeSa]) -> None:
+        """Become what ``ike_sas`` (an endpoint's) hold now, keyed by local IKE SPI."""
+        self.ike_sas = {
+            sa.local_spi: entry_from_snapshot(sa.snapshot()) for sa in ike_sas if not sa.closed
+        }
+
+
+def ts_text(text: str) -> str:
+    """A traffic selector as swanctl shows it: ``10.1.0.0/24`` for ``10.1.0.0-10.1.0.255``."""
+    addresses, bracket, ports = text.partition("[")
+    first, _, last = addresses.partition("-")
+    try:
+        start = ipaddress.ip_address(first)
+        end = ipaddress.ip_address(last) if last else start
+        networks = list(ipaddress.summarize_address_range(start, end))
+    except (ValueError, TypeError):
+        return text
+    if len(networks) != 1:
+        return text
+    return f"{networks[0]}{bracket}{ports}"
+
+
+def entry_from_snapshot(snapshot: Mapping[str, Any]) -> IkeSaEntry:
+    """A status entry from ``IkeSa.snapshot()`` (states upper case, as swanctl shows)."""
+    children = tuple(
+        ChildSaEntry(
+            name=str(snapshot["name"]),
+            state=str(child["state"]).upper(),
+            spi_in=int(child["spi_in"] or "0", 16),
+            spi_out=int(child["spi_out"] or "0", 16),
+            local_ts=tuple(map(ts_text, child["local_ts"])),
+            remote_ts=tuple(map(ts_text, child["remote_ts"])),
+        )
+        for child in snapshot.get("child_sas", [])
+    )
+    return IkeSaEntry(
+        name=str(snapshot["name"]),
+        state=str(snapshot["state"]).upper(),
+        local=str(snapshot["local"]),
+        remote=str(snapshot["remote"]),
+        address=snapshot.get("address"),
+        remote_id=str(snapshot.get("peer_id") or ""),
+        child_sas=children,
+    )

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from gateway.service import load_certificates, proposal_specs, wall_clock
 from mpa_harness.netns import Netns, TwoHosts, two_hosts
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import ExchangeType, HeaderFlag, NotifyType, PayloadType, ProtocolId
@@ -37,6 +36,8 @@ from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import AddressUpdateRefused, ChildSaEstablished, Event, IkeSaEstablished
 from mpa_ike.ike_config import InitiatorConfig
+from mpa_ike.node.credentials import load_certificates
+from mpa_ike.node.service import proposal_specs, wall_clock
 from mpa_ike.wire import (
     EncryptedPayload,
     IkeHeader,

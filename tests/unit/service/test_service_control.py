@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from mpa_ike.node.control import CommandError, ControlError, ControlServer, Handler, request
+from mpa_ike.node.control import CommandError, ControlServer, Handler, request
+from mpa_ike.node.control_client import ControlError
 
 
 async def echo(args: dict[str, Any]) -> Any:

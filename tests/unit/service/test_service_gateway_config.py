@@ -11,8 +11,10 @@ import pytest
 import yaml
 from servicehelp import DELETE, EXAMPLES, edited
 
-from gateway.config import AddressPolicy, GatewayConfig, load_config, parse_config
-from mpa_ike.node.config import DEFAULT_PROPOSALS, ConfigError, Endpoint
+from gateway.config import GatewayConfig, load_config, parse_config
+from mpa_ike.errors import ConfigError
+from mpa_ike.mobike import AddressPolicyMode
+from mpa_ike.node.config import DEFAULT_PROPOSALS, Endpoint
 
 
 def parse(data: object, base_dir: Path = Path("/")) -> GatewayConfig:
@@ -23,7 +25,7 @@ def test_example_loads() -> None:
     config = load_config(EXAMPLES / "gateway.yaml")
     assert config.id == "ngw.example.net"
     assert config.eap.method == "mschapv2"
-    assert config.mobike.address_policy is AddressPolicy.ALLOCATED
+    assert config.mobike.address_policy.mode is AddressPolicyMode.ALLOCATED
 
 
 def test_minimal_config_takes_defaults(gateway_data: dict[str, Any]) -> None:
@@ -37,7 +39,7 @@ def test_minimal_config_takes_defaults(gateway_data: dict[str, Any]) -> None:
     assert config.pool == (ip_network("10.9.0.0/24"), ip_network("2001:db8:9::/120"))
     assert config.local_ts == (ip_network("0.0.0.0/0"), ip_network("::/0"))
     assert config.datapath == "auto"
-    assert config.mobike.address_policy is AddressPolicy.ALLOCATED
+    assert config.mobike.address_policy.mode is AddressPolicyMode.ALLOCATED
     assert not config.mobike.return_routability
     assert config.half_open_threshold == 30
     assert config.log_level == "info"
@@ -69,17 +71,17 @@ def test_certificate_paths_are_relative_to_the_config_file(
 @pytest.mark.parametrize(
     ("policy", "expected", "prefixes"),
     [
-        ("any", AddressPolicy.ANY, ()),
-        ("allocated", AddressPolicy.ALLOCATED, ()),
-        (["10.9.0.0/24"], AddressPolicy.PREFIXES, (ip_network("10.9.0.0/24"),)),
+        ("any", AddressPolicyMode.ANY, ()),
+        ("allocated", AddressPolicyMode.ALLOCATED, ()),
+        (["10.9.0.0/24"], AddressPolicyMode.PREFIXES, (ip_network("10.9.0.0/24"),)),
     ],
 )
 def test_address_policies(
-    gateway_data: dict[str, Any], policy: object, expected: AddressPolicy, prefixes: object
+    gateway_data: dict[str, Any], policy: object, expected: AddressPolicyMode, prefixes: object
 ) -> None:
     config = parse(edited(gateway_data, "mobike", {"address_policy": policy}))
-    assert config.mobike.address_policy is expected
-    assert config.mobike.prefixes == prefixes
+    assert config.mobike.address_policy.mode is expected
+    assert config.mobike.address_policy.prefixes == prefixes
 
 
 def test_default_proposals_are_valid(gateway_data: dict[str, Any]) -> None:

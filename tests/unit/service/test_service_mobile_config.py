@@ -11,7 +11,8 @@ import pytest
 from servicehelp import DELETE, EXAMPLES, edited
 
 from mobile.config import MobileConfig, load_config, parse_config
-from mpa_ike.node.config import DEFAULT_PROPOSALS, ConfigError, Endpoint
+from mpa_ike.errors import ConfigError
+from mpa_ike.node.config import DEFAULT_PROPOSALS, Endpoint
 
 
 def parse(data: object, base_dir: Path = Path("/")) -> MobileConfig:

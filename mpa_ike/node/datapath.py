@@ -1,0 +1,363 @@
+"""A daemon's datapath, driven by the core's CHILD SA events.
+
+:class:`DatapathGlue` builds what ``datapath:`` names (the userspace datapath over a TUN
+device, or the kernel's XFRM) and turns the core's events into its calls, filing CHILD
+SAs and inner addresses under their IKE SA so that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+from mpa_ike.datagram import Address
+from mpa_ike.datapath import ChildSaParams, Datapath, RecordingDatapath
+from mpa_ike.errors import LocalProtocolError
+from mpa_ike.esp import Expiry
+from mpa_ike.events import (
+    ChildSaAddressesUpdated,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+)
+from mpa_ike.io.policy_routing import BYPASS_MARK, GATEWAY_TABLE, Rules, gateway_rules
+from mpa_ike.io.raw_esp import RawEspSockets
+from mpa_ike.io.tun import MAIN_TABLE
+from mpa_ike.io.userspace import UserspaceDatapath
+from mpa_ike.io.xfrm import XfrmDatapath, XfrmUsageError, select_datapath
+from mpa_ike.node.control_client import ControlError
+from mpa_ike.node.transport import IkeTransport
+
+log = logging.getLogger(__name__)
+
+FORWARDING = {
+    4: Path("/proc/sys/net/ipv4/ip_forward"),
+    6: Path("/proc/sys/net/ipv6/conf/all/forwarding"),
+}
+# What a datapath raises when the kernel or its own checks refuse an SA.
+DATAPATH_ERRORS = (LocalProtocolError, XfrmUsageError, OSError, KeyError)
+
+
+class DatapathGlue:
+    """A daemon's datapath and the core events that drive it.
+
+    :meth:`open` builds what ``datapath:`` names. The userspace one (strongSwan's
+    kernel-libipsec) reads a TUN device, sends ESP in UDP from the IKE sockets of the
+    transport, which hands it the ESP arriving on 4500, and plain ESP over raw sockets
+    where allowed. The glue files CHILD SAs and inner addresses under their IKE SA, so
+    that an IKE SA that ends takes them along whatever events came before, and a
+    shutdown leaves no SA, route or address behind.
+
+    ``inner_addresses`` (the mobile node): the CP-assigned addresses go on the TUN
+    device, as charon puts a virtual IP there. ``forward`` (the gateway): IP forwarding
+    is turned on with the first CHILD SA of a family, since decrypted traffic goes on to
+    the LAN, and back to what it was on close.
+    """
+
+    def __init__(
+        self,
+        datapath: Datapath,
+        kind: str = "none",
+        *,
+        userspace: UserspaceDatapath | None = None,
+        raw: RawEspSockets | None = None,
+        inner_addresses: bool = False,
+        forward: bool = False,
+    ) -> None:
+        self.datapath = datapath
+        self.kind = kind
+        self.userspace = userspace
+        self.raw = raw
+        self.inner_addresses = inner_addresses
+        self.forward = forward
+        self.errors = 0
+        self.transport: IkeTransport | None = None
+        self.rules: Rules | None = None
+        self._rekeying: set[bytes] = set()  # inbound SPIs rekeyed for their sequence numbers
+        self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
+        self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
+        self._forwarding_was: dict[int, str] = {}
+        if userspace is not None:
+            userspace.on_expire = self._expired
+            userspace.on_mapping = self._mapped
+
+    @classmethod
+    def open(
+        cls,
+        kind: str,
+        transport: IkeTransport,
+        *,
+        inner_addresses: bool = False,
+        forward: bool = False,
+        device: str = "mpa%d",
+    ) -> DatapathGlue:
+        """The datapath ``kind`` (userspace, xfrm, auto) wired to ``transport``.
+
+        ``auto`` without the right to create a TUN device runs without a datapath (a
+        warning: SAs are negotiated but carry nothing); ``userspace`` fails then.
+        """
+        if select_datapath(kind) == "xfrm":
+            try:
+                xfrm = XfrmDatapath()
+            except OSError as error:
+                raise ControlError(f"datapath xfrm: {error.strerror or error}") from None
+            transport.hand_esp_to_kernel()
+            glue = cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
+            glue.transport = transport
+            return glue
+        # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
+        logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
+        table = GATEWAY_TABLE if forward else MAIN_TABLE
+        try:
+            userspace = UserspaceDatapath.open(transport.send_raw, name=device, route_table=table)
+        except OSError as error:
+            reason = f"cannot create a TUN device: {error.strerror or error}"
+            if kind == "userspace":
+                raise ControlError(f"datapath userspace: {reason}") from None
+            log.warning("no datapath (%s): CHILD SAs will carry no traffic", reason)
+            return cls(
+                RecordingDatapath(), "none", inner_addresses=inner_addresses, forward=forward
+            )
+        raw = None
+        try:
+            raw = RawEspSockets(asyncio.get_running_loop(), userspace.esp_received)
+            userspace.send_plain = raw.send
+        except OSError as error:
+            log.warning("ESP in UDP only: no raw socket for plain ESP (%s)", error.strerror)
+        transport.esp_handler = userspace.esp_received
+        rules = None
+        if forward:
+            rules = cls._gateway_routing(userspace, transport, raw)
+        log.info("userspace datapath on %s", cls._device(userspace))
+        glue = cls(
+            userspace,
+            "userspace",
+            userspace=userspace,
+            raw=raw,
+            inner_addresses=inner_addresses,
+            forward=forward,
+        )
+        glue.transport = transport
+        glue.rules = rules
+        return glue
+
+    @staticmethod
+    def _gateway_routing(
+        userspace: UserspaceDatapath, transport: IkeTransport, raw: RawEspSockets | None
+    ) -> Rules | None:
+        """Tunnel routes in their own table, our IKE and ESP sockets marked past it: an
+        nCoA is both the inner and the outer address after the move."""
+        netlink = getattr(userspace.tun, "netlink", None)
+        if netlink is None:
+            return None
+        rules = gateway_rules(netlink)
+        transport.mark_sockets(BYPASS_MARK)
+        if raw is not None:
+            raw.mark_sockets(BYPASS_MARK)
+        return rules
+
+    @staticmethod
+    def _device(userspace: UserspaceDatapath) -> str:
+        return str(getattr(userspace.tun, "name", ""))
+
+    # ------------------------------------------------------------------
+    # Events
+
+    def on_event(self, event: Event) -> None:
+        """Turn one core event into datapath calls; a refused call is logged and counted."""
+        try:
+            self._apply(event)
+        except DATAPATH_ERRORS as error:
+            self.errors += 1
+            log.error("%s[%s]: datapath: %s", event.name, event.ike_sa.hex(), error)
+            if isinstance(event, ChildSaEstablished):
+                self._delete_soon(event.ike_sa, event.params.spi_in)
+
+    def _delete_soon(self, ike_sa: bytes, spi_in: bytes) -> None:
+        """A CHILD SA the datapath refused carries nothing: delete it, as charon does when
+        the kernel refuses an SA, once the events under way are handled."""
+        transport = self.transport
+        if transport is None:
+            return
+
+        def delete() -> None:
+            if self.transport is not transport:  # closed meanwhile
+                return
+            log.info("deleting CHILD SA %s: the datapath refused it", spi_in.hex())
+            try:
+                transport.endpoint.delete_child_sa(ike_sa, spi_in, transport.now())
+            except Exception as error:  # the IKE SA went away meanwhile
+                log.warning("CHILD SA %s: delete refused: %s", spi_in.hex(), error)
+            transport.process()
+
+        asyncio.get_running_loop().call_soon(delete)
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, IkeSaEstablished) and self.inner_addresses:
+            self._add_inner(event.ike_sa, [str(a) for a in event.assigned_addresses])
+        elif isinstance(event, ChildSaEstablished):
+            self._install(event.ike_sa, event.params)
+        elif isinstance(event, ChildSaDeleted):
+            self._remove(event.ike_sa, event.spi_in)
+        elif isinstance(event, ChildSaAddressesUpdated):
+            self.datapath.move_child_sa(
+                event.spi_in, event.spi_out, event.local, event.remote, event.encap
+            )
+        elif isinstance(event, IkeSaRekeyed):  # its CHILD SAs and lease move along
+            if event.ike_sa in self._children:
+                self._children[event.new_ike_sa] = self._children.pop(event.ike_sa)
+            if event.ike_sa in self._inner:
+                self._inner[event.new_ike_sa] = self._inner.pop(event.ike_sa)
+        elif isinstance(event, IkeSaDeleted | IkeSaFailed):
+            self._forget(event.ike_sa)
+
+    def _add_inner(self, ike_sa: bytes, addresses: list[str]) -> None:
+        if self.userspace is None:
+            return
+        added = self._inner.setdefault(ike_sa, [])
+        for address in addresses:
+            self.userspace.add_inner_address(address)
+            added.append(address)
+
+    def take_inner_address(self, ike_sa: bytes, address: str) -> None:
+        """Take ``address`` off the device: it moved to an interface (MPA handover)."""
+        addresses = self._inner.get(ike_sa, [])
+        if address in addresses:
+            addresses.remove(address)
+            if self.userspace is not None:
+                self.userspace.del_inner_address(address)
+
+    def _install(self, ike_sa: bytes, params: ChildSaParams) -> None:
+        if self.forward:
+            self._enable_forwarding(params)
+        self.datapath.install_child_sa(params)
+        self._children.setdefault(ike_sa, {})[params.spi_in] = params.spi_out
+
+    def _remove(self, ike_sa: bytes, spi_in: bytes) -> None:
+        for children in (self._children.get(ike_sa), *self._children.values()):
+            if children is not None and spi_in in children:
+                self._rekeying.discard(spi_in)
+                self.datapath.remove_child_sa(spi_in, children.pop(spi_in))
+                return
+
+    def _forget(self, ike_sa: bytes) -> None:
+        """Everything of an IKE SA that ended: its CHILD SAs, then its inner addresses."""
+        for spi_in in list(self._children.get(ike_sa, {})):
+            try:
+                self._remove(ike_sa, spi_in)
+            except DATAPATH_ERRORS as error:
+                self.errors += 1
+                log.error("datapath: removing %s: %s", spi_in.hex(), error)
+        self._children.pop(ike_sa, None)
+        for address in self._inner.pop(ike_sa, []):
+            if self.userspace is not None:
+                try:
+                    self.userspace.del_inner_address(address)
+                except DATAPATH_ERRORS as error:
+                    log.error("datapath: removing address %s: %s", address, error)
+
+    def ike_sa_of(self, spi_in: bytes) -> bytes | None:
+        return next((sa for sa, children in self._children.items() if spi_in in children), None)
+
+    def _expired(self, expiry: Expiry) -> None:
+        """Outbound sequence numbers running out: rekey the CHILD SA, once (RFC 4303
+        §3.3.3), as charon does on the kernel's soft expire."""
+        ike_sa = self.ike_sa_of(expiry.spi_in)
+        transport = self.transport
+        if ike_sa is None or transport is None or expiry.spi_in in self._rekeying:
+            if expiry.hard:
+                log.warning("CHILD SA %s: sequence numbers exhausted", expiry.spi_in.hex())
+            return
+        self._rekeying.add(expiry.spi_in)
+        log.info("CHILD SA %s: sequence numbers running out, rekeying", expiry.spi_in.hex())
+        try:
+            transport.endpoint.rekey_child_sa(ike_sa, expiry.spi_in, transport.now())
+        except Exception as error:  # a rekey already under way, an IKE SA going away
+            log.warning("CHILD SA %s: rekey refused: %s", expiry.spi_in.hex(), error)
+        transport.process()
+
+    def _mapped(self, spi_in: bytes, spi_out: bytes, src: Address) -> None:
+        # Authenticated ESP proves nothing about the path (RFC 4555 §3.12): moving the SA
+        # is for MOBIKE or NAT detection in IKE to decide; this is only logged.
+        log.info("CHILD SA %s: ESP from %s[%d]", spi_in.hex(), *src)
+
+    def _enable_forwarding(self, params: ChildSaParams) -> None:
+        versions = {ipaddress.ip_address(ts.start).version for ts in params.remote_ts}
+        for version in versions - set(self._forwarding_was):
+            knob = FORWARDING[version]
+            was = knob.read_text().strip()
+            if was != "1":
+                knob.write_text("1\n")
+                log.info("IPv%d forwarding turned on (was %s)", version, was)
+            self._forwarding_was[version] = was
+
+    # ------------------------------------------------------------------
+    # Status and shutdown
+
+    def installed(self, spi_in: bytes) -> bool:
+        return any(spi_in in children for children in self._children.values())
+
+    def child_counters(self, spi_in: bytes) -> dict[str, Any]:
+        """Bytes and packets each way and drops by reason of one installed CHILD SA."""
+        found: dict[str, Any] = {}
+        try:
+            counted = self.datapath.counters(spi_in)
+        except DATAPATH_ERRORS:
+            return found
+        found.update(
+            bytes_in=counted.bytes_in,
+            bytes_out=counted.bytes_out,
+            packets_in=counted.packets_in,
+            packets_out=counted.packets_out,
+        )
+        if self.userspace is not None:
+            with contextlib.suppress(*DATAPATH_ERRORS):
+                found["drops"] = self.userspace.drops(spi_in)
+        return found
+
+    def annotate(self, ike_sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Status entries of ``Registry.to_json`` with each CHILD SA's counters added."""
+        for sa in ike_sas:
+            for child in sa.get("child_sas", []):
+                spi_in = bytes.fromhex(child["spi_in"])
+                if self.installed(spi_in):
+                    child.update(self.child_counters(spi_in))
+        return ike_sas
+
+    def status(self) -> dict[str, Any]:
+        """The datapath's own line: kind, device, drops tied to no SA (unknown SPI, ...)."""
+        installed = sum(len(children) for children in self._children.values())
+        found: dict[str, Any] = {"kind": self.kind, "child_sas": installed, "errors": self.errors}
+        if self.userspace is not None:
+            found["device"] = self._device(self.userspace)
+            found["drops"] = self.userspace.drops()
+            found["tun_write_errors"] = self.userspace.tun_write_errors
+        return found
+
+    def close(self) -> None:
+        """Remove what is still installed, close the device and sockets, restore forwarding."""
+        self.transport = None
+        for ike_sa in list(self._children) + list(self._inner):
+            self._forget(ike_sa)
+        if self.raw is not None:
+            self.raw.close()
+        if self.rules is not None:
+            self.rules.close()
+            self.rules = None
+        if self.userspace is not None:
+            self.userspace.close()
+        elif isinstance(self.datapath, XfrmDatapath):
+            self.datapath.close()
+        for version, was in self._forwarding_was.items():
+            if was != "1":
+                with contextlib.suppress(OSError):
+                    FORWARDING[version].write_text(f"{was}\n")
+        self._forwarding_was.clear()

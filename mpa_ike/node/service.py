@@ -1,0 +1,137 @@
+"""What both daemons' services are built on: the endpoint, its transport, the datapath
+glue and the registry, and the start and stop they share.
+
+:class:`NodeService` holds them; a daemon's service (the gateway's, the mobile node's)
+builds its endpoint and binds its sockets in ``start`` through :meth:`open_transport`,
+adds its control commands, and reacts to the core's events in ``on_event``. ``stop``
+deletes every IKE SA with DELETE, waits briefly for the answers, closes the datapath
+and then the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mpa_ike.constants import ProtocolId
+from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
+from mpa_ike.datapath import Datapath, RecordingDatapath
+from mpa_ike.eap import EapType
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.events import Event
+from mpa_ike.node.control import Handler
+from mpa_ike.node.datapath import DatapathGlue
+from mpa_ike.node.describe import describe_event
+from mpa_ike.node.registry import Registry
+from mpa_ike.node.transport import EspHandler, IkeTransport
+
+log = logging.getLogger(__name__)
+
+EAP_TYPES = {"md5": EapType.MD5_CHALLENGE, "mschapv2": EapType.MSCHAPV2}
+# How long a stopping daemon waits for the answers to its DELETEs.
+DELETE_GRACE = 1.5
+
+
+class NodeService:
+    """The parts of a daemon's service both daemons have.
+
+    ``datapath`` replaces the one the configuration names (tests pass a recording one);
+    ``esp_handler`` then gets the ESP in UDP arriving on port 4500.
+    """
+
+    def __init__(
+        self, *, datapath: Datapath | None = None, esp_handler: EspHandler | None = None
+    ) -> None:
+        self.esp_handler = esp_handler
+        self.registry = Registry()
+        self.given_datapath = datapath
+        self.glue = DatapathGlue(datapath if datapath is not None else RecordingDatapath())
+        self.endpoint = Endpoint(random=os.urandom)
+        self.transport: IkeTransport | None = None
+
+    @property
+    def datapath(self) -> Datapath:
+        return self.glue.datapath
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {"status": self.status}
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """What every daemon's status shows: IKE SAs with counters, drops, the datapath."""
+        self.registry.refresh(self.endpoint)
+        return {
+            "ike_sas": self.glue.annotate(self.registry.to_json()),
+            "counters": counters(self.endpoint, self.transport),
+            "datapath": self.glue.status(),
+        }
+
+    def new_transport(self) -> IkeTransport:
+        return IkeTransport(self.endpoint, self.on_event, esp_handler=self.esp_handler)
+
+    def open_datapath(
+        self,
+        kind: str,
+        transport: IkeTransport,
+        *,
+        inner_addresses: bool = False,
+        forward: bool = False,
+    ) -> None:
+        """The datapath ``kind`` wired to ``transport``, unless one was given."""
+        if self.given_datapath is None:
+            self.glue = DatapathGlue.open(
+                kind, transport, inner_addresses=inner_addresses, forward=forward
+            )
+
+    def on_event(self, event: Event) -> None:
+        log.info("%s", describe_event(event))
+        self.glue.on_event(event)
+
+    async def stop(self) -> None:
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        if any(not sa.closed for sa in self.endpoint):
+            log.info("deleting %d IKE SAs", sum(1 for sa in self.endpoint if not sa.closed))
+            await delete_all_and_wait(transport)
+        self.close()
+        self.glue.close()
+        transport.close()
+
+    def close(self) -> None:
+        """What a daemon closes of its own before its datapath and sockets."""
+
+
+def proposal_specs(texts: Iterable[str], protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
+    return tuple(parse_proposal(text, protocol) for text in texts)
+
+
+def wall_clock() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def counters(endpoint: Endpoint, transport: IkeTransport | None) -> dict[str, int]:
+    """What was dropped or refused, and why: the core's counters and the sockets'.
+
+    The core's are :meth:`Endpoint.statistics`, those of the endpoint and of every IKE SA
+    (a forged or replayed request is dropped and counted by its SA, a refused MOBIKE
+    update too), not only the endpoint's own.
+    """
+    found = dict(endpoint.statistics())
+    if transport is not None:
+        found.update((f"udp_{name}", value) for name, value in transport.counters.items())
+    return dict(sorted(found.items()))
+
+
+async def delete_all_and_wait(transport: IkeTransport, grace: float = DELETE_GRACE) -> None:
+    """Send DELETE for every IKE SA and wait up to ``grace`` seconds for them to close."""
+    endpoint = transport.endpoint
+    endpoint.delete_all(transport.now())
+    transport.process()
+    deadline = transport.now() + grace
+    while any(not sa.closed for sa in endpoint) and transport.now() < deadline:
+        await asyncio.sleep(0.01)
+    transport.process()
