@@ -5,8 +5,9 @@ defaults, how to run the daemon, and the commands it sends to a running one.
 :func:`main` parses the arguments and runs the command.
 
 Everything a command that only talks to a daemon needs is imported here, and only the
-standard library is: ``run`` imports the daemon when it is asked for. A handover
-triggered from a shell pays the interpreter's start-up and nothing more.
+standard library is (and of it only what starts fast: no dataclasses, no asyncio):
+``run`` imports the daemon when it is asked for. A handover triggered from a shell pays
+the interpreter's start-up and little more.
 
 Failures end with one line on stderr and a non-zero exit, never a traceback:
 :data:`EXIT_USAGE` for bad arguments, :data:`EXIT_FAILURE` for a bad configuration, an
@@ -16,13 +17,11 @@ unreachable daemon or a refused command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, NoReturn, Protocol, TypeVar
 
 from mpa_ike.node.control_client import DEFAULT_TIMEOUT, ControlError, call
 
@@ -48,8 +47,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-@dataclass(frozen=True)
-class DaemonCommand:
+class DaemonCommand(NamedTuple):
     """A command sent to the running daemon, with one ``NAME`` argument or none."""
 
     help: str
@@ -57,8 +55,7 @@ class DaemonCommand:
     timeout: float = DEFAULT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class Program:
+class Program(NamedTuple):
     """One daemon's command line.
 
     ``run`` starts the daemon from the parsed arguments (and imports it: nothing else
@@ -71,7 +68,7 @@ class Program:
     default_socket: Path
     run: Callable[[argparse.Namespace], int]
     format_status: Callable[[dict[str, Any]], list[str]]
-    commands: Mapping[str, DaemonCommand] = field(default_factory=dict)
+    commands: Mapping[str, DaemonCommand] = {}
 
 
 def build_parser(program: Program) -> Parser:
@@ -205,6 +202,8 @@ def run_daemon(
     make_service: Callable[[C], Any],
 ) -> int:
     """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0."""
+    import dataclasses
+
     from mpa_ike.node import daemon
 
     config = load(config_file(args, default_config), load_config)
