@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import signal
-import socket as socket_module
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from mpa_harness import daemon
 from mpa_ike.constants import ExchangeType
 from mpa_ike.node.control_client import call
 from mpa_ike.wire import HEADER_LENGTH, parse_header
@@ -234,45 +232,9 @@ def _mobile_config(workdir: Path, gw_ip: str, args: argparse.Namespace, ca_file:
 def _daemon(module: str, config: Path, netns: str) -> Iterator[Path]:
     """``python -m module run -c config`` in ``netns``; yields its control socket."""
     socket = config.parent / ("gw.sock" if module == "gateway.cli" else "mn.sock")
-    log_file = config.parent / f"{module}.log"
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", module, "run", "-c", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + DAEMON_START
-        while not _accepts_connections(socket):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{module} did not start: {log_file.read_text().strip()}")
-            time.sleep(0.02)
+    argv = ["ip", "netns", "exec", netns, *daemon.command(module, config)]
+    with daemon.running(argv, socket, config.parent / f"{module}.log"):
         yield socket
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _accepts_connections(path: Path) -> bool:
-    """Whether the daemon answers on ``path`` (the file exists before it listens).
-
-    A whole request, not a bare connect: a connection still open when the daemon
-    stops makes its control server log a cancelled task.
-    """
-    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(str(path))
-            probe.sendall(b'{"cmd": "status"}\n')
-            return probe.makefile("rb").readline().startswith(b"{")
-        except OSError:
-            return False
 
 
 def _write(file: Path, data: dict[str, Any]) -> Path:

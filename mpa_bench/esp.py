@@ -37,8 +37,6 @@ import json
 import os
 import pstats
 import shutil
-import signal
-import socket as socket_module
 import statistics
 import subprocess
 import sys
@@ -51,6 +49,7 @@ from typing import Any, Final
 
 import yaml
 
+from mpa_harness import daemon as daemon_process
 from mpa_ike.node.control_client import call
 
 PROG = "mpa-bench esp"
@@ -713,41 +712,9 @@ def daemon(
     module: str, config: Path, ns: Any, socket: Path, profiler: list[str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m module run -c config`` in ``ns`` until its control socket answers."""
-    log_file = config.parent / f"{module}.log"
-    command = [sys.executable, *(profiler or []), "-m", module, "run", "-c", str(config)]
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            ns.exec_args(command),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + DAEMON_START
-        while not _answers(socket):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{module} did not start: {log_file.read_text().strip()}")
-            time.sleep(0.05)
+    argv = ns.exec_args(daemon_process.command(module, config, profiler or ()))
+    with daemon_process.running(argv, socket, config.parent / f"{module}.log") as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(path: Path) -> bool:
-    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(str(path))
-            probe.sendall(b'{"cmd": "status"}\n')
-            return probe.makefile("rb").readline().startswith(b"{")
-        except OSError:
-            return False
 
 
 def _write(file: Path, data: dict[str, Any]) -> Path:

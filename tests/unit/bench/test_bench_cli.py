@@ -16,21 +16,21 @@ from mpa_bench import cli as bench
 def fake_micro() -> Iterator[list[list[str]]]:
     """A stand-in mpa_bench.micro that records the arguments it is given."""
     calls: list[list[str]] = []
-    module = types.ModuleType(bench.MICRO_MODULE)
-    module.__spec__ = importlib.machinery.ModuleSpec(bench.MICRO_MODULE, None)
+    module = types.ModuleType(bench.COMMANDS["micro"][0])
+    module.__spec__ = importlib.machinery.ModuleSpec(bench.COMMANDS["micro"][0], None)
 
     def main(argv: list[str]) -> int:
         calls.append(argv)
         return 0
 
     setattr(module, "main", main)  # noqa: B010 - a module has no declared attributes
-    saved = sys.modules.get(bench.MICRO_MODULE)
-    sys.modules[bench.MICRO_MODULE] = module
+    saved = sys.modules.get(bench.COMMANDS["micro"][0])
+    sys.modules[bench.COMMANDS["micro"][0]] = module
     yield calls
     if saved is None:
-        del sys.modules[bench.MICRO_MODULE]
+        del sys.modules[bench.COMMANDS["micro"][0]]
     else:
-        sys.modules[bench.MICRO_MODULE] = saved
+        sys.modules[bench.COMMANDS["micro"][0]] = saved
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,10 +46,10 @@ def test_micro_passes_its_arguments(fake_micro: list[list[str]]) -> None:
 def test_micro_without_its_module(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench, "MICRO_MODULE", "mobile.no_such_module")
+    monkeypatch.setitem(bench.COMMANDS, "micro", ("mpa_bench.no_such_module", ""))
     assert bench.main(["micro"]) == 1
     assert capsys.readouterr().err == (
-        "mpa-bench: micro: not available yet (mobile.no_such_module is missing)\n"
+        "mpa-bench: micro: not available (mpa_bench.no_such_module is missing)\n"
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mpa_harness.daemon import answers
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "deploy" / "examples"
@@ -36,7 +37,7 @@ def edited(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
 
 
 def cli(module: str, *args: str | Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m module args`` (works before ``pip install -e .``)."""
+    """Run ``python -m module args``."""
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
         capture_output=True,
@@ -53,22 +54,6 @@ def environment() -> dict[str, str]:
 def write_yaml(file: Path, data: dict[str, Any]) -> Path:
     file.write_text(yaml.safe_dump(data))
     return file
-
-
-def accepts_connections(path: Path) -> bool:
-    """Whether the daemon answers on ``path`` (the file exists before it listens).
-
-    A whole request, not a bare connect: a connection still open when the daemon
-    stops makes its control server log a cancelled task.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(str(path))
-            probe.sendall(b'{"cmd": "status"}\n')
-            return probe.makefile("rb").readline().startswith(b"{")
-        except OSError:
-            return False
 
 
 class Daemon:
@@ -94,7 +79,7 @@ class Daemon:
     def _wait_ready(self, timeout: float = 20) -> None:
         """Until the socket accepts connections (it exists a moment before it listens)."""
         deadline = time.monotonic() + timeout
-        while not accepts_connections(self.socket):
+        while not answers(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 stderr = self.stop()
