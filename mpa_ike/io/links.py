@@ -1,16 +1,19 @@
 """Interface link state, and the moves of an address between interfaces.
 
-:class:`LinkWatcher` reads rtnetlink's link group on the event loop: a handover starts
-on the event itself, without polling. A link counts as up when it is administratively
-up and has its carrier (``IFF_LOWER_UP``): the kernel reports a carrier coming on at
-once, while the operational state may lag (see ``deploy/testbed/README.md``).
+:class:`LinkWatcher` reads rtnetlink's link group on the event loop, through a
+non-blocking :class:`mpa_ike.io.netlink.NetlinkSocket` whose events
+:func:`mpa_ike.io.rtnl.link_events` decodes: a handover starts on the event itself,
+without polling, and without a thread or pyroute2 between the kernel and the loop. A
+link counts as up when it is administratively up and has its carrier (``IFF_LOWER_UP``):
+the kernel reports a carrier coming on at once, while the operational state may lag
+(see ``deploy/testbed/README.md``).
 
 :class:`AddressMover` puts an address on an interface without duplicate address
 detection (the gateway allocated it: nobody else has it), routes the gateway through
 that interface, and clears neighbour entries that failed while the link was down, which
 the kernel would otherwise wait out for a second. Its netlink calls go through
-:class:`mpa_ike.io.tun.Netlink`: addresses and routes straight over rtnetlink, the
-neighbour table through pyroute2.
+:class:`mpa_ike.io.tun.Netlink`, all of them straight over rtnetlink
+(:mod:`mpa_ike.io.rtnl`): addresses, routes and the neighbour table.
 """
 
 from __future__ import annotations
@@ -27,18 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mpa_ike.io.rtnl import messages
+from mpa_ike.io.netlink import NETLINK_ROUTE, NetlinkSocket
+from mpa_ike.io.rtnl import IFF_RUNNING, IFF_UP, RTMGRP_LINK, link_events
 from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE, Netlink
 
 log = logging.getLogger(__name__)
 
-RTMGRP_LINK = 0x1
-RTM_NEWLINK = 16
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
-IFF_LOWER_UP = 0x10000
 SIOCGIFFLAGS = 0x8913
-IFINFOMSG = struct.Struct("=BxHiII")
 # Neighbour states not worth keeping when a link comes back (<linux/neighbour.h>).
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
@@ -59,31 +57,18 @@ def link_is_up(name: str) -> bool:
     return bool(flags & IFF_UP and flags & IFF_RUNNING)
 
 
-def parse_link_messages(data: bytes) -> list[tuple[int, bool]]:
-    """(interface index, up) of each RTM_NEWLINK in a netlink datagram."""
-    found = []
-    for kind, _, body, end in messages(data):
-        if kind == RTM_NEWLINK and body + IFINFOMSG.size <= end:
-            _, _, index, flags, _ = IFINFOMSG.unpack_from(data, body)
-            found.append((index, bool(flags & IFF_UP and flags & IFF_LOWER_UP)))
-    return found
-
-
 class LinkWatcher:
     """Link up/down events of every interface, from an rtnetlink socket on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self.sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE
-        )
-        self.sock.bind((0, RTMGRP_LINK))
+        self.netlink = NetlinkSocket(NETLINK_ROUTE, groups=RTMGRP_LINK, timeout=None)
         self.listeners: list[LinkListener] = []
         self._waiters: dict[int, list[asyncio.Future[float]]] = {}
         self._state: dict[int, bool] = {}
         self.up_since: dict[int, float] = {}
         """Loop time each interface last came up, as reported."""
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.loop.add_reader(self.netlink.fileno(), self._readable)
 
     async def wait_up(self, name: str, timeout: float) -> float:
         """Return when ``name`` has link (at once if it has); the loop time it came up."""
@@ -103,15 +88,15 @@ class LinkWatcher:
     def _readable(self) -> None:
         while True:
             try:
-                data = self.sock.recv(65536)
+                messages = self.netlink.receive()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:  # ENOBUFS: events lost; states are read anew
                 log.warning("link events: %s", error.strerror)
                 return
             now = self.loop.time()
-            for index, up in parse_link_messages(data):
-                self._changed(index, up, now)
+            for event in link_events(messages):
+                self._changed(event.index, event.up, now)
 
     def _changed(self, index: int, up: bool, now: float) -> None:
         if up:
@@ -133,8 +118,8 @@ class LinkWatcher:
             listener(name, up)
 
     def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.loop.remove_reader(self.netlink.fileno())
+        self.netlink.close()
 
 
 class AddressMover:
@@ -226,15 +211,11 @@ class AddressMover:
         return None
 
     def flush_failed_neighbours(self, index: int) -> None:
-        for entry in self.netlink.call("get_neighbours", ifindex=index):
-            if entry["state"] & (NUD_FAILED | NUD_INCOMPLETE):
+        for entry in self.netlink.neighbours(index):
+            if entry.state & (NUD_FAILED | NUD_INCOMPLETE) and entry.dst is not None:
                 with contextlib.suppress(Exception):
                     self.netlink.call(
-                        "neigh",
-                        "del",
-                        ifindex=index,
-                        dst=entry.get_attr("NDA_DST"),
-                        family=entry["family"],
+                        "neigh", "del", ifindex=index, dst=entry.dst, family=entry.family
                     )
 
     def _index(self, interface: str) -> int:

@@ -228,7 +228,8 @@ def pull_attributes(data: bytes, offset: int = 0, end: int | None = None) -> Att
         length, kind = NLA_HEADER.unpack_from(data, offset)
         if length < NLA_HEADER.size or offset + length > end:
             break
-        found.append((kind & NLA_TYPE_MASK, bytes(data[offset + NLA_HEADER.size : offset + length])))
+        payload = bytes(data[offset + NLA_HEADER.size : offset + length])
+        found.append((kind & NLA_TYPE_MASK, payload))
         offset += align(length)
     return Attributes(tuple(found))
 

@@ -18,6 +18,7 @@ path; it is there for diagnostics and tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import importlib
 import inspect
@@ -53,7 +54,7 @@ class Netlink:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``IPRoute.method(*args, **kwargs)``; outside an event loop only when it is not
         built here (inside one, :class:`Unsupported`: use :meth:`acall`)."""
-        with _built_here():
+        with contextlib.suppress(Unsupported):
             return self._fast(method, *args, **kwargs)
         if _loop_running():
             raise Unsupported(f"{method} {args}: not built here; acall it inside the loop")
@@ -64,7 +65,7 @@ class Netlink:
     async def acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """:meth:`call` inside the event loop: what is not built here goes to a
         short-lived ``AsyncIPRoute`` (a dump comes back as a list)."""
-        with _built_here():
+        with contextlib.suppress(Unsupported):
             return self._fast(method, *args, **kwargs)
         async with importlib.import_module("pyroute2").AsyncIPRoute() as ipr:
             result = getattr(ipr, method)(*args, **kwargs)
@@ -97,16 +98,6 @@ class Netlink:
         if self.pyroute2 is not None:
             self.pyroute2.close()
             self.pyroute2 = None
-
-
-class _built_here:
-    """Swallows :class:`Unsupported`, so that the caller goes on to pyroute2."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, Unsupported)
 
 
 def _loop_running() -> bool:

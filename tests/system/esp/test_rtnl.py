@@ -1,4 +1,5 @@
-"""mpa_ike.io.rtnl: the requests the kernel carries out, read back with ``ip -j``.
+"""mpa_ike.io.netlink and rtnl: the codec, and the requests the kernel carries out, read
+back with ``ip -j``.
 
 The namespace tests need root; they skip elsewhere and fail when CI=true.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.esp.test_userspace_netns import require_netns
 
 from mpa_harness.netns import Netns, add_veth, netns
-from mpa_ike.io import rtnl
+from mpa_ike.io import netlink, rtnl
+from tests.system.esp.test_userspace_netns import require_netns
 
 NODE = str(Path(__file__).resolve().parent / "rtnl_node.py")
 
@@ -26,26 +27,48 @@ NODE = str(Path(__file__).resolve().parent / "rtnl_node.py")
 
 
 def _message(kind: int, seq: int, body: bytes) -> bytes:
-    return rtnl.NLMSG_HEADER.pack(rtnl.NLMSG_HEADER.size + len(body), kind, 0, seq, 0) + body
+    return netlink.push_message(netlink.Message(kind, 0, seq, 0, body))
 
 
-def test_parse_ack_finds_its_sequence_among_others() -> None:
-    other = _message(rtnl.NLMSG_ERROR, 6, struct.pack("=i", -errno.EEXIST) + bytes(16))
-    mine = _message(rtnl.NLMSG_ERROR, 7, struct.pack("=i", -errno.ESRCH) + bytes(16))
-    assert rtnl.parse_ack(other + mine, 7) == errno.ESRCH
-    assert rtnl.parse_ack(other, 7) is None
-    done = _message(rtnl.NLMSG_ERROR, 7, struct.pack("=i", 0) + bytes(16))
-    assert rtnl.parse_ack(done, 7) == 0
+def _error(seq: int, err: int) -> bytes:
+    return _message(netlink.NLMSG_ERROR, seq, struct.pack("=i", -err) + bytes(16))
 
 
-def test_parse_ack_stops_at_a_broken_header() -> None:
-    broken = rtnl.NLMSG_HEADER.pack(3, rtnl.NLMSG_ERROR, 0, 7, 0) + bytes(8)
-    assert rtnl.parse_ack(broken, 7) is None
+def test_messages_of_a_datagram_stop_at_a_broken_header() -> None:
+    data = _error(6, errno.EEXIST) + _error(7, errno.ESRCH)
+    assert [(m.kind, m.seq) for m in netlink.pull_messages(data)] == [(2, 6), (2, 7)]
+    broken = netlink.NLMSG_HEADER.pack(3, netlink.NLMSG_ERROR, 0, 7, 0) + bytes(8)
+    assert list(netlink.pull_messages(data[:36] + broken)) == list(netlink.pull_messages(data))[:1]
+
+
+def test_error_and_its_extended_ack() -> None:
+    ack = next(netlink.pull_messages(_error(7, 0)))
+    assert netlink.pull_error(ack) == (0, "")
+    text = b"prefix length too long\0"
+    tlv = netlink.push_attribute(netlink.NLMSGERR_ATTR_MSG, text)
+    flags = netlink.NLM_F_CAPPED | netlink.NLM_F_ACK_TLVS
+    request = netlink.NLMSG_HEADER.pack(64, rtnl.RTM_NEWADDR, 0x605, 9, 0)
+    body = struct.pack("=i", -errno.EINVAL) + request + tlv
+    refusal = netlink.Message(netlink.NLMSG_ERROR, flags, 9, 0, body)
+    assert netlink.pull_error(refusal) == (errno.EINVAL, "prefix length too long")
+    error = rtnl.RtnlError(errno.EINVAL, rtnl.RTM_NEWADDR, "prefix length too long", "addr")
+    assert error.code == error.errno == errno.EINVAL
+    assert "RTM_NEWADDR failed" in str(error) and "prefix length" in str(error)
+
+
+def test_attributes_nested_and_truncated() -> None:
+    inner = netlink.push_u32(1, 7) + netlink.push_attribute(2, b"ab")
+    data = netlink.push_nested(5, [inner]) + netlink.push_u8(6, 1)
+    attrs = netlink.pull_attributes(data)
+    assert attrs.kinds() == [5, 6]
+    nested = attrs.nested(5)
+    assert nested is not None and nested.u32(1) == 7 and nested.get(2) == b"ab"
+    assert netlink.pull_attributes(data[:-4]).kinds() == [5]  # the last one cut short
 
 
 def test_unknown_requests_and_arguments_are_left_to_pyroute2() -> None:
     with pytest.raises(rtnl.Unsupported):
-        rtnl.build("link", "set", {"index": 1})
+        rtnl.build("link", "add", {"index": 1})
     with pytest.raises(rtnl.Unsupported):
         rtnl.build("route", "add", {"dst": "10.0.0.0/8", "oif": 1, "gateway": "10.0.0.1"})
     with pytest.raises(rtnl.Unsupported):
@@ -53,30 +76,50 @@ def test_unknown_requests_and_arguments_are_left_to_pyroute2() -> None:
 
 
 def test_route_request_layout() -> None:
-    kind, flags, body = rtnl.build(
+    request = rtnl.build(
         "route", "add", {"dst": "10.9.0.0/24", "oif": 5, "table": 1000, "prefsrc": "10.2.0.1"}
     )
-    assert kind == rtnl.RTM_NEWROUTE and flags == rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
-    family, dst_len, _, _, table, protocol, scope, rtype, _ = rtnl.RTMSG.unpack_from(body)
-    assert (family, dst_len, table) == (socket.AF_INET, 24, rtnl.RT_TABLE_COMPAT)
-    assert (protocol, scope, rtype) == (rtnl.RTPROT_BOOT, rtnl.RT_SCOPE_LINK, rtnl.RTN_UNICAST)
-    attrs = rtnl.parse_attributes(body, rtnl.RTMSG.size, len(body))
-    assert attrs[rtnl.RTA_DST] == bytes([10, 9, 0, 0])
-    assert struct.unpack("=I", attrs[rtnl.RTA_TABLE]) == (1000,)
-    assert struct.unpack("=I", attrs[rtnl.RTA_OIF]) == (5,)
-    assert attrs[rtnl.RTA_PREFSRC] == bytes([10, 2, 0, 1])
+    assert request.kind == rtnl.RTM_NEWROUTE
+    assert request.flags == netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
+    head = rtnl.RtMsg.pull(request.body)
+    assert (head.family, head.dst_len, head.table) == (socket.AF_INET, 24, rtnl.RT_TABLE_COMPAT)
+    assert (head.protocol, head.scope, head.type) == (
+        rtnl.RTPROT_BOOT,
+        rtnl.RT_SCOPE_LINK,
+        rtnl.RTN_UNICAST,
+    )
+    attrs = request.attributes(rtnl.RtMsg.LAYOUT.size)
+    assert attrs.get(rtnl.RTA_DST) == bytes([10, 9, 0, 0])
+    assert attrs.u32(rtnl.RTA_TABLE) == 1000
+    assert attrs.u32(rtnl.RTA_OIF) == 5
+    assert attrs.get(rtnl.RTA_PREFSRC) == bytes([10, 2, 0, 1])
 
 
-def test_parse_addresses_of_a_dump() -> None:
+def test_link_request_layout() -> None:
+    request = rtnl.build("link", "set", {"index": 4, "state": "up", "mtu": 1400})
+    head = rtnl.IfInfoMsg.pull(request.body)
+    assert (request.kind, head.index, head.flags, head.change) == (rtnl.RTM_NEWLINK, 4, 1, 1)
+    assert request.attributes(rtnl.IfInfoMsg.LAYOUT.size).u32(rtnl.IFLA_MTU) == 1400
+
+
+def test_address_entries_and_link_events() -> None:
     def address(index: int, raw: bytes) -> bytes:
         family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
-        body = rtnl.IFADDRMSG.pack(family, 32, 0, 0, index) + rtnl.attribute(rtnl.IFA_ADDRESS, raw)
-        return _message(rtnl.RTM_NEWADDR, 9, body)
+        head = rtnl.IfAddrMsg(family, 32, 0, 0, index).push()
+        return head + netlink.push_attribute(rtnl.IFA_ADDRESS, raw)
 
-    part = address(2, bytes([10, 0, 0, 1])) + address(3, bytes(15) + b"\x01")
-    assert rtnl.parse_addresses(part, 9) == ([(2, "10.0.0.1"), (3, "::1")], False)
-    assert rtnl.parse_addresses(_message(rtnl.NLMSG_DONE, 9, bytes(4)), 9) == ([], True)
-    assert rtnl.parse_addresses(address(2, b"\x01\x02"), 9) == ([], False)
+    entry = rtnl.AddressEntry.pull(address(3, bytes(15) + b"\x01"))
+    assert entry == rtnl.AddressEntry(3, socket.AF_INET6, 32, "::1")
+    assert rtnl.AddressEntry.pull(address(2, b"\x01\x02")) is None
+    up = rtnl.IfInfoMsg(index=2, flags=rtnl.IFF_UP | rtnl.IFF_LOWER_UP).push()
+    down = rtnl.IfInfoMsg(index=3, flags=rtnl.IFF_UP).push()
+    messages = [
+        netlink.Message(rtnl.RTM_NEWLINK, body=up),
+        netlink.Message(rtnl.RTM_NEWADDR, body=address(2, bytes(4))),
+        netlink.Message(rtnl.RTM_NEWLINK, body=down),
+        netlink.Message(rtnl.RTM_NEWLINK, body=up[:8]),  # cut short: skipped
+    ]
+    assert rtnl.link_events(messages) == [rtnl.LinkEvent(2, True), rtnl.LinkEvent(3, False)]
 
 
 # -- in a namespace --------------------------------------------------------------------

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from xfrm_samples import params_cbc_sha256_v4, params_gcm_v6
 
 from mpa_harness.netns import Netns
 from mpa_ike.datapath import ChildSaParams
 from mpa_ike.io import xfrm
 from mpa_ike.io.xfrm import XFRM_MSG_NEWSA, XFRM_POLICY_OUT, XfrmDatapath, XfrmError
+from tests.unit.xfrm.xfrm_samples import params_cbc_sha256_v4, params_gcm_v6
 
 pytestmark = pytest.mark.netns
 
