@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import guards
 from .netns import Netns
 from .pki import Credential
 
@@ -380,14 +381,7 @@ def charon_available() -> str | None:
 
 def require_charon() -> None:
     """Skip the calling test when charon cannot run; fail instead when ``CI=true``."""
-    import pytest
-
-    reason = charon_available()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but charon unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
+    guards.require(charon_available(), "charon")
 
 
 def charon_version() -> str:

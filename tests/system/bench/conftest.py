@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
-from tests.system.testbed.conftest import netns_unavailable as testbed_unavailable
-
-
-def netns_unavailable() -> str | None:
-    """Why the benchmark's testbed cannot be built here, or None."""
-    reason = testbed_unavailable()
-    if reason is None and shutil.which("tcpdump") is None:
-        return "needs tcpdump"
-    return reason
+from mpa_harness import guards
 
 
 @pytest.fixture(scope="session")
 def netns_env() -> None:
-    """Skip when the testbed cannot be built; fail instead when CI=true."""
-    reason = netns_unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but the testbed cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
+    """Skip when the benchmark's testbed cannot be built; fail instead when CI=true."""
+    reason = guards.namespaces_unavailable()
+    if reason is None and shutil.which("tcpdump") is None:
+        reason = "needs tcpdump"
+    guards.require(reason, "the handover benchmark")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mpa_harness import guards
 from mpa_harness.netns import TwoHosts, two_hosts
 from mpa_harness.pki import Credential, KeyType, make_ca, make_cert
 from tests.unit.service.servicehelp import DELETE, Daemon, cli, edited, write_yaml
@@ -38,12 +38,7 @@ ESP = "aes128-sha256"
 @pytest.fixture
 def netns_env() -> None:
     """Namespaces need root: skip without it, as the charon tests do (fail when CI=true)."""
-    if os.geteuid() == 0:
-        return
-    reason = "mpa-mobile vs mpa-gateway in namespaces needs root"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    pytest.skip(reason)
+    guards.require(guards.namespaces_unavailable(), "mpa-mobile vs mpa-gateway")
 
 
 def gateway_yaml(

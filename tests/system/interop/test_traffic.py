@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mpa_harness import guards
 from mpa_harness.charon import Charon, ChildSa
 from mpa_harness.netns import Netns, TwoHosts, add_veth, netns, two_hosts
 from mpa_harness.pcap import capture, classify, read_udp
@@ -63,12 +63,7 @@ KEY: KeyType = "ecdsa"
 @pytest.fixture
 def traffic_env() -> None:
     """Namespaces and TUN devices need root: skip without it, fail when CI=true."""
-    if os.geteuid() == 0 and Path("/dev/net/tun").exists():
-        return
-    reason = "traffic tests need root (network namespaces, TUN devices)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    pytest.skip(reason)
+    guards.require(guards.namespaces_unavailable(), "the traffic tests")
 
 
 # --------------------------------------------------------------------------- topology

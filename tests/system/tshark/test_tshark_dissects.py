@@ -29,6 +29,7 @@ import pytest
 from tshark_pcap import NON_ESP_MARKER, UdpPacket, write_pcap
 
 from mpa_bench.samples import SampleExchange, build_exchange
+from mpa_harness import guards
 from mpa_ike.wire import (
     AuthPayload,
     ConfigurationPayload,
@@ -112,10 +113,7 @@ def tshark() -> str:
         reason = _install_tshark()
         path = shutil.which("tshark")
         if path is None:
-            message = reason or "tshark not found after installing it"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            guards.require(reason or "tshark not found after installing it", "tshark")
     return path
 
 
