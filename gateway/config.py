@@ -14,9 +14,7 @@ from gateway.cli import DEFAULT_CONTROL_SOCKET
 from mpa_ike.errors import ConfigError
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
-    DATAPATHS,
     DEFAULT_PROPOSALS,
-    LOG_LEVELS,
     Endpoint,
     IPAddress,
     IPNetwork,
@@ -24,6 +22,7 @@ from mpa_ike.node.config import (
     address,
     boolean,
     choice,
+    daemon_keys,
     disjoint_networks,
     endpoint,
     integer,
@@ -35,7 +34,6 @@ from mpa_ike.node.config import (
     psk,
     readable_file,
     secret,
-    socket_path,
     string,
 )
 
@@ -106,15 +104,11 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         dns=top.optional("dns", list_of(address, non_empty=False), ()),
         local_ts=top.optional("local_ts", list_of(network), FULL_TUNNEL),
         eap=top.required("eap", _eap),
-        control_socket=top.optional(
-            "control_socket", socket_path(base_dir), DEFAULT_CONTROL_SOCKET
-        ),
-        datapath=top.optional("datapath", choice(*DATAPATHS), "auto"),
         mobike=top.optional("mobike", _mobike, MobikeConfig()),
         half_open_threshold=top.optional(
             "half_open_threshold", integer(0, 1_000_000), DEFAULT_HALF_OPEN_THRESHOLD
         ),
-        log_level=top.optional("log_level", choice(*LOG_LEVELS), "info"),
+        **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
     return config

@@ -14,14 +14,13 @@ from types import MappingProxyType
 from mobile.cli import DEFAULT_CONTROL_SOCKET
 from mpa_ike.errors import ConfigError
 from mpa_ike.node.config import (
-    DATAPATHS,
     DEFAULT_PROPOSALS,
-    LOG_LEVELS,
     Endpoint,
     IPNetwork,
     Section,
     boolean,
     choice,
+    daemon_keys,
     endpoint,
     interface_name,
     list_of,
@@ -32,7 +31,6 @@ from mpa_ike.node.config import (
     psk,
     readable_file,
     secret,
-    socket_path,
     string,
 )
 
@@ -89,11 +87,7 @@ def parse_config(data: object, base_dir: Path) -> MobileConfig:
         identity=top.required("identity", string),
         eap=top.required("eap", _eap),
         gateways=top.required("gateways", lambda value, path: _gateways(value, path, base_dir)),
-        control_socket=top.optional(
-            "control_socket", socket_path(base_dir), DEFAULT_CONTROL_SOCKET
-        ),
-        datapath=top.optional("datapath", choice(*DATAPATHS), "auto"),
-        log_level=top.optional("log_level", choice(*LOG_LEVELS), "info"),
+        **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
     return config

@@ -361,3 +361,12 @@ def read_control_socket(file: Path, default: Path) -> Path:
     """
     section = Section(load_yaml(file), "")
     return section.optional("control_socket", socket_path(file.absolute().parent), default)
+
+
+def daemon_keys(top: Section, base_dir: Path, default_socket: Path) -> dict[str, Any]:
+    """The keys every daemon's file has: ``control_socket``, ``datapath``, ``log_level``."""
+    return {
+        "control_socket": top.optional("control_socket", socket_path(base_dir), default_socket),
+        "datapath": top.optional("datapath", choice(*DATAPATHS), "auto"),
+        "log_level": top.optional("log_level", choice(*LOG_LEVELS), "info"),
+    }
