@@ -1,4 +1,4 @@
-"""What a test needs of this machine: skip where it is missing, fail where it must run.
+"""What a test needs of the host: skip where it is missing, fail where it must run.
 
 Tests that need root, network namespaces, charon, FreeRADIUS or the UML kernel skip with
 the reason elsewhere, but never in CI: with ``CI=true`` a missing piece is a failure.

@@ -1,4 +1,4 @@
-"""mpa-gateway's MOBIKE checks (RFC 4555 §3.5, §3.9; issue 5) at daemon level.
+"""mpa-gateway's MOBIKE checks (RFC 4555 §3.5, §3.9) at daemon level.
 
 A real ``mpa-gateway`` (userspace datapath, pool 10.77.0.128/25, ``mobike:
 {address_policy: allocated}``) runs in its own namespace; the mobile node is our

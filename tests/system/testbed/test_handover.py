@@ -5,7 +5,7 @@ a 1 ms probe flow runs between the correspondent and the nCoA through the proact
 handover tunnel, then A goes down and B comes up: ``mpa-mobile handover`` moves the
 nCoA onto the B interface and sends one UPDATE_SA_ADDRESSES, and the flow goes on over
 the same SAs. Outage figures come from ``mpa-bench handover``; here the bound is loose
-(a shared 2-core machine), the point is that the flow survives and what moved.
+(a shared, loaded host), the point is that the flow survives and what moved.
 """
 
 from __future__ import annotations
