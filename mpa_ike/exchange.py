@@ -162,9 +162,7 @@ class Exchanges:
     def _seal(self, header: IkeHeader, payloads: Sequence[Payload]) -> list[bytes]:
         assert self._ciphers is not None
         cipher = self._ciphers.outbound(self._sa.is_initiator)
-        return seal_message(
-            header, payloads, cipher, max_message_size=self._sa.max_message_size()
-        )
+        return seal_message(header, payloads, cipher, max_message_size=self._sa.max_message_size())
 
     # ------------------------------------------------------------------
     # Our requests

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from mpa_ike.address_policy import AddressCheck, AddressPolicy
 from mpa_ike.certificates import CertificateCredential
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.config_payload import AddressAllocator
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.eap import EapType
 from mpa_ike.errors import ConfigError
-from mpa_ike.address_policy import AddressCheck, AddressPolicy
 from mpa_ike.retransmit import UPDATE_RETRANSMIT, RetransmitPolicy
 from mpa_ike.wire import IPAddress
 

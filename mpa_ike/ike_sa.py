@@ -21,8 +21,8 @@ Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
     HDR, SK{AUTH}  -->
                       <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE)}
 
-Once established (:mod:`mpa_ike.mobike` and :mod:`mpa_ike.rekey` hold these
-exchanges, as functions of the IkeSa they run on)::
+Once established (:class:`mpa_ike.mobike.Mobike` and :class:`mpa_ike.rekey.Rekey`
+hold these exchanges, objects of their own that the IkeSa owns)::
 
     HDR, SK{N(UPDATE_SA_ADDRESSES), N(NAT-D)x2, [N(NO_NATS_ALLOWED)], N(COOKIE2)}  -->
                       <--  HDR, SK{N(NAT-D)x2, N(COOKIE2)}  (or N(UNACCEPTABLE_ADDRESSES))
@@ -34,13 +34,10 @@ exchanges, as functions of the IkeSa they run on)::
 A rekeyed IKE SA hands its CHILD SAs and lease to a new :class:`IkeSa`
 (:meth:`IkeSa.take_successors`, filed by the endpoint) and ends quietly.
 
-Which handler takes a message is decided by the table ``_HANDLERS``
-(role, state, exchange) -> handler, h11 style; a message with no entry is
-dropped and counted. Message IDs (§2.2): ``_my_next_id`` for our requests,
-``_peer_next_id`` for the peer's; window 1 each way (§2.3), so a peer request
-is answered while ours is outstanding. Only our own requests are
-retransmitted (§2.1); a retransmitted peer request gets the stored response,
-all fragments of it.
+Which handler takes a message is decided by the table ``HANDLERS``
+(role, state, exchange) -> :class:`RequestKind`, h11 style; a message with no
+entry is dropped and counted. Message IDs, the window, retransmission and the
+response cache are :class:`mpa_ike.exchange.Exchanges`'.
 """
 
 from __future__ import annotations
@@ -49,12 +46,19 @@ import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
-from mpa_ike import mobike as mobike_exchanges
-from mpa_ike import rekey as rekey_exchanges
+from mpa_ike.address_policy import IkeSaInfo
 from mpa_ike.certificates import certreq_payload, signature_method, verify_peer_certificate
+from mpa_ike.child_negotiation import Selectors, accept_child
 from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params, without_key_exchange
-from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
+from mpa_ike.config_payload import (
+    AddressAllocator,
+    build_reply,
+    build_request,
+    parse_reply,
+    parse_request,
+)
 from mpa_ike.constants import (
     IKE_PORT,
     NAT_T_PORT,
@@ -80,11 +84,11 @@ from mpa_ike.crypto.auth import (
 from mpa_ike.crypto.dh import KeyExchange, generate_key_exchange
 from mpa_ike.crypto.keys import IkeKeys
 from mpa_ike.crypto.proposal import ProposalSpec
-from mpa_ike.crypto.sk import SkCipher, SkCipherPair, sk_cipher_pair
+from mpa_ike.crypto.sk import sk_cipher_pair
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.eap import EapPeer, EapResult, EapServer
-from mpa_ike.errors import CodecError, IkeError, IntegrityError, RemoteProtocolError
+from mpa_ike.errors import IkeError, IntegrityError, RemoteProtocolError
 from mpa_ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -93,9 +97,11 @@ from mpa_ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     LeaseReleased,
     LivenessConfirmed,
 )
+from mpa_ike.exchange import Exchanges, RequestHandler
 from mpa_ike.identity import Identity, identity_of, parse_identity
 from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa_common import (
@@ -115,20 +121,12 @@ from mpa_ike.ike_sa_common import (
     natd,
     protocol_error,
 )
-from mpa_ike.mobike import (
-    IkeSaInfo,
-)
-from mpa_ike.protection import Reassembler, seal_message
-from mpa_ike.rekey import (
-    IkeCollision,
-    IkeRekey,
-    PeerChildRekey,
-)
-from mpa_ike.retransmit import RetransmitPolicy, Retransmitter, TimerAction
+from mpa_ike.mobike import Mobike, additional_address_notifies, cookie2_echo
+from mpa_ike.rekey import REKEYED_IKE_SA_GRACE, Rekey, Successor
+from mpa_ike.retransmit import RetransmitPolicy
 from mpa_ike.sa_payload import answer, check_answer, sa_payload, select
 from mpa_ike.traffic_selectors import (
     acceptable_answer,
-    narrow,
     selector_for_address,
     selectors_for_networks,
 )
@@ -138,8 +136,6 @@ from mpa_ike.wire import (
     ConfigurationPayload,
     DeletePayload,
     EapPayload,
-    EncryptedFragmentPayload,
-    EncryptedPayload,
     IdiPayload,
     IdrPayload,
     IkeHeader,
@@ -153,7 +149,6 @@ from mpa_ike.wire import (
     TrafficSelector,
     TsiPayload,
     TsrPayload,
-    parse_message,
     serialize_message,
 )
 from mpa_ike.wire.notify import (
@@ -166,17 +161,38 @@ from mpa_ike.wire.notify import (
 
 __all__ = ["HALF_OPEN_STATES", "ZERO_SPI", "IkeSa", "IkeSaState", "Random"]
 
+IkeConfig = InitiatorConfig | ResponderConfig
 
-@dataclass
-class _Outstanding:
-    """Our request awaiting its response (window 1)."""
 
-    exchange: ExchangeType
-    message_id: int
-    datagrams: list[bytes]
-    retransmitter: Retransmitter
-    on_response: Callable[[Message, float], None]
-    on_give_up: Callable[[float], None]
+class RequestKind(Enum):
+    """Which handler takes a peer's request (see ``HANDLERS``)."""
+
+    FIRST_AUTH = "first IKE_AUTH"  # responder: IDi, CP, SA, TS (§1.2)
+    EAP = "EAP round or final AUTH"  # responder (§2.16)
+    INFORMATIONAL = "INFORMATIONAL"  # DELETE, liveness, MOBIKE (§1.4, RFC 4555)
+    INFORMATIONAL_DURING_SETUP = "INFORMATIONAL before the SA is up"
+    CREATE_CHILD_SA = "CREATE_CHILD_SA"  # §1.3
+
+
+# (role, state, exchange) -> handler of a peer's request. A missing entry drops it.
+HANDLERS: dict[tuple[str, IkeSaState, ExchangeType], RequestKind] = {
+    ("r", IkeSaState.INIT_DONE, ExchangeType.IKE_AUTH): RequestKind.FIRST_AUTH,
+    ("r", IkeSaState.EAP, ExchangeType.IKE_AUTH): RequestKind.EAP,
+}
+for _role in ("i", "r"):
+    for _state in (IkeSaState.ESTABLISHED, IkeSaState.REKEYED, IkeSaState.DELETING):
+        HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = RequestKind.INFORMATIONAL
+        HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = RequestKind.CREATE_CHILD_SA
+for _state in (IkeSaState.EAP, IkeSaState.AUTH_SENT, IkeSaState.EAP_SENT):
+    _role = "r" if _state == IkeSaState.EAP else "i"
+    HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = RequestKind.INFORMATIONAL_DURING_SETUP
+# A peer may ask while its last IKE_AUTH answer to us is still in flight (§2.3).
+HANDLERS[("i", IkeSaState.AUTH_FINAL_SENT, ExchangeType.INFORMATIONAL)] = RequestKind.INFORMATIONAL
+
+
+def new_ike_spi(random: Random) -> bytes:
+    spi = random(8)
+    return spi if spi != ZERO_SPI else b"\x00" * 7 + b"\x01"
 
 
 @dataclass
@@ -197,23 +213,26 @@ class IkeSa:
 
     def __init__(
         self,
-        *,
-        initiator: bool,
-        name: str,
+        config: IkeConfig,
         local: Address,
         remote: Address,
         random: Random,
-        retransmit: RetransmitPolicy,
+        *,
+        initiator: bool,
+        name: str,
+        spi_i: bytes = b"",
+        spi_r: bytes = ZERO_SPI,
+        nonce_i: bytes = b"",
     ) -> None:
         self.is_initiator = initiator
         self.name = name
         self.local = local
         self.remote = remote
+        self._config = config
         self._random = random
-        self._retransmit = retransmit
         self.state = IkeSaState.INITIAL
-        self.spi_i = b""
-        self.spi_r = ZERO_SPI
+        self.spi_i = spi_i
+        self.spi_r = spi_r
         self.counters: Counter[str] = Counter()
         self.children: dict[bytes, ChildSa] = {}
         self.assigned_addresses: tuple[IPAddress, ...] = ()
@@ -225,54 +244,35 @@ class IkeSa:
         self.peer_mobike = False
         self.mobike = False
         self._events: deque[Event] = deque()
-        self._outbox: list[Datagram] = []
-        self._my_next_id = 0
-        self._peer_next_id = 0
-        self._outstanding: _Outstanding | None = None
-        self._queued: deque[Callable[[float], None]] = deque()
-        self._cached_response: tuple[int, list[bytes]] | None = None
-        self._request_reassembler = Reassembler()
-        self._response_reassembler = Reassembler()
-        self._nonce_i = b""
+        self._exchanges = Exchanges(self, config.retransmit, self._give_up)
+        self._mobike = Mobike(self, self._exchanges, random)
+        self._rekey = Rekey(self, self._exchanges, random)
+        self._nonce_i = nonce_i
         self._nonce_r = b""
         self._dh: KeyExchange | None = None
         self._suite: IkeSuite | None = None
         self._keys: IkeKeys | None = None
-        self._ciphers: SkCipherPair | None = None
         self._init_request = b""
         self._init_response = b""
         self._peer_hashes: tuple[HashAlgorithm, ...] = ()
         self._half_open_deadline: float | None = None
-        self._icfg: InitiatorConfig | None = None
-        self._rcfg: ResponderConfig | None = None
         self._eap_peer: EapPeer | None = None
         self._eap_server: EapServer | None = None
         self._auth_request: _AuthRequest | None = None
-        self._offered_ts: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]] = (
-            (),
-            (),
-        )
+        self._offered_ts: tuple[Selectors, Selectors] = ((), ())
         self._init_retries = 0
         self._cookie: bytes | None = None
         self._lease_owner: bytes | None = None
         self._idi: IdiPayload | None = None
-        # Where the answer to the request being handled goes (§2.11: to its source).
-        self._reply_path: tuple[Address, Address] | None = None
-        self._response_path: tuple[Address, Address] = (local, remote)
-        # Rekeying (§2.8, §2.18) and lifetimes.
-        self._ike_rekey_at: float | None = None
-        self._ike_rekey: IkeRekey | None = None
-        self._ike_collision: IkeCollision | None = None
-        self._peer_rekeyed: dict[bytes, PeerChildRekey] = {}
-        self._child_rekeys_out: set[bytes] = set()  # old spi_in of our rekeys in flight
         self._successors: list[IkeSa] = []
         self._superseded = False
-        # MOBIKE (RFC 4555).
-        self._update_cookie: bytes | None = None
-        self._update_queued = False
-        self._update_again = False
-        self.peer_additional_addresses: tuple[IPAddress, ...] = ()
-        self._last_heard = 0.0  # when the peer's last authenticated message came
+        self._handlers: dict[RequestKind, RequestHandler] = {
+            RequestKind.FIRST_AUTH: self._on_first_auth_request,
+            RequestKind.EAP: self._on_eap_request,
+            RequestKind.INFORMATIONAL: self._on_informational_request,
+            RequestKind.INFORMATIONAL_DURING_SETUP: self._on_informational_during_setup,
+            RequestKind.CREATE_CHILD_SA: self._rekey.on_create_child_request,
+        }
 
     # ------------------------------------------------------------------
     # Construction
@@ -281,37 +281,31 @@ class IkeSa:
     def initiator(
         cls, config: InitiatorConfig, local: Address, remote: Address, random: Random
     ) -> IkeSa:
-        sa = cls(
+        spi_i = new_ike_spi(random)
+        nonce_i = random(NONCE_SIZE)
+        return cls(
+            config,
+            local,
+            remote,
+            random,
             initiator=True,
             name=config.name,
-            local=local,
-            remote=remote,
-            random=random,
-            retransmit=config.retransmit,
+            spi_i=spi_i,
+            nonce_i=nonce_i,
         )
-        sa._icfg = config
-        sa.spi_i = sa._new_ike_spi()
-        sa._nonce_i = random(NONCE_SIZE)
-        return sa
 
     @classmethod
     def responder(
         cls, config: ResponderConfig, local: Address, remote: Address, random: Random
     ) -> IkeSa:
-        sa = cls(
-            initiator=False,
-            name=f"{remote[0]}",
-            local=local,
-            remote=remote,
-            random=random,
-            retransmit=config.retransmit,
-        )
-        sa._rcfg = config
-        return sa
+        return cls(config, local, remote, random, initiator=False, name=f"{remote[0]}")
 
-    def _new_ike_spi(self) -> bytes:
-        spi = self._random(8)
-        return spi if spi != ZERO_SPI else b"\x00" * 7 + b"\x01"
+    def new_ike_spi(self) -> bytes:
+        return new_ike_spi(self._random)
+
+    @property
+    def config(self) -> IkeConfig:
+        return self._config
 
     @property
     def local_spi(self) -> bytes:
@@ -321,11 +315,11 @@ class IkeSa:
     @property
     def last_response(self) -> tuple[int, list[bytes]] | None:
         """(Message ID, datagrams) of the last answer to a peer request, for §2.1 resends."""
-        return self._cached_response
+        return self._exchanges.last_response
 
     @property
     def retransmit_policy(self) -> RetransmitPolicy:
-        return self._retransmit
+        return self._exchanges.policy
 
     @property
     def closed(self) -> bool:
@@ -335,35 +329,50 @@ class IkeSa:
     def established(self) -> bool:
         return self.state in LIVE_STATES
 
+    @property
+    def encap(self) -> bool:
+        """ESP in UDP: a NAT on the path, either side (§2.23)."""
+        return self.nat_local or self.nat_remote
+
+    @property
+    def peer_additional_addresses(self) -> tuple[IPAddress, ...]:
+        """The peer's other addresses, as last announced (RFC 4555 §3.4, §3.6)."""
+        return self._mobike.peer_addresses
+
+    @property
+    def peer_hash_algorithms(self) -> tuple[HashAlgorithm, ...]:
+        """What the peer's SIGNATURE_HASH_ALGORITHMS announced (RFC 7427 §4)."""
+        return self._peer_hashes
+
+    @property
+    def dh_group(self) -> int:
+        """The key exchange group of the IKE SA's suite."""
+        assert self._suite is not None
+        return int(self._suite.dh_group)
+
     # ------------------------------------------------------------------
     # Outputs (aioquic style)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        out, self._outbox = self._outbox, []
-        return out
+        return self._exchanges.datagrams_to_send()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        deadlines = [self._half_open_deadline]
-        if self._outstanding is not None:
-            deadlines.append(self._outstanding.retransmitter.deadline)
+        deadlines = [self._half_open_deadline, self._exchanges.deadline]
         if self.state == IkeSaState.ESTABLISHED:
-            deadlines.append(self._ike_rekey_at)
+            deadlines += self._rekey.deadlines()
             deadlines.append(self._liveness_deadline())
-            deadlines += [
-                c.rekey_at for c in self.children.values() if c.state == ChildSaState.INSTALLED
-            ]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
     def _liveness_deadline(self) -> float | None:
         """When to check the quiet peer's liveness (Lifetimes.liveness_interval)."""
-        interval = rekey_exchanges.lifetimes_of(self).liveness_interval
-        if interval is None or self._outstanding is not None or self._queued:
+        interval = self._config.lifetimes.liveness_interval
+        if interval is None or not self._exchanges.idle:
             return None
-        return self._last_heard + interval
+        return self._exchanges.last_heard + interval
 
     def snapshot(self) -> dict[str, object]:
         """Status for ``mpa-gateway status`` / ``mpa-mobile status``."""
@@ -379,16 +388,13 @@ class IkeSa:
             "address": str(self.assigned_addresses[0]) if self.assigned_addresses else None,
             "addresses": [str(a) for a in self.assigned_addresses],
             "mobike": self.mobike,
-            "nat": self.nat_local or self.nat_remote,
+            "nat": self.encap,
             "peer_addresses": [str(a) for a in self.peer_additional_addresses],
             "child_sas": [child.snapshot() for child in self.children.values()],
         }
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
         self._events.append(event)
-
-    def _send(self, datagrams: Sequence[bytes]) -> None:
-        self._outbox.extend(Datagram(d, self.local, self.remote) for d in datagrams)
 
     # ------------------------------------------------------------------
     # Timers
@@ -397,35 +403,16 @@ class IkeSa:
         if self._half_open_deadline is not None and now >= self._half_open_deadline:
             self._close_failed("half-open IKE SA timed out", None, now)
             return
-        rekey_exchanges.lifetime_timers(self, now)
+        self._rekey.handle_timer(now)
         liveness = self._liveness_deadline()
         if liveness is not None and now >= liveness and self.state == IkeSaState.ESTABLISHED:
             self.counters["liveness_checks"] += 1
             self.check_liveness(now)
-        outstanding = self._outstanding
-        if outstanding is None:
-            return
-        action = outstanding.retransmitter.on_timer(now)
-        if action == TimerAction.RETRANSMIT:
-            self.counters["retransmitted"] += 1
-            self._send(outstanding.datagrams)
-        elif action == TimerAction.GIVE_UP:
-            self._outstanding = None
-            outstanding.on_give_up(now)
+        self._exchanges.handle_timer(now)
 
-    # ------------------------------------------------------------------
-    # Sending requests and responses
-
-    def _header(self, exchange: ExchangeType, message_id: int, response: bool) -> IkeHeader:
-        flags = HeaderFlag.INITIATOR if self.is_initiator else 0
-        if response:
-            flags |= HeaderFlag.RESPONSE
-        return IkeHeader(self.spi_i, self.spi_r, exchange, int(flags), message_id)
-
-    def _max_message_size(self) -> int | None:
+    def max_message_size(self) -> int | None:
         """RFC 7383 §2.5.1: fragment only when both sides announced support."""
-        config = self._icfg or self._rcfg
-        assert config is not None
+        config = self._config
         if not (config.fragmentation and self.peer_fragmentation):
             return None
         overhead = IP_HEADER[ip_of(self.remote).version] + UDP_HEADER
@@ -433,78 +420,9 @@ class IkeSa:
             overhead += NON_ESP_MARKER_SIZE
         return config.fragment_size - overhead
 
-    def _seal(self, header: IkeHeader, payloads: Sequence[Payload]) -> list[bytes]:
-        assert self._ciphers is not None
-        cipher = self._ciphers.outbound(self.is_initiator)
-        return seal_message(header, payloads, cipher, max_message_size=self._max_message_size())
-
-    def _request(
-        self,
-        exchange: ExchangeType,
-        payloads: Sequence[Payload],
-        on_response: Callable[[Message, float], None],
-        now: float,
-        on_give_up: Callable[[float], None] | None = None,
-        retransmit: RetransmitPolicy | None = None,
-    ) -> None:
-        """Send a protected request now, or queue it behind the outstanding one (§2.3);
-        ``retransmit``: a schedule other than the SA's."""
-        if self._outstanding is not None:
-            self._queued.append(
-                lambda later: self._request(
-                    exchange, payloads, on_response, later, on_give_up, retransmit
-                )
-            )
-            return
-        header = self._header(exchange, self._my_next_id, response=False)
-        datagrams = self._seal(header, payloads)
-        self._start_outstanding(
-            exchange, self._my_next_id, datagrams, on_response, now, on_give_up, retransmit
-        )
-
-    def _start_outstanding(
-        self,
-        exchange: ExchangeType,
-        message_id: int,
-        datagrams: list[bytes],
-        on_response: Callable[[Message, float], None],
-        now: float,
-        on_give_up: Callable[[float], None] | None,
-        retransmit: RetransmitPolicy | None = None,
-    ) -> None:
-        self._outstanding = _Outstanding(
-            exchange,
-            message_id,
-            datagrams,
-            Retransmitter(retransmit or self._retransmit, now),
-            on_response,
-            on_give_up or self._give_up,
-        )
-        self._send(datagrams)
-
     def _give_up(self, now: float) -> None:
         """RFC 7296 §2.4: no answer after the last retransmission: the SA is dead."""
         self._close_failed("peer not responding (retransmissions exhausted)", None, now)
-
-    def _finish_exchange(self, now: float) -> None:
-        """Our request got its answer: next Message ID, then the next queued request."""
-        self._outstanding = None
-        self._my_next_id += 1
-        self._next_queued(now)
-
-    def _next_queued(self, now: float) -> None:
-        """Send the next queued request; one that is no longer due passes the turn on."""
-        if self._queued and not self.closed and self._outstanding is None:
-            self._queued.popleft()(now)
-
-    def _respond(self, request: IkeHeader, payloads: Sequence[Payload]) -> None:
-        """Answer the peer's request and keep the answer for its retransmissions (§2.1)."""
-        header = self._header(request.exchange_type, request.message_id, response=True)
-        datagrams = self._seal(header, payloads)
-        self._cached_response = (request.message_id, datagrams)
-        self._peer_next_id = request.message_id + 1
-        local, remote = self._reply_path or (self.local, self.remote)
-        self._outbox.extend(Datagram(d, local, remote) for d in datagrams)
 
     # ------------------------------------------------------------------
     # Receiving
@@ -520,113 +438,26 @@ class IkeSa:
             return
         try:
             if header.is_response:
-                self._receive_response(data, header, src, dst, now)
+                self._exchanges.receive_response(
+                    data, header, src, dst, now, self._on_init_response
+                )
             else:
-                self._receive_request(data, header, src, dst, now)
+                self._exchanges.receive_request(data, header, src, dst, now, self._handler_for)
         except IntegrityError:
             self.counters["dropped_integrity"] += 1  # §2.21.1: drop silently
         except IkeError:
             self.counters["dropped_invalid"] += 1
 
-    def _receive_response(
-        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
-    ) -> None:
-        outstanding = self._outstanding
-        if (
-            outstanding is None
-            or header.message_id != outstanding.message_id
-            or header.exchange_type != outstanding.exchange
-        ):
-            self.counters["dropped_unexpected_response"] += 1
-            return
-        if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            message = parse_message(data)
-            self._on_init_response(message, data, src, dst, now)
-            return
-        message_or_none = self._open(data, self._response_reassembler)
-        if message_or_none is None:
-            return
-        self._response_path = (src, dst)
-        self._last_heard = now
-        outstanding.on_response(message_or_none, now)
-
-    def _open(self, data: bytes, reassembler: Reassembler) -> Message | None:
-        if self._ciphers is None:
-            raise IntegrityError("no keys yet")
-        return reassembler.add(data, self._ciphers.inbound(self.is_initiator))
-
-    def _receive_request(
-        self, data: bytes, header: IkeHeader, src: Address, dst: Address, now: float
-    ) -> None:
-        if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            self.counters["dropped_unexpected_request"] += 1
-            return
-        if header.message_id == self._peer_next_id - 1 and self._cached_response is not None:
-            self._resend_cached(data, src, dst)
-            return
-        if header.message_id != self._peer_next_id:
-            self.counters["dropped_message_id"] += 1
-            return
-        self._check_outer(data)
-        try:
-            message = self._open(data, self._request_reassembler)
-        except CodecError as error:
-            # Authentic but malformed (§2.21.2): answer with the error.
-            self._respond(header, [NotifyPayload(error.notify, data=error.data)])
-            return
-        if message is None:
-            return
-        self._last_heard = now
-        self._dispatch_request(message, src, dst, now)
-
-    @staticmethod
-    def _check_outer(data: bytes) -> None:
-        """Reject, before any ICV check, what would fail outside the SK payload.
-
-        Only a CodecError raised after the ICV was verified may be answered
-        (§2.21.2); one about the unprotected part is the peer's or a forger's
-        garbage and is dropped (raised as IntegrityError to be counted so).
-        """
-        try:
-            outer = parse_message(data)
-        except CodecError as error:
-            raise IntegrityError(f"unprotected part malformed: {error}") from None
-        last = outer.payloads[-1] if outer.payloads else None
-        if not isinstance(last, EncryptedPayload | EncryptedFragmentPayload):
-            raise IntegrityError("request without SK payload")
-
-    def _resend_cached(self, data: bytes, src: Address, dst: Address) -> None:
-        """§2.1: a retransmitted request gets the stored response, every fragment of it."""
-        assert self._cached_response is not None
-        message = parse_message(data)
-        last = message.payloads[-1] if message.payloads else None
-        if isinstance(last, EncryptedFragmentPayload) and last.fragment_number != 1:
-            return  # answer a fragmented retransmission once, on its first fragment
-        self.counters["retransmissions_answered"] += 1
-        self._outbox.extend(Datagram(d, dst, src) for d in self._cached_response[1])
-
-    def _dispatch_request(self, message: Message, src: Address, dst: Address, now: float) -> None:
+    def _handler_for(self, message: Message) -> RequestHandler | None:
         role = "i" if self.is_initiator else "r"
-        handler = _HANDLERS.get((role, self.state, message.header.exchange_type))
-        if handler is None:
-            self.counters["dropped_no_handler"] += 1
-            return
-        self._reply_path = (dst, src)
-        try:
-            handler(self, message, src, dst, now)
-        except CodecError as error:
-            # §2.21.2: an authenticated request a handler finds malformed (a REKEY_SA
-            # without SPI, a short COOKIE2) is answered with the error, once.
-            if self._peer_next_id <= message.header.message_id and not self.closed:
-                self._respond(message.header, [NotifyPayload(error.notify, data=error.data)])
-        finally:
-            self._reply_path = None
+        kind = HANDLERS.get((role, self.state, message.header.exchange_type))
+        return self._handlers[kind] if kind is not None else None
 
     def resend_init_response(self, src: Address, dst: Address) -> None:
         """The endpoint saw a retransmitted IKE_SA_INIT request (§2.1)."""
         if self._init_response and not self.closed:
             self.counters["retransmissions_answered"] += 1
-            self._outbox.append(Datagram(self._init_response, dst, src))
+            self._exchanges.send_to(self._init_response, dst, src)
 
     # ------------------------------------------------------------------
     # Closing
@@ -635,34 +466,41 @@ class IkeSa:
         for child in self.children.values():
             if child.state in CHILD_IN_DATAPATH:
                 child.state = ChildSaState.DELETED
-                self._emit(
+                self.emit(
                     ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
                 )
         self._release_lease()
         if not self._superseded:  # a rekeyed IKE SA lives on as its successor (§2.18)
-            self._emit(final)
+            self.emit(final)
         self.state = IkeSaState.CLOSED
-        self._outstanding = None
-        self._queued.clear()
+        self._exchanges.clear()
         self._half_open_deadline = None
 
     def _tell_and_close(self, reason: str, notify: NotifyType) -> None:
         """§2.21.2: tell the peer why (an INFORMATIONAL sent once, as strongSwan does), close."""
-        if self._ciphers is not None and self._outstanding is None:
-            header = self._header(ExchangeType.INFORMATIONAL, self._my_next_id, response=False)
-            self._send(self._seal(header, [NotifyPayload(notify)]))
+        self._exchanges.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(notify)])
         self._close_failed(reason, notify, 0.0)
 
     def _close_failed(self, reason: str, notify: NotifyType | None, now: float) -> None:
         self._close(IkeSaFailed(self.local_spi, self.name, reason, notify), by_peer=False)
 
+    def fail(self, reason: str, now: float) -> None:
+        """The IKE SA has failed (a part of it found the peer misbehaving)."""
+        self._close_failed(reason, None, now)
+
     def _release_lease(self) -> None:
-        if self._lease_owner is None or self._rcfg is None or self._rcfg.allocator is None:
+        allocator = self._allocator
+        if self._lease_owner is None or allocator is None:
             return
-        released = self._rcfg.allocator.release(self._lease_owner)
+        released = allocator.release(self._lease_owner)
         self._lease_owner = None
         if released:
-            self._emit(LeaseReleased(self.local_spi, self.name, tuple(released)))
+            self.emit(LeaseReleased(self.local_spi, self.name, tuple(released)))
+
+    @property
+    def _allocator(self) -> AddressAllocator | None:
+        config = self._config
+        return config.allocator if isinstance(config, ResponderConfig) else None
 
     # ------------------------------------------------------------------
     # Key material
@@ -673,12 +511,7 @@ class IkeSa:
         self._keys = self._suite.derive_keys(
             self._nonce_i, self._nonce_r, self.spi_i, self.spi_r, shared_secret
         )
-        self._ciphers = sk_cipher_pair(self._suite, self._keys, self._random)
-
-    @property
-    def _sk_inbound(self) -> SkCipher:
-        assert self._ciphers is not None
-        return self._ciphers.inbound(self.is_initiator)
+        self._exchanges.protect_with(sk_cipher_pair(self._suite, self._keys, self._random))
 
     def _octets(self, initiator_side: bool, id_body: bytes) -> bytes:
         """InitiatorSignedOctets / ResponderSignedOctets (§2.15)."""
@@ -691,9 +524,15 @@ class IkeSa:
     # ------------------------------------------------------------------
     # NAT detection (§2.23) and fragmentation / hash notifies (RFC 7383, RFC 7427)
 
-    def _natd_notifies(self, spi_r: bytes) -> list[NotifyPayload]:
+    @property
+    def _force_encap(self) -> bool:
+        return isinstance(self._config, InitiatorConfig) and self._config.force_encap
+
+    def natd_notifies(self) -> list[NotifyPayload]:
+        """§2.23: NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for the present path."""
+        spi_r = self.spi_r
         source = natd(self.spi_i, spi_r, self.local)
-        if self._icfg is not None and self._icfg.force_encap:
+        if self._force_encap:
             # strongSwan's encap=yes: a source hash that cannot match claims a NAT.
             source = self._random(len(source))
         return [
@@ -704,12 +543,11 @@ class IkeSa:
         ]
 
     def _capability_notifies(self) -> list[NotifyPayload]:
-        config = self._icfg or self._rcfg
-        assert config is not None
+        config = self._config
         notifies: list[NotifyPayload] = []
         if config.fragmentation:
             notifies.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
-        if self._icfg is None or self._icfg.signature_hash_algorithms:
+        if not isinstance(config, InitiatorConfig) or config.signature_hash_algorithms:
             notifies.append(signature_hash_algorithms_notify(SUPPORTED_HASH_ALGORITHMS))
         return notifies
 
@@ -719,6 +557,10 @@ class IkeSa:
         )
         hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
         self._peer_hashes = read_signature_hash_algorithms(hashes) if hashes else ()
+
+    def detect_nat(self, message: Message, src: Address, dst: Address) -> None:
+        """§2.23 (and RFC 4555 §3.5 on an update): NAT detection for this message."""
+        self._detect_nat(message, self.spi_r, src, dst)
 
     def _detect_nat(self, message: Message, spi_r: bytes, src: Address, dst: Address) -> None:
         """Compare the peer's NAT-D hashes with the addresses the datagram really had."""
@@ -732,7 +574,7 @@ class IkeSa:
             return  # the peer does not do NAT-T
         self.nat_remote = natd(self.spi_i, spi_r, src) not in sources
         self.nat_local = destination.data != natd(self.spi_i, spi_r, dst)
-        if self._icfg is not None and self._icfg.force_encap:
+        if self._force_encap:
             self.nat_local = True
 
     # ==================================================================
@@ -748,13 +590,13 @@ class IkeSa:
 
     @property
     def _initiator_config(self) -> InitiatorConfig:
-        assert self._icfg is not None
-        return self._icfg
+        assert isinstance(self._config, InitiatorConfig)
+        return self._config
 
     @property
     def _responder_config(self) -> ResponderConfig:
-        assert self._rcfg is not None
-        return self._rcfg
+        assert isinstance(self._config, ResponderConfig)
+        return self._config
 
     def _send_init(self, now: float) -> None:
         config = self._initiator_config
@@ -766,14 +608,14 @@ class IkeSa:
             sa_payload(config.ike_proposals),
             KePayload(self._dh.group, self._dh.public_bytes),
             NoncePayload(self._nonce_i),
-            *self._natd_notifies(ZERO_SPI),
+            *self.natd_notifies(),
             *self._capability_notifies(),
         ]
-        header = self._header(ExchangeType.IKE_SA_INIT, 0, response=False)
+        header = self._exchanges.header(ExchangeType.IKE_SA_INIT, 0, response=False)
         self._init_request = serialize_message(Message(header, tuple(payloads)))
         self.state = IkeSaState.INIT_SENT
-        self._start_outstanding(
-            ExchangeType.IKE_SA_INIT, 0, [self._init_request], self._unused_handler, now, None
+        self._exchanges.send_request(
+            ExchangeType.IKE_SA_INIT, 0, [self._init_request], self._unused_handler, now
         )
 
     def _unused_handler(self, message: Message, now: float) -> None:
@@ -803,7 +645,7 @@ class IkeSa:
             return
         if cookie is not None:
             self._cookie = cookie
-        self._outstanding = None
+        self._exchanges.abandon()
         self._send_init(now)
 
     def _retry_with_group(self, group: int, now: float) -> None:
@@ -844,9 +686,8 @@ class IkeSa:
             return
         self._derive_keys(shared)
         self._read_capabilities(message)
-        self._detect_nat(message, self.spi_r, src, dst)
-        self._outstanding = None
-        self._my_next_id = 1
+        self.detect_nat(message, src, dst)
+        self._exchanges.complete()  # IKE_SA_INIT was Message ID 0
         self._float_to_nat_t()
         self._send_first_auth(now)
 
@@ -863,7 +704,7 @@ class IkeSa:
 
     def _float_to_nat_t(self) -> None:
         """RFC 7296 §2.23 behind a NAT, RFC 4555 §3.3 with MOBIKE: IKE_AUTH goes to 4500."""
-        if not (self.nat_local or self.nat_remote or self._initiator_config.mobike):
+        if not (self.encap or self._initiator_config.mobike):
             return
         if self.local[1] == IKE_PORT:
             self.local = (self.local[0], NAT_T_PORT)
@@ -890,7 +731,7 @@ class IkeSa:
         self._eap_peer = EapPeer(
             eap_identity, config.eap_password, config.eap_methods, self._random
         )
-        child = ChildSa(spi_in=self._new_child_spi())
+        child = ChildSa(spi_in=self.new_child_spi())
         self.children[child.spi_in] = child
         tsi = self._dynamic_local_ts()
         tsr = selectors_for_networks(config.child.remote_ts)
@@ -909,9 +750,9 @@ class IkeSa:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
         self._idi = identity.idi()
         self.state = IkeSaState.AUTH_SENT
-        self._request(ExchangeType.IKE_AUTH, payloads, self._on_first_auth_response, now)
+        self._exchanges.request(ExchangeType.IKE_AUTH, payloads, self._on_first_auth_response, now)
 
-    def _new_child_spi(self) -> bytes:
+    def new_child_spi(self) -> bytes:
         while True:
             spi = self._random(4)
             if int.from_bytes(spi, "big") >= 256 and spi not in self.children:
@@ -923,7 +764,7 @@ class IkeSa:
 
     def _on_first_auth_response(self, message: Message, now: float) -> None:
         """The gateway's IDr, [CERT], AUTH and first EAP Request."""
-        self._finish_exchange(now)
+        self._exchanges.finish(now)
         error = self._auth_failure_in(message)
         if error is not None:
             self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
@@ -979,14 +820,16 @@ class IkeSa:
             # Also after a method failure: MSCHAPv2 acknowledges its Failure
             # Request, and the server then ends with EAP-Failure.
             self.state = IkeSaState.EAP_SENT
-            self._request(ExchangeType.IKE_AUTH, [EapPayload(reply)], self._on_eap_response, now)
+            self._exchanges.request(
+                ExchangeType.IKE_AUTH, [EapPayload(reply)], self._on_eap_response, now
+            )
         elif peer.result == EapResult.FAILURE:
             self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
         else:
             self._tell_and_close("unusable EAP request", NotifyType.AUTHENTICATION_FAILED)
 
     def _on_eap_response(self, message: Message, now: float) -> None:
-        self._finish_exchange(now)
+        self._exchanges.finish(now)
         error = self._auth_failure_in(message)
         if error is not None:
             self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
@@ -1000,7 +843,7 @@ class IkeSa:
         octets = self._octets(True, self._idi.rest_of_id_payload())
         data = eap_auth(self._suite.prf, self._eap_peer.msk, self._keys.sk_pi, octets)
         self.state = IkeSaState.AUTH_FINAL_SENT
-        self._request(
+        self._exchanges.request(
             ExchangeType.IKE_AUTH,
             [AuthPayload(AuthMethod.PSK, data)],
             self._on_final_auth_response,
@@ -1008,7 +851,7 @@ class IkeSa:
         )
 
     def _on_final_auth_response(self, message: Message, now: float) -> None:
-        self._finish_exchange(now)
+        self._exchanges.finish(now)
         error = self._auth_failure_in(message)
         if error is not None:
             self._close_failed(f"IKE_AUTH refused: {error.name}", error, now)
@@ -1034,20 +877,20 @@ class IkeSa:
         self.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         self.mobike = self._initiator_config.mobike and self.peer_mobike
         self.state = IkeSaState.ESTABLISHED
-        rekey_exchanges.start_ike_lifetime(self, now)
+        self._start_lifetime(now)
         self._emit_established()
         # RFC 4555 §3.4: the gateway's other addresses, if it lists them.
-        mobike_exchanges.read_address_list(self, message)
+        self._mobike.read_address_list(message)
         self._initiator_child_result(message, now)
 
     def _peer_name(self) -> str:
         """The peer's identity as configured (initiator) or as received (responder)."""
-        if self._icfg is not None:
-            return self._icfg.remote_id
+        if isinstance(self._config, InitiatorConfig):
+            return self._config.remote_id
         return str(self.peer_identity) if self.peer_identity else ""
 
     def _emit_established(self) -> None:
-        self._emit(
+        self.emit(
             IkeSaEstablished(
                 self.local_spi,
                 self.name,
@@ -1057,7 +900,7 @@ class IkeSa:
                 self.assigned_addresses,
                 self.dns,
                 self.mobike,
-                self.nat_local or self.nat_remote,
+                self.encap,
             )
         )
 
@@ -1085,7 +928,7 @@ class IkeSa:
         child.spi_out = proposal.spi
         child.local_ts = tuple(t for t in tsi.selectors if isinstance(t, TrafficSelector))
         child.remote_ts = tuple(t for t in tsr.selectors if isinstance(t, TrafficSelector))
-        self._install_child(child, spec, initiator=True, now=now)
+        self.install_child(child, spec, initiator=True, now=now)
 
     def _check_ts_answer(self, tsi: TsiPayload, tsr: TsrPayload) -> None:
         offered_i, offered_r = self._offered_ts
@@ -1097,9 +940,9 @@ class IkeSa:
     def _fail_child(self, child: ChildSa, notify: NotifyType, reason: str) -> None:
         child.state = ChildSaState.FAILED
         self.children.pop(child.spi_in, None)
-        self._emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
+        self.emit(ChildSaFailed(self.local_spi, self.name, notify, reason))
 
-    def _install_child(
+    def install_child(
         self,
         child: ChildSa,
         spec: ProposalSpec,
@@ -1119,16 +962,13 @@ class IkeSa:
             nonces or (self._nonce_i, self._nonce_r),
             initiator,
             (self.local, self.remote),
-            self.nat_local or self.nat_remote,
+            self.encap,
             shared_secret,
         )
         child.spec = spec
         child.state = ChildSaState.INSTALLED
-        rekey_time = rekey_exchanges.lifetimes_of(self).child_rekey_time
-        child.rekey_at = (
-            None if rekey_time is None else now + rekey_exchanges.jittered_time(self, rekey_time)
-        )
-        self._emit(ChildSaEstablished(self.local_spi, self.name, child.params))
+        child.rekey_at = self._rekey.child_rekey_at(now)
+        self.emit(ChildSaEstablished(self.local_spi, self.name, child.params))
 
     # ==================================================================
     # Responder: IKE_SA_INIT (§1.2, §2.6)
@@ -1144,7 +984,7 @@ class IkeSa:
         nonce = message.find(NoncePayload)
         assert nonce is not None
         self._nonce_i, self._init_request = nonce.data, data
-        self.spi_r = self._new_ike_spi()
+        self.spi_r = self.new_ike_spi()
         self._nonce_r = self._random(NONCE_SIZE)
         self._suite = IkeSuite.from_proposal(spec)
         self._dh = generate_key_exchange(self._suite.dh_group, self._random)
@@ -1158,7 +998,7 @@ class IkeSa:
         self._answer_init(message, spec)
         self._derive_keys(shared)
         self.state = IkeSaState.INIT_DONE
-        self._peer_next_id = 1
+        self._exchanges.init_answered()
         self._half_open_deadline = now + self._responder_config.half_open_timeout
 
     def _select_ike(self, message: Message) -> tuple[ProposalSpec, KePayload]:
@@ -1183,9 +1023,7 @@ class IkeSa:
             request.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0
         )
         notify = NotifyPayload(error.notify, data=error.data)
-        self._outbox.append(
-            Datagram(serialize_message(Message(header, (notify,))), self.local, self.remote)
-        )
+        self._exchanges.send([serialize_message(Message(header, (notify,)))])
         self._close_failed(f"IKE_SA_INIT refused: {error}", error.notify, 0.0)
 
     def _answer_init(self, request: Message, spec: ProposalSpec) -> None:
@@ -1199,11 +1037,11 @@ class IkeSa:
             NoncePayload(self._nonce_r),
         ]
         if request.notify(NotifyType.NAT_DETECTION_SOURCE_IP) is not None:
-            payloads += self._natd_notifies(self.spi_r)
+            payloads += self.natd_notifies()
         payloads += self._capability_notifies()
-        header = self._header(ExchangeType.IKE_SA_INIT, 0, response=True)
+        header = self._exchanges.header(ExchangeType.IKE_SA_INIT, 0, response=True)
         self._init_response = serialize_message(Message(header, tuple(payloads)))
-        self._send([self._init_response])
+        self._exchanges.send([self._init_response])
 
     # ==================================================================
     # Responder: IKE_AUTH with EAP (§2.16)
@@ -1244,7 +1082,7 @@ class IkeSa:
         payloads += self._responder_auth_payloads()
         payloads.append(EapPayload(self._eap_server.start()))
         self.state = IkeSaState.EAP
-        self._respond(message.header, payloads)
+        self._exchanges.respond(message.header, payloads)
 
     def _responder_auth_payloads(self) -> list[Payload]:
         """CERT chain and AUTH (RFC 7427 method 14 if the peer announced hashes), or PSK."""
@@ -1261,7 +1099,7 @@ class IkeSa:
         return [*credential.cert_payloads(), AuthPayload(method, signature)]
 
     def _refuse_auth(self, request: IkeHeader, reason: str, now: float) -> None:
-        self._respond(request, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
+        self._exchanges.respond(request, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
         self._close_failed(reason, NotifyType.AUTHENTICATION_FAILED, now)
 
     def _on_eap_request(self, message: Message, src: Address, dst: Address, now: float) -> None:
@@ -1276,13 +1114,13 @@ class IkeSa:
         if reply is None:
             self._refuse_auth(message.header, "IKE_AUTH without a usable EAP message", now)
         elif server.result == EapResult.FAILURE:
-            self._respond(
+            self._exchanges.respond(
                 message.header,
                 [EapPayload(reply), NotifyPayload(NotifyType.AUTHENTICATION_FAILED)],
             )
             self._close_failed("EAP authentication failed", NotifyType.AUTHENTICATION_FAILED, now)
         else:
-            self._respond(message.header, [EapPayload(reply)])
+            self._exchanges.respond(message.header, [EapPayload(reply)])
 
     def _on_final_auth_request(self, message: Message, auth: AuthPayload, now: float) -> None:
         """§2.16: the initiator's AUTH from the MSK (SK_pi without one), then ours and the SA."""
@@ -1306,22 +1144,22 @@ class IkeSa:
         self.state = IkeSaState.ESTABLISHED
         self.peer_mobike = self._auth_request.mobike
         self.mobike = self.peer_mobike and self._responder_config.mobike
-        rekey_exchanges.start_ike_lifetime(self, now)
+        self._start_lifetime(now)
         child_payloads, child_result = self._responder_child(self._auth_request, now)
         payloads += child_payloads
         if self.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
             payloads += self._own_additional_addresses()
-        self._respond(message.header, payloads)
+        self._exchanges.respond(message.header, payloads)
         self._emit_established()
-        mobike_exchanges.read_address_list(self, self._auth_request.message)  # §3.4
+        self._mobike.read_address_list(self._auth_request.message)  # §3.4
         child_result()
 
     def _own_additional_addresses(self) -> list[Payload]:
         """§3.4: the configured addresses other than the one this IKE SA uses."""
         ours = ip_of(self.local)
         others = [a for a in self._responder_config.additional_addresses if a != ours]
-        return list(mobike_exchanges.additional_address_notifies(others)) if others else []
+        return list(additional_address_notifies(others)) if others else []
 
     # ------------------------------------------------------------------
     # Responder: CP and the first CHILD SA (§2.19, §2.9, §2.17)
@@ -1357,43 +1195,34 @@ class IkeSa:
         try:
             assert request.sa is not None and request.tsi is not None
             assert request.tsr is not None
-            child, spec, sa_answer = self._accept_child(
-                request.sa, request.tsi, request.tsr, in_auth=True
+            child, spec, sa_answer = accept_child(
+                without_key_exchange(self._responder_config.child.esp_proposals),
+                request.sa,
+                request.tsi,
+                request.tsr,
+                self.child_selectors(),
+                self.new_child_spi,
             )
+            self.children[child.spi_in] = child
         except RemoteProtocolError as error:
             notify = error.notify
             return [*payloads, NotifyPayload(notify)], lambda: self._child_refused(notify)
         payloads += [sa_answer, TsiPayload(child.remote_ts), TsrPayload(child.local_ts)]
-        return payloads, lambda: self._install_child(child, spec, initiator=False, now=now)
+        return payloads, lambda: self.install_child(child, spec, initiator=False, now=now)
 
     def _child_refused(self, notify: NotifyType) -> None:
-        self._emit(ChildSaFailed(self.local_spi, self.name, notify, "CHILD SA refused"))
+        self.emit(ChildSaFailed(self.local_spi, self.name, notify, "CHILD SA refused"))
 
-    def _accept_child(
-        self,
-        offer: SaPayload,
-        tsi_payload: TsiPayload,
-        tsr_payload: TsrPayload,
-        *,
-        in_auth: bool = False,
-    ) -> tuple[ChildSa, ProposalSpec, SaPayload]:
-        """Responder (gateway): select ESP and narrow the selectors (§2.9)."""
-        config = self._responder_config
-        proposals = config.child.esp_proposals
-        if in_auth:
-            proposals = without_key_exchange(proposals)
-        received, spec = select(proposals, offer, ProtocolId.ESP)
-        if len(received.spi) != 4:
-            raise protocol_error(NotifyType.INVALID_SYNTAX, "ESP SPI must be 4 octets")
-        tsi = narrow(tsi_payload.selectors, self._allowed_remote_ts())
-        tsr = narrow(tsr_payload.selectors, selectors_for_networks(config.child.local_ts))
-        if not tsi or not tsr:
-            raise protocol_error(NotifyType.TS_UNACCEPTABLE, "no traffic selectors in common")
-        child = ChildSa(spi_in=self._new_child_spi(), spi_out=received.spi)
-        child.local_ts, child.remote_ts = tsr, tsi
-        self.children[child.spi_in] = child
-        # USE_TRANSPORT_MODE is refused by leaving it out of the answer (§1.3.1).
-        return child, spec, answer(received, spec, child.spi_in)
+    def child_selectors(self) -> tuple[Selectors, Selectors]:
+        """(ours, theirs): the selectors this side proposes, or narrows an offer to,
+        for a CHILD SA (TSi, TSr when it asks; TSr, TSi when it answers)."""
+        if isinstance(self._config, InitiatorConfig):
+            if self.assigned_addresses:
+                local = tuple(selector_for_address(a) for a in self.assigned_addresses)
+            else:
+                local = self._dynamic_local_ts()
+            return local, selectors_for_networks(self._config.child.remote_ts)
+        return selectors_for_networks(self._config.child.local_ts), self._allowed_remote_ts()
 
     def _allowed_remote_ts(self) -> tuple[TrafficSelector, ...]:
         """TSi: the CP-assigned addresses; else the configured remote_ts; else the peer."""
@@ -1415,18 +1244,18 @@ class IkeSa:
         deletes = message.find_all(DeletePayload)
         if any(d.protocol_id == ProtocolId.IKE for d in deletes):
             # §1.4.1: answer with an empty INFORMATIONAL, then the SA is gone.
-            self._respond(message.header, [])
+            self._exchanges.respond(message.header, [])
             self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=True), by_peer=True)
             return
-        mobike_exchanges.read_address_list(self, message)
+        self._mobike.read_address_list(message)
         if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None:
-            mobike_exchanges.on_update_sa_addresses(self, message, src, dst, now)
+            self._mobike.on_update_sa_addresses(message, src, dst, now)
             return
         answer_payloads: list[Payload] = []
         for delete in deletes:
             if delete.protocol_id == ProtocolId.ESP:
                 answer_payloads += self._peer_deletes_children(delete.spis)
-        self._respond(message.header, answer_payloads + mobike_exchanges.cookie2_echo(message))
+        self._exchanges.respond(message.header, answer_payloads + cookie2_echo(message))
 
     def _peer_deletes_children(self, spis: Sequence[bytes]) -> list[Payload]:
         """§1.4.1: delete the pairs whose outbound SPI the peer named; list our inbound SPIs."""
@@ -1445,7 +1274,7 @@ class IkeSa:
         child.state = ChildSaState.DELETED
         self.children.pop(child.spi_in, None)
         if installed:
-            self._emit(
+            self.emit(
                 ChildSaDeleted(self.local_spi, self.name, child.spi_in, child.spi_out, by_peer)
             )
 
@@ -1455,7 +1284,7 @@ class IkeSa:
         """An INFORMATIONAL before the SA is up: strongSwan reports a failed
         authentication this way (N(AUTHENTICATION_FAILED) instead of the EAP
         acknowledgement, §2.21.2). Answer it, and end the SA on an error notify."""
-        self._respond(message.header, [])
+        self._exchanges.respond(message.header, [])
         errors = error_notifies(message)
         if errors:
             self._close_failed(f"peer reported {errors[0].name}", errors[0], now)
@@ -1464,7 +1293,7 @@ class IkeSa:
         """Command: delete the IKE SA and its CHILD SAs (§1.4.1)."""
         if self.state == IkeSaState.ESTABLISHED:
             self.state = IkeSaState.DELETING
-            self._request(
+            self._exchanges.request(
                 ExchangeType.INFORMATIONAL,
                 [DeletePayload.for_ike_sa()],
                 self._on_delete_response,
@@ -1475,7 +1304,7 @@ class IkeSa:
             self._close_failed("deleted before it was established", None, now)
 
     def _on_delete_response(self, message: Message, now: float) -> None:
-        self._outstanding = None
+        self._exchanges.abandon()
         self._close(IkeSaDeleted(self.local_spi, self.name, by_peer=False), by_peer=False)
 
     def _on_delete_response_lost(self, now: float) -> None:
@@ -1486,12 +1315,13 @@ class IkeSa:
         child = self.children.get(spi_in)
         if child is None or child.state != ChildSaState.INSTALLED or not self.established:
             return
-        self._send_child_delete(child, now)
+        self.delete_child(child, now)
 
-    def _send_child_delete(self, child: ChildSa, now: float) -> None:
+    def delete_child(self, child: ChildSa, now: float) -> None:
+        """DELETE of the CHILD SA ``child`` (§1.4.1), ours to send."""
         child.state = ChildSaState.DELETING
         spi_in = child.spi_in
-        self._request(
+        self._exchanges.request(
             ExchangeType.INFORMATIONAL,
             [DeletePayload.for_child_sas((spi_in,))],
             lambda message, later: self._on_child_delete_response(child, later),
@@ -1499,18 +1329,18 @@ class IkeSa:
         )
 
     def _on_child_delete_response(self, child: ChildSa, now: float) -> None:
-        self._finish_exchange(now)
+        self._exchanges.finish(now)
         self._child_gone(child, by_peer=False)
 
     def check_liveness(self, now: float) -> None:
         """Command: an empty INFORMATIONAL; no answer means the peer is dead (§1.4, §2.4)."""
         if self.state != IkeSaState.ESTABLISHED:
             return
-        self._request(ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
+        self._exchanges.request(ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
 
     def _on_liveness_response(self, message: Message, now: float) -> None:
-        self._finish_exchange(now)
-        self._emit(LivenessConfirmed(self.local_spi, self.name))
+        self._exchanges.finish(now)
+        self.emit(LivenessConfirmed(self.local_spi, self.name))
 
     # ------------------------------------------------------------------
     # Commands of MOBIKE (mpa_ike.mobike) and CREATE_CHILD_SA (mpa_ike.rekey)
@@ -1518,24 +1348,25 @@ class IkeSa:
     def update_addresses(
         self, new_local: Address, now: float, new_remote: Address | None = None
     ) -> None:
-        """Command (mobile node): RFC 4555 §3.5, see :func:`mpa_ike.mobike.update_addresses`."""
-        mobike_exchanges.update_addresses(self, new_local, now, new_remote)
+        """Command (mobile node): UPDATE_SA_ADDRESSES from our new address (RFC 4555
+        §3.5), see :meth:`mpa_ike.mobike.Mobike.move_to`."""
+        self._mobike.move_to(new_local, now, new_remote)
 
     def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
-        """Command: RFC 4555 §3.6, see :func:`mpa_ike.mobike.send_additional_addresses`."""
-        mobike_exchanges.send_additional_addresses(self, addresses, now)
+        """Command: RFC 4555 §3.6, see :meth:`mpa_ike.mobike.Mobike.send_additional_addresses`."""
+        self._mobike.send_additional_addresses(addresses, now)
 
     def create_child_sa(self, now: float) -> None:
         """Command: one more CHILD SA (RFC 7296 §1.3.1)."""
-        rekey_exchanges.create_child_sa(self, now)
+        self._rekey.create_child_sa(now)
 
     def rekey_child_sa(self, spi_in: bytes, now: float) -> None:
         """Command: rekey the CHILD SA ``spi_in`` (RFC 7296 §1.3.3, §2.8)."""
-        rekey_exchanges.rekey_child_sa(self, spi_in, now)
+        self._rekey.rekey_child_sa(spi_in, now)
 
     def rekey_ike_sa(self, now: float) -> None:
         """Command: rekey this IKE SA (RFC 7296 §1.3.2, §2.18)."""
-        rekey_exchanges.rekey_ike_sa(self, now)
+        self._rekey.rekey_ike_sa(now)
 
     def info(self) -> IkeSaInfo:
         """What an address policy sees of this IKE SA."""
@@ -1553,25 +1384,113 @@ class IkeSa:
         out, self._successors = self._successors, []
         return out
 
+    # ------------------------------------------------------------------
+    # IKE SA rekey (RFC 7296 §2.18): the old SA's part and the new SA's
 
-RequestHandler = Callable[[IkeSa, Message, Address, Address, float], None]
+    def _start_lifetime(self, now: float) -> None:
+        self._exchanges.last_heard = now
+        self._rekey.start_ike_lifetime(now)
 
-# (role, state, exchange) -> handler of a peer's request. A missing entry drops it.
-_HANDLERS: dict[tuple[str, IkeSaState, ExchangeType], RequestHandler] = {
-    ("r", IkeSaState.INIT_DONE, ExchangeType.IKE_AUTH): IkeSa._on_first_auth_request,
-    ("r", IkeSaState.EAP, ExchangeType.IKE_AUTH): IkeSa._on_eap_request,
-}
-for _role in ("i", "r"):
-    for _state in (IkeSaState.ESTABLISHED, IkeSaState.REKEYED, IkeSaState.DELETING):
-        _HANDLERS[(_role, _state, ExchangeType.INFORMATIONAL)] = IkeSa._on_informational_request
-        _HANDLERS[(_role, _state, ExchangeType.CREATE_CHILD_SA)] = (
-            rekey_exchanges.on_create_child_request
+    def successor(
+        self,
+        spi_i: bytes,
+        spi_r: bytes,
+        we_initiated: bool,
+        spec: ProposalSpec,
+        nonces: tuple[bytes, bytes],
+        shared_secret: bytes,
+        now: float,
+    ) -> IkeSa:
+        """The new IKE SA (§2.18): the rekey initiator is its original initiator,
+        SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), Message IDs from 0."""
+        assert self._suite is not None and self._keys is not None
+        suite = IkeSuite.from_proposal(spec)
+        keys = suite.derive_rekeyed_keys(
+            self._suite.prf, self._keys.sk_d, nonces[0], nonces[1], spi_i, spi_r, shared_secret
         )
-for _state in (IkeSaState.EAP, IkeSaState.AUTH_SENT, IkeSaState.EAP_SENT):
-    _HANDLERS[("r" if _state == IkeSaState.EAP else "i", _state, ExchangeType.INFORMATIONAL)] = (
-        IkeSa._on_informational_during_setup
-    )
-# A peer may ask while its last IKE_AUTH answer to us is still in flight (§2.3).
-_HANDLERS[("i", IkeSaState.AUTH_FINAL_SENT, ExchangeType.INFORMATIONAL)] = (
-    IkeSa._on_informational_request
-)
+        new = IkeSa(
+            self._config,
+            self.local,
+            self.remote,
+            self._random,
+            initiator=we_initiated,
+            name=self.name,
+            spi_i=spi_i,
+            spi_r=spi_r,
+            nonce_i=nonces[0],
+        )
+        new.continue_from(self, suite, keys, nonces[1], now)
+        self._successors.append(new)
+        return new
+
+    def continue_from(
+        self, old: IkeSa, suite: IkeSuite, keys: IkeKeys, nonce_r: bytes, now: float
+    ) -> None:
+        """This new IKE SA takes over what ``old`` negotiated (§2.18), with its own keys."""
+        self._nonce_r = nonce_r
+        self._suite, self._keys = suite, keys
+        self._exchanges.protect_with(sk_cipher_pair(suite, keys, self._random))
+        self.state = IkeSaState.ESTABLISHED
+        self.peer_identity, self.assigned_addresses = old.peer_identity, old.assigned_addresses
+        self.dns, self.nat_local, self.nat_remote = old.dns, old.nat_local, old.nat_remote
+        self.peer_fragmentation, self.peer_mobike = old.peer_fragmentation, old.peer_mobike
+        self.mobike = old.mobike
+        self._peer_hashes = old.peer_hash_algorithms
+        self._mobike.peer_addresses = old.peer_additional_addresses
+        self._start_lifetime(now)
+
+    def hand_over(self, new: Successor, now: float) -> None:
+        """Move the CHILD SAs and the lease to ``new``; this SA waits for its DELETE."""
+        for child in self.children.values():
+            if child.state in (ChildSaState.REKEYING, ChildSaState.CREATING):
+                child.state = ChildSaState.INSTALLED if child.params else ChildSaState.FAILED
+                child.rekey_at = now  # its exchange died with this IKE SA: again, on the new
+        children = {k: c for k, c in self.children.items() if c.params is not None}
+        self.children = {}
+        # A MOBIKE update queued or in flight here is told again on the new IKE SA, so
+        # that the peer's new SA has our present addresses (RFC 4555 §3.5).
+        update_pending = self._mobike.update_pending
+        self._rekey.forget()
+        self._exchanges.clear_queue()
+        self._mobike.drop_queued()
+        new.adopt(children, self._give_lease_away())
+        self.await_peer_delete(now)
+        self.counters["ike_rekeys"] += 1
+        self.emit(IkeSaRekeyed(self.local_spi, self.name, new.local_spi))
+        if update_pending:
+            new.resume_address_update(now)
+
+    def _give_lease_away(self) -> tuple[IPAddress, ...] | None:
+        """The lease, released for a successor to take (None: there is none)."""
+        allocator = self._allocator
+        if self._lease_owner is None or allocator is None:
+            return None
+        released = allocator.release(self._lease_owner)
+        self._lease_owner = None
+        return released
+
+    def adopt(self, children: dict[bytes, ChildSa], lease: Sequence[IPAddress] | None) -> None:
+        """The CHILD SAs and the lease of the IKE SA this one replaces (§2.18, §2.19:
+        the lease belongs to the IKE SA, so it is filed under the new SPI)."""
+        self.children = children
+        allocator = self._allocator
+        if lease is None or allocator is None:
+            return
+        self._lease_owner = self.local_spi
+        for address in lease:
+            allocator.acquire(self.local_spi, 4 if address.version == 4 else 6, address)
+
+    def resume_address_update(self, now: float) -> None:
+        """A MOBIKE update pending on the replaced IKE SA is sent on this one."""
+        if self.mobike and isinstance(self._config, InitiatorConfig):
+            self._mobike.send_update(now)
+
+    def mark_superseded(self) -> None:
+        """Another IKE SA replaces this one: it ends without IkeSaDeleted."""
+        self._superseded = True
+
+    def await_peer_delete(self, now: float) -> None:
+        """Rekeyed away (§2.18): wait a while for the peer's DELETE, then go quietly."""
+        self._superseded = True
+        self.state = IkeSaState.REKEYED
+        self._half_open_deadline = now + REKEYED_IKE_SA_GRACE

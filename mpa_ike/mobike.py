@@ -1,42 +1,39 @@
-"""MOBIKE (RFC 4555) pieces that are not state: the responder's address policy,
-the NO_NATS_ALLOWED check, COOKIE2 and the additional-address lists.
+"""MOBIKE (RFC 4555) on one IKE SA: :class:`Mobike` holds the UPDATE_SA_ADDRESSES
+initiator (the mobile node's :meth:`Mobike.move_to`, behind the command
+``IkeSa.update_addresses``) and responder (:meth:`Mobike.on_update_sa_addresses`,
+reached from the INFORMATIONAL handler), return routability, and the
+additional-address lists. It talks to the IKE SA through :class:`MobikeHost`
+and sends through the SA's :class:`mpa_ike.exchange.Exchanges`.
 
-The exchanges are here too, as functions of the :class:`mpa_ike.ike_sa.IkeSa`
-they run on: the mobile node's :func:`update_addresses` (the command
-``IkeSa.update_addresses``) and the UPDATE_SA_ADDRESSES responder
-:func:`on_update_sa_addresses`, reached from the INFORMATIONAL handler.
-
-The address policy is this project's own (issue 5): RFC 4555 §3.5 lets the
-responder refuse a new address pair by local policy with
-UNACCEPTABLE_ADDRESSES; no open IKEv2 implementation checks the new address
-against the CP lease. Under ``allocated`` the new remote address must be one
-the gateway leased to this very IKE SA (the MPA nCoA).
-
-§3.12: ESP arriving from an unexpected address is no proof that the peer moved
-or lives there; the core never moves an SA on ESP (it does not see ESP at all).
+The responder's address policy is :mod:`mpa_ike.address_policy` (re-exported
+here). §3.12: ESP arriving from an unexpected address is no proof that the
+peer moved or lives there; the core never moves an SA on ESP (it does not see
+ESP at all).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from mpa_ike.address_policy import AddressCheck, AddressPolicy, AddressPolicyMode, IkeSaInfo
+from mpa_ike.child_sa import ChildSa
 from mpa_ike.constants import ExchangeType, NotifyType
 from mpa_ike.datagram import Address
-from mpa_ike.datapath import IPNetwork
 from mpa_ike.events import (
     AddressUpdateAccepted,
     AddressUpdateRefused,
     ChildSaAddressesUpdated,
+    Event,
     IkeSaAddressesUpdated,
     PeerAddressesAnnounced,
 )
+from mpa_ike.exchange import Exchanges
+from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa_common import CHILD_IN_DATAPATH, IkeSaState, error_notifies, ip_of
-from mpa_ike.retransmit import RetransmitPolicy, Retransmitter
 from mpa_ike.wire import IPAddress, Message, NotifyPayload, Payload
 from mpa_ike.wire.notify import (
     additional_address_notify,
@@ -47,46 +44,53 @@ from mpa_ike.wire.notify import (
     read_no_nats_allowed,
 )
 
-if TYPE_CHECKING:
-    from mpa_ike.ike_sa import IkeSa
+__all__ = [
+    "ADDRESS_LIST_NOTIFIES",
+    "COOKIE2_SIZE",
+    "AddressCheck",
+    "AddressPolicy",
+    "AddressPolicyMode",
+    "IkeSaInfo",
+    "Mobike",
+    "MobikeHost",
+    "additional_address_notifies",
+    "cookie2_echo",
+    "no_nats_mismatch",
+]
 
 COOKIE2_SIZE = 16  # §3.7: 8 to 64 octets
+Random = Callable[[int], bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class IkeSaInfo:
-    """What an address policy may look at of the IKE SA being moved."""
+class MobikeHost(Protocol):
+    """What MOBIKE reads and moves of its IKE SA."""
 
     name: str
-    ike_sa: bytes
-    peer_identity: str
-    assigned_addresses: tuple[IPAddress, ...]
     local: Address
     remote: Address
+    mobike: bool
+    state: IkeSaState
+    children: dict[bytes, ChildSa]
+    counters: Counter[str]
 
+    @property
+    def local_spi(self) -> bytes: ...
 
-AddressCheck = Callable[[IkeSaInfo, IPAddress], bool]
+    @property
+    def encap(self) -> bool: ...
 
+    @property
+    def config(self) -> InitiatorConfig | ResponderConfig: ...
 
-class AddressPolicyMode(Enum):
-    ALLOCATED = "allocated"  # only an address leased to this IKE SA by CP (MPA)
-    ANY = "any"  # strongSwan's behaviour
-    PREFIXES = "prefixes"  # any address inside ``prefixes``
+    def emit(self, event: Event) -> None: ...
 
+    def natd_notifies(self) -> list[NotifyPayload]: ...
 
-@dataclass(frozen=True)
-class AddressPolicy:
-    """The gateway's MOBIKE address policy; callable as an :data:`AddressCheck`."""
+    def detect_nat(self, message: Message, src: Address, dst: Address) -> None: ...
 
-    mode: AddressPolicyMode = AddressPolicyMode.ALLOCATED
-    prefixes: tuple[IPNetwork, ...] = ()
+    def fail(self, reason: str, now: float) -> None: ...
 
-    def __call__(self, sa: IkeSaInfo, address: IPAddress) -> bool:
-        if self.mode == AddressPolicyMode.ANY:
-            return True
-        if self.mode == AddressPolicyMode.PREFIXES:
-            return any(address in prefix for prefix in self.prefixes)
-        return address in sa.assigned_addresses
+    def info(self) -> IkeSaInfo: ...
 
 
 def no_nats_mismatch(notify: NotifyPayload, src: Address, dst: Address) -> bool:
@@ -112,230 +116,258 @@ ADDRESS_LIST_NOTIFIES = frozenset(
 )
 
 
-# ----------------------------------------------------------------------
-# MOBIKE, initiator (RFC 4555 §3.5): the mobile node decides
-
-
-def update_addresses(
-    sa: IkeSa, new_local: Address, now: float, new_remote: Address | None = None
-) -> None:
-    """Command (mobile node): our address changed. Move the IKE SA and its CHILD SAs
-    at once (events for the datapath) and send UPDATE_SA_ADDRESSES from there.
-
-    §3.5: retransmissions go to the new addresses; if the address changes
-    again before the answer, the request in flight is resent from the new
-    address at once and a fresh update follows its answer (its NAT-D and
-    NO_NATS_ALLOWED describe the path it was first sent on).
-    """
-    if sa._icfg is None or not sa.mobike or sa.state != IkeSaState.ESTABLISHED:
-        return
-    sa.local = new_local
-    if new_remote is not None:
-        sa.remote = new_remote
-    announce_move(sa, children=not sa._initiator_config.return_routability)
-    if sa._update_cookie is not None:
-        sa._update_again = True
-        outstanding = sa._outstanding
-        if outstanding is not None:
-            outstanding.retransmitter = Retransmitter(_update_schedule(sa), now)
-            sa.counters["retransmitted"] += 1
-            sa._send(outstanding.datagrams)
-        return
-    if not sa._update_queued:
-        send_update(sa, now)
-
-
-def send_update(sa: IkeSa, now: float) -> None:
-    """Built when it leaves, so that it describes the addresses of that moment."""
-    if sa.state != IkeSaState.ESTABLISHED:
-        sa._update_queued = False
-        sa._next_queued(now)
-        return
-    if sa._outstanding is not None:
-        sa._update_queued = True
-        sa._queued.append(lambda later: send_update(sa, later))
-        return
-    sa._update_queued = False
-    sa._update_again = False
-    cookie = sa._random(COOKIE2_SIZE)
-    payloads: list[Payload] = [
-        NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES),
-        *sa._natd_notifies(sa.spi_r),
-    ]
-    if sa._initiator_config.no_nats_allowed:
-        payloads.append(
-            no_nats_allowed_notify(ip_of(sa.local), ip_of(sa.remote), sa.local[1], sa.remote[1])
-        )
-    payloads.append(cookie2_notify(cookie))
-    sa._update_cookie = cookie
-    sa.counters["updates_sent"] += 1
-    sa._request(
-        ExchangeType.INFORMATIONAL,
-        payloads,
-        lambda message, later: on_update_response(sa, message, later),
-        now,
-        retransmit=_update_schedule(sa),
-    )
-
-
-def _update_schedule(sa: IkeSa) -> RetransmitPolicy:
-    return sa._icfg.update_retransmit if sa._icfg is not None else sa._retransmit
-
-
-def on_update_response(sa: IkeSa, message: Message, now: float) -> None:
-    """§3.5/§3.7: the answer must echo our COOKIE2, else the SA is closed."""
-    expected, sa._update_cookie = sa._update_cookie, None
-    echoed = message.notify(NotifyType.COOKIE2)
-    if expected is None or echoed is None or not hmac.compare_digest(echoed.data, expected):
-        sa._outstanding = None
-        sa._close_failed("UPDATE_SA_ADDRESSES answer without our COOKIE2", None, now)
-        return
-    refusal = next(
-        (
-            n
-            for n in error_notifies(message)
-            if n in (NotifyType.UNACCEPTABLE_ADDRESSES, NotifyType.UNEXPECTED_NAT_DETECTED)
-        ),
-        None,
-    )
-    again = sa._update_again
-    sa._update_again = False
-    if refusal is not None:
-        sa.counters["updates_refused"] += 1
-        sa._finish_exchange(now)
-        if again:
-            # The refusal was about an address we have left since: ask anew.
-            send_update(sa, now)
-        else:
-            sa._emit(AddressUpdateRefused(sa.local_spi, sa.name, refusal, sa.local, by_peer=True))
-        return
-    src, dst = sa._response_path
-    encap_before = sa.nat_local or sa.nat_remote
-    sa._detect_nat(message, sa.spi_r, src, dst)
-    encap_changed = (sa.nat_local or sa.nat_remote) != encap_before
-    if encap_changed:
-        announce_move(sa, children=False)
-    if encap_changed or sa._initiator_config.return_routability:
-        move_children(sa)  # the answer came back over the new path
-    sa._finish_exchange(now)
-    if again:
-        send_update(sa, now)
-    else:
-        sa._emit(AddressUpdateAccepted(sa.local_spi, sa.name, sa.local, sa.remote))
-
-
-def announce_move(sa: IkeSa, *, children: bool) -> None:
-    encap = sa.nat_local or sa.nat_remote
-    sa._emit(IkeSaAddressesUpdated(sa.local_spi, sa.name, sa.local, sa.remote, encap))
-    if children:
-        move_children(sa)
-
-
-def move_children(sa: IkeSa) -> None:
-    encap = sa.nat_local or sa.nat_remote
-    for child in sa.children.values():
-        if child.state in CHILD_IN_DATAPATH:
-            sa._emit(
-                ChildSaAddressesUpdated(
-                    sa.local_spi,
-                    sa.name,
-                    child.spi_in,
-                    child.spi_out,
-                    sa.local,
-                    sa.remote,
-                    encap,
-                )
-            )
-
-
-def send_additional_addresses(sa: IkeSa, addresses: Sequence[IPAddress], now: float) -> None:
-    """Command: announce our other addresses, or none (RFC 4555 §3.4, §3.6)."""
-    if sa.mobike and sa.state == IkeSaState.ESTABLISHED:
-        sa._request(
-            ExchangeType.INFORMATIONAL,
-            additional_address_notifies(addresses),
-            lambda message, later: sa._finish_exchange(later),
-            now,
-        )
-
-
-def read_address_list(sa: IkeSa, message: Message) -> None:
-    """§3.4/§3.6: a list (or NO_ADDITIONAL_ADDRESSES) replaces the previous one."""
-    notifies = [
-        n for n in message.find_all(NotifyPayload) if n.notify_type in ADDRESS_LIST_NOTIFIES
-    ]
-    if not notifies or not sa.mobike:
-        return
-    sa.peer_additional_addresses = tuple(
-        read_additional_address(n)
-        for n in notifies
-        if n.notify_type != NotifyType.NO_ADDITIONAL_ADDRESSES
-    )
-    sa._emit(PeerAddressesAnnounced(sa.local_spi, sa.name, sa.peer_additional_addresses))
-
-
 def cookie2_echo(message: Message) -> list[Payload]:
     """RFC 4555 §3.7: a COOKIE2 in a request is copied into the response."""
     cookie = message.notify(NotifyType.COOKIE2)
     return [cookie2_notify(read_cookie2(cookie))] if cookie is not None else []
 
 
-# ----------------------------------------------------------------------
-# MOBIKE, responder (RFC 4555 §3.5, §3.9): the gateway checks and moves
+class Mobike:
+    """MOBIKE's state on one IKE SA: our update in flight (its COOKIE2), whether
+    another must follow, and the peer's additional addresses."""
 
+    def __init__(
+        self,
+        sa: MobikeHost,
+        exchanges: Exchanges,
+        random: Random,
+    ) -> None:
+        self._sa = sa
+        self._exchanges = exchanges
+        self._random = random
+        self._update_cookie: bytes | None = None
+        self._update_queued = False
+        self._update_again = False
+        self.peer_addresses: tuple[IPAddress, ...] = ()
 
-def on_update_sa_addresses(
-    sa: IkeSa, message: Message, src: Address, dst: Address, now: float
-) -> None:
-    """The UPDATE_SA_ADDRESSES responder (RFC 4555 §3.5).
+    @property
+    def update_pending(self) -> bool:
+        """An update of ours is queued or in flight."""
+        return self._update_queued or self._update_cookie is not None
 
-    Reached only for an authenticated request with the expected Message ID
-    (a forged or replayed one never gets here). The new address pair is the
-    IP header's. Refused, by the address policy (UNACCEPTABLE_ADDRESSES, §3.5;
-    under ``allocated`` the address must be this IKE SA's CP lease) or by
-    NO_NATS_ALLOWED not matching the header (UNEXPECTED_NAT_DETECTED, §3.9):
-    the answer goes back where the request came from and nothing moves.
-    """
-    echo = cookie2_echo(message)
-    config = sa._rcfg
-    if config is None or not sa.mobike:
-        sa.counters["updates_ignored"] += 1
-        sa._respond(message.header, echo)
-        return
-    refusal: NotifyType | None = None
-    if not config.address_policy(sa.info(), ip_of(src)):
-        refusal = NotifyType.UNACCEPTABLE_ADDRESSES
-    else:
+    def drop_queued(self) -> None:
+        """The queue was cleared (the IKE SA was rekeyed away)."""
+        self._update_queued = False
+
+    # ------------------------------------------------------------------
+    # Initiator (RFC 4555 §3.5): the mobile node decides
+
+    def move_to(self, new_local: Address, now: float, new_remote: Address | None = None) -> None:
+        """Command (mobile node): our address changed. Move the IKE SA and its CHILD SAs
+        at once (events for the datapath) and send UPDATE_SA_ADDRESSES from there.
+
+        §3.5: retransmissions go to the new addresses; if the address changes
+        again before the answer, the request in flight is resent from the new
+        address at once and a fresh update follows its answer (its NAT-D and
+        NO_NATS_ALLOWED describe the path it was first sent on).
+        """
+        sa, config = self._sa, self._sa.config
+        if not isinstance(config, InitiatorConfig) or not sa.mobike:
+            return
+        if sa.state != IkeSaState.ESTABLISHED:
+            return
+        sa.local = new_local
+        if new_remote is not None:
+            sa.remote = new_remote
+        self._announce_move(children=not config.return_routability)
+        if self._update_cookie is not None:
+            self._update_again = True
+            if self._exchanges.busy:
+                self._exchanges.resend_outstanding(config.update_retransmit, now)
+            return
+        if not self._update_queued:
+            self.send_update(now)
+
+    def send_update(self, now: float) -> None:
+        """Built when it leaves, so that it describes the addresses of that moment."""
+        sa, exchanges, config = self._sa, self._exchanges, self._sa.config
+        if sa.state != IkeSaState.ESTABLISHED or not isinstance(config, InitiatorConfig):
+            self._update_queued = False
+            exchanges.run_queue(now)
+            return
+        if exchanges.busy:
+            self._update_queued = True
+            exchanges.defer(self.send_update)
+            return
+        self._update_queued = False
+        self._update_again = False
+        cookie = self._random(COOKIE2_SIZE)
+        payloads: list[Payload] = [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES)]
+        payloads += sa.natd_notifies()
+        if config.no_nats_allowed:
+            local, remote = sa.local, sa.remote
+            payloads.append(
+                no_nats_allowed_notify(ip_of(local), ip_of(remote), local[1], remote[1])
+            )
+        payloads.append(cookie2_notify(cookie))
+        self._update_cookie = cookie
+        sa.counters["updates_sent"] += 1
+        exchanges.request(
+            ExchangeType.INFORMATIONAL,
+            payloads,
+            self._on_update_response,
+            now,
+            retransmit=config.update_retransmit,
+        )
+
+    def _on_update_response(self, message: Message, now: float) -> None:
+        """§3.5/§3.7: the answer must echo our COOKIE2, else the SA is closed."""
+        expected, self._update_cookie = self._update_cookie, None
+        echoed = message.notify(NotifyType.COOKIE2)
+        if expected is None or echoed is None or not hmac.compare_digest(echoed.data, expected):
+            self._exchanges.abandon()
+            self._sa.fail("UPDATE_SA_ADDRESSES answer without our COOKIE2", now)
+            return
+        again, self._update_again = self._update_again, False
+        refusal = _update_refusal(message)
+        if refusal is not None:
+            self._update_refused(refusal, again, now)
+        else:
+            self._update_accepted(message, again, now)
+
+    def _update_refused(self, refusal: NotifyType, again: bool, now: float) -> None:
+        sa = self._sa
+        sa.counters["updates_refused"] += 1
+        self._exchanges.finish(now)
+        if again:
+            # The refusal was about an address we have left since: ask anew.
+            self.send_update(now)
+        else:
+            sa.emit(AddressUpdateRefused(sa.local_spi, sa.name, refusal, sa.local, by_peer=True))
+
+    def _update_accepted(self, message: Message, again: bool, now: float) -> None:
+        sa = self._sa
+        src, dst = self._exchanges.response_path
+        encap_before = sa.encap
+        sa.detect_nat(message, src, dst)
+        encap_changed = sa.encap != encap_before
+        if encap_changed:
+            self._announce_move(children=False)
+        if encap_changed or self._sa.config.return_routability:
+            self._move_children()  # the answer came back over the new path
+        self._exchanges.finish(now)
+        if again:
+            self.send_update(now)
+        else:
+            sa.emit(AddressUpdateAccepted(sa.local_spi, sa.name, sa.local, sa.remote))
+
+    def _announce_move(self, *, children: bool) -> None:
+        sa = self._sa
+        sa.emit(IkeSaAddressesUpdated(sa.local_spi, sa.name, sa.local, sa.remote, sa.encap))
+        if children:
+            self._move_children()
+
+    def _move_children(self) -> None:
+        sa = self._sa
+        for child in sa.children.values():
+            if child.state in CHILD_IN_DATAPATH:
+                sa.emit(
+                    ChildSaAddressesUpdated(
+                        sa.local_spi,
+                        sa.name,
+                        child.spi_in,
+                        child.spi_out,
+                        sa.local,
+                        sa.remote,
+                        sa.encap,
+                    )
+                )
+
+    # ------------------------------------------------------------------
+    # Address lists (RFC 4555 §3.4, §3.6)
+
+    def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
+        """Command: announce our other addresses, or none (RFC 4555 §3.4, §3.6)."""
+        if self._sa.mobike and self._sa.state == IkeSaState.ESTABLISHED:
+            self._exchanges.request(
+                ExchangeType.INFORMATIONAL,
+                additional_address_notifies(addresses),
+                lambda message, later: self._exchanges.finish(later),
+                now,
+            )
+
+    def read_address_list(self, message: Message) -> None:
+        """§3.4/§3.6: a list (or NO_ADDITIONAL_ADDRESSES) replaces the previous one."""
+        notifies = [
+            n for n in message.find_all(NotifyPayload) if n.notify_type in ADDRESS_LIST_NOTIFIES
+        ]
+        if not notifies or not self._sa.mobike:
+            return
+        self.peer_addresses = tuple(
+            read_additional_address(n)
+            for n in notifies
+            if n.notify_type != NotifyType.NO_ADDITIONAL_ADDRESSES
+        )
+        sa = self._sa
+        sa.emit(PeerAddressesAnnounced(sa.local_spi, sa.name, self.peer_addresses))
+
+    # ------------------------------------------------------------------
+    # Responder (RFC 4555 §3.5, §3.9): the gateway checks and moves
+
+    def on_update_sa_addresses(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """The UPDATE_SA_ADDRESSES responder (RFC 4555 §3.5).
+
+        Reached only for an authenticated request with the expected Message ID
+        (a forged or replayed one never gets here). The new address pair is the
+        IP header's. Refused, by the address policy (UNACCEPTABLE_ADDRESSES, §3.5;
+        under ``allocated`` the address must be this IKE SA's CP lease) or by
+        NO_NATS_ALLOWED not matching the header (UNEXPECTED_NAT_DETECTED, §3.9):
+        the answer goes back where the request came from and nothing moves.
+        """
+        sa, config = self._sa, self._sa.config
+        echo = cookie2_echo(message)
+        if not isinstance(config, ResponderConfig) or not sa.mobike:
+            sa.counters["updates_ignored"] += 1
+            self._exchanges.respond(message.header, echo)
+            return
+        refusal = self._check_update(config, message, src, dst)
+        if refusal is not None:
+            sa.counters["updates_refused"] += 1
+            self._exchanges.respond(message.header, [NotifyPayload(refusal), *echo])
+            sa.emit(AddressUpdateRefused(sa.local_spi, sa.name, refusal, src, False))
+            return
+        sa.remote, sa.local = src, dst
+        sa.detect_nat(message, src, dst)
+        sa.counters["updates_accepted"] += 1
+        self._exchanges.respond(message.header, [*sa.natd_notifies(), *echo])
+        self._announce_move(children=not config.return_routability)
+        if config.return_routability:
+            self._check_return_routability(now)
+
+    def _check_update(
+        self, config: ResponderConfig, message: Message, src: Address, dst: Address
+    ) -> NotifyType | None:
+        """§3.5 address policy, then §3.9 NO_NATS_ALLOWED: the refusal, or None."""
+        if not config.address_policy(self._sa.info(), ip_of(src)):
+            return NotifyType.UNACCEPTABLE_ADDRESSES
         no_nats = message.notify(NotifyType.NO_NATS_ALLOWED)
         if no_nats is not None and no_nats_mismatch(no_nats, src, dst):
-            refusal = NotifyType.UNEXPECTED_NAT_DETECTED
-    if refusal is not None:
-        sa.counters["updates_refused"] += 1
-        sa._respond(message.header, [NotifyPayload(refusal), *echo])
-        sa._emit(AddressUpdateRefused(sa.local_spi, sa.name, refusal, src, False))
-        return
-    sa.remote, sa.local = src, dst
-    sa._detect_nat(message, sa.spi_r, src, dst)
-    sa.counters["updates_accepted"] += 1
-    sa._respond(message.header, [*sa._natd_notifies(sa.spi_r), *echo])
-    announce_move(sa, children=not config.return_routability)
-    if config.return_routability:
-        check_return_routability(sa, now)
+            return NotifyType.UNEXPECTED_NAT_DETECTED
+        return None
+
+    def _check_return_routability(self, now: float) -> None:
+        """§3.5/§3.7: an INFORMATIONAL with COOKIE2 to the new address; the CHILD SAs
+        move when its answer echoes the cookie (no answer: the SA dies, §2.4)."""
+        cookie = self._random(COOKIE2_SIZE)
+        target = self._sa.remote
+
+        def on_response(message: Message, later: float) -> None:
+            echoed = message.notify(NotifyType.COOKIE2)
+            self._exchanges.finish(later)
+            if echoed is None or not hmac.compare_digest(echoed.data, cookie):
+                self._sa.counters["return_routability_failed"] += 1
+                return
+            if self._sa.remote == target:
+                self._move_children()
+
+        self._exchanges.request(
+            ExchangeType.INFORMATIONAL, [cookie2_notify(cookie)], on_response, now
+        )
 
 
-def check_return_routability(sa: IkeSa, now: float) -> None:
-    """§3.5/§3.7: an INFORMATIONAL with COOKIE2 to the new address; the CHILD SAs
-    move when its answer echoes the cookie (no answer: the SA dies, §2.4)."""
-    cookie = sa._random(COOKIE2_SIZE)
-    target = sa.remote
-
-    def on_response(message: Message, later: float) -> None:
-        echoed = message.notify(NotifyType.COOKIE2)
-        sa._finish_exchange(later)
-        if echoed is None or not hmac.compare_digest(echoed.data, cookie):
-            sa.counters["return_routability_failed"] += 1
-            return
-        if sa.remote == target:
-            move_children(sa)
-
-    sa._request(ExchangeType.INFORMATIONAL, [cookie2_notify(cookie)], on_response, now)
+def _update_refusal(message: Message) -> NotifyType | None:
+    """§3.5, §3.9: the error notify of an update's answer that refuses the move."""
+    refusals = (NotifyType.UNACCEPTABLE_ADDRESSES, NotifyType.UNEXPECTED_NAT_DETECTED)
+    return next((n for n in error_notifies(message) if n in refusals), None)

@@ -96,7 +96,7 @@ def test_classic_signature_without_hash_announcement(pki: Pki, pool: AddressPool
     link = connect(pki, pool, key="ecdsa", signature_hash_algorithms=False)
     assert_established(link)
     gateway_sa = next(iter(link.gateway))
-    assert gateway_sa._peer_hashes == ()
+    assert gateway_sa.peer_hash_algorithms == ()
     link2 = connect(pki, AddressPool([POOL]), key="rsa", signature_hash_algorithms=False)
     assert_established(link2)
 

@@ -397,11 +397,11 @@ def test_malformed_cookie2_is_answered_with_invalid_syntax(pool: AddressPool[obj
 
     def on_response(message: Message, now: float) -> None:
         answers.append([n.notify_type for n in message.find_all(NotifyPayload)])
-        mobile._finish_exchange(now)
+        mobile._exchanges.finish(now)
 
     mobile.local = ELSEWHERE
     payloads = [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES), NotifyPayload(NotifyType.COOKIE2)]
-    mobile._request(ExchangeType.INFORMATIONAL, payloads, on_response, link.now)
+    mobile._exchanges.request(ExchangeType.INFORMATIONAL, payloads, on_response, link.now)
     link.run(until=link.now + 10)
     assert answers == [[NotifyType.INVALID_SYNTAX]]
     assert gateway.remote == (MOBILE[0], 4500) and gateway.established
@@ -482,14 +482,15 @@ def test_address_list_in_ike_auth(
     extra = IPv6Address("2001:db8::10")
 
     def with_address_list(sa: IkeSa, now: float) -> None:
-        request = sa._request
+        exchanges = sa._exchanges
+        request = exchanges.request
 
         def add_list(exchange: ExchangeType, payloads: Any, *rest: Any) -> None:
             request(exchange, [*payloads, additional_address_notify(extra)], *rest)
 
-        sa._request = add_list  # type: ignore[method-assign,assignment]
+        exchanges.request = add_list  # type: ignore[method-assign,assignment]
         original(sa, now)
-        del sa._request
+        del exchanges.request
 
     monkeypatch.setattr(ike_sa_module.IkeSa, "_send_first_auth", with_address_list)
     link = up(pool)

@@ -468,9 +468,8 @@ def test_ike_rekey_retries_with_the_group_the_peer_wants(pool: AddressPool[objec
     link = up(pool, mobile={"ike_text": "aes128gcm16-prfsha256-x25519-modp2048"})
     mobile, gateway = sas(link)
     assert mobile._suite is not None and mobile._suite.dh_group == 31  # x25519
-    assert gateway._rcfg is not None
-    gateway._rcfg = dataclasses.replace(
-        gateway._rcfg, ike_proposals=ike("aes128gcm16-prfsha256-modp2048")
+    gateway._config = dataclasses.replace(
+        gateway.config, ike_proposals=ike("aes128gcm16-prfsha256-modp2048")
     )
     link.mobile.rekey_ike_sa(mobile.local_spi, link.now)
     link.run(until=link.now + 10)
