@@ -94,7 +94,7 @@ class RadiusClientSpec:
         return (
             f"client {_word(name)} {{\n"
             f"\t{key} = {net.with_prefixlen}\n"
-            f"\tsecret = {_quote(self.secret)}\n"
+            f"\tsecret = {_quote(_plain_secret(self.secret))}\n"
             "\trequire_message_authenticator = yes\n"
             "}\n"
         )
@@ -125,7 +125,10 @@ class RadiusUser:
         return items
 
     def render(self) -> str:
-        head = f"{_quote(self.name)}\tCleartext-Password := {_quote(self.password)}\n"
+        # The users file takes the name between its quotes literally, backslashes too.
+        if '"' in self.name or any(ord(c) < 0x20 for c in self.name):
+            raise ValueError(f"user name not allowed in a users file: {self.name!r}")
+        head = f'"{self.name}"\tCleartext-Password := {_quote(self.password)}\n'
         items = self.reply_items()
         return head + ",\n".join(f"\t{item}" for item in items) + ("\n" if items else "")
 
@@ -181,6 +184,14 @@ def _quote(value: str) -> str:
     if any(ord(c) < 0x20 for c in value):
         raise ValueError(f"control characters are not allowed: {value!r}")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _plain_secret(value: str) -> str:
+    """radclient (the readiness probe) and clients.conf read escapes differently: keep
+    secrets free of them."""
+    if not value or any(c in value for c in '"\\') or not value.isprintable():
+        raise ValueError(f"a shared secret without quotes or backslashes, please: {value!r}")
+    return value
 
 
 def _word(value: str) -> str:
