@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -383,3 +384,24 @@ def test_lost_request_is_retransmitted(freeradius: FreeRadius) -> None:
     assert len(relay.requests) == 2 * len(answers)
     assert relay.requests[0] == relay.requests[1]  # a retransmission is the same packet
     assert time.monotonic() - began >= 0.2 * len(answers)
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def test_a_server_that_cannot_start_fails_fast_with_its_log(tmp_path: Path) -> None:
+    require_freeradius()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        server = FreeRadius(
+            tmp_path / "busy",
+            clients=[RadiusClientSpec("127.0.0.1", SECRET)],
+            users=USERS,
+            auth_port=taken.getsockname()[1],
+        )
+        began = time.monotonic()
+        with pytest.raises(RuntimeError, match="exited"):
+            server.start(timeout=10)
+        assert time.monotonic() - began < 5
+    assert server.proc is None
+    assert "in use" in server.log()
