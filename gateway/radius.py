@@ -720,7 +720,11 @@ class RadiusClient:
             index = (self.active + step) % len(servers)
             server = servers[index]
             port = server.acct_port if accounting else server.port
-            channel = await self._channel(server, port)
+            try:
+                channel = await self._channel(server, port)
+            except RadiusError as error:  # no route, no address of that family...
+                log.warning("RADIUS: %s", error)
+                continue
             answer = await self._ask(channel, server, build, accounting)
             if answer is not None:
                 if index != self.active:
