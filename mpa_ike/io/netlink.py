@@ -31,7 +31,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 NLMSG_HEADER = struct.Struct("=IHHII")
 NLA_HEADER = struct.Struct("=HH")
@@ -234,7 +234,7 @@ def pull_attributes(data: bytes, offset: int = 0, end: int | None = None) -> Att
     return Attributes(tuple(found))
 
 
-def pull_struct(layout: struct.Struct, data: bytes, offset: int = 0) -> tuple[int, ...]:
+def pull_struct(layout: struct.Struct, data: bytes, offset: int = 0) -> tuple[Any, ...]:
     """A fixed part, or :class:`NetlinkCodecError` when the bytes stop short of it."""
     if offset + layout.size > len(data):
         raise NetlinkCodecError(f"{len(data) - offset} bytes for a {layout.size}-byte structure")

@@ -310,8 +310,7 @@ class UserspaceDatapath:
                 if outer.version == net.version and outer in net:
                     # Route everything but the peer itself (RFC 4301 §4.4.1's
                     # bypass of IKE/ESP to the peer, done by routing).
-                    host = ipaddress.ip_network(outer)
-                    routes.extend((str(n), src) for n in net.address_exclude(host))  # type: ignore[arg-type]
+                    routes.extend((str(n), src) for n in _exclude(net, outer))
                 else:
                     routes.append((str(net), src))
         return routes
@@ -363,3 +362,14 @@ class UserspaceDatapath:
 def _moved(src: Address, remote: Address) -> bool:
     """ESP from elsewhere than the SA's remote (port 0: plain ESP, which has none)."""
     return src[0] != remote[0] or (src[1] != 0 and src[1] != remote[1])
+
+
+def _exclude(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    outer: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Network] | list[ipaddress.IPv6Network]:
+    """``net`` without the host ``outer`` (of the same version), as prefixes."""
+    if isinstance(net, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Address):
+        return list(net.address_exclude(ipaddress.IPv4Network(outer)))
+    assert isinstance(net, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Address)
+    return list(net.address_exclude(ipaddress.IPv6Network(outer)))

@@ -19,6 +19,7 @@ from mpa_harness.netns import Netns
 from mpa_ike.datapath import ChildSaParams
 from mpa_ike.io import xfrm
 from mpa_ike.io.xfrm import XFRM_MSG_NEWSA, XFRM_POLICY_OUT, XfrmDatapath, XfrmError
+from mpa_ike.io.xfrm_messages import PolicyMessage, SaMessage
 from tests.unit.xfrm.xfrm_samples import params_cbc_sha256_v4, params_gcm_v6
 
 pytestmark = pytest.mark.netns
@@ -39,7 +40,9 @@ HOST_POLICY = (
 def spd_keys(dp: XfrmDatapath) -> set[xfrm.PolicyKey]:
     """The SPD as the kernel dumps it over netlink."""
     answers = dp.transport.request(xfrm.build_dump_policies(), "dump")
-    return {xfrm.PolicyKey(xfrm.Selector.from_message(m), m["dir"]) for m in answers}
+    bodies = [m.body for m in answers if isinstance(m.body, PolicyMessage)]
+    assert len(bodies) == len(answers)
+    return {xfrm.PolicyKey(b.info.selector, b.info.dir) for b in bodies}
 
 
 def spd(ns: Netns) -> str:
@@ -115,17 +118,17 @@ def check_templates(dp: XfrmDatapath, params: ChildSaParams, local: str, remote:
     for key in dp.policies_of(params.spi_in):
         answers = dp.transport.request(xfrm.build_getpolicy(key), str(key))
         assert len(answers) == 1
-        got = answers[0]
-        assert xfrm.Selector.from_message(got) == key.selector
-        assert got["dir"] == key.direction
-        assert got["priority"] == key.selector.priority()
-        tmpl = xfrm.get_attr(got, "XFRMA_TMPL")
-        fam = tmpl["family"]
-        pair = (xfrm.unpack_addr(tmpl["saddr"], fam), xfrm.unpack_addr(tmpl["daddr"], fam))
+        got = answers[0].body
+        assert isinstance(got, PolicyMessage)
+        assert got.info.selector == key.selector
+        assert got.info.dir == key.direction
+        assert got.info.priority == key.selector.priority()
+        (tmpl,) = got.templates
+        pair = (tmpl.saddr, tmpl.daddr)
         assert pair == ((local, remote) if key.direction == XFRM_POLICY_OUT else (remote, local))
-        assert tmpl["reqid"] == dp.reqid_of(params.spi_in)
-        assert tmpl["proto"] == xfrm.IPPROTO_ESP
-        assert tmpl["mode"] == xfrm.XFRM_MODE_TUNNEL
+        assert tmpl.reqid == dp.reqid_of(params.spi_in)
+        assert tmpl.proto == xfrm.IPPROTO_ESP
+        assert tmpl.mode == xfrm.XFRM_MODE_TUNNEL
 
 
 @pytest.mark.parametrize("move_method", ["readd", "migrate"])
@@ -300,7 +303,9 @@ def test_kernel_validates_a_restored_state(xfrm_netns: Netns, esp_ok: bool, wind
     try:
         if esp_ok:
             sock.request(xfrm.build_newsa(spec, replay), "restored")
-            got = xfrm.replay_from_answer(sock.request(xfrm.build_getsa(spec.key))[0])
+            answer = sock.request(xfrm.build_getsa(spec.key))[0].body
+            assert isinstance(answer, SaMessage)
+            got = xfrm.replay_from_answer(answer)
             sock.request(xfrm.build_delsa(spec.key))
             assert (got.oseq, got.seq, got.bytes, got.packets) == (77, 70, 7000, 77)
         else:

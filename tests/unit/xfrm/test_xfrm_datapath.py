@@ -15,25 +15,31 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from xfrm_samples import attr, params_cbc_sha256_v4, params_gcm_v6, roundtrip
+from xfrm_samples import params_cbc_sha256_v4, params_gcm_v6, roundtrip, sa
 
 from mpa_ike.datapath import ChildSaCounters, Datapath, TsRange
 from mpa_ike.io import xfrm
 from mpa_ike.io.xfrm import (
     AF_INET,
-    XFRM_MSG_DELPOLICY,
-    XFRM_MSG_DELSA,
     XFRM_MSG_GETPOLICY,
     XFRM_MSG_GETSA,
     XFRM_MSG_MIGRATE,
     XFRM_MSG_NEWPOLICY,
     XFRM_MSG_NEWSA,
-    XFRM_MSG_UPDPOLICY,
     XFRM_POLICY_OUT,
     PolicyKey,
     Selector,
     StateKey,
     XfrmError,
+    XfrmMessage,
+)
+from mpa_ike.io.xfrm_messages import (
+    LifetimeCur,
+    MigrateMessage,
+    PolicyIdMessage,
+    PolicyMessage,
+    SaIdMessage,
+    SaMessage,
 )
 
 
@@ -41,69 +47,64 @@ class FakeKernel:
     """A SAD and SPD keyed like the kernel's, fed with decoded netlink messages."""
 
     def __init__(self, *, migrate: bool = True) -> None:
-        self.states: dict[StateKey, Any] = {}
-        self.policies: dict[PolicyKey, Any] = {}
+        self.states: dict[StateKey, Any] = {}  # SaMessage, or a string for the host's
+        self.policies: dict[PolicyKey, Any] = {}  # PolicyMessage, or a string
         self.log: list[tuple[str, str]] = []
         self.migrate = migrate
         self.refuse: dict[int, int] = {}  # message type -> errno, once
         self.closed = False
 
-    @staticmethod
-    def state_key(msg: Any, prefix: str) -> StateKey:
-        family = msg["family"]
-        return StateKey(xfrm.unpack_addr(msg[f"{prefix}daddr"], family), msg[f"{prefix}spi"])
-
-    def request(self, msg: Any, what: str = "") -> list[Any]:
+    def request(self, msg: XfrmMessage, what: str = "") -> list[XfrmMessage]:
         msg = roundtrip(msg)
-        mtype = msg["header"]["type"]
+        mtype, body = msg.kind, msg.body
         self.log.append((xfrm.MSG_NAMES[mtype], what))
         if mtype in self.refuse:
             raise XfrmError(self.refuse.pop(mtype), mtype, "refused by the test", what)
-        if mtype == XFRM_MSG_NEWSA:
-            key = self.state_key(msg, "id_")
+        if isinstance(body, SaMessage):
+            key = StateKey(body.info.daddr, body.info.spi)
             if key in self.states:
                 raise XfrmError(errno.EEXIST, mtype, "", what)
-            self.states[key] = msg
-        elif mtype in (XFRM_MSG_DELSA, XFRM_MSG_GETSA):
-            key = self.state_key(msg, "")
+            self.states[key] = body
+        elif isinstance(body, SaIdMessage):
+            key = StateKey(body.id.daddr, body.id.spi)
             if key not in self.states:
                 raise XfrmError(errno.ESRCH, mtype, "", what)
             if mtype == XFRM_MSG_GETSA:
-                return [self.states[key]]
+                return [XfrmMessage(XFRM_MSG_NEWSA, 0, self.states[key])]
             del self.states[key]
-        elif mtype in (XFRM_MSG_NEWPOLICY, XFRM_MSG_UPDPOLICY):
-            pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
+        elif isinstance(body, PolicyMessage):
+            pkey = PolicyKey(body.info.selector, body.info.dir)
             if mtype == XFRM_MSG_NEWPOLICY and pkey in self.policies:
                 raise XfrmError(errno.EEXIST, mtype, "", what)
-            self.policies[pkey] = msg
-        elif mtype in (XFRM_MSG_DELPOLICY, XFRM_MSG_GETPOLICY):
-            pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
+            self.policies[pkey] = body
+        elif isinstance(body, PolicyIdMessage):
+            pkey = PolicyKey(body.id.selector, body.id.dir)
             if pkey not in self.policies:
                 raise XfrmError(errno.ENOENT, mtype, "", what)
             if mtype == XFRM_MSG_GETPOLICY:
-                return [self.policies[pkey]]
+                return [XfrmMessage(XFRM_MSG_NEWPOLICY, 0, self.policies[pkey])]
             del self.policies[pkey]
-        elif mtype == XFRM_MSG_MIGRATE:
+        elif isinstance(body, MigrateMessage):
             if not self.migrate:
                 raise XfrmError(errno.ENOPROTOOPT, mtype, "", what)
-            self._migrate(msg)
+            self._migrate(body)
         return []
 
-    def _migrate(self, msg: Any) -> None:
-        pkey = PolicyKey(Selector.from_message(msg), msg["dir"])
-        mig = attr(msg, "XFRMA_MIGRATE")
-        new_dst = xfrm.unpack_addr(mig["new_daddr"], mig["new_family"])
-        tmpl = attr(self.policies[pkey], "XFRMA_TMPL")
-        tmpl["saddr"], tmpl["daddr"] = mig["new_saddr"], mig["new_daddr"]
+    def _migrate(self, msg: MigrateMessage) -> None:
+        pkey = PolicyKey(msg.id.selector, msg.id.dir)
+        (mig,) = msg.migrations
+        (tmpl,) = self.policies[pkey].templates
+        tmpl.saddr, tmpl.daddr = mig.new_saddr, mig.new_daddr
         for key, state in list(self.states.items()):
             if isinstance(state, str):
                 continue  # the host's
-            if state["reqid"] == mig["reqid"] and state["saddr"] == mig["old_saddr"]:
-                if state["id_daddr"] != mig["old_daddr"]:
+            info = state.info
+            if info.reqid == mig.reqid and info.saddr == mig.old_saddr:
+                if info.daddr != mig.old_daddr:
                     continue
-                state["saddr"], state["id_daddr"] = mig["new_saddr"], mig["new_daddr"]
+                info.saddr, info.daddr = mig.new_saddr, mig.new_daddr
                 del self.states[key]
-                self.states[StateKey(new_dst, key.spi)] = state
+                self.states[StateKey(mig.new_daddr, key.spi)] = state
 
     def close(self) -> None:
         self.closed = True
@@ -128,10 +129,9 @@ def datapath(kernel: FakeKernel, **kwargs: Any) -> xfrm.XfrmDatapath:
     return xfrm.XfrmDatapath(kernel, reqid_base=7, **kwargs)
 
 
-def tmpl_addrs(msg: Any) -> tuple[str, str]:
-    tmpl = attr(msg, "XFRMA_TMPL")
-    fam = tmpl["family"]
-    return xfrm.unpack_addr(tmpl["saddr"], fam), xfrm.unpack_addr(tmpl["daddr"], fam)
+def tmpl_addrs(msg: PolicyMessage) -> tuple[str, str]:
+    (tmpl,) = msg.templates
+    return tmpl.saddr, tmpl.daddr
 
 
 def test_is_a_datapath() -> None:
@@ -164,8 +164,8 @@ def test_counters_read_the_lifetime_of_both_states() -> None:
     dp = datapath(kernel)
     params = params_cbc_sha256_v4()
     dp.install_child_sa(params)
-    kernel.states[StateKey("192.0.2.10", 0xC1A55E01)].update(cur_bytes=1500, cur_packets=3)
-    kernel.states[StateKey("198.51.100.1", 0x0DDBA112)].update(cur_bytes=700, cur_packets=2)
+    kernel.states[StateKey("192.0.2.10", 0xC1A55E01)].info.curlft = LifetimeCur(1500, 3)
+    kernel.states[StateKey("198.51.100.1", 0x0DDBA112)].info.curlft = LifetimeCur(700, 2)
     counters = dp.counters(params.spi_in)
     assert (counters.bytes_in, counters.packets_in) == (1500, 3)
     assert (counters.bytes_out, counters.packets_out) == (700, 2)
@@ -178,24 +178,23 @@ def test_move_by_readd_keeps_replay_and_counters() -> None:
     dp.install_child_sa(params)
     out_old = StateKey("198.51.100.1", 0x0DDBA112)
     in_old = StateKey("192.0.2.10", 0xC1A55E01)
-    attr(kernel.states[out_old], "XFRMA_REPLAY_ESN_VAL")["oseq"] = 5000
-    kernel.states[out_old].update(cur_bytes=9000, cur_packets=5000)
-    esn_in = attr(kernel.states[in_old], "XFRMA_REPLAY_ESN_VAL")
-    esn_in["seq"], esn_in["bmp"] = 321, [0xFFFFFFFF, 0x7]
+    kernel.states[out_old].replay_esn.oseq = 5000
+    kernel.states[out_old].info.curlft = LifetimeCur(9000, 5000)
+    esn_in = kernel.states[in_old].replay_esn
+    esn_in.seq, esn_in.bmp = 321, [0xFFFFFFFF, 0x7]
 
     dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 4500), params.remote, True)
 
     in_new = StateKey("203.0.113.5", 0xC1A55E01)
     assert set(kernel.states) == {FOREIGN_STATE, out_old, in_new}
     moved_out = kernel.states[out_old]
-    assert xfrm.unpack_addr(moved_out["saddr"], AF_INET) == "203.0.113.5"
-    assert attr(moved_out, "XFRMA_REPLAY_ESN_VAL")["oseq"] == 5000
-    assert (moved_out["cur_bytes"], moved_out["cur_packets"]) == (9000, 5000)
+    assert moved_out.info.saddr == "203.0.113.5"
+    assert moved_out.replay_esn.oseq == 5000
+    assert moved_out.lifetime == LifetimeCur(9000, 5000)  # restored from XFRMA_LTIME_VAL
     moved_in = kernel.states[in_new]
-    assert xfrm.unpack_addr(moved_in["saddr"], AF_INET) == "198.51.100.1"
-    esn = attr(moved_in, "XFRMA_REPLAY_ESN_VAL")
-    assert (esn["seq"], esn["bmp"]) == (321, [0xFFFFFFFF, 0x7])
-    assert attr(moved_in, "XFRMA_ALG_AUTH_TRUNC")["alg_trunc_len"] == 128
+    assert moved_in.info.saddr == "198.51.100.1"
+    assert (moved_in.replay_esn.seq, moved_in.replay_esn.bmp) == (321, [0xFFFFFFFF, 0x7])
+    assert moved_in.auth_trunc.extra == 128
     # Order: each state read, deleted, then added.
     names = [name for name, _ in kernel.log[5:]]
     assert names[:6] == ["XFRM_MSG_GETSA", "XFRM_MSG_DELSA", "XFRM_MSG_NEWSA"] * 2
@@ -222,8 +221,7 @@ def test_move_turning_encapsulation_on() -> None:
         params.spi_in, params.spi_out, ("2001:db8:7::5", 4500), ("2001:db8:2::1", 4500), True
     )
     for state in kernel.states.values():
-        enc = attr(state, "XFRMA_ENCAP")
-        assert (enc["encap_sport"], enc["encap_dport"]) == (4500, 4500)
+        assert (state.encap.sport, state.encap.dport) == (4500, 4500)
 
 
 def test_move_by_migrate_and_fallback() -> None:
@@ -256,13 +254,13 @@ def test_rekeyed_child_sa_shares_policies() -> None:
     dp.install_child_sa(old)
     dp.install_child_sa(new)
     assert len(kernel.policies) == 3 and len(kernel.states) == 4
-    reqids = {attr(p, "XFRMA_TMPL")["reqid"] for p in kernel.policies.values()}
+    reqids = {p.templates[0].reqid for p in kernel.policies.values()}
     assert reqids == {8}  # the newer CHILD SA's
     dp.remove_child_sa(old.spi_in, old.spi_out)
     assert len(kernel.policies) == 3 and len(kernel.states) == 2
     dp.install_child_sa(old)  # again, as a third CHILD SA; then drop the newest
     dp.remove_child_sa(old.spi_in, old.spi_out)
-    reqids = {attr(p, "XFRMA_TMPL")["reqid"] for p in kernel.policies.values()}
+    reqids = {p.templates[0].reqid for p in kernel.policies.values()}
     assert reqids == {8}  # back to the one still installed
     dp.remove_child_sa(new.spi_in, new.spi_out)
     assert kernel.policies == {} and kernel.states == {}
@@ -321,8 +319,8 @@ def test_several_traffic_selectors() -> None:
     # One v4 pair and the v6 range ::-ffff:: as one /1 prefix: 2 pairs x 3 directions.
     assert len(kernel.policies) == 6
     for state in kernel.states.values():
-        assert state["flags"] & xfrm.XFRM_STATE_AF_UNSPEC  # no single selector
-        assert state["sel_family"] == 0
+        assert state.info.flags & xfrm.XFRM_STATE_AF_UNSPEC  # no single selector
+        assert state.info.selector.family == 0
 
 
 def test_usage_errors() -> None:
@@ -354,7 +352,7 @@ class ProbeSocket:
     """Answers the probe's NEWSA requests with the given errnos in turn (0: accepted)."""
 
     answers: list[int] = []
-    log: list[Any] = []
+    log: list[XfrmMessage] = []
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -365,10 +363,10 @@ class ProbeSocket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, msg: Any, what: str = "") -> list[Any]:
+    def request(self, msg: XfrmMessage, what: str = "") -> list[XfrmMessage]:
         msg = roundtrip(msg)
         ProbeSocket.log.append(msg)
-        if msg["header"]["type"] == XFRM_MSG_NEWSA:
+        if msg.kind == XFRM_MSG_NEWSA:
             err = ProbeSocket.answers.pop(0)
             if err:
                 raise XfrmError(err, XFRM_MSG_NEWSA, "", what)
@@ -396,12 +394,12 @@ def test_probe(
     assert xfrm.probe_esp_support("somewhere") is supported
     seen = []
     for msg in ProbeSocket.log:
-        if msg["header"]["type"] == XFRM_MSG_NEWSA:
-            kind = "aead" if xfrm.get_attr(msg, "XFRMA_ALG_AEAD") else "crypt"
+        if msg.kind == XFRM_MSG_NEWSA:
+            kind = "aead" if sa(msg).aead else "crypt"
             seen.append(f"NEWSA {kind}")
             # Documentation addresses, no policy: nothing of the host's can match it.
-            assert xfrm.unpack_addr(msg["id_daddr"], AF_INET) == "192.0.2.2"
-            assert msg["id_spi"] >= 0x100
+            assert sa(msg).info.daddr == "192.0.2.2"
+            assert sa(msg).info.spi >= 0x100
         else:
             seen.append("DELSA")
     assert seen == requests
@@ -430,8 +428,8 @@ def test_migrate_failing_half_way_falls_back() -> None:
     calls = {"n": 0}
     real = kernel.request
 
-    def flaky(msg: Any, what: str = "") -> list[Any]:
-        if msg["header"]["type"] == XFRM_MSG_MIGRATE:
+    def flaky(msg: XfrmMessage, what: str = "") -> list[XfrmMessage]:
+        if msg.kind == XFRM_MSG_MIGRATE:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise XfrmError(errno.EINVAL, XFRM_MSG_MIGRATE, "refused by the test", what)
@@ -460,4 +458,4 @@ def test_migrate_cannot_drop_encapsulation() -> None:
     dp.move_child_sa(params.spi_in, params.spi_out, ("203.0.113.5", 500), params.remote, False)
     assert "XFRM_MSG_MIGRATE" not in [name for name, _ in kernel.log]
     for state in kernel.states.values():
-        assert xfrm.get_attr(state, "XFRMA_ENCAP") is None
+        assert state.encap is None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
-from typing import Any
 
 from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.datapath import ChildSaParams, TsRange
 from mpa_ike.io import xfrm
+from mpa_ike.io.xfrm_messages import PolicyMessage, SaMessage
 
 # Distinct key bytes per direction and role, so a swapped key shows in a test.
 ENCR_IN_CBC = bytes(range(0x00, 0x10))
@@ -72,21 +73,20 @@ def params_chacha_v4() -> ChildSaParams:
     )
 
 
-def roundtrip(msg: Any) -> Any:
-    """Serialize a built message with pyroute2 and parse the bytes back."""
-    msg["header"]["sequence_number"] = 1
-    msg["header"]["pid"] = 0
-    msg.encode()
-    data = bytes(msg.data)
-    assert len(data) == msg["header"]["length"]
-    return xfrm.decode_message(data)
+def roundtrip(msg: xfrm.XfrmMessage) -> xfrm.XfrmMessage:
+    """Serialize a built message and parse the bytes back; the parse pushes the same bytes."""
+    data = msg.push(seq=1)
+    assert len(data) == struct.unpack_from("=I", data)[0]
+    back = xfrm.XfrmMessage.pull(data)
+    assert back.push(seq=1) == data
+    return back
 
 
-def attr(msg: Any, name: str) -> Any:
-    value = xfrm.get_attr(msg, name)
-    assert value is not None, f"{name} missing"
-    return value
+def sa(msg: xfrm.XfrmMessage) -> SaMessage:
+    assert isinstance(msg.body, SaMessage), msg
+    return msg.body
 
 
-def attr_names(msg: Any) -> list[str]:
-    return [name for name, _ in msg["attrs"]]
+def policy(msg: xfrm.XfrmMessage) -> PolicyMessage:
+    assert isinstance(msg.body, PolicyMessage), msg
+    return msg.body
