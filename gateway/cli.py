@@ -25,6 +25,12 @@ def run(args: argparse.Namespace) -> int:
     return cli.run_daemon(args, DEFAULT_CONFIG, load_config, GatewayService)
 
 
+def check_config(file: Path) -> tuple[list[str], list[str]]:
+    from gateway.config import check_config
+
+    return check_config(file)
+
+
 def format_status(result: dict[str, Any]) -> list[str]:
     lines = cli.format_ike_sas(result.get("ike_sas", []))
     leases = result.get("leases", [])
@@ -42,6 +48,7 @@ PROGRAM = cli.Program(
     default_config=DEFAULT_CONFIG,
     default_socket=DEFAULT_CONTROL_SOCKET,
     run=run,
+    check_config=check_config,
     format_status=format_status,
 )
 

@@ -5,7 +5,7 @@ Relative file paths are relative to the directory of the configuration file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -18,13 +18,17 @@ from mpa_ike.node.config import (
     Endpoint,
     IPAddress,
     IPNetwork,
+    Report,
+    Secret,
     Section,
     address,
     boolean,
+    check,
     choice,
     daemon_keys,
     disjoint_networks,
     endpoint,
+    guarded,
     integer,
     list_of,
     load_yaml,
@@ -75,6 +79,9 @@ class GatewayConfig:
     mobike: MobikeConfig = MobikeConfig()
     half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD
     log_level: str = "info"
+    user: str | None = None  # whom to run as once the sockets are open
+    group: str | None = None
+    control_group: str | None = None
 
     def reserved_addresses(self) -> tuple[IPAddress, ...]:
         """Pool addresses never to lease: the explicit list, our own and the DNS servers."""
@@ -87,9 +94,31 @@ def load_config(file: Path) -> GatewayConfig:
     return parse_config(load_yaml(file), file.absolute().parent)
 
 
+def check_config(file: Path) -> Report:
+    """``mpa-gateway check-config``: every problem of the file, with those ``run`` would
+    only meet at start."""
+    return check(file, parse_config, _at_start)
+
+
+def _at_start(config: GatewayConfig, file: Path) -> Iterator[Secret]:
+    """The key files parse and match, as :meth:`GatewayService.start` needs them."""
+    from mpa_ike.node.credentials import credential, load_certificates
+
+    certificate, private_key, ca = config.certificate, config.private_key, config.ca
+    if certificate and private_key:
+        guarded(lambda: credential(certificate, private_key), None)
+        yield Secret("private_key", private_key)
+    if ca:
+        guarded(lambda: load_certificates(ca, "ca"))
+    if config.psk or config.eap.users:
+        yield Secret("", file)
+
+
 def parse_config(data: object, base_dir: Path) -> GatewayConfig:
     top = Section(data, "")
-    certificate, private_key, key = _authentication(top, base_dir)
+    certificate, private_key, key = guarded(
+        lambda: _authentication(top, base_dir), (None, None, None)
+    )
     config = GatewayConfig(
         listen=top.required("listen", list_of(endpoint)),
         id=top.required("id", string),

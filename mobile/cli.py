@@ -39,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     return cli.run_daemon(args, DEFAULT_CONFIG, load_config, MobileService)
 
 
+def check_config(file: Path) -> tuple[list[str], list[str]]:
+    from mobile.config import check_config
+
+    return check_config(file)
+
+
 def format_status(result: dict[str, Any]) -> list[str]:
     return cli.format_ike_sas(result.get("ike_sas", []))
 
@@ -49,6 +55,7 @@ PROGRAM = cli.Program(
     default_config=DEFAULT_CONFIG,
     default_socket=DEFAULT_CONTROL_SOCKET,
     run=run,
+    check_config=check_config,
     format_status=format_status,
     commands=COMMANDS,
 )

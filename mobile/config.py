@@ -6,8 +6,9 @@ Relative file paths are relative to the directory of the configuration file.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,11 +18,15 @@ from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
     Endpoint,
     IPNetwork,
+    Report,
+    Secret,
     Section,
     boolean,
+    check,
     choice,
     daemon_keys,
     endpoint,
+    guarded,
     interface_name,
     list_of,
     load_yaml,
@@ -30,6 +35,7 @@ from mpa_ike.node.config import (
     proposals,
     psk,
     readable_file,
+    report,
     secret,
     string,
 )
@@ -74,11 +80,30 @@ class MobileConfig:
     control_socket: Path = DEFAULT_CONTROL_SOCKET
     datapath: str = "auto"
     log_level: str = "info"
+    user: str | None = None  # whom to run as once the sockets are open
+    group: str | None = None
+    control_group: str | None = None
 
 
 def load_config(file: Path) -> MobileConfig:
     """Read and validate a mobile configuration file; raises ConfigError."""
     return parse_config(load_yaml(file), file.absolute().parent)
+
+
+def check_config(file: Path) -> Report:
+    """``mpa-mobile check-config``: every problem of the file, with those a ``connect``
+    would only meet later (CA files that hold no certificate)."""
+    return check(file, parse_config, _at_start)
+
+
+def _at_start(config: MobileConfig, file: Path) -> Iterator[Secret]:
+    from mpa_ike.node.credentials import load_certificates
+
+    for name, entry in (config.gateways or {}).items():
+        ca = entry.ca
+        if ca:
+            guarded(partial(load_certificates, ca, f"gateways.{name}.ca"))
+    yield Secret("", file)  # eap.password
 
 
 def parse_config(data: object, base_dir: Path) -> MobileConfig:
@@ -111,14 +136,15 @@ def _gateways(value: object, path: str, base_dir: Path) -> Mapping[str, GatewayE
     gateways = {}
     for name, entry in entries:
         if not _GATEWAY_NAME.fullmatch(name):
-            raise ConfigError("names may hold only letters, digits, _ . -", key=f"{path}.{name}")
-        gateways[name] = _gateway(name, entry, f"{path}.{name}", base_dir)
+            report(ConfigError("names may hold only letters, digits, _ . -", key=f"{path}.{name}"))
+            continue
+        gateways[name] = guarded(partial(_gateway, name, entry, f"{path}.{name}", base_dir))
     return MappingProxyType(gateways)
 
 
 def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntry:
     section = Section(value, path)
-    ca, key = _gateway_authentication(section, base_dir)
+    ca, key = guarded(lambda: _gateway_authentication(section, base_dir), (None, None))
     entry = GatewayEntry(
         name=name,
         address=section.required("address", endpoint),
@@ -134,7 +160,7 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
         encap=section.optional("encap", boolean, False),
     )
     section.check_unknown()
-    _check_handover(entry, path)
+    guarded(lambda: _check_handover(entry, path), None)
     return entry
 
 

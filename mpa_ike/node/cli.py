@@ -1,13 +1,15 @@
-"""The command line both daemons share: ``run``, ``status`` and commands to a daemon.
+"""The command line both daemons share: ``run``, ``check-config``, ``status`` and
+commands to a daemon.
 
 A :class:`Program` describes one command line (``mpa-gateway``, ``mpa-mobile``): its
-defaults, how to run the daemon, and the commands it sends to a running one.
-:func:`main` parses the arguments and runs the command.
+defaults, how to run the daemon and check its configuration, and the commands it sends
+to a running one. :func:`main` parses the arguments and runs the command.
 
 Everything a command that only talks to a daemon needs is imported here, and only the
 standard library is (and of it only what starts fast: no dataclasses, no asyncio):
-``run`` imports the daemon when it is asked for. A handover triggered from a shell pays
-the interpreter's start-up and little more.
+``run`` imports the daemon when it is asked for, ``check-config`` the configuration
+modules. A handover triggered from a shell pays the interpreter's start-up and little
+more.
 
 Failures end with one line on stderr and a non-zero exit, never a traceback:
 :data:`EXIT_USAGE` for bad arguments, :data:`EXIT_FAILURE` for a bad configuration, an
@@ -59,7 +61,9 @@ class Program(NamedTuple):
     """One daemon's command line.
 
     ``run`` starts the daemon from the parsed arguments (and imports it: nothing else
-    does); ``format_status`` turns a ``status`` result into lines.
+    does); ``check_config`` reads a configuration file and returns its problems and
+    warnings (one line each, naming the key); ``format_status`` turns a ``status``
+    result into lines.
     """
 
     prog: str
@@ -67,6 +71,7 @@ class Program(NamedTuple):
     default_config: Path
     default_socket: Path
     run: Callable[[argparse.Namespace], int]
+    check_config: Callable[[Path], tuple[Sequence[str], Sequence[str]]]
     format_status: Callable[[dict[str, Any]], list[str]]
     commands: Mapping[str, DaemonCommand] = {}
 
@@ -77,6 +82,11 @@ def build_parser(program: Program) -> Parser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "run", parents=[common], help=f"run the daemon (default config {program.default_config})"
+    )
+    commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="check the configuration file, every problem on a line of its own",
     )
     status = commands.add_parser("status", parents=[common], help="show the daemon's SAs")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -91,6 +101,8 @@ def main(program: Program, argv: Sequence[str] | None = None) -> int:
     args = build_parser(program).parse_args(argv)
     if args.command == "run":
         return execute(program.prog, lambda: program.run(args))
+    if args.command == "check-config":
+        return execute(program.prog, lambda: check_config(program, args))
     if args.command == "status":
         return execute(program.prog, lambda: status(program, args))
     return execute(program.prog, lambda: daemon_command(program, args))
@@ -159,6 +171,21 @@ def ask(
         return call(socket, cmd, args, timeout=timeout)
     except ControlError as error:
         raise CliError(str(error)) from None
+
+
+def check_config(program: Program, args: argparse.Namespace) -> int:
+    """``check-config``: each warning and problem on a line starting with the file, then
+    ``FILE: OK`` and exit 0, or exit 1 if there was a problem."""
+    file = config_file(args, program.default_config)
+    problems, warnings = program.check_config(file)
+    for warning in warnings:
+        print(f"{file}: warning: {warning}")
+    for problem in problems:
+        print(f"{file}: {problem}")
+    if problems:
+        return EXIT_FAILURE
+    print(f"{file}: OK")
+    return EXIT_OK
 
 
 def status(program: Program, args: argparse.Namespace) -> int:

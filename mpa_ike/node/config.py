@@ -4,19 +4,30 @@ Every check raises :class:`ConfigError` with a one-line message that starts with
 key path (``gateways.ngw.address: not an IP address: 'x'``), so a CLI can print it as
 is. Parsers are plain functions ``(value, path) -> typed value``; :class:`Section`
 reads one YAML mapping with them and rejects keys nobody asked for.
+
+``run`` stops at the first problem. ``check-config`` reads the file inside
+:func:`collecting`: there a :class:`Section` records the problem of a key, stands
+:data:`INVALID` in for its value and goes on with the next key, so that one run names
+every problem of the file (:func:`check`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import difflib
+import grp
+import os
+import pwd
 import re
-from collections.abc import Callable, Hashable
+import stat
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -25,6 +36,7 @@ from mpa_ike.crypto.proposal import parse_proposal
 from mpa_ike.errors import ConfigError
 
 T = TypeVar("T")
+C = TypeVar("C")
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Parser = Callable[[object, str], T]
@@ -63,6 +75,63 @@ def type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class _Invalid:
+    """The value of a key that had a problem, while the rest of the file is checked.
+
+    False, and so is what is read of it, so that a check depending on it (``preauth``
+    needs ``interface``) keeps quiet rather than adding a line for the same problem."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        """What a check reads of an INVALID section is INVALID too."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+_problems: ContextVar[list[ConfigError] | None] = ContextVar("config_problems", default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[ConfigError]]:
+    """Within it, :func:`report` and :func:`guarded` record problems instead of raising."""
+    problems: list[ConfigError] = []
+    token = _problems.set(problems)
+    try:
+        yield problems
+    finally:
+        _problems.reset(token)
+
+
+def report(error: ConfigError) -> Any:
+    """Raise ``error``, or record it while :func:`collecting` and return INVALID."""
+    problems = _problems.get()
+    if problems is None:
+        raise error
+    problems.append(error)
+    return INVALID
+
+
+def guarded(check: Callable[[], T], fallback: Any = INVALID) -> T:
+    """``check()``; while :func:`collecting`, a ConfigError it raises is recorded and
+    ``fallback`` returned, so that the problem of one key hides no other's."""
+    try:
+        return check()
+    except ConfigError as error:
+        problems = _problems.get()
+        if problems is None:
+            raise
+        problems.append(error)
+        result: T = fallback
+        return result
+
+
 class Section:
     """One YAML mapping, read key by key; keys never asked for are errors."""
 
@@ -81,13 +150,19 @@ class Section:
 
     def required(self, key: str, parse: Parser[T]) -> T:
         if not self.has(key):
-            raise ConfigError("required", key=join(self.path, key))
-        return parse(self._data[key], join(self.path, key))
+            result: T = report(ConfigError("required", key=join(self.path, key)))
+            return result
+        return self._parse(key, parse)
 
     def optional(self, key: str, parse: Parser[T], default: T) -> T:
         if not self.has(key):
             return default
-        return parse(self._data[key], join(self.path, key))
+        return self._parse(key, parse)
+
+    def _parse(self, key: str, parse: Parser[T]) -> T:
+        value = self._data[key]
+        result: T = guarded(lambda: parse(value, join(self.path, key)))
+        return result
 
     def raw(self, key: str) -> object:
         self._asked.add(key)
@@ -97,7 +172,7 @@ class Section:
         """Refuse keys that no parser read: a typo must not be ignored silently."""
         for key in self._data:
             if key not in self._asked:
-                raise ConfigError("unknown key" + self._hint(key), key=join(self.path, key))
+                report(ConfigError("unknown key" + self._hint(key), key=join(self.path, key)))
 
     def _hint(self, key: object) -> str:
         close = difflib.get_close_matches(str(key), sorted(self._asked), n=1)
@@ -268,6 +343,26 @@ def readable_file(base_dir: Path) -> Parser[Path]:
     return parse
 
 
+def user_name(value: object, path: str) -> str:
+    """A user of this host (``pwd``), by name."""
+    name = string(value, path)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"no such user: {name!r}", key=path) from None
+    return name
+
+
+def group_name(value: object, path: str) -> str:
+    """A group of this host (``grp``), by name."""
+    name = string(value, path)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ConfigError(f"no such group: {name!r}", key=path) from None
+    return name
+
+
 def socket_path(base_dir: Path) -> Parser[Path]:
     def parse(value: object, path: str) -> Path:
         file = base_dir / string(value, path)
@@ -364,9 +459,70 @@ def read_control_socket(file: Path, default: Path) -> Path:
 
 
 def daemon_keys(top: Section, base_dir: Path, default_socket: Path) -> dict[str, Any]:
-    """The keys every daemon's file has: ``control_socket``, ``datapath``, ``log_level``."""
+    """The keys every daemon's file has: ``control_socket``, ``datapath``, ``log_level``,
+    and whom to run as once the sockets are open: ``user``, ``group`` (default: the
+    user's) and ``control_group`` (who may use the control socket besides root and
+    the daemon's user)."""
+    user = top.optional("user", user_name, None)
+    group = top.optional("group", group_name, None)
+    if group is not None and user is None:
+        group = report(ConfigError("only used with user", key="group"))
     return {
         "control_socket": top.optional("control_socket", socket_path(base_dir), default_socket),
         "datapath": top.optional("datapath", choice(*DATAPATHS), "auto"),
         "log_level": top.optional("log_level", choice(*LOG_LEVELS), "info"),
+        "user": user,
+        "group": group,
+        "control_group": top.optional("control_group", group_name, None),
     }
+
+
+class Report(NamedTuple):
+    """What ``check-config`` found: problems (the file is refused) and warnings."""
+
+    problems: list[str]
+    warnings: list[str]
+
+
+class Secret(NamedTuple):
+    """A file holding secrets, which only its owner should read; ``key`` names it."""
+
+    key: str
+    file: Path
+
+
+def check(
+    file: Path,
+    parse: Callable[[object, Path], C],
+    at_start: Callable[[C, Path], Iterable[Secret]],
+) -> Report:
+    """Every problem of a configuration file: those of its keys (:func:`collecting`),
+    then those ``run`` would only meet at start: ``at_start`` checks them with
+    :func:`guarded`, skipping values that are INVALID (false), and names the files that
+    hold secrets."""
+    try:
+        data = load_yaml(file)
+    except ConfigError as error:
+        return Report([str(error)], [])
+    with collecting() as problems:
+        config = guarded(lambda: parse(data, file.absolute().parent), None)
+        secrets: list[Secret] = []
+        if config is not None:
+            secrets = guarded(lambda: list(at_start(config, file)), [])
+    return Report([str(problem) for problem in problems], secret_warnings(secrets))
+
+
+def secret_warnings(secrets: Iterable[Secret]) -> list[str]:
+    """A warning for each secret file that its group or other users may read."""
+    warnings = []
+    for key, file in secrets:
+        try:
+            mode = os.stat(file).st_mode
+        except OSError:
+            continue  # a file that cannot be read is a problem reported elsewhere
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            what = f"{key}: '{file}'" if key else "holds secrets and"
+            warnings.append(
+                f"{what} is readable by group/others (mode {stat.S_IMODE(mode):04o}; chmod 600)"
+            )
+    return warnings

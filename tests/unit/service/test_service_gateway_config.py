@@ -44,6 +44,13 @@ def test_minimal_config_takes_defaults(gateway_data: dict[str, Any]) -> None:
     assert config.half_open_threshold == 30
     assert config.log_level == "info"
     assert dict(config.eap.users) == {"alice": "alice-secret"}
+    assert (config.user, config.group, config.control_group) == (None, None, None)
+
+
+def test_whom_to_run_as(gateway_data: dict[str, Any]) -> None:
+    data = gateway_data | {"user": "root", "group": "root", "control_group": "root"}
+    config = parse(data)
+    assert (config.user, config.group, config.control_group) == ("root", "root", "root")
 
 
 def test_secrets_stay_out_of_repr(gateway_data: dict[str, Any]) -> None:
@@ -166,6 +173,10 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("control_socket", "/" + "s" * 120, "control_socket: longer than 107 bytes"),
     ("log_level", "verbose", "log_level: expected one of debug, info, warning, error"),
     ("listn", ["192.0.2.1"], "listn: unknown key (did you mean 'listen'?)"),
+    ("user", "no-such-user-of-mpa-ike", "user: no such user: 'no-such-user-of-mpa-ike'"),
+    ("user", 0, "user: expected a string, got an integer"),
+    ("group", "root", "group: only used with user"),
+    ("control_group", "no-such-group", "control_group: no such group: 'no-such-group'"),
 ]
 
 
