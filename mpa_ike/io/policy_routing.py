@@ -10,6 +10,10 @@ rule placed before it sends their packets by ``main``.
 A mobile node keeps the routes of each pre-authentication tunnel in a table of its own,
 reached only by traffic from that tunnel's nCoA (a ``from`` rule), so the tunnel
 carries the nCoA's traffic while everything else still takes the current network.
+
+The rules are requests of :mod:`mpa_ike.io.rtnl` through :class:`mpa_ike.io.tun.Netlink`
+(``call("rule", "add", ...)``, pyroute2's names), carried out in the caller's thread: a
+handover adds and removes them while traffic is coming back.
 """
 
 from __future__ import annotations
