@@ -1,7 +1,7 @@
 """What one handover of ``mpa-bench handover`` measured, and the statistics over many.
 
 Pure functions over raw samples, so that the measurement itself is tested on synthetic
-flows and captures (``tests/bench``):
+flows and captures (``tests/unit/bench``):
 
 - the probe flow (``mpa_testbed.probe``): the outage in each direction is the
   longest silence that ends after the link event (or the trailing silence of a flow

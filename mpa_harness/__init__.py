@@ -1,5 +1,5 @@
 """Test harness: network namespaces, test PKI and strongSwan charon peers.
 
-Used by the interop tests (``tests/interop``) and by the known-answer recorder
+Used by the system tests (``tests/system``), ``mpa-bench`` and by the known-answer recorder
 (``tests/vectors/record_charon.py``). Nothing here is imported by ``mpa_ike``.
 """

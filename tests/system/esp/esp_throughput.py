@@ -1,6 +1,6 @@
 """Userspace ESP packets per second per core, in CPU time (a measurement, not a test).
 
-    python3 tests/esp/esp_throughput.py [--seconds 1.0]
+    python3 tests/system/esp/esp_throughput.py [--seconds 1.0]
 
 For AES-GCM-16/128 and AES-CBC-128 with HMAC-SHA2-256-128, at 64- and 1400-byte
 inner packets: OutboundSa.encrypt and InboundSa.decrypt alone, and the whole

@@ -5,7 +5,7 @@ Topology (names carry the harness's per-process tag)::
     mn [tun 10.9.0.1, fd00:9::1] --veth 192.0.2.0/24, 2001:db8:1::/64-- gw [tun]
     gw --veth 10.1.0.0/24, fd00:1::/64-- lan 10.1.0.1, fd00:1::1
 
-Each of mn and gw runs ``tests/esp/esp_node.py`` (TUN device, UDP 4500 socket,
+Each of mn and gw runs ``tests/system/esp/esp_node.py`` (TUN device, UDP 4500 socket,
 one SA pair carrying both inner families). UDP echoes go both ways between lan
 and the MN's inner addresses; then crafted ESP packets (a replay, a tampered
 one, one with an unknown SPI) are sent to the gateway from a plain UDP socket.

@@ -46,7 +46,7 @@ from tests.unit.service.servicehelp import REPO, Daemon, cli, edited, write_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 
-ECHO = REPO / "tests" / "esp" / "udp_echo.py"
+ECHO = REPO / "tests" / "system" / "esp" / "udp_echo.py"
 GW_LAN = "10.1.0.1"
 LAN_HOST = "10.1.0.10"
 GW_LAN6 = "fd01::1"
