@@ -22,7 +22,10 @@ Exchanges (RFC 7296 §1.2, §2.16 with EAP; the gateway authenticates first)::
                       <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE)}
 
 Once established (:class:`mpa_ike.mobike.Mobike` and :class:`mpa_ike.rekey.Rekey`
-hold these exchanges, objects of their own that the IkeSa owns)::
+hold these exchanges, objects of their own that the IkeSa owns; they see it only
+through their Protocols ``MobikeHost`` and ``RekeyHost``, which the public methods
+``emit``, ``natd_notifies``, ``detect_nat``, ``install_child``, ``successor``,
+``hand_over`` and the like implement)::
 
     HDR, SK{N(UPDATE_SA_ADDRESSES), N(NAT-D)x2, [N(NO_NATS_ALLOWED)], N(COOKIE2)}  -->
                       <--  HDR, SK{N(NAT-D)x2, N(COOKIE2)}  (or N(UNACCEPTABLE_ADDRESSES))

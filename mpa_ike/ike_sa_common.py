@@ -1,5 +1,6 @@
-"""What the IKE SA state machine (:mod:`mpa_ike.ike_sa`) and its exchange modules
-(:mod:`mpa_ike.mobike`, :mod:`mpa_ike.rekey`) share: SA states, sizes, small helpers."""
+"""What the IKE SA state machine (:mod:`mpa_ike.ike_sa`) and its parts
+(:mod:`mpa_ike.exchange`, :mod:`mpa_ike.mobike`, :mod:`mpa_ike.rekey`,
+:mod:`mpa_ike.child_negotiation`) share: SA states, sizes, small helpers."""
 
 from __future__ import annotations
 
