@@ -17,9 +17,10 @@ import json
 import sys
 from typing import Any
 
+from udp4500 import Udp4500Sockets
+
 from mpa_ike.datapath import ChildSaParams, TsRange
 from mpa_ike.io.raw_esp import RawEspSockets
-from mpa_ike.io.udp4500 import Udp4500Sockets
 from mpa_ike.io.userspace import UserspaceDatapath
 
 

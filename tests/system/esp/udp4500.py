@@ -1,4 +1,5 @@
-"""The shared NAT-T port: IKE, ESP in UDP and NAT keepalives on UDP 4500 (RFC 3948).
+"""A stand-alone NAT-T port for the ESP tests: IKE, ESP in UDP and NAT keepalives on
+UDP 4500 (RFC 3948), without the daemons' transport (:mod:`mpa_ike.node.transport`).
 
 One socket per address family carries all three (RFC 3948 §2): IKE messages
 start with the 4-byte zero non-ESP marker, a single 0xFF octet is a NAT

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.datapath import ChildSaParams, TsRange
 from mpa_ike.esp import DropReason, EspTunnels, InboundSa, OutboundSa, make_transform, packet_keys
-from mpa_ike.io.udp4500 import Udp4500Kind, classify_udp4500
 
 SPI = b"\xc0\x00\x00\x07"
 SUITES = {
@@ -77,7 +76,6 @@ def test_tunnels_never_raise(data: bytes) -> None:
     result = t.outbound(data)
     assert isinstance(result, DropReason) or result[1][:4] == SPI
     packet_keys(data)
-    classify_udp4500(data)
 
 
 @settings(max_examples=300)
@@ -119,14 +117,3 @@ def test_replay_window_matches_a_model(window: int, seqs: list[int], esn: bool) 
         if fresh:
             seen.add(seq)
             top = max(top, seq)
-
-
-@given(st.binary(max_size=16))
-def test_udp4500_classification(data: bytes) -> None:
-    kind = classify_udp4500(data)
-    if data == b"\xff":
-        assert kind is Udp4500Kind.KEEPALIVE
-    elif data[:4] == b"\0\0\0\0":
-        assert kind is (Udp4500Kind.IKE if len(data) > 4 else Udp4500Kind.INVALID)
-    elif kind is Udp4500Kind.ESP:
-        assert len(data) >= 8

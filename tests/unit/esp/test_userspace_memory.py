@@ -20,8 +20,8 @@ from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaParams, Datapath, TsRange
 from mpa_ike.errors import LocalProtocolError
 from mpa_ike.esp import SEQ_SOFT_MARGIN, DropReason, Expiry
-from mpa_ike.io.udp4500 import Udp4500Demux, Udp4500Kind
 from mpa_ike.io.userspace import UserspaceDatapath
+from tests.system.esp.udp4500 import Udp4500Demux, Udp4500Kind
 
 MN_OUTER: Address = ("192.0.2.1", 4500)
 GW_OUTER: Address = ("192.0.2.2", 4500)
