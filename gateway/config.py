@@ -5,7 +5,7 @@ Relative file paths are relative to the directory of the configuration file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -45,6 +45,8 @@ EAP_METHODS = ("md5", "mschapv2")
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
 FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
+DEFAULT_LEASES = Path("/var/lib/mpa-ike/leases.sqlite3")  # the pool's leases, kept across restarts
+DEFAULT_LEASE_GRACE = 300  # seconds the leases of the last run stay held for their peers
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class GatewayConfig:
     datapath: str = "auto"
     mobike: MobikeConfig = MobikeConfig()
     half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD
+    leases: Path = DEFAULT_LEASES
+    lease_grace: int = DEFAULT_LEASE_GRACE
     log_level: str = "info"
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
@@ -137,6 +141,8 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         half_open_threshold=top.optional(
             "half_open_threshold", integer(0, 1_000_000), DEFAULT_HALF_OPEN_THRESHOLD
         ),
+        leases=top.optional("leases", _lease_file(base_dir), DEFAULT_LEASES),
+        lease_grace=top.optional("lease_grace", integer(0, 7 * 86_400), DEFAULT_LEASE_GRACE),
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
@@ -177,6 +183,18 @@ def _users(value: object, path: str) -> Mapping[str, str]:
     if not users:
         raise ConfigError("at least one user is required", key=path)
     return MappingProxyType(users)
+
+
+def _lease_file(base_dir: Path) -> Callable[[object, str], Path]:
+    """The SQLite file of the pool's leases (created at start with its directory)."""
+
+    def parse(value: object, path: str) -> Path:
+        file = base_dir / string(value, path)
+        if file.is_dir():
+            raise ConfigError(f"a directory, not a file: '{file}'", key=path)
+        return file
+
+    return parse
 
 
 def _mobike(value: object, path: str) -> MobikeConfig:

@@ -1,30 +1,83 @@
 """The address pool behind CP(CFG_REQUEST) / CFG_REPLY (RFC 7296 §3.15).
 
-Each lease belongs to an owner, an opaque key of the IKE SA that holds it, and lasts
-until :meth:`AddressPool.release`: the gateway releases it when the IKE SA ends, so
-the mobile node keeps its nCoA across a MOBIKE move. An owner holds at most one IPv4
-and one IPv6 lease.
+Each lease belongs to an owner, an opaque key of the IKE SA that holds it (its SPI),
+and lasts until :meth:`AddressPool.release`: the gateway releases it when the IKE SA
+ends, so the mobile node keeps its nCoA across a MOBIKE move. An owner holds at most
+one IPv4 and one IPv6 lease.
 
 Like strongSwan's pools, addresses never leased go out first, in order; released
 addresses are reused oldest first, so a released address is not handed to someone else
 at once. Nothing scans the pool: each family keeps a next pointer per range and a
 queue of released addresses, so an /8 or a /64 costs no more than a /24.
+
+With a :class:`~gateway.leases.LeaseStore` the leases outlive the process. Every change
+is written (one transaction) before it takes effect, so what the database says was
+leased is never handed to another. At start the leases active at the last run are
+*held*: their IKE SAs died with the process, but their mobile nodes still use the
+addresses. A peer of the same identity coming back gets its held lease again (or, if it
+has none, the address it was last released, when that is free); nobody else does. Held
+leases whose peers do not come back are reclaimed ``grace`` seconds after the start,
+lazily at the next allocation or when the service calls :meth:`AddressPool.reclaim`.
+
+The pool reads no clock of its own: lease times come from the injected ``clock`` (the
+gateway passes the wall clock, as the times outlive the process) or from ``now``.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
+import sqlite3
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
+
+from gateway.leases import LeaseRow, LeaseState, LeaseStore, owner_key
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Family = Literal[4, 6]
 OwnerT = TypeVar("OwnerT", bound=Hashable)
+FAMILIES: tuple[Family, ...] = (4, 6)
+# How long the leases of an earlier run stay held for their identities (seconds).
+DEFAULT_GRACE = 300.0
+
+log = logging.getLogger(__name__)
+
+
+class IdentifiedAllocator(Protocol):
+    """The core's :class:`mpa_ike.config_payload.AddressAllocator`, told who the peer
+    is: with the identity, a peer coming back after a restart gets its address again.
+    :class:`AddressPool` takes either call."""
+
+    def acquire(
+        self,
+        owner: Hashable,
+        family: Family,
+        requested: IPAddress | None = None,
+        *,
+        identity: str | None = None,
+    ) -> IPAddress | None: ...
+
+    def release(self, owner: Hashable) -> tuple[IPAddress, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease of an IKE SA of an earlier run, kept from everyone but its identity
+    until ``until``."""
+
+    address: IPAddress
+    identity: str | None
+    ike_sa: str  # the owner key of that run (SPI in hex)
+    until: float
+
+    def __str__(self) -> str:
+        who = self.identity if self.identity is not None else "an unknown peer"
+        return f"held for {who} (IKE SA {self.ike_sa} of an earlier run)"
 
 
 @dataclass
@@ -58,6 +111,9 @@ class _FamilyPool(Generic[OwnerT]):
         self._starts = [first for first, _ in bounds]
         self._reserved = {value for value in reserved if self._range_of(value)}
         self.leased: dict[int, OwnerT] = {}
+        self.held: dict[int, HeldLease] = {}
+        self._held_of: dict[str, list[int]] = {}  # identity -> held; may hold stale entries
+        self._previous: dict[str, int] = {}  # identity -> the address it was last released
         self._released: set[int] = set()
         # Release order; may hold stale entries, _released is the truth.
         self._release_order: deque[int] = deque()
@@ -69,27 +125,82 @@ class _FamilyPool(Generic[OwnerT]):
     def contains(self, value: int) -> bool:
         return self._range_of(value) is not None
 
+    def manages(self, value: int) -> bool:
+        """Whether ``value`` is one of the pool's leasable addresses."""
+        return self.contains(value) and value not in self._reserved
+
     def is_free(self, value: int) -> bool:
-        if not self.contains(value) or value in self._reserved:
-            return False
-        return value not in self.leased
+        return self.manages(value) and value not in self.leased and value not in self.held
 
-    def take(self, owner: OwnerT, requested: int | None) -> int | None:
+    def choose(self, identity: str | None, requested: int | None) -> int | None:
+        """The address for a new lease: ``identity``'s held lease, ``requested`` if it
+        is free, ``identity``'s last address if it is free, a fresh one, the oldest
+        released one. :meth:`lease` takes it, :meth:`unchoose` puts it back."""
+        if identity is not None and (value := self._own_held(identity)) is not None:
+            return value
         if requested is not None and self.is_free(requested):
-            value: int | None = requested
-        else:
-            value = self._next_fresh()
-            if value is None:
-                value = self._oldest_released()
-        if value is not None:
-            self._released.discard(value)
-            self.leased[value] = owner
-        return value
+            return requested
+        if identity is not None:
+            previous = self._previous.get(identity)
+            if previous is not None and self.is_free(previous):
+                return previous
+        value = self._next_fresh()
+        return value if value is not None else self._oldest_released()
 
-    def give_back(self, value: int) -> None:
+    def lease(self, value: int, owner: OwnerT) -> None:
+        self._released.discard(value)
+        self.held.pop(value, None)
+        self.leased[value] = owner
+
+    def unchoose(self, value: int) -> None:
+        """A chosen address was not leased after all: it goes out next time."""
+        if value in self.held:
+            return
+        if value in self._released:  # back at the head of the queue (a duplicate is stale)
+            self._release_order.appendleft(value)
+            return
+        r = self._range_of(value)
+        if r is not None and r.next == value + 1:
+            r.next = value  # the pointer's last: it stays a fresh one
+        else:
+            self._released.add(value)
+            self._release_order.appendleft(value)
+
+    def give_back(self, value: int, identity: str | None) -> None:
         del self.leased[value]
+        self._add_released(value, identity)
+
+    def hold(self, lease: HeldLease) -> None:
+        value = int(lease.address)
+        self.held[value] = lease
+        if lease.identity is not None:
+            self._held_of.setdefault(lease.identity, []).append(value)
+
+    def unhold(self, lease: HeldLease) -> None:
+        """A held lease is reclaimed: the address goes back as released."""
+        value = int(lease.address)
+        del self.held[value]
+        self._add_released(value, lease.identity)
+
+    def load_released(self, value: int, identity: str | None) -> None:
+        """A lease released in an earlier run (given oldest first)."""
+        self._add_released(value, identity)
+
+    def _add_released(self, value: int, identity: str | None) -> None:
         self._released.add(value)
         self._release_order.append(value)
+        if identity is not None:
+            self._previous[identity] = value
+
+    def _own_held(self, identity: str) -> int | None:
+        values = self._held_of.get(identity, [])
+        while values:
+            lease = self.held.get(values[0])
+            if lease is not None and lease.identity == identity:
+                return values[0]
+            values.pop(0)
+        self._held_of.pop(identity, None)
+        return None
 
     def _range_of(self, value: int) -> _Range | None:
         index = bisect.bisect_right(self._starts, value) - 1
@@ -102,9 +213,14 @@ class _FamilyPool(Generic[OwnerT]):
             while r.next <= r.last:
                 value = r.next
                 r.next += 1
-                # Requested leases may sit ahead of the pointer; released ones are
-                # picked up here too and dropped from the release queue lazily.
-                if value not in self.leased and value not in self._reserved:
+                # Requested, held and released addresses may sit ahead of the pointer:
+                # the released ones wait in the release queue.
+                if (
+                    value not in self.leased
+                    and value not in self._reserved
+                    and value not in self.held
+                    and value not in self._released
+                ):
                     return value
         return None
 
@@ -116,13 +232,32 @@ class _FamilyPool(Generic[OwnerT]):
         return None
 
 
-class AddressPool(Generic[OwnerT]):
-    """IPv4 and IPv6 leases for IKE SAs, keyed by an opaque owner."""
+def _address(family: int, value: int) -> IPAddress:
+    return IPv4Address(value) if family == 4 else IPv6Address(value)
 
-    def __init__(self, networks: Iterable[IPNetwork], reserved: Iterable[IPAddress] = ()) -> None:
+
+class AddressPool(Generic[OwnerT]):
+    """IPv4 and IPv6 leases for IKE SAs, keyed by an opaque owner.
+
+    ``store`` keeps them across restarts (it needs ``clock``, the source of lease
+    times); ``grace`` is how long the leases of the last run stay held for their
+    identities; ``identify`` names the peer of an owner when ``acquire`` is not told.
+    """
+
+    def __init__(
+        self,
+        networks: Iterable[IPNetwork],
+        reserved: Iterable[IPAddress] = (),
+        *,
+        store: LeaseStore | None = None,
+        grace: float = DEFAULT_GRACE,
+        clock: Callable[[], float] | None = None,
+        identify: Callable[[OwnerT], str | None] | None = None,
+    ) -> None:
         """``reserved`` addresses (the gateway's own, say) are never leased.
 
-        Raises ValueError if two networks of a family overlap.
+        Raises ValueError if two networks of a family overlap, or for a store without
+        a clock; LeaseStoreError if the store cannot be read.
         """
         networks = list(networks)
         reserved_ints = {4: set[int](), 6: set[int]()}
@@ -130,36 +265,120 @@ class AddressPool(Generic[OwnerT]):
             reserved_ints[address.version].add(int(address))
         self._families: dict[int, _FamilyPool[OwnerT]] = {
             family: _FamilyPool((n for n in networks if n.version == family), reserved_ints[family])
-            for family in (4, 6)
+            for family in FAMILIES
         }
         self._owners: dict[OwnerT, dict[int, IPAddress]] = {}
+        self._identities: dict[OwnerT, str] = {}
+        # What the last release gave back, with its identity: a successor IKE SA takes
+        # it over at once (RFC 7296 §2.18) and keeps the identity if it is not told.
+        self._moving: dict[IPAddress, str] = {}
+        self._store = store
+        self._grace = grace
+        self._clock = clock
+        self._identify = identify
+        self._reclaim_at: float | None = None
+        if store is not None:
+            if clock is None:
+                raise ValueError("a lease store needs a clock")
+            self._load(store.load(), clock())
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # ------------------------------------------------------------------ leases
 
     def acquire(
-        self, owner: OwnerT, family: Family, requested: IPAddress | None = None
+        self,
+        owner: OwnerT,
+        family: Family,
+        requested: IPAddress | None = None,
+        *,
+        identity: str | None = None,
     ) -> IPAddress | None:
-        """Lease an address of ``family`` to ``owner``; None if the pool is exhausted.
+        """Lease an address of ``family`` to ``owner``; None if the pool is exhausted
+        (or the lease cannot be recorded).
 
-        A ``requested`` address is honoured if it is in the pool and free (RFC 7296
-        §3.15.1 lets the initiator ask for one; strongSwan grants it); otherwise
+        ``identity`` (the peer's) gets its held lease back, or its last address if
+        free. A ``requested`` address is honoured if it is in the pool and free (RFC
+        7296 §3.15.1 lets the initiator ask for one; strongSwan grants it); otherwise
         another is leased. An owner asking again gets the address it already holds.
         """
         held = self.lease_of(owner, family)
         if held is not None:
             return held
-        wanted = int(requested) if requested is not None and requested.version == family else None
-        value = self._families[family].take(owner, wanted)
+        now = self._now()
+        self.reclaim(now)
+        wanted = requested if requested is not None and requested.version == family else None
+        identity = self._identity_of(owner, identity, wanted)
+        pool = self._families[family]
+        value = pool.choose(identity, int(wanted) if wanted is not None else None)
         if value is None:
             return None
-        leased = IPv4Address(value) if family == 4 else IPv6Address(value)
-        self._owners.setdefault(owner, {})[family] = leased
-        return leased
+        address = _address(family, value)
+        if not self._record(owner, address, identity, now):
+            pool.unchoose(value)
+            return None
+        pool.lease(value, owner)
+        self._owners.setdefault(owner, {})[family] = address
+        if identity is not None:
+            self._identities[owner] = identity
+        return address
 
     def release(self, owner: OwnerT) -> tuple[IPAddress, ...]:
         """Return every address ``owner`` holds to the pool; they are returned."""
         held = self._owners.pop(owner, {})
+        identity = self._identities.pop(owner, None)
+        released = tuple(held.values())
+        self._moving = dict.fromkeys(released, identity) if identity is not None else {}
+        if released and self._store is not None:
+            try:
+                self._store.release(owner_key(owner), released, self._now())
+            except sqlite3.Error as error:
+                # Still active in the file: held after a restart, then reclaimed.
+                log.error("leases: cannot record the release of %s: %s", released, error)
         for family, address in held.items():
-            self._families[family].give_back(int(address))
-        return tuple(held.values())
+            self._families[family].give_back(int(address), identity)
+        return released
+
+    def reclaim(self, now: float) -> tuple[IPAddress, ...]:
+        """Held leases whose grace is over by ``now`` go back to the pool, in one
+        transaction; they are returned. Allocation calls this; the service may too."""
+        if self._reclaim_at is None or now < self._reclaim_at:
+            return ()
+        due = [lease for lease in self.held() if lease.until <= now]
+        if self._store is not None and due:
+            try:
+                self._store.reclaim([(lease.address, lease.ike_sa) for lease in due], now)
+            except sqlite3.Error as error:
+                log.error("leases: cannot record the reclaim of held leases: %s", error)
+                return ()  # held a while longer: the next call tries again
+        for lease in due:
+            self._families[lease.address.version].unhold(lease)
+        self._reclaim_at = min((lease.until for lease in self.held()), default=None)
+        if due:
+            log.info("reclaimed %d leases of IKE SAs that did not come back", len(due))
+        return tuple(lease.address for lease in due)
+
+    def next_reclaim(self) -> float | None:
+        """When :meth:`reclaim` has something to do (None: nothing is held)."""
+        return self._reclaim_at
+
+    def mark_seen(self, now: float) -> None:
+        """Every lease of a live IKE SA was in use at ``now`` (one transaction)."""
+        if self._store is None:
+            return
+        live = [
+            (address, owner_key(owner))
+            for owner, held in self._owners.items()
+            for address in held.values()
+        ]
+        try:
+            self._store.mark_seen(live, now)
+        except sqlite3.Error as error:
+            log.error("leases: cannot record when leases were seen: %s", error)
+
+    # ------------------------------------------------------------------ queries
 
     def lease_of(self, owner: OwnerT, family: Family | None = None) -> IPAddress | None:
         """The address ``owner`` holds of ``family`` (of either, IPv4 first, if None)."""
@@ -176,10 +395,18 @@ class AddressPool(Generic[OwnerT]):
         """Who leased ``address``; the MOBIKE address policy ``allocated`` asks this."""
         return self._families[address.version].leased.get(int(address))
 
-    def leases(self) -> Iterator[tuple[IPAddress, OwnerT]]:
+    def leases(self) -> Iterator[tuple[IPAddress, OwnerT | HeldLease]]:
+        """Every lease with its owner: the live IKE SAs', then the held ones."""
         for owner, held in self._owners.items():
             for family in sorted(held):
                 yield held[family], owner
+        for lease in self.held():
+            yield lease.address, lease
+
+    def held(self) -> Iterator[HeldLease]:
+        """The leases of an earlier run not yet taken back nor reclaimed."""
+        for family in FAMILIES:
+            yield from list(self._families[family].held.values())
 
     def __contains__(self, address: IPAddress) -> bool:
         """Whether ``address`` lies in the pool's networks (leased or not)."""
@@ -190,4 +417,51 @@ class AddressPool(Generic[OwnerT]):
         return self._families[family].size()
 
     def available(self, family: Family) -> int:
-        return self.size(family) - len(self._families[family].leased)
+        pool = self._families[family]
+        return self.size(family) - len(pool.leased) - len(pool.held)
+
+    # ------------------------------------------------------------------ inside
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else 0.0
+
+    def _identity_of(
+        self, owner: OwnerT, identity: str | None, requested: IPAddress | None
+    ) -> str | None:
+        """Who the peer is: as told, as known from the owner's other lease, as
+        ``identify`` says, or as the lease being moved to this owner says."""
+        if identity is None:
+            identity = self._identities.get(owner)
+        if identity is None and self._identify is not None:
+            identity = self._identify(owner)
+        if identity is None and requested is not None:
+            identity = self._moving.pop(requested, None)
+        return identity
+
+    def _record(self, owner: OwnerT, address: IPAddress, identity: str | None, now: float) -> bool:
+        if self._store is None:
+            return True
+        row = LeaseRow(address, identity, owner_key(owner), LeaseState.ACTIVE, now, now)
+        try:
+            self._store.allocate(row)
+        except sqlite3.Error as error:
+            log.error("leases: cannot record the lease of %s, not leased: %s", address, error)
+            return False
+        return True
+
+    def _load(self, rows: Iterable[LeaseRow], now: float) -> None:
+        """Rows of the last run: active ones held until ``now + grace``, released ones
+        queued in release order. Rows outside the pool (another gateway's sharing the
+        file, or an address reserved since) are left alone."""
+        until = now + self._grace
+        for row in rows:
+            pool = self._families[row.family]
+            value = int(row.address)
+            if not pool.manages(value):
+                continue
+            if row.state is LeaseState.ACTIVE:
+                pool.hold(HeldLease(row.address, row.identity, row.ike_sa, until))
+            else:
+                pool.load_released(value, row.identity)
+        if any(self.held()):
+            self._reclaim_at = until

@@ -20,6 +20,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.leases import open_pool, peer_identity
 from gateway.pool import AddressPool, Family
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import ProtocolId
@@ -83,6 +84,7 @@ class GatewayService(NodeService):
 
     async def start(self) -> None:
         try:
+            self.pool = open_pool(self.config, lambda owner: peer_identity(self.endpoint, owner))
             responder = self._responder_config()
         except ConfigError as error:
             raise ControlError(str(error)) from None
@@ -106,6 +108,9 @@ class GatewayService(NodeService):
             raise
         self.transport = transport
         log.info("serving IKE on %s", ", ".join(f"{a}[{p}]" for a, p in transport.local_addresses))
+
+    def close(self) -> None:
+        self.pool.close()
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """IKE SAs, leases and pool usage: the result of ``mpa-gateway status --json``."""

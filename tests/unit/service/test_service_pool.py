@@ -10,7 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.pool import AddressPool, Family, IPAddress, IPNetwork
+from gateway.pool import AddressPool, Family, IdentifiedAllocator, IPAddress, IPNetwork
+from mpa_ike.config_payload import AddressAllocator
 
 
 def pool(*cidrs: str, reserved: tuple[str, ...] = ()) -> AddressPool[str]:
@@ -90,11 +91,42 @@ def test_the_pointer_skips_requested_leases() -> None:
     assert addresses.acquire("c", 4) == IPv4Address("10.0.0.3")
 
 
-def test_an_address_released_ahead_of_the_pointer_is_leased_once() -> None:
+def test_an_address_released_ahead_of_the_pointer_is_leased_once_after_the_fresh() -> None:
     addresses = pool("10.0.0.0/29")
     addresses.acquire("a", 4, ip_address("10.0.0.3"))
     addresses.release("a")
-    assert drain(addresses, 4) == [f"10.0.0.{n}" for n in range(1, 7)]
+    assert drain(addresses, 4) == [f"10.0.0.{n}" for n in (1, 2, 4, 5, 6, 3)]
+
+
+def test_an_identity_gets_its_last_address_back_if_free() -> None:
+    addresses = pool("10.0.0.0/29", "2001:db8::/125")
+    assert addresses.acquire("a", 4, identity="carol") == IPv4Address("10.0.0.1")
+    assert addresses.acquire("a", 6) == IPv6Address("2001:db8::1")  # carol's too
+    addresses.acquire("b", 4, identity="dave")
+    addresses.release("a")
+    assert addresses.acquire("c", 4, identity="carol") == IPv4Address("10.0.0.1")
+    assert addresses.acquire("c", 6, identity="carol") == IPv6Address("2001:db8::1")
+    addresses.release("c")
+    addresses.acquire("d", 4, ip_address("10.0.0.1"), identity="erin")
+    assert addresses.acquire("e", 4, identity="carol") == IPv4Address("10.0.0.3")
+
+
+def test_a_successor_ike_sa_keeps_the_identity_of_the_lease_it_takes_over() -> None:
+    """The core releases the old IKE SA's lease and acquires it for the new one at once
+    (RFC 7296 §2.18), without an identity: the identity moves along."""
+    addresses = pool("10.0.0.0/29")
+    lease = addresses.acquire("old", 4, identity="carol")
+    addresses.release("old")
+    assert addresses.acquire("new", 4, lease) == lease
+    addresses.release("new")
+    addresses.acquire("x", 4)
+    assert addresses.acquire("y", 4, identity="carol") == lease
+
+
+def test_the_pool_is_an_identified_allocator() -> None:
+    allocator: IdentifiedAllocator = AddressPool([ip_network("10.0.0.0/30")])
+    core_view: AddressAllocator = AddressPool([ip_network("10.0.0.0/30")])
+    assert allocator.acquire(b"sa", 4, identity="carol") == core_view.acquire(b"sa", 4)
 
 
 def test_one_lease_per_family_per_owner() -> None:
