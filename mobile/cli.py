@@ -35,8 +35,12 @@ COMMANDS = {
 def run(args: argparse.Namespace) -> int:
     from mobile.config import load_config
     from mobile.service import MobileService
+    from mpa_ike.node.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE
 
-    return cli.run_daemon(args, DEFAULT_CONFIG, load_config, MobileService)
+    # Without root, the mobile node still binds IKE ports at each connect and moves its
+    # addresses at each handover.
+    keep = (CAP_NET_BIND_SERVICE, CAP_NET_ADMIN)
+    return cli.run_daemon(args, DEFAULT_CONFIG, load_config, MobileService, keep)
 
 
 def check_config(file: Path) -> tuple[list[str], list[str]]:

@@ -218,6 +218,15 @@ class Configured(Protocol):
     @property
     def log_level(self) -> str: ...
 
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def group(self) -> str | None: ...
+
+    @property
+    def control_group(self) -> str | None: ...
+
 
 C = TypeVar("C", bound=Configured)
 
@@ -227,8 +236,12 @@ def run_daemon(
     default_config: Path,
     load_config: Callable[[Path], C],
     make_service: Callable[[C], Any],
+    capabilities: Sequence[int] = (),
 ) -> int:
-    """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0."""
+    """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0.
+
+    ``capabilities`` are kept after becoming the configured ``user`` whatever the
+    datapath (:func:`mpa_ike.node.daemon.needed_capabilities` adds the datapath's)."""
     import dataclasses
 
     from mpa_ike.node import daemon
@@ -238,8 +251,9 @@ def run_daemon(
     if override is not None:
         config = dataclasses.replace(config, control_socket=override)
     daemon.configure_logging(config.log_level)
+    run_as = daemon.RunAs(config.user, config.group, config.control_group, tuple(capabilities))
     try:
-        daemon.run(make_service(config), config.control_socket)
+        daemon.run(make_service(config), config.control_socket, run_as)
     except ControlError as error:
         raise CliError(str(error)) from None
     return EXIT_OK

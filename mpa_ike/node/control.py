@@ -3,6 +3,12 @@
 The protocol (newline-delimited JSON) and the command lines' blocking client are in
 :mod:`mpa_ike.node.control_client`; this module serves registered async handlers on the
 event loop, and :func:`request` asks a daemon from inside a loop.
+
+Who may use the socket: root, the daemon's own user, and the members of its control
+group if it has one. The socket file's owner and mode (0600, or 0660 with the control
+group as its group) keep others from connecting; the peer credentials of every accepted
+connection (SO_PEERCRED, SO_PEERGROUPS) are checked too, so that a socket file opened
+up by hand or reached through another mount opens nothing more.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from mpa_ike.node.control_client import (
     DEFAULT_TIMEOUT,
@@ -33,6 +40,20 @@ from mpa_ike.node.control_client import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# <asm-generic/socket.h>; Python's socket module does not name it.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# How long a refused client has to send its request before it is answered anyway.
+REFUSAL_WAIT = 1.0
+
+
+class Peer(NamedTuple):
+    """The credentials of the process at the other end of a connection."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
 
 
 class CommandError(Exception):
@@ -44,12 +65,26 @@ class ControlServer:
 
     A socket file left behind by a dead daemon is replaced; one a live daemon answers on
     is not (ControlError). On close the socket file is removed if it is still ours.
+
+    ``owner`` (uid, gid) is given to the socket file: the user the daemon will run as.
+    ``group`` is the control group: its members may use the socket, whose mode is then
+    0660 with that group; without one it is 0600.
     """
 
-    def __init__(self, path: Path, handlers: Mapping[str, Handler], *, mode: int = 0o600) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        *,
+        owner: tuple[int, int] | None = None,
+        group: int | None = None,
+    ) -> None:
         self.path = path
         self.handlers = dict(handlers)
-        self.mode = mode
+        self.group = group
+        self.mode = 0o600 if group is None else 0o660
+        uid, gid = owner if owner is not None else (-1, -1)
+        self.owner = (uid, gid if group is None else group)
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._clients: set[asyncio.Task[Any]] = set()
@@ -68,7 +103,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Bind the socket and serve; raises ControlError if that is impossible."""
-        sock = _bind(self.path, self.mode)
+        sock = _bind(self.path, self.mode, self.owner)
         self._inode = os.stat(self.path).st_ino
         self._server = await asyncio.start_unix_server(
             self._serve_client, sock=sock, limit=MAX_LINE
@@ -85,9 +120,21 @@ class ControlServer:
 
     def _remove_socket_file(self) -> None:
         # Another daemon may have replaced a socket file we were told was stale.
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # A daemon that dropped root may not write the socket's directory; the next
+            # one replaces the file, which no daemon answers on.
+            log.info("control socket %s left behind: its directory is not ours", self.path)
+
+    def allowed(self, peer: Peer) -> bool:
+        """Root, the daemon's own user (whatever it runs as now), the control group."""
+        if peer.uid in (0, os.geteuid()):
+            return True
+        return self.group is not None and self.group in (peer.gid, *peer.groups)
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -96,6 +143,10 @@ class ControlServer:
         assert task is not None
         self._clients.add(task)
         try:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+            if not self.allowed(peer):
+                await self._refuse(peer, reader, writer)
+                return
             await self._answer_requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -106,6 +157,19 @@ class ControlServer:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    async def _refuse(
+        self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One error line, as the answer to the first request: closing before it came
+        would fail the client's send with EPIPE instead of telling it why."""
+        log.warning("control connection of uid %d (pid %d) refused", peer.uid, peer.pid)
+        with contextlib.suppress(TimeoutError, ValueError):
+            async with asyncio.timeout(REFUSAL_WAIT):
+                await reader.readline()
+        error = f"permission denied: uid {peer.uid} may not use this control socket"
+        writer.write(encode({"ok": False, "error": error}))
+        await writer.drain()
 
     async def _answer_requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -142,9 +206,39 @@ class ControlServer:
         return {"ok": True, "result": result}
 
 
-def _bind(path: Path, mode: int) -> socket.socket:
+def peer_credentials(sock: Any) -> Peer:
+    """SO_PEERCRED (as the peer was at connect()) and SO_PEERGROUPS of a Unix socket."""
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return Peer(pid, uid, gid, _peer_groups(sock))
+
+
+def _peer_groups(sock: Any) -> tuple[int, ...]:
+    for count in (64, 65536):  # NGROUPS_MAX is 65536
+        try:
+            data = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * count)
+        except OSError as error:
+            if error.errno == errno.ERANGE:
+                continue
+            return ()  # a kernel before 4.13: the primary group only
+        return struct.unpack(f"{len(data) // 4}I", data)
+    return ()
+
+
+def claim(path: Path) -> None:
+    """Make sure the control socket ``path`` can be created: remove a file left behind
+    by a dead daemon; ControlError if a live one answers there. A daemon calls it before
+    it starts, so that a second daemon of one configuration ends before binding IKE."""
     try:
         _remove_stale_socket(path)
+    except OSError as error:
+        raise ControlError(f"cannot create control socket {path}: {error.strerror}") from None
+
+
+def _bind(path: Path, mode: int, owner: tuple[int, int]) -> socket.socket:
+    claim(path)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ControlError(f"cannot create control socket {path}: {error.strerror}") from None
@@ -153,6 +247,8 @@ def _bind(path: Path, mode: int) -> socket.socket:
         sock.bind(str(path))
         # Before listen(), so nobody can connect while the mode is still too open.
         os.chmod(path, mode)
+        if owner != (-1, -1):
+            os.chown(path, *owner)
     except OSError as error:
         sock.close()
         raise ControlError(f"cannot create control socket {path}: {error.strerror}") from None
