@@ -12,7 +12,7 @@ DEB_PACKAGES=(
     libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
     libcharon-extauth-plugins
     freeradius freeradius-utils
-    user-mode-linux kmod
+    user-mode-linux kmod systemd
 )
 
 missing=()

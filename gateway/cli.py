@@ -15,7 +15,7 @@ from typing import Any
 from mpa_ike.node import cli
 
 DEFAULT_CONFIG = Path("/etc/mpa-ike/gateway.yaml")
-DEFAULT_CONTROL_SOCKET = Path("/run/mpa-gateway.sock")
+DEFAULT_CONTROL_SOCKET = Path("/run/mpa-ike/gateway.sock")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from mobile.waits import HANDOVER_TIMEOUT
 from mpa_ike.node import cli
 
 DEFAULT_CONFIG = Path("/etc/mpa-ike/mobile.yaml")
-DEFAULT_CONTROL_SOCKET = Path("/run/mpa-mobile.sock")
+DEFAULT_CONTROL_SOCKET = Path("/run/mpa-ike/mobile.sock")
 GATEWAY = "a gateway of the configuration"
 COMMANDS = {
     "connect": cli.DaemonCommand("establish an IKE SA and CHILD SA with a gateway", GATEWAY),
