@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -115,6 +116,7 @@ class GatewayService(NodeService):
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """IKE SAs, leases and pool usage: the result of ``mpa-gateway status --json``."""
         found = await super().status(args)
+        self.pool.reclaim(time.time())  # held leases past lease_grace are not shown as held
         listening = self.transport.local_addresses if self.transport is not None else []
         return {
             "listening": [f"{address}[{port}]" for address, port in listening],

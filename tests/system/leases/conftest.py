@@ -1,0 +1,13 @@
+"""Fixtures of the lease restart tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp dir with a short path: control sockets must fit in sun_path (108 bytes)."""
+    return tmp_path_factory.mktemp("ls", numbered=True)
