@@ -140,7 +140,11 @@ _STATE = re.compile(
 
 def ip_sa_counters(ns: Netns) -> dict[int, SaCounters]:
     """The ESP states of ``ns`` by SPI, read with ``ip -s xfrm state``."""
-    text = ns.ip("-s", "xfrm", "state").stdout
+    return parse_sa_counters(ns.ip("-s", "xfrm", "state").stdout)
+
+
+def parse_sa_counters(text: str) -> dict[int, SaCounters]:
+    """The ESP states in ``ip -s xfrm state`` output, by SPI."""
     out = {}
     for m in _STATE.finditer(text):
         sa = SaCounters(m[1], m[2], int(m[3], 16), int(m[4]), int(m[5]))
