@@ -16,7 +16,7 @@ import yaml
 
 from mpa_harness.daemon import answers
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "deploy" / "examples"
 
 DELETE = object()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servicehelp import Daemon
 
 from mpa_harness.charon import Charon
 from mpa_harness.netns import TwoHosts, two_hosts
@@ -29,7 +30,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
     wait_listening,
     wait_until,
 )
-from tests.unit.service.servicehelp import Daemon
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon, pytest.mark.usefixtures("charon_env")]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servicehelp import Daemon
 
 from mpa_harness.netns import Netns, TwoHosts, two_hosts
 from mpa_ike.child_sa import ChildSaConfig
@@ -59,7 +60,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
     wait_listening,
 )
 from tests.system.interop.test_traffic import IKE, KEY, METHOD, traffic_env, wait_for
-from tests.unit.service.servicehelp import Daemon
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 __all__ = ["traffic_env"]  # the fixture, imported to be found here

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servicehelp import Daemon, cli
 
 from mpa_harness.charon import Charon
 from mpa_harness.netns import TwoHosts, two_hosts
@@ -36,7 +37,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
     status,
     wait_until,
 )
-from tests.unit.service.servicehelp import Daemon, cli
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon, pytest.mark.usefixtures("charon_env")]
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
+from servicehelp import DELETE, Daemon, cli, edited, write_yaml
 
 from mpa_harness import guards
 from mpa_harness.netns import TwoHosts, two_hosts
 from mpa_harness.pki import Credential, KeyType, make_ca, make_cert
-from tests.unit.service.servicehelp import DELETE, Daemon, cli, edited, write_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_env")]
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from servicehelp import REPO, Daemon, cli, edited, write_yaml
 
 from mpa_harness import guards
 from mpa_harness.charon import Charon, ChildSa
@@ -42,7 +43,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
     status,
     wait_listening,
 )
-from tests.unit.service.servicehelp import REPO, Daemon, cli, edited, write_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 

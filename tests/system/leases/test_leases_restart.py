@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servicehelp import Daemon
 
 from mpa_harness import guards
 from mpa_harness.netns import TwoHosts, two_hosts
@@ -44,7 +45,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
     wait_listening,
 )
 from tests.system.interop.test_traffic import IKE, KEY, METHOD
-from tests.unit.service.servicehelp import Daemon
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_env")]
 
