@@ -187,6 +187,7 @@ def _our_gateway(
             "local_ts": [PROTECTED_NET],
             "eap": {"method": args.method.removeprefix("eap-"), "users": {EAP_USER: EAP_PASSWORD}},
             "control_socket": "gw.sock",
+            "leases": "leases.sqlite3",
         },
     )
     with _daemon("gateway.cli", config, hosts.right.name) as socket:

@@ -332,6 +332,7 @@ def mpa_gateway(
             "local_ts": [PROTECTED_NET],
             "eap": {"method": METHOD.removeprefix("eap-"), "users": {EAP_USER: EAP_PASSWORD}},
             "control_socket": "gw.sock",
+            "leases": "leases.sqlite3",
             "datapath": "userspace",
         },
     )

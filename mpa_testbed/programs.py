@@ -119,6 +119,7 @@ class MpaPrograms:
             "eap": {"method": self.eap, "users": {EAP_USER: EAP_PASSWORD}},
             "mobike": {"address_policy": self.address_policy},
             "control_socket": str(self.workdir / f"{gateway}.sock"),
+            "leases": str(self.workdir / f"{gateway}-leases.sqlite3"),
             "datapath": "userspace",
             "log_level": self.log_level,
             **self.extra_gateway,

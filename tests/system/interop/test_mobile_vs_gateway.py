@@ -66,6 +66,7 @@ def gateway_yaml(
         "local_ts": [PROTECTED_NET],
         "eap": {"method": method.removeprefix("eap-"), "users": {EAP_USER: EAP_PASSWORD}},
         "control_socket": "gw.sock",
+        "leases": "leases.sqlite3",
         "log_level": "debug",
         **extra,
     }

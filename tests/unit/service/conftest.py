@@ -31,6 +31,7 @@ def gateway_data(short_dir: Path) -> dict[str, Any]:
         "dns": ["10.9.0.53"],
         "eap": {"method": "md5", "users": {"alice": "alice-secret"}},
         "control_socket": str(short_dir / "gw.sock"),
+        "leases": str(short_dir / "leases.sqlite3"),
     }
 
 
