@@ -199,18 +199,20 @@ class Selector:
 
 @dataclass(slots=True)
 class LifetimeCfg:
-    """``struct xfrm_lifetime_cfg`` (64 bytes); infinite unless set: IKE rekeys, not the
-    kernel."""
+    """``struct xfrm_lifetime_cfg`` (64 bytes); no limit unless set: IKE rekeys, not the
+    kernel. The kernel reads a time of 0 as no limit and XFRM_INF as a deadline that has
+    passed (its timer adds the SA's age and wraps), so the times default to 0 and only the
+    byte and packet limits to XFRM_INF, as iproute2 and strongSwan set them."""
 
     LAYOUT: ClassVar = struct.Struct("=8Q")
     soft_byte_limit: int = XFRM_INF
     hard_byte_limit: int = XFRM_INF
     soft_packet_limit: int = XFRM_INF
     hard_packet_limit: int = XFRM_INF
-    soft_add_expires_seconds: int = XFRM_INF
-    hard_add_expires_seconds: int = XFRM_INF
-    soft_use_expires_seconds: int = XFRM_INF
-    hard_use_expires_seconds: int = XFRM_INF
+    soft_add_expires_seconds: int = 0
+    hard_add_expires_seconds: int = 0
+    soft_use_expires_seconds: int = 0
+    hard_use_expires_seconds: int = 0
 
     def push(self) -> bytes:
         return self.LAYOUT.pack(

@@ -38,19 +38,6 @@ UDP_ENCAP, UDP_ENCAP_ESPINUDP = 100, 2
 # slow to fire them, so a CHILD SA must still be whole this much later.
 OUTLIVE_TIMERS = 3.0
 
-LIFETIME_IN_SECONDS_IS_INFINITE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "XFRM_MSG_NEWSA and XFRM_MSG_NEWPOLICY carry an xfrm_lifetime_cfg whose "
-        "soft/hard_add/use_expires_seconds are XFRM_INF (2**64-1); the kernel takes those as "
-        "seconds, 0 for none, and its lifetime timers compute hard_add_expires_seconds + "
-        "add_time - now, which wraps negative: about 1 s after the add every state and "
-        "policy is hard-expired and deleted (ip xfrm monitor: 'Expired ... hard 1'), "
-        "counters() then fails with XFRM_MSG_GETSA ESRCH and a move with XFRM_MSG_MIGRATE "
-        "ENOENT; traffic leaves in clear"
-    ),
-)
-
 
 @dataclass(frozen=True)
 class Case:
@@ -179,7 +166,6 @@ def open_datapaths(hosts: Link, move_method: str = "readd") -> tuple[XfrmDatapat
     )
 
 
-@LIFETIME_IN_SECONDS_IS_INFINITE
 def test_child_sa_outlives_the_kernel_lifetime_timers(hosts: Link) -> None:
     """States and policies stay until removed: IKE rekeys and deletes them, not the kernel."""
     case = CASES["v4-gcm-udp-encap"]
@@ -201,7 +187,6 @@ def test_child_sa_outlives_the_kernel_lifetime_timers(hosts: Link) -> None:
             dp.close()
 
 
-@LIFETIME_IN_SECONDS_IS_INFINITE
 @pytest.mark.parametrize("move_method", ["readd", "migrate"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_child_sa_pair_carries_moves_and_goes(hosts: Link, name: str, move_method: str) -> None:

@@ -148,6 +148,10 @@ def check_state(
     assert info.mode == XFRM_MODE_TUNNEL
     assert info.reqid == reqid
     assert info.lft.hard_byte_limit == xfrm.XFRM_INF  # IKE rekeys, not the kernel
+    # A time of 0 is no limit; XFRM_INF would be a deadline already past for the kernel.
+    lifetimes = info.lft
+    assert lifetimes.soft_add_expires_seconds == lifetimes.hard_add_expires_seconds == 0
+    assert lifetimes.soft_use_expires_seconds == lifetimes.hard_use_expires_seconds == 0
 
 
 def algo(value: Algo | None) -> Algo:
