@@ -3,14 +3,16 @@ the narrowed traffic selectors, in IKE_AUTH and in CREATE_CHILD_SA, either role.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 
 from mpa_ike.child_sa import ChildSa
 from mpa_ike.constants import NotifyType, ProtocolId
 from mpa_ike.crypto.proposal import ProposalSpec
+from mpa_ike.ike_config import InitiatorConfig
 from mpa_ike.ike_sa_common import protocol_error
 from mpa_ike.sa_payload import answer, select
-from mpa_ike.traffic_selectors import narrow
+from mpa_ike.traffic_selectors import narrow, selectors_for_networks
 from mpa_ike.wire import SaPayload, TrafficSelector, TsiPayload, TsrPayload
 
 Selectors = tuple[TrafficSelector, ...]
@@ -39,3 +41,15 @@ def accept_child(
     child = ChildSa(spi_in=new_spi(), spi_out=received.spi)
     child.local_ts, child.remote_ts = tsr, tsi
     return child, spec, answer(received, spec, child.spi_in)
+
+
+def initiator_local_selectors(config: InitiatorConfig) -> Selectors:
+    """TSi of an initiator without CP-assigned addresses: the configured local_ts,
+    else any address of each virtual IP family asked for (narrowed by the responder)."""
+    if config.child.local_ts:
+        return selectors_for_networks(config.child.local_ts)
+    networks = [
+        ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+        for family in config.virtual_ip_families
+    ]
+    return selectors_for_networks(networks)

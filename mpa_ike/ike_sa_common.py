@@ -1,5 +1,5 @@
 """What the IKE SA state machine (:mod:`mpa_ike.ike_sa`) and its parts
-(:mod:`mpa_ike.exchange`, :mod:`mpa_ike.mobike`, :mod:`mpa_ike.rekey`,
+(:mod:`mpa_ike.exchange`, the handshakes, :mod:`mpa_ike.mobike`, :mod:`mpa_ike.rekey`,
 :mod:`mpa_ike.child_negotiation`) share: SA states, sizes, small helpers."""
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ class RekeyHost(Protocol):
         *,
         initiator: bool,
         now: float,
-        nonces: tuple[bytes, bytes] | None = None,
+        nonces: tuple[bytes, bytes],
         shared_secret: bytes | None = None,
     ) -> None: ...
 

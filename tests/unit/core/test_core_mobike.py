@@ -476,23 +476,15 @@ def test_address_list_in_ike_auth(
     pool: AddressPool[object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """§3.4: a list sent in IKE_AUTH (charon does, with several addresses) is kept."""
-    from mpa_ike import ike_sa as ike_sa_module
+    from mpa_ike.handshake_initiator import InitiatorHandshake
 
-    original = ike_sa_module.IkeSa._send_first_auth
+    original = InitiatorHandshake._first_auth_payloads
     extra = IPv6Address("2001:db8::10")
 
-    def with_address_list(sa: IkeSa, now: float) -> None:
-        exchanges = sa._exchanges
-        request = exchanges.request
+    def with_address_list(handshake: InitiatorHandshake) -> list[Payload]:
+        return [*original(handshake), additional_address_notify(extra)]
 
-        def add_list(exchange: ExchangeType, payloads: Any, *rest: Any) -> None:
-            request(exchange, [*payloads, additional_address_notify(extra)], *rest)
-
-        exchanges.request = add_list  # type: ignore[method-assign,assignment]
-        original(sa, now)
-        del exchanges.request
-
-    monkeypatch.setattr(ike_sa_module.IkeSa, "_send_first_auth", with_address_list)
+    monkeypatch.setattr(InitiatorHandshake, "_first_auth_payloads", with_address_list)
     link = up(pool)
     _, gateway = sas(link)
     assert gateway.peer_additional_addresses == (extra,)
