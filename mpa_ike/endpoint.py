@@ -5,7 +5,8 @@
 already stripped, see :mod:`mpa_ike.datagram`), ``handle_timer(now)``,
 commands (``initiate``, ``delete``, ``delete_child_sa``, ``check_liveness``,
 ``rekey_child_sa``, ``rekey_ike_sa``, ``create_child_sa``, ``update_addresses``,
-``send_additional_addresses``);
+``send_additional_addresses``, and ``eap_answer`` for a gateway whose EAP
+authenticator is external);
 out come ``datagrams_to_send(now)``, ``get_timer()`` and ``next_event()``.
 
 Dispatch: a message is filed by the SPI this side chose (SPIr in messages
@@ -57,6 +58,7 @@ from mpa_ike.constants import (
     NotifyType,
 )
 from mpa_ike.datagram import Address, Datagram
+from mpa_ike.eap import EapAnswer
 from mpa_ike.errors import CodecError, IkeError
 from mpa_ike.events import Event, IkeSaRekeyed
 from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
@@ -213,6 +215,13 @@ class Endpoint:
     ) -> None:
         """MOBIKE (RFC 4555 §3.6): announce our other addresses (empty: none)."""
         self._command(spi, lambda sa: sa.send_additional_addresses(addresses, now))
+
+    def eap_answer(self, spi: bytes, answer: EapAnswer, now: float) -> None:
+        """The external EAP authenticator's answer to the
+        :class:`mpa_ike.events.EapRequestForAaa` of the IKE SA ``spi``
+        (``ResponderConfig(eap_authenticator="external")``): its IKE_AUTH response goes
+        out now. An SA that has gone meanwhile is ignored."""
+        self._command(spi, lambda sa: sa.eap_answer(answer, now))
 
     def delete_all(self, now: float) -> None:
         """Shutdown: DELETE every IKE SA (SIGTERM in the gateway)."""

@@ -164,3 +164,22 @@ class PeerAddressesAnnounced(Event):
     each list replaces the previous one (RFC 4555 §3.4, §3.6)."""
 
     addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EapRequestForAaa(Event):
+    """The gateway's EAP authenticator is external (``ResponderConfig(eap_authenticator=
+    "external")``): relay ``eap_message``, the peer's EAP-Response, to it (a RADIUS
+    Access-Request, RFC 3579 §2.1), then give its answer to
+    ``Endpoint.eap_answer(ike_sa, EapAnswer(...), now)``; the IKE_AUTH response waits
+    for it, and the peer's retransmissions meanwhile are absorbed (RFC 7296 §2.16).
+
+    An empty ``eap_message`` starts the conversation: send EAP-Start, or an
+    EAP-Response/Identity built from ``identity`` (the peer's IDi data, also the
+    User-Name), as strongSwan's eap-radius does. ``peer`` is the peer's outer address
+    (Calling-Station-Id). No answer before the half-open timeout: the IKE SA fails.
+    """
+
+    identity: bytes
+    eap_message: bytes
+    peer: Address

@@ -83,6 +83,7 @@ class Exchanges:
         self._outstanding: Outstanding | None = None
         self._queued: deque[Callable[[float], None]] = deque()
         self._cached_response: tuple[int, list[bytes]] | None = None
+        self._held: int | None = None  # a peer request whose answer comes later
         self._request_reassembler = Reassembler()
         self._response_reassembler = Reassembler()
         self._ciphers: SkCipherPair | None = None
@@ -275,8 +276,16 @@ class Exchanges:
     # ------------------------------------------------------------------
     # The peer's requests
 
+    def hold(self, request: IkeHeader) -> None:
+        """The answer to the peer's request comes later (an external EAP authenticator
+        decides it, §2.16): until :meth:`respond`, its retransmissions are absorbed,
+        neither handled again nor answered with the previous response."""
+        self._held = request.message_id
+
     def respond(self, request: IkeHeader, payloads: Sequence[Payload]) -> None:
         """Answer the peer's request and keep the answer for its retransmissions (§2.1)."""
+        if self._held == request.message_id:
+            self._held = None
         header = self.header(request.exchange_type, request.message_id, response=True)
         datagrams = self._seal(header, payloads)
         self._cached_response = (request.message_id, datagrams)
@@ -336,6 +345,9 @@ class Exchanges:
         """A request: resend the cached answer, or open it and hand it to its handler."""
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self._sa.counters["dropped_unexpected_request"] += 1
+            return
+        if header.message_id == self._held:
+            self._sa.counters["retransmissions_absorbed"] += 1
             return
         if header.message_id == self._peer_next_id - 1 and self._cached_response is not None:
             self._resend_cached(data, src, dst)

@@ -46,6 +46,7 @@ class HandshakeHost(Protocol):
     peer_hash_algorithms: tuple[HashAlgorithm, ...]
     peer_mobike: bool
     mobike: bool
+    session_end: float | None
 
     @property
     def local_spi(self) -> bytes: ...

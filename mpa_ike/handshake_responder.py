@@ -7,7 +7,14 @@ CP and the first CHILD SA (RFC 7296 §1.2, §2.16, §2.19)::
                       <--  HDR, SK{IDr, CERT, AUTH, EAP(Request)}
     HDR, SK{EAP(Response)}  -->  ...  <--  HDR, SK{EAP(Success)}
     HDR, SK{AUTH}  -->
-                      <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE), N(ADDITIONAL_*)}
+                      <--  HDR, SK{AUTH, CP, SA, TSi, TSr, N(MOBIKE), N(ADDITIONAL_*),
+                               [N(AUTH_LIFETIME)]}
+
+Each EAP message of the peer goes to an :class:`mpa_ike.eap.EapAuthenticator`: the
+gateway's own EAP server answers at once; an external one (a RADIUS server behind
+the glue) later: the handshake emits :class:`mpa_ike.events.EapRequestForAaa`, holds
+the IKE_AUTH response (the peer's retransmissions are absorbed meanwhile) and sends
+it when :meth:`ResponderHandshake.eap_answer` brings the answer.
 
 :class:`ResponderHandshake` owns what only the set-up needs (the DH exchange, the
 nonces and IKE_SA_INIT messages, the EAP conversation, what the first IKE_AUTH
@@ -40,9 +47,16 @@ from mpa_ike.crypto.dh import KeyExchange, generate_key_exchange
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.datagram import Address
-from mpa_ike.eap import EapResult, EapServer
-from mpa_ike.errors import RemoteProtocolError
-from mpa_ike.events import ChildSaFailed
+from mpa_ike.eap import (
+    EapAnswer,
+    EapAuthenticator,
+    EapResult,
+    EapServer,
+    ExternalEapAuthenticator,
+    LocalEapAuthenticator,
+)
+from mpa_ike.errors import LocalProtocolError, RemoteProtocolError
+from mpa_ike.events import ChildSaFailed, EapRequestForAaa
 from mpa_ike.exchange import Exchanges
 from mpa_ike.handshake_common import HandshakeHost, Transcript, capability_notifies
 from mpa_ike.handshake_common import read_capabilities as read_peer_capabilities
@@ -64,6 +78,7 @@ from mpa_ike.wire import (
     EapPayload,
     IdiPayload,
     IkeHeader,
+    IPAddress,
     KePayload,
     Message,
     NoncePayload,
@@ -75,6 +90,9 @@ from mpa_ike.wire import (
     serialize_message,
 )
 from mpa_ike.wire.notify import invalid_ke_notify
+
+# RFC 4478 §2: AUTH_LIFETIME carries the seconds left before reauthentication.
+AUTH_LIFETIME_SIZE = 4
 
 ChildSelectors = Callable[[], tuple[Selectors, Selectors]]
 
@@ -104,6 +122,14 @@ class AuthRequest:
         )
 
 
+@dataclass
+class HeldResponse:
+    """An IKE_AUTH response waiting for the external authenticator's answer."""
+
+    request: IkeHeader
+    payloads: list[Payload]  # what goes before the EAP payload (IDr, CERT, AUTH)
+
+
 class ResponderHandshake:
     """The gateway's set-up of one IKE SA, from IKE_SA_INIT to the first CHILD SA.
 
@@ -127,7 +153,9 @@ class ResponderHandshake:
         self._transcript = Transcript()
         self._dh: KeyExchange | None = None
         self._request: AuthRequest | None = None
-        self._eap_server: EapServer | None = None
+        self._authenticator: EapAuthenticator | None = None
+        self._held: HeldResponse | None = None
+        self._eap_success: EapAnswer | None = None
 
     # ------------------------------------------------------------------
     # IKE_SA_INIT (§1.2, §2.6)
@@ -230,18 +258,24 @@ class ResponderHandshake:
         sa.peer_identity = identity_of(idi)
         sa.name = str(sa.peer_identity)
         self._request = AuthRequest.of(message, idi)
-        self._eap_server = EapServer(
+        self._authenticator = self._new_authenticator(idi)
+        payloads: list[Payload] = [parse_identity(config.identity).idr()]
+        payloads += self._auth_payloads()
+        sa.state = IkeSaState.EAP
+        self._ask(message.header, payloads, b"", now)
+
+    def _new_authenticator(self, idi: IdiPayload) -> EapAuthenticator:
+        config = self._config
+        if config.eap_authenticator == "external":
+            return ExternalEapAuthenticator()
+        server = EapServer(
             config.eap_methods,
             config.eap_users,
             self._random,
             ask_identity=config.ask_eap_identity,
             identity=idi.data,
         )
-        payloads: list[Payload] = [parse_identity(config.identity).idr()]
-        payloads += self._auth_payloads()
-        payloads.append(EapPayload(self._eap_server.start()))
-        sa.state = IkeSaState.EAP
-        self._exchanges.respond(message.header, payloads)
+        return LocalEapAuthenticator(server)
 
     def _auth_payloads(self) -> list[Payload]:
         """§2.15: CERT chain and AUTH (RFC 7427 method 14 if the peer announced
@@ -264,32 +298,65 @@ class ResponderHandshake:
         self._sa.fail(reason, now, NotifyType.AUTHENTICATION_FAILED)
 
     def on_eap_request(self, message: Message, src: Address, dst: Address, now: float) -> None:
-        """§2.16: an EAP Response for the server, or the final AUTH after EAP-Success."""
+        """§2.16: an EAP Response for the authenticator, or the final AUTH after
+        EAP-Success."""
         self._follow_peer(src, dst)
-        server = self._eap_server
-        assert server is not None
         auth, eap = message.find(AuthPayload), message.find(EapPayload)
-        if auth is not None and server.result == EapResult.SUCCESS:
+        if self._eap_success is not None and auth is not None:
             self._on_final_auth_request(message, auth, now)
-            return
-        reply = server.handle(eap.data) if eap is not None else None
-        if reply is None:
+        elif self._eap_success is not None or eap is None:
             self._refuse_auth(message.header, "IKE_AUTH without a usable EAP message", now)
-        elif server.result == EapResult.FAILURE:
-            self._exchanges.respond(
-                message.header,
-                [EapPayload(reply), NotifyPayload(NotifyType.AUTHENTICATION_FAILED)],
-            )
-            self._sa.fail("EAP authentication failed", now, NotifyType.AUTHENTICATION_FAILED)
         else:
-            self._exchanges.respond(message.header, [EapPayload(reply)])
+            self._ask(message.header, [], eap.data, now)
+
+    def _ask(
+        self, request: IkeHeader, payloads: list[Payload], eap_message: bytes, now: float
+    ) -> None:
+        """The authenticator's answer to ``eap_message`` (empty: the first Request), now
+        or, for an external one, when :meth:`eap_answer` brings it."""
+        authenticator = self._authenticator
+        assert authenticator is not None
+        answer = authenticator.handle(eap_message) if eap_message else authenticator.start()
+        if answer is not None:
+            self._answer(request, payloads, answer, now)
+            return
+        self._held = HeldResponse(request, payloads)
+        self._exchanges.hold(request)
+        sa, idi = self._sa, self._request.idi if self._request else None
+        assert idi is not None
+        sa.counters["eap_messages_relayed"] += 1
+        sa.emit(EapRequestForAaa(sa.local_spi, sa.name, idi.data, eap_message, sa.remote))
+
+    def eap_answer(self, answer: EapAnswer, now: float) -> None:
+        """The external authenticator's answer: the held IKE_AUTH response goes out."""
+        held = self._held
+        if held is None:
+            raise LocalProtocolError("no EAP answer is awaited")
+        self._held = None
+        self._answer(held.request, held.payloads, answer, now)
+
+    def _answer(
+        self, request: IkeHeader, payloads: list[Payload], answer: EapAnswer, now: float
+    ) -> None:
+        """§2.16: the next EAP Request or EAP-Success; on failure (§2.21.2) EAP-Failure
+        and N(AUTHENTICATION_FAILED), and the SA is gone."""
+        eap = [EapPayload(answer.eap_message)] if answer.eap_message else []
+        if answer.result != EapResult.FAILURE:
+            if answer.result == EapResult.SUCCESS:
+                self._eap_success = answer
+            self._exchanges.respond(request, [*payloads, *eap])
+            return
+        failed = NotifyPayload(NotifyType.AUTHENTICATION_FAILED)
+        self._exchanges.respond(request, [*payloads, *eap, failed])
+        reason = "EAP authentication failed" if eap else "IKE_AUTH without a usable EAP message"
+        self._sa.fail(reason, now, NotifyType.AUTHENTICATION_FAILED)
 
     def _on_final_auth_request(self, message: Message, auth: AuthPayload, now: float) -> None:
         """§2.16: the initiator's AUTH from the MSK (SK_pi without one), then ours and the SA."""
         transcript, request = self._transcript, self._request
         assert transcript.suite is not None and transcript.keys is not None
-        assert self._eap_server is not None and request is not None
-        prf, msk = transcript.suite.prf, self._eap_server.msk
+        assert self._eap_success is not None and request is not None
+        prf, msk = transcript.suite.prf, self._eap_success.msk
         idi_octets = transcript.octets(True, request.idi.rest_of_id_payload())
         try:
             verify_shared_key_auth(prf, msk or transcript.keys.sk_pi, idi_octets, auth.data)
@@ -311,16 +378,28 @@ class ResponderHandshake:
         sa = self._sa
         sa.peer_mobike = request.mobike
         sa.mobike = sa.peer_mobike and self._config.mobike
-        reply = self._lease(request.cp)
+        success = self._eap_success
+        assert success is not None
+        reply = self._lease(request.cp, success.addresses)
         sa.establish(now)
         child_payloads, child_result = self._first_child(request, reply, now)
         payloads += child_payloads
         if sa.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
             payloads += self._own_additional_addresses()
+        payloads += self._session_limit(success.session_timeout, now)
         self._exchanges.respond(header, payloads)
         sa.read_address_list(request.message)  # RFC 4555 §3.4
         child_result()
+
+    def _session_limit(self, timeout: float | None, now: float) -> list[Payload]:
+        """The AAA's Session-Timeout (RFC 2865 §5.27): the IKE SA ends then, and RFC 4478
+        §2's AUTH_LIFETIME tells the peer, to authenticate again before."""
+        if timeout is None:
+            return []
+        self._sa.session_end = now + timeout
+        seconds = min(int(timeout), 2**32 - 1).to_bytes(AUTH_LIFETIME_SIZE, "big")
+        return [NotifyPayload(NotifyType.AUTH_LIFETIME, data=seconds)]
 
     def _own_additional_addresses(self) -> list[Payload]:
         """RFC 4555 §3.4: the configured addresses other than the one this IKE SA uses."""
@@ -331,19 +410,23 @@ class ResponderHandshake:
     # ------------------------------------------------------------------
     # CP and the first CHILD SA (§2.19, §2.9, §2.17)
 
-    def _lease(self, request: ConfigurationPayload | None) -> ConfigurationPayload | None:
-        """§2.19: lease an address of each family asked for; the CFG_REPLY, or None."""
+    def _lease(
+        self, request: ConfigurationPayload | None, from_aaa: tuple[IPAddress, ...]
+    ) -> ConfigurationPayload | None:
+        """§2.19: an address of each family asked for, the AAA's (not leased from the
+        pool) or a lease; the CFG_REPLY, or None."""
         if request is None or request.cfg_type != CfgType.CFG_REQUEST:
             return None
-        if self._config.allocator is None:
-            return None
         wanted = parse_request(request)
-        leased = self._sa.lease_addresses(wanted.addresses)
-        self._sa.assigned_addresses = leased
-        if not leased:
+        given = {a.version: a for a in reversed(from_aaa) if a.version in wanted.addresses}
+        rest = {f: a for f, a in wanted.addresses.items() if f not in given}
+        leased = self._sa.lease_addresses(rest) if rest else ()
+        addresses = tuple(sorted([*given.values(), *leased], key=lambda a: a.version))
+        self._sa.assigned_addresses = addresses
+        if not addresses:
             return None
         dns = self._config.dns if wanted.dns else ()
-        return build_reply(leased, dns, sorted(wanted.addresses))
+        return build_reply(addresses, dns, sorted(wanted.addresses))
 
     def _first_child(
         self, request: AuthRequest, reply: ConfigurationPayload | None, now: float

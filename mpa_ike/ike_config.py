@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cryptography import x509
 
@@ -33,6 +34,12 @@ DEFAULT_IKE_REKEY_TIME = 4 * 3600.0
 DEFAULT_CHILD_REKEY_TIME = 3600.0
 WallClock = Callable[[], datetime.datetime]
 UserLookup = Callable[[bytes], str | None]
+EapAuthenticatorKind = Literal["local", "external"]
+
+
+def no_users(identity: bytes) -> str | None:
+    """The user lookup of a gateway whose EAP is decided elsewhere."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -109,12 +116,17 @@ class InitiatorConfig:
 
 @dataclass(frozen=True)
 class ResponderConfig:
-    """The gateway: its identity and credential, EAP users, pool, proposals."""
+    """The gateway: its identity and credential, EAP users, pool, proposals.
+
+    ``eap_authenticator``: "local", the gateway's own EAP server with ``eap_users``
+    and ``eap_methods``; or "external", every EAP message of the peer relayed through
+    the glue (``EapRequestForAaa`` events, ``Endpoint.eap_answer``) to a RADIUS server.
+    """
 
     identity: str
     ike_proposals: tuple[ProposalSpec, ...]
     child: ChildSaConfig
-    eap_users: UserLookup = field(repr=False)
+    eap_users: UserLookup = field(default=no_users, repr=False)
     credential: CertificateCredential | None = None
     psk: bytes | None = field(default=None, repr=False)
     eap_methods: tuple[EapType, ...] = (EapType.MSCHAPV2,)
@@ -135,8 +147,11 @@ class ResponderConfig:
     # §3.4: the gateway's other addresses, announced in IKE_AUTH (as charon does), so
     # that a mobile node can move to one of another family.
     additional_addresses: tuple[IPAddress, ...] = ()
+    eap_authenticator: EapAuthenticatorKind = "local"
 
     def __post_init__(self) -> None:
+        if self.eap_authenticator not in ("local", "external"):
+            raise ConfigError("eap_authenticator is local or external")
         if (self.credential is None) == (self.psk is None):
             raise ConfigError("the gateway needs a certificate credential or a psk, not both")
         if not self.ike_proposals or not self.child.esp_proposals:

@@ -71,6 +71,7 @@ from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.crypto.sk import sk_cipher_pair
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.datagram import Address, Datagram
+from mpa_ike.eap import EapAnswer
 from mpa_ike.errors import IkeError, IntegrityError, LocalProtocolError
 from mpa_ike.events import (
     ChildSaDeleted,
@@ -195,6 +196,8 @@ class IkeSa:
         self.peer_hash_algorithms: tuple[HashAlgorithm, ...] = ()
         self.peer_mobike = False
         self.mobike = False
+        # When the AAA's Session-Timeout ends the established SA (RFC 2865 §5.27).
+        self.session_end: float | None = None
         self._events: deque[Event] = deque()
         self._exchanges = Exchanges(self, config.retransmit, self._give_up)
         self._mobike = Mobike(self, self._exchanges, random)
@@ -303,7 +306,7 @@ class IkeSa:
         deadlines = [self._deadline, self._exchanges.deadline]
         if self.state == IkeSaState.ESTABLISHED:
             deadlines += self._rekey.deadlines()
-            deadlines.append(self._liveness_deadline())
+            deadlines += [self._liveness_deadline(), self.session_end]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -345,12 +348,25 @@ class IkeSa:
             # EAP authenticator), or the end of a rekeyed SA's grace.
             self._close_failed("half-open IKE SA timed out", None, now)
             return
+        if self._session_over(now):
+            return
         self._rekey.handle_timer(now)
         liveness = self._liveness_deadline()
         if liveness is not None and now >= liveness and self.state == IkeSaState.ESTABLISHED:
             self.counters["liveness_checks"] += 1
             self.check_liveness(now)
         self._exchanges.handle_timer(now)
+
+    def _session_over(self, now: float) -> bool:
+        """The AAA's Session-Timeout has come: DELETE the IKE SA (RFC 2865 §5.27)."""
+        if self.session_end is None or now < self.session_end:
+            return False
+        if self.state != IkeSaState.ESTABLISHED:
+            return False
+        self.session_end = None
+        self.counters["session_timeouts"] += 1
+        self.delete(now)
+        return True
 
     def max_message_size(self) -> int | None:
         """RFC 7383 §2.5.1: fragment only when both sides announced support."""
@@ -536,6 +552,17 @@ class IkeSa:
         if self._responder_handshake is None or self.state != IkeSaState.INITIAL:
             raise LocalProtocolError("only a new responder IKE SA takes IKE_SA_INIT")
         self._responder_handshake.receive_init_request(message, data, now)
+
+    def eap_answer(self, answer: EapAnswer, now: float) -> None:
+        """Command (gateway with an external EAP authenticator): the answer to the last
+        :class:`mpa_ike.events.EapRequestForAaa`; the IKE_AUTH response held for it
+        goes out (RFC 7296 §2.16). Ignored once the SA has closed (its half-open
+        timeout came first); LocalProtocolError if no answer is awaited."""
+        if self.closed:
+            return
+        if self._responder_handshake is None or self.state != IkeSaState.EAP:
+            raise LocalProtocolError("no EAP answer is awaited")
+        self._responder_handshake.eap_answer(answer, now)
 
     def _on_init_response(
         self, message: Message, data: bytes, src: Address, dst: Address, now: float
@@ -823,7 +850,7 @@ class IkeSa:
         self.peer_identity, self.assigned_addresses = old.peer_identity, old.assigned_addresses
         self.dns, self.nat_local, self.nat_remote = old.dns, old.nat_local, old.nat_remote
         self.peer_fragmentation, self.peer_mobike = old.peer_fragmentation, old.peer_mobike
-        self.mobike = old.mobike
+        self.mobike, self.session_end = old.mobike, old.session_end
         self.peer_hash_algorithms = old.peer_hash_algorithms
         self._mobike.peer_addresses = old.peer_additional_addresses
         self._start_lifetime(now)

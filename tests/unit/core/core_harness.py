@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, ip_network
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -111,6 +111,17 @@ def responder_config(
 Tamper = Callable[[Datagram, str, int], list[Datagram]]
 
 
+class Helper(Protocol):
+    """Something beside the two endpoints on the fake clock (a fake AAA server): it
+    sees the gateway's events as they come and has a timer of its own."""
+
+    def on_gateway_event(self, event: Event, now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
 def deliver(datagram: Datagram, direction: str, index: int) -> list[Datagram]:
     return [datagram]
 
@@ -133,6 +144,7 @@ class Link:
     mobile_events: list[Event] = field(default_factory=list)
     gateway_events: list[Event] = field(default_factory=list)
     timer_fires: list[float] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
 
     def _nat_out(self, datagram: Datagram) -> Datagram:
         if not self.nat:
@@ -168,17 +180,24 @@ class Link:
             self.mobile_events.append(event)
         while (event := self.gateway.next_event()) is not None:
             self.gateway_events.append(event)
+            for helper in self.helpers:
+                helper.on_gateway_event(event, self.now)
 
     def run(self, until: float = 1000.0) -> None:
         """Deliver until quiet, then fire timers, until nothing is left before ``until``."""
         for _ in range(10_000):
             if self._pump_once():
                 continue
-            timers = [t for t in (self.mobile.get_timer(), self.gateway.get_timer()) if t]
+            own = [h.get_timer() for h in self.helpers]
+            timers = [t for t in (self.mobile.get_timer(), self.gateway.get_timer(), *own) if t]
             if not timers or min(timers) > until:
                 return
             self.now = max(self.now, min(timers))
             self.timer_fires.append(self.now)
+            for helper in self.helpers:
+                timer = helper.get_timer()
+                if timer is not None and timer <= self.now:
+                    helper.handle_timer(self.now)
             self.mobile.handle_timer(self.now)
             self.gateway.handle_timer(self.now)
             self._collect()
