@@ -322,10 +322,11 @@ class ResponderHandshake:
             return
         self._held = HeldResponse(request, payloads)
         self._exchanges.hold(request)
-        sa, idi = self._sa, self._request.idi if self._request else None
-        assert idi is not None
+        sa, auth_request = self._sa, self._request
+        assert auth_request is not None
         sa.counters["eap_messages_relayed"] += 1
-        sa.emit(EapRequestForAaa(sa.local_spi, sa.name, idi.data, eap_message, sa.remote))
+        identity = auth_request.idi.data
+        sa.emit(EapRequestForAaa(sa.local_spi, sa.name, identity, eap_message, sa.remote))
 
     def eap_answer(self, answer: EapAnswer, now: float) -> None:
         """The external authenticator's answer: the held IKE_AUTH response goes out."""
