@@ -18,10 +18,14 @@ yields an all-zero X25519/X448 secret raises RemoteProtocolError
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
+from cryptography.utils import CryptographyDeprecationWarning
 
 from mpa_ike.constants import DhGroup, NotifyType
 from mpa_ike.crypto.errors import UnsupportedAlgorithm
@@ -109,7 +113,9 @@ class ModpKeyExchange:
         self._size = (prime.bit_length() + 7) // 8
         numbers = _modp_parameter_numbers(prime)
         public = _modp_public_value(numbers, exponent)
-        self._key = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(public, numbers)).private_key()
+        with _modp():
+            key = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(public, numbers)).private_key()
+        self._key = key
         self._public = public.to_bytes(self._size, "big")
 
     @property
@@ -130,8 +136,9 @@ class ModpKeyExchange:
             raise _invalid(self._group, "out of range")
         numbers = _modp_parameter_numbers(self._prime)
         try:
-            peer = dh.DHPublicNumbers(value, numbers).public_key()
-            secret = self._key.exchange(peer)
+            with _modp():
+                peer = dh.DHPublicNumbers(value, numbers).public_key()
+                secret = self._key.exchange(peer)
         except ValueError as exc:
             raise _invalid(self._group, "refused by the key exchange") from exc
         # cryptography strips leading zero octets; g^ir is as long as p (§2.14).
@@ -145,17 +152,29 @@ _MODP_PARAMETERS: dict[int, dh.DHParameterNumbers] = {}
 def _modp_parameter_numbers(prime: int) -> dh.DHParameterNumbers:
     numbers = _MODP_PARAMETERS.get(prime)
     if numbers is None:
-        numbers = _MODP_PARAMETERS[prime] = dh.DHParameterNumbers(prime, _GENERATOR)
+        with _modp():
+            numbers = _MODP_PARAMETERS[prime] = dh.DHParameterNumbers(prime, _GENERATOR)
     return numbers
+
+
+@contextlib.contextmanager
+def _modp() -> Iterator[None]:
+    """The MODP groups of RFC 3526 stay part of IKEv2 (strongSwan's default proposals
+    include modp2048), whatever a cryptography release thinks of finite-field DH."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        yield
 
 
 def _modp_public_value(numbers: dh.DHParameterNumbers, exponent: int) -> int:
     """g^x mod p, computed by OpenSSL as the exchange of x with the public value g."""
     try:
         # The public value given here is a placeholder that is never used.
-        key = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(_GENERATOR, numbers)).private_key()
-        generator = dh.DHPublicNumbers(_GENERATOR, numbers).public_key()
-        return int.from_bytes(key.exchange(generator), "big")
+        with _modp():
+            private = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(_GENERATOR, numbers))
+            key = private.private_key()
+            generator = dh.DHPublicNumbers(_GENERATOR, numbers).public_key()
+            return int.from_bytes(key.exchange(generator), "big")
     except ValueError:  # a library that checks the key pair: fall back to Python
         return pow(_GENERATOR, exponent, numbers.p)
 
