@@ -26,11 +26,15 @@ message builders are plain functions so tests can decode what they build.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import itertools
+import logging
+import os
 import secrets
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -44,6 +48,7 @@ from mpa_ike.io.netlink import (
     NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REQUEST,
+    NetlinkCodecError,
     NetlinkError,
     NetlinkSocket,
 )
@@ -56,18 +61,25 @@ from mpa_ike.io.xfrm_messages import (
     XFRM_INF,
     XFRM_MSG_DELPOLICY,
     XFRM_MSG_DELSA,
+    XFRM_MSG_EXPIRE,
     XFRM_MSG_GETPOLICY,
     XFRM_MSG_GETSA,
+    XFRM_MSG_MAPPING,
     XFRM_MSG_MIGRATE,
     XFRM_MSG_NEWPOLICY,
     XFRM_MSG_NEWSA,
     XFRM_MSG_UPDPOLICY,
     XFRM_MSG_UPDSA,
+    XFRMNLGRP_EXPIRE,
+    XFRMNLGRP_MAPPING,
     Algo,
     EncapTmpl,
+    ExpireMessage,
     IPNetwork,
     KmAddress,
+    LifetimeCfg,
     LifetimeCur,
+    MappingMessage,
     MigrateMessage,
     PolicyIdMessage,
     PolicyMessage,
@@ -84,6 +96,7 @@ from mpa_ike.io.xfrm_messages import (
     UserTmpl,
     XfrmMessage,
     family_of,
+    group_mask,
     pack_addr,
     unpack_addr,
 )
@@ -108,12 +121,17 @@ __all__ = [
     "XFRM_MSG_NEWSA",
     "XFRM_MSG_UPDPOLICY",
     "XFRM_MSG_UPDSA",
+    "DatapathChoice",
+    "InstanceSlot",
+    "KernelLifetimes",
     "Selector",
     "XfrmDatapath",
     "XfrmError",
+    "XfrmEvents",
     "XfrmMessage",
     "XfrmSocket",
     "XfrmUsageError",
+    "choose_datapath",
     "family_of",
     "pack_addr",
     "select_datapath",
@@ -138,6 +156,12 @@ DEFAULT_REPLAY_WINDOW = 64
 #: First reqid this object hands out; far from strongSwan's (which start at 1)
 #: so that both can share a host.
 DEFAULT_REQID_BASE = 0x6D70_0000
+#: Each daemon instance owns one block of reqids (its :class:`InstanceSlot`): its
+#: states and policies carry them, and it flushes exactly that block at start and stop.
+REQIDS_PER_SLOT = 0x1_0000
+SLOTS = 256
+
+log = logging.getLogger(__name__)
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -253,6 +277,65 @@ def kernel_algorithms(encr_id: int, integ_id: int | None) -> KernelAlgorithms:
     return KernelAlgorithms(crypt=_CRYPT_NAMES[EncrId(encr_id)], auth=auth, trunc_bits=trunc)
 
 
+# --- lifetimes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLifetimes:
+    """A CHILD SA's limits in the kernel: the soft ones make it send XFRM_MSG_EXPIRE
+    (rekey now, RFC 7296 §2.8), the hard ones make it delete the state. ``None``: no
+    limit (IKE's own timers rekey)."""
+
+    soft_bytes: int | None = None
+    hard_bytes: int | None = None
+    soft_packets: int | None = None
+    hard_packets: int | None = None
+    soft_seconds: int | None = None
+    hard_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        for soft, hard in (
+            (self.soft_bytes, self.hard_bytes),
+            (self.soft_packets, self.hard_packets),
+            (self.soft_seconds, self.hard_seconds),
+        ):
+            if soft is not None and hard is not None and soft > hard:
+                raise XfrmUsageError(f"soft limit {soft} above the hard one {hard}")
+        for value in (self.soft_seconds, self.hard_seconds):
+            if value is not None and value <= 0:
+                raise XfrmUsageError("a time limit is a positive number of seconds")
+
+    def cfg(self) -> LifetimeCfg:
+        """``struct xfrm_lifetime_cfg``: XFRM_INF for no byte or packet limit, 0 for no
+        time limit (the kernel takes XFRM_INF seconds as a deadline already past)."""
+
+        def count(value: int | None) -> int:
+            return XFRM_INF if value is None else value
+
+        return LifetimeCfg(
+            soft_byte_limit=count(self.soft_bytes),
+            hard_byte_limit=count(self.hard_bytes),
+            soft_packet_limit=count(self.soft_packets),
+            hard_packet_limit=count(self.hard_packets),
+            soft_add_expires_seconds=self.soft_seconds or 0,
+            hard_add_expires_seconds=self.hard_seconds or 0,
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> KernelLifetimes:
+        """``soft_bytes=100000,hard_seconds=3600`` (the fields' names, comma-separated)."""
+        values: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name not in cls.__dataclass_fields__ or not value.strip().isdigit():
+                raise XfrmUsageError(f"lifetime {item!r}: expected NAME=NUMBER")
+            values[name] = int(value)
+        return cls(**values)
+
+
+NO_LIFETIMES = KernelLifetimes()
+
+
 # --- message builders --------------------------------------------------------------------
 
 
@@ -272,6 +355,7 @@ class StateSpec:
     replay_window: int = DEFAULT_REPLAY_WINDOW
     esn: bool = False
     mode: int = XFRM_MODE_TUNNEL
+    lifetimes: KernelLifetimes = NO_LIFETIMES
 
     @property
     def family(self) -> int:
@@ -355,6 +439,7 @@ def build_newsa(
         family=spec.family,
         reqid=spec.reqid,
         mode=spec.mode,
+        lft=spec.lifetimes.cfg(),
     )
     msg = SaMessage(info)
     if replay is not None:
@@ -557,6 +642,16 @@ def _spi(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 
 
+@contextlib.contextmanager
+def _gone_already() -> Iterator[None]:
+    """Deleting what the kernel no longer has (expired, or deleted meanwhile) is done."""
+    try:
+        yield
+    except XfrmError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ESRCH):
+            raise
+
+
 class XfrmDatapath:
     """A :class:`mpa_ike.datapath.Datapath` on the kernel's XFRM, over netlink.
 
@@ -566,6 +661,12 @@ class XfrmDatapath:
     (get, delete and add each state, carrying its replay and lifetime
     counters: works wherever states do) or ``"migrate"`` (XFRM_MSG_MIGRATE,
     which needs CONFIG_XFRM_MIGRATE; falls back to re-adding when refused).
+
+    Every state and policy carries a reqid of ``reqids`` (a daemon passes its
+    :class:`InstanceSlot`'s block): :meth:`flush_own` deletes whatever in the kernel
+    carries one of them, what a crashed run of the same instance left behind, and
+    nothing of anyone else's. ``lifetimes`` are the kernel's limits of each CHILD SA,
+    one value for all or a function of its parameters.
     """
 
     def __init__(
@@ -575,18 +676,26 @@ class XfrmDatapath:
         netns: str | None = None,
         replay_window: int = DEFAULT_REPLAY_WINDOW,
         reqid_base: int = DEFAULT_REQID_BASE,
+        reqids: range | None = None,
         install_states: bool = True,
         install_fwd: bool = True,
         move_method: str = "readd",
+        lifetimes: KernelLifetimes | Callable[[ChildSaParams], KernelLifetimes] = NO_LIFETIMES,
     ) -> None:
         if move_method not in ("readd", "migrate"):
             raise XfrmUsageError(f"move_method must be 'readd' or 'migrate', not {move_method!r}")
+        self.reqids = (
+            reqids if reqids is not None else range(reqid_base, reqid_base + REQIDS_PER_SLOT)
+        )
+        if not self.reqids:
+            raise XfrmUsageError("an empty reqid range")
         self.transport: Transport = transport or XfrmSocket(netns)
         self.replay_window = replay_window
         self.install_states = install_states
         self.install_fwd = install_fwd
         self.move_method = move_method
-        self._reqids = itertools.count(reqid_base)
+        self.lifetimes = lifetimes
+        self._next_reqid = itertools.cycle(self.reqids)
         self._children: dict[bytes, _ChildSa] = {}
         self._policies: dict[PolicyKey, _PolicyEntry] = {}
 
@@ -623,7 +732,7 @@ class XfrmDatapath:
             raise XfrmUsageError(f"CHILD SA {params.spi_in.hex()} already installed")
         if params.mode != "tunnel":
             raise XfrmUsageError(f"mode {params.mode!r}: this backend installs tunnel mode only")
-        child = self._plan(params, next(self._reqids))
+        child = self._plan(params, self._free_reqid())
         self._children[params.spi_in] = child
         try:
             if self.install_states:
@@ -656,6 +765,54 @@ class XfrmDatapath:
             self._retemplate(child, moved)
         child.params = new_params
         child.inbound, child.outbound = moved.inbound, moved.outbound
+
+    def _free_reqid(self) -> int:
+        """The next reqid of our block that no installed CHILD SA has (the block wraps)."""
+        taken = {child.reqid for child in self._children.values()}
+        for _ in range(len(self.reqids)):
+            reqid = next(self._next_reqid)
+            if reqid not in taken:
+                return reqid
+        raise XfrmUsageError(f"all {len(self.reqids)} reqids of this instance are in use")
+
+    def child_of_state(self, key: StateKey) -> tuple[bytes, bytes] | None:
+        """(spi_in, spi_out) of the CHILD SA one of whose states ``key`` is, if ours."""
+        for child in self._children.values():
+            if key in (child.inbound.key, child.outbound.key):
+                return child.params.spi_in, child.params.spi_out
+        return None
+
+    def flush_own(self) -> tuple[int, int]:
+        """Delete every state and policy in the kernel that carries one of our reqids
+        (left by an earlier run of this instance, or by this one); (states, policies).
+
+        Nobody else's: strongSwan's reqids start at 1, another instance has another
+        block, and a policy is ours only if its every template is.
+        """
+        policies = states = 0
+        for answer in self._send(build_dump_policies(), "policies"):
+            body = answer.body
+            if not isinstance(body, PolicyMessage) or not body.templates:
+                continue
+            if all(tmpl.reqid in self.reqids for tmpl in body.templates):
+                key = PolicyKey(body.info.selector, body.info.dir)
+                with _gone_already():
+                    self._send(build_delpolicy(key), f"policy {key}")
+                    policies += 1
+                self._policies.pop(key, None)
+        for answer in self._send(build_dump_states(), "states"):
+            body = answer.body
+            if isinstance(body, SaMessage) and body.info.reqid in self.reqids:
+                info = body.info
+                state = StateKey(info.daddr, info.spi, info.proto)
+                with _gone_already():
+                    self._send(build_delsa(state), f"state {state.dst} spi {state.spi:#010x}")
+                    states += 1
+        for child in self._children.values():
+            child.states_installed.clear()
+            child.policies.clear()
+        self._children.clear()
+        return states, policies
 
     def _can_migrate(self, child: _ChildSa, encap: bool) -> bool:
         """MIGRATE moves states through the policies: only where this CHILD SA owns them all.
@@ -692,6 +849,10 @@ class XfrmDatapath:
 
     def _plan(self, params: ChildSaParams, reqid: int) -> _ChildSa:
         algs = kernel_algorithms(params.encr_id, params.integ_id)
+        lifetimes = self.lifetimes if isinstance(self.lifetimes, KernelLifetimes) else None
+        if lifetimes is None:
+            assert callable(self.lifetimes)
+            lifetimes = self.lifetimes(params)
         local, remote = params.local[0], params.remote[0]
         out_sels = selectors_for(params.local_ts, params.remote_ts)
         # One TS pair: give the SA the selector too, as `ip xfrm state` users expect.
@@ -708,6 +869,7 @@ class XfrmDatapath:
             selector=out_sel.reversed() if out_sel else None,
             replay_window=self.replay_window,
             esn=params.esn,
+            lifetimes=lifetimes,
         )
         outbound = replace(
             inbound,
@@ -927,10 +1089,170 @@ def probe_esp_support(netns: str | None = None) -> bool:
 DATAPATH_KINDS = ("userspace", "xfrm", "auto")
 
 
-def select_datapath(kind: str, netns: str | None = None) -> str:
-    """Resolve the ``datapath:`` setting to ``"userspace"`` or ``"xfrm"``."""
+@dataclass(frozen=True, slots=True)
+class DatapathChoice:
+    """What ``datapath:`` resolved to, and why (the daemon logs both)."""
+
+    kind: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"datapath: {self.kind} ({self.reason})"
+
+
+def choose_datapath(kind: str, netns: str | None = None) -> DatapathChoice:
+    """Resolve the ``datapath:`` setting; ``auto`` asks the kernel with :func:`probe_esp`
+    in the caller's namespace (or ``netns``)."""
     if kind not in DATAPATH_KINDS:
         raise XfrmUsageError(f"datapath must be one of {', '.join(DATAPATH_KINDS)}, not {kind!r}")
-    if kind == "auto":
-        return "xfrm" if probe_esp_support(netns) else "userspace"
-    return kind
+    if kind != "auto":
+        return DatapathChoice(kind, "configured")
+    try:
+        refusal = probe_esp(netns)
+    except OSError as error:  # no NETLINK_XFRM at all, or no permission
+        return DatapathChoice("userspace", f"no XFRM netlink: {error.strerror or error}")
+    if refusal is None:
+        return DatapathChoice("xfrm", "the kernel has ESP")
+    reason = os.strerror(refusal.code) + (f", {refusal.detail}" if refusal.detail else "")
+    return DatapathChoice("userspace", f"the kernel refused an ESP state: {reason}")
+
+
+def select_datapath(kind: str, netns: str | None = None) -> str:
+    """Resolve the ``datapath:`` setting to ``"userspace"`` or ``"xfrm"``."""
+    return choose_datapath(kind, netns).kind
+
+
+# --- a daemon instance's reqids ----------------------------------------------------------
+
+
+class InstanceSlot:
+    """One daemon instance's block of reqids in its network namespace.
+
+    The slot is held by binding an abstract UNIX socket, ``@mpa-ike/xfrm/N``: the
+    abstract names belong to the network namespace, and the kernel lets go of the name
+    when the process ends, however it ends. A daemon takes the lowest free slot; what
+    carries that slot's reqids in the kernel was left by an instance that is gone (a
+    crash, a SIGKILL) and is its to flush, while a running instance's slot is held and
+    never handed out.
+    """
+
+    PREFIX = b"\0mpa-ike/xfrm/"
+
+    def __init__(self, number: int, sock: socket.socket) -> None:
+        self.number = number
+        self._sock: socket.socket | None = sock
+
+    @classmethod
+    def take(cls, first: int = 0) -> InstanceSlot:
+        for number in range(first, SLOTS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                sock.bind(cls.PREFIX + str(number).encode())
+            except OSError as error:
+                sock.close()
+                if error.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            return cls(number, sock)
+        raise XfrmUsageError(f"all {SLOTS} XFRM instance slots of this namespace are taken")
+
+    @property
+    def reqids(self) -> range:
+        start = DEFAULT_REQID_BASE + self.number * REQIDS_PER_SLOT
+        return range(start, start + REQIDS_PER_SLOT)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# --- kernel events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateExpired:
+    """XFRM_MSG_EXPIRE: a state reached a soft (rekey) or hard (deleted) limit."""
+
+    key: StateKey
+    reqid: int
+    hard: bool
+    bytes: int
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateMapping:
+    """XFRM_MSG_MAPPING: ESP in UDP for a state came from a new address or port."""
+
+    key: StateKey
+    reqid: int
+    old: tuple[str, int]
+    new: tuple[str, int]
+
+
+XfrmEvent = StateExpired | StateMapping
+
+
+def parse_events(messages: Sequence[Any]) -> list[XfrmEvent]:
+    """The expiries and mappings among netlink messages (others, and broken ones, skipped)."""
+    found: list[XfrmEvent] = []
+    for message in messages:
+        if message.kind not in (XFRM_MSG_EXPIRE, XFRM_MSG_MAPPING):
+            continue
+        try:
+            body = XfrmMessage.from_netlink(message).body
+        except (NetlinkCodecError, ValueError):
+            continue
+        if isinstance(body, ExpireMessage):
+            info = body.info
+            cur = info.curlft
+            key = StateKey(info.daddr, info.spi, info.proto)
+            found.append(StateExpired(key, info.reqid, body.hard, cur.bytes, cur.packets))
+        elif isinstance(body, MappingMessage):
+            key = StateKey(body.id.daddr, body.id.spi, body.id.proto)
+            old, new = (body.old_saddr, body.old_sport), (body.new_saddr, body.new_sport)
+            found.append(StateMapping(key, body.reqid, old, new))
+    return found
+
+
+class XfrmEvents:
+    """The kernel's XFRM expiries and NAT mappings, read from a multicast socket
+    (XFRMNLGRP_EXPIRE, XFRMNLGRP_MAPPING) on an event loop.
+
+    Only events about states carrying one of ``reqids`` reach ``handler``; the socket
+    is non-blocking, :meth:`read` takes what is waiting (the loop calls it when the
+    socket is readable).
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[XfrmEvent], object],
+        reqids: range | None = None,
+        netns: str | None = None,
+    ) -> None:
+        groups = group_mask(XFRMNLGRP_EXPIRE) | group_mask(XFRMNLGRP_MAPPING)
+        self.netlink = NetlinkSocket(
+            NETLINK_XFRM, groups=groups, netns=netns, timeout=None, error=XfrmError
+        )
+        self.handler = handler
+        self.reqids = reqids
+
+    def fileno(self) -> int:
+        return self.netlink.fileno()
+
+    def read(self) -> None:
+        while True:
+            try:
+                messages = self.netlink.receive()
+            except BlockingIOError:
+                return
+            except OSError as error:  # ENOBUFS: events lost while we were busy
+                log.warning("XFRM events: %s", error.strerror or error)
+                continue
+            for event in parse_events(messages):
+                if self.reqids is None or event.reqid in self.reqids:
+                    self.handler(event)
+
+    def close(self) -> None:
+        self.netlink.close()

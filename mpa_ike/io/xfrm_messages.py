@@ -51,9 +51,11 @@ XFRM_MSG_GETSA = 0x12
 XFRM_MSG_NEWPOLICY = 0x13
 XFRM_MSG_DELPOLICY = 0x14
 XFRM_MSG_GETPOLICY = 0x15
+XFRM_MSG_EXPIRE = 0x18
 XFRM_MSG_UPDPOLICY = 0x19
 XFRM_MSG_UPDSA = 0x1A
 XFRM_MSG_MIGRATE = 0x21
+XFRM_MSG_MAPPING = 0x26
 
 MSG_NAMES = {
     XFRM_MSG_NEWSA: "XFRM_MSG_NEWSA",
@@ -65,7 +67,20 @@ MSG_NAMES = {
     XFRM_MSG_UPDPOLICY: "XFRM_MSG_UPDPOLICY",
     XFRM_MSG_UPDSA: "XFRM_MSG_UPDSA",
     XFRM_MSG_MIGRATE: "XFRM_MSG_MIGRATE",
+    XFRM_MSG_EXPIRE: "XFRM_MSG_EXPIRE",
+    XFRM_MSG_MAPPING: "XFRM_MSG_MAPPING",
 }
+
+#: The kernel's XFRM multicast groups (``enum xfrm_nlgroups``): a socket bound to
+#: ``group_mask(XFRMNLGRP_EXPIRE)`` hears every state's soft and hard expiry.
+XFRMNLGRP_EXPIRE = 2
+XFRMNLGRP_MAPPING = 8
+
+
+def group_mask(group: int) -> int:
+    """The ``nl_groups`` bit of a multicast group, for bind()."""
+    return 1 << (group - 1)
+
 
 XFRMA_ALG_AUTH = 1
 XFRMA_ALG_CRYPT = 2
@@ -791,7 +806,72 @@ class MigrateMessage:
         )
 
 
-XfrmBody = SaMessage | SaIdMessage | PolicyMessage | PolicyIdMessage | MigrateMessage
+@dataclass(slots=True)
+class ExpireMessage:
+    """XFRM_MSG_EXPIRE (``struct xfrm_user_expire``): a state reached a soft limit (the
+    key manager should rekey) or a hard one (the kernel deletes it)."""
+
+    LAYOUT: ClassVar = struct.Struct("=B7x")
+    info: UsersaInfo
+    hard: bool
+    other: tuple[tuple[int, bytes], ...] = ()
+
+    def push(self) -> bytes:
+        body = self.info.push() + self.LAYOUT.pack(int(self.hard))
+        return body + b"".join(push_attribute(k, p) for k, p in self.other)
+
+    @classmethod
+    def pull(cls, body: bytes) -> ExpireMessage:
+        (hard,) = _pull(cls.LAYOUT, body, UsersaInfo.SIZE)
+        attrs = pull_attributes(body, UsersaInfo.SIZE + cls.LAYOUT.size)
+        return cls(UsersaInfo.pull(body), bool(hard), attrs.items)
+
+
+@dataclass(slots=True)
+class MappingMessage:
+    """XFRM_MSG_MAPPING (``struct xfrm_user_mapping``): ESP in UDP for a state came
+    from another address or port than its encapsulation names (a NAT's new mapping)."""
+
+    LAYOUT: ClassVar = struct.Struct("=I16s16s2s2s")
+    id: UsersaId
+    reqid: int
+    old_saddr: str
+    new_saddr: str
+    old_sport: int
+    new_sport: int
+
+    def push(self) -> bytes:
+        return self.id.push() + self.LAYOUT.pack(
+            self.reqid,
+            pack_addr(self.old_saddr),
+            pack_addr(self.new_saddr),
+            self.old_sport.to_bytes(2, "big"),
+            self.new_sport.to_bytes(2, "big"),
+        )
+
+    @classmethod
+    def pull(cls, body: bytes) -> MappingMessage:
+        sa_id = UsersaId.pull(body)
+        reqid, old, new, old_port, new_port = _pull(cls.LAYOUT, body, UsersaId.SIZE)
+        return cls(
+            sa_id,
+            reqid,
+            unpack_addr(old, sa_id.family),
+            unpack_addr(new, sa_id.family),
+            _be16(old_port),
+            _be16(new_port),
+        )
+
+
+XfrmBody = (
+    SaMessage
+    | SaIdMessage
+    | PolicyMessage
+    | PolicyIdMessage
+    | MigrateMessage
+    | ExpireMessage
+    | MappingMessage
+)
 
 BODY_CLASSES: dict[int, type[XfrmBody]] = {
     XFRM_MSG_NEWSA: SaMessage,
@@ -803,6 +883,8 @@ BODY_CLASSES: dict[int, type[XfrmBody]] = {
     XFRM_MSG_DELPOLICY: PolicyIdMessage,
     XFRM_MSG_GETPOLICY: PolicyIdMessage,
     XFRM_MSG_MIGRATE: MigrateMessage,
+    XFRM_MSG_EXPIRE: ExpireMessage,
+    XFRM_MSG_MAPPING: MappingMessage,
 }
 """How the body of each message type is read (requests, and the kernel's answers)."""
 

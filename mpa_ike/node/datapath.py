@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,20 @@ from mpa_ike.events import (
 )
 from mpa_ike.io.policy_routing import BYPASS_MARK, GATEWAY_TABLE, Rules, gateway_rules
 from mpa_ike.io.raw_esp import RawEspSockets
-from mpa_ike.io.tun import MAIN_TABLE
+from mpa_ike.io.rtnl import Rtnl
+from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE
 from mpa_ike.io.userspace import UserspaceDatapath
-from mpa_ike.io.xfrm import XfrmDatapath, XfrmUsageError, select_datapath
+from mpa_ike.io.xfrm import (
+    InstanceSlot,
+    KernelLifetimes,
+    StateExpired,
+    StateMapping,
+    XfrmDatapath,
+    XfrmEvent,
+    XfrmEvents,
+    XfrmUsageError,
+    choose_datapath,
+)
 from mpa_ike.node.control_client import ControlError
 from mpa_ike.node.transport import IkeTransport
 
@@ -44,6 +56,11 @@ FORWARDING = {
 }
 # What a datapath raises when the kernel or its own checks refuse an SA.
 DATAPATH_ERRORS = (LocalProtocolError, XfrmUsageError, OSError, KeyError)
+#: The kernel's limits of every CHILD SA with the XFRM datapath, ``soft_bytes=N,
+#: hard_seconds=N, ...`` (:meth:`KernelLifetimes.parse`), until the configuration and
+#: the core's CHILD SA parameters carry them.
+XFRM_LIFETIMES_ENV = "MPA_IKE_XFRM_LIFETIMES"
+LOOPBACK_INDEX = 1  # lo is the first device of every network namespace
 
 
 class DatapathGlue:
@@ -85,6 +102,9 @@ class DatapathGlue:
         self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
         self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
         self._forwarding_was: dict[int, str] = {}
+        self.slot: InstanceSlot | None = None
+        self.events: XfrmEvents | None = None
+        self.rtnl: Rtnl | None = None
         if userspace is not None:
             userspace.on_expire = self._expired
             userspace.on_mapping = self._mapped
@@ -104,15 +124,10 @@ class DatapathGlue:
         ``auto`` without the right to create a TUN device runs without a datapath (a
         warning: SAs are negotiated but carry nothing); ``userspace`` fails then.
         """
-        if select_datapath(kind) == "xfrm":
-            try:
-                xfrm = XfrmDatapath()
-            except OSError as error:
-                raise ControlError(f"datapath xfrm: {error.strerror or error}") from None
-            transport.hand_esp_to_kernel()
-            glue = cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
-            glue.transport = transport
-            return glue
+        choice = choose_datapath(kind)
+        log.info("%s", choice)
+        if choice.kind == "xfrm":
+            return cls._open_xfrm(transport, inner_addresses=inner_addresses, forward=forward)
         # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
         table = GATEWAY_TABLE if forward else MAIN_TABLE
@@ -147,6 +162,52 @@ class DatapathGlue:
         )
         glue.transport = transport
         glue.rules = rules
+        return glue
+
+    @classmethod
+    def _open_xfrm(
+        cls, transport: IkeTransport, *, inner_addresses: bool, forward: bool
+    ) -> DatapathGlue:
+        """The kernel's XFRM under this instance's slot of reqids: what an earlier run of
+        it left is flushed first, and the kernel's expiries and mappings are read on the
+        loop."""
+        try:
+            lifetimes = KernelLifetimes.parse(os.environ.get(XFRM_LIFETIMES_ENV, ""))
+        except XfrmUsageError as error:
+            raise ControlError(f"{XFRM_LIFETIMES_ENV}: {error}") from None
+        slot = None
+        try:
+            slot = InstanceSlot.take()
+            xfrm = XfrmDatapath(reqids=slot.reqids, move_method="migrate", lifetimes=lifetimes)
+            states, policies = xfrm.flush_own()
+        except (OSError, XfrmUsageError) as error:
+            if slot is not None:
+                slot.close()
+            raise ControlError(
+                f"datapath xfrm: {getattr(error, 'strerror', None) or error}"
+            ) from None
+        if states or policies:
+            log.info(
+                "datapath: removed %d states and %d policies left by an earlier run",
+                states,
+                policies,
+            )
+        glue = cls(xfrm, "xfrm", inner_addresses=inner_addresses, forward=forward)
+        glue.slot = slot
+        glue.transport = transport
+        try:
+            glue.events = XfrmEvents(glue._kernel_event, reqids=slot.reqids)
+            asyncio.get_running_loop().add_reader(glue.events.fileno(), glue.events.read)
+        except OSError as error:
+            log.warning("no XFRM events (%s): no rekey on the kernel's expiries", error.strerror)
+        transport.hand_esp_to_kernel()
+        log.info(
+            "XFRM datapath, instance slot %d (reqids %#x-%#x)%s",
+            slot.number,
+            slot.reqids.start,
+            slot.reqids.stop - 1,
+            f", lifetimes {lifetimes}" if lifetimes != KernelLifetimes() else "",
+        )
         return glue
 
     @staticmethod
@@ -220,11 +281,11 @@ class DatapathGlue:
             self._forget(event.ike_sa)
 
     def _add_inner(self, ike_sa: bytes, addresses: list[str]) -> None:
-        if self.userspace is None:
+        if self.userspace is None and self.kind != "xfrm":
             return
         added = self._inner.setdefault(ike_sa, [])
         for address in addresses:
-            self.userspace.add_inner_address(address)
+            self._inner_address("add", address)
             added.append(address)
 
     def take_inner_address(self, ike_sa: bytes, address: str) -> None:
@@ -232,8 +293,29 @@ class DatapathGlue:
         addresses = self._inner.get(ike_sa, [])
         if address in addresses:
             addresses.remove(address)
-            if self.userspace is not None:
+            self._inner_address("del", address)
+
+    def _inner_address(self, command: str, address: str) -> None:
+        """An inner address on the TUN device, or with XFRM on lo (as charon puts a
+        virtual IP on a device): the kernel's policies take what leaves from it."""
+        if self.userspace is not None:
+            if command == "add":
+                self.userspace.add_inner_address(address)
+            else:
                 self.userspace.del_inner_address(address)
+            return
+        if self.rtnl is None:
+            self.rtnl = Rtnl()
+        ip = ipaddress.ip_address(address)
+        flags = {"flags": IFA_F_NODAD} if ip.version == 6 and command == "add" else {}
+        self.rtnl.request(
+            "addr",
+            command,
+            index=LOOPBACK_INDEX,
+            address=str(ip),
+            prefixlen=ip.max_prefixlen,
+            **flags,
+        )
 
     def _install(self, ike_sa: bytes, params: ChildSaParams) -> None:
         if self.forward:
@@ -258,36 +340,81 @@ class DatapathGlue:
                 log.error("datapath: removing %s: %s", spi_in.hex(), error)
         self._children.pop(ike_sa, None)
         for address in self._inner.pop(ike_sa, []):
-            if self.userspace is not None:
-                try:
-                    self.userspace.del_inner_address(address)
-                except DATAPATH_ERRORS as error:
-                    log.error("datapath: removing address %s: %s", address, error)
+            try:
+                self._inner_address("del", address)
+            except DATAPATH_ERRORS as error:
+                log.error("datapath: removing address %s: %s", address, error)
 
     def ike_sa_of(self, spi_in: bytes) -> bytes | None:
         return next((sa for sa, children in self._children.items() if spi_in in children), None)
 
-    def _expired(self, expiry: Expiry) -> None:
-        """Outbound sequence numbers running out: rekey the CHILD SA, once (RFC 4303
-        §3.3.3), as charon does on the kernel's soft expire."""
+    def _expired(self, expiry: Expiry, why: str = "sequence numbers running out") -> None:
+        """Outbound sequence numbers running out, or (XFRM) a soft limit reached: rekey
+        the CHILD SA, once (RFC 4303 §3.3.3, RFC 7296 §2.8), as charon does on the
+        kernel's soft expire."""
         ike_sa = self.ike_sa_of(expiry.spi_in)
         transport = self.transport
         if ike_sa is None or transport is None or expiry.spi_in in self._rekeying:
             if expiry.hard:
-                log.warning("CHILD SA %s: sequence numbers exhausted", expiry.spi_in.hex())
+                log.warning("CHILD SA %s: %s", expiry.spi_in.hex(), why)
             return
         self._rekeying.add(expiry.spi_in)
-        log.info("CHILD SA %s: sequence numbers running out, rekeying", expiry.spi_in.hex())
+        log.info("CHILD SA %s: %s, rekeying", expiry.spi_in.hex(), why)
         try:
             transport.endpoint.rekey_child_sa(ike_sa, expiry.spi_in, transport.now())
         except Exception as error:  # a rekey already under way, an IKE SA going away
             log.warning("CHILD SA %s: rekey refused: %s", expiry.spi_in.hex(), error)
         transport.process()
 
+    def _kernel_event(self, event: XfrmEvent) -> None:
+        """An expiry or a NAT mapping the kernel announced for one of our states."""
+        if not isinstance(self.datapath, XfrmDatapath):
+            return
+        pair = self.datapath.child_of_state(event.key)
+        if pair is None:
+            return  # a state already removed, or another CHILD SA's
+        spi_in, spi_out = pair
+        if isinstance(event, StateMapping):
+            self._mapped(spi_in, spi_out, event.new)
+            return
+        assert isinstance(event, StateExpired)
+        side = "inbound" if event.key.spi == int.from_bytes(spi_in, "big") else "outbound"
+        limit = "hard" if event.hard else "soft"
+        counted = f"{event.bytes} bytes, {event.packets} packets"
+        why = f"the kernel's {limit} limit on the {side} state ({counted})"
+        if not event.hard:
+            self._expired(Expiry(spi_in, spi_out, False), why)
+            return
+        # The kernel deleted the state: the CHILD SA carries nothing any more.
+        log.warning("CHILD SA %s: %s, the kernel deleted it", spi_in.hex(), why)
+        ike_sa = self.ike_sa_of(spi_in)
+        if ike_sa is not None and spi_in not in self._rekeying:
+            self._delete_soon(ike_sa, spi_in)
+
     def _mapped(self, spi_in: bytes, spi_out: bytes, src: Address) -> None:
         # Authenticated ESP proves nothing about the path (RFC 4555 §3.12): moving the SA
         # is for MOBIKE or NAT detection in IKE to decide; this is only logged.
         log.info("CHILD SA %s: ESP from %s[%d]", spi_in.hex(), *src)
+
+    def _close_xfrm(self, xfrm: XfrmDatapath) -> None:
+        """Stop hearing the kernel, flush whatever still carries our reqids, let go of
+        the slot (only then may another instance take it)."""
+        if self.events is not None:
+            with contextlib.suppress(RuntimeError, ValueError):  # no loop, or closed
+                asyncio.get_running_loop().remove_reader(self.events.fileno())
+            self.events.close()
+            self.events = None
+        if self.slot is not None:
+            try:
+                states, policies = xfrm.flush_own()
+                if states or policies:
+                    log.warning("datapath: %d states and %d policies were left", states, policies)
+            except DATAPATH_ERRORS as error:
+                log.error("datapath: flushing our XFRM entries: %s", error)
+        xfrm.close()
+        if self.slot is not None:
+            self.slot.close()
+            self.slot = None
 
     def _enable_forwarding(self, params: ChildSaParams) -> None:
         versions = {ipaddress.ip_address(ts.start).version for ts in params.remote_ts}
@@ -355,7 +482,10 @@ class DatapathGlue:
         if self.userspace is not None:
             self.userspace.close()
         elif isinstance(self.datapath, XfrmDatapath):
-            self.datapath.close()
+            self._close_xfrm(self.datapath)
+        if self.rtnl is not None:
+            self.rtnl.close()
+            self.rtnl = None
         for version, was in self._forwarding_was.items():
             if was != "1":
                 with contextlib.suppress(OSError):

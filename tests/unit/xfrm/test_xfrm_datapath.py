@@ -342,10 +342,17 @@ def test_select_datapath(monkeypatch: pytest.MonkeyPatch) -> None:
     assert xfrm.select_datapath("xfrm") == "xfrm"
     with pytest.raises(xfrm.XfrmUsageError):
         xfrm.select_datapath("kernel")
-    monkeypatch.setattr(xfrm, "probe_esp_support", lambda netns=None: True)
+    monkeypatch.setattr(xfrm, "probe_esp", lambda netns=None: None)
     assert xfrm.select_datapath("auto") == "xfrm"
-    monkeypatch.setattr(xfrm, "probe_esp_support", lambda netns=None: False)
+    assert str(xfrm.choose_datapath("auto")) == "datapath: xfrm (the kernel has ESP)"
+    refusal = XfrmError(errno.EPROTONOSUPPORT, XFRM_MSG_NEWSA, "Requested type not found")
+    monkeypatch.setattr(xfrm, "probe_esp", lambda netns=None: refusal)
     assert xfrm.select_datapath("auto") == "userspace"
+    assert str(xfrm.choose_datapath("auto")) == (
+        "datapath: userspace (the kernel refused an ESP state: "
+        "Protocol not supported, Requested type not found)"
+    )
+    assert str(xfrm.choose_datapath("userspace")) == "datapath: userspace (configured)"
 
 
 class ProbeSocket:
