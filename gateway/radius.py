@@ -83,6 +83,12 @@ class Code(IntEnum):
     ACCOUNTING_REQUEST = 4
     ACCOUNTING_RESPONSE = 5
     ACCESS_CHALLENGE = 11
+    DISCONNECT_REQUEST = 40  # RFC 5176 §2.1
+    DISCONNECT_ACK = 41
+    DISCONNECT_NAK = 42
+    COA_REQUEST = 43
+    COA_ACK = 44
+    COA_NAK = 45
 
 
 ACCESS_ANSWERS = (Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE)
@@ -274,6 +280,53 @@ def accounting_request_authenticator(raw: bytes, secret: bytes) -> bytes:
     """RFC 2866 §3: the Request Authenticator is the MD5 over the packet with 16 zero
     octets in its place, and the secret."""
     return response_authenticator(raw, bytes(AUTHENTICATOR_LENGTH), secret)
+
+
+def verify_request(raw: bytes, secret: bytes) -> str | None:
+    """None if ``raw``, an Accounting-Request or a Dynamic Authorization request, is
+    authentic for ``secret``, else why not.
+
+    RFC 5176 §3.5 (as RFC 2866 §3): the Request Authenticator is the MD5 over the packet
+    with 16 zero octets in its place, and the secret; a Message-Authenticator, when
+    present, is computed with those zeros as the Request Authenticator (RFC 5176 §3.5).
+    """
+    try:
+        _, received_ma = _with_zero_message_authenticator(raw)
+    except CodecError as error:
+        return f"malformed: {error}"
+    expected = accounting_request_authenticator(raw, secret)
+    if not hmac.compare_digest(expected, raw[4:HEADER_LENGTH]):
+        return "wrong Request Authenticator"
+    if received_ma is None:
+        return None
+    computed = message_authenticator(raw, secret, bytes(AUTHENTICATOR_LENGTH))
+    if not hmac.compare_digest(computed, received_ma):
+        return "wrong Message-Authenticator"
+    return None
+
+
+def encode_answer(
+    code: Code,
+    identifier: int,
+    request_authenticator: bytes,
+    attributes: Sequence[tuple[str, AttributeValue]],
+    secret: bytes,
+    *,
+    with_ma: bool,
+) -> bytes:
+    """An answer to a request (RFC 2865 §3, RFC 5176 §3.5): its Response Authenticator,
+    and with ``with_ma`` a Message-Authenticator keyed by the Request Authenticator
+    (RFC 3579 §3.2)."""
+    items = list(attributes)
+    if with_ma:
+        items.insert(0, ("Message-Authenticator", bytes(AUTHENTICATOR_LENGTH)))
+    raw = encode_packet(code, identifier, request_authenticator, items)
+    if with_ma:
+        digest = message_authenticator(raw, secret, request_authenticator)
+        start = HEADER_LENGTH + 2  # the first attribute's value
+        raw = raw[:start] + digest + raw[start + AUTHENTICATOR_LENGTH :]
+    authenticator = response_authenticator(raw, request_authenticator, secret)
+    return raw[:4] + authenticator + raw[HEADER_LENGTH:]
 
 
 def verify_answer(
