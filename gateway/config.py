@@ -11,6 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gateway.cli import DEFAULT_CONTROL_SOCKET
+from gateway.radius import RadiusConfig, parse_radius_config
+from gateway.radius_dae import DaeConfig, parse_dae_config
 from mpa_ike.errors import ConfigError
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
@@ -42,6 +44,7 @@ from mpa_ike.node.config import (
 )
 
 EAP_METHODS = ("md5", "mschapv2")
+RADIUS = "radius"  # eap.method: every EAP message relayed to eap.radius (gateway/aaa.py)
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
 FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
@@ -57,8 +60,9 @@ class MobikeConfig:
 
 @dataclass(frozen=True)
 class EapServerConfig:
-    method: str  # one of EAP_METHODS
+    method: str  # one of EAP_METHODS, or RADIUS
     users: Mapping[str, str] = field(repr=False)  # name -> password
+    radius: RadiusConfig | None = field(default=None, repr=False)  # with method RADIUS
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class GatewayConfig:
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None
+    dae: DaeConfig | None = field(default=None, repr=False)  # RFC 5176 Disconnect-Requests
 
     def reserved_addresses(self) -> tuple[IPAddress, ...]:
         """Pool addresses never to lease: the explicit list, our own and the DNS servers."""
@@ -114,7 +119,7 @@ def _at_start(config: GatewayConfig, file: Path) -> Iterator[Secret]:
         yield Secret("private_key", private_key)
     if ca:
         guarded(lambda: load_certificates(ca, "ca"))
-    if config.psk or config.eap.users:
+    if config.psk or config.eap.users or config.eap.radius or config.dae:
         yield Secret("", file)
 
 
@@ -143,6 +148,7 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         ),
         leases=top.optional("leases", _lease_file(base_dir), DEFAULT_LEASES),
         lease_grace=top.optional("lease_grace", integer(0, 7 * 86_400), DEFAULT_LEASE_GRACE),
+        dae=top.optional("dae", parse_dae_config, None),
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
@@ -166,12 +172,16 @@ def _authentication(top: Section, base_dir: Path) -> tuple[Path | None, Path | N
 
 def _eap(value: object, path: str) -> EapServerConfig:
     section = Section(value, path)
-    if section.has("radius"):
-        raise ConfigError("RADIUS is not supported yet", key=f"{path}.radius")
-    config = EapServerConfig(
-        method=section.required("method", choice(*EAP_METHODS)),
-        users=section.required("users", _users),
-    )
+    if section.raw("method") == RADIUS:  # the RADIUS server holds the users
+        radius = section.required("radius", parse_radius_config)
+        config = EapServerConfig(RADIUS, MappingProxyType({}), radius)
+    else:
+        if section.has("radius"):
+            raise ConfigError(f"only with method: {RADIUS}", key=f"{path}.radius")
+        config = EapServerConfig(
+            method=section.required("method", choice(*EAP_METHODS)),
+            users=section.required("users", _users),
+        )
     section.check_unknown()
     return config
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
+from gateway.aaa import GatewayAaa, eap_authenticator, local_eap_methods
 from gateway.config import GatewayConfig
 from gateway.leases import open_pool, peer_identity
 from gateway.pool import AddressPool, Family
@@ -28,10 +29,11 @@ from mpa_ike.constants import ProtocolId
 from mpa_ike.datapath import Datapath
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import ConfigError
+from mpa_ike.events import Event
 from mpa_ike.ike_config import ResponderConfig
 from mpa_ike.node.control_client import ControlError
 from mpa_ike.node.credentials import credential
-from mpa_ike.node.service import EAP_TYPES, NodeService, proposal_specs
+from mpa_ike.node.service import NodeService, proposal_specs
 from mpa_ike.node.transport import IKE_PORTS, EspHandler, TransportError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class GatewayService(NodeService):
         super().__init__(datapath=datapath, esp_handler=esp_handler)
         self.config = config
         self.pool: AddressPool[Hashable] = AddressPool(config.pool, config.reserved_addresses())
+        self.aaa = GatewayAaa(config, self)  # RADIUS: EAP relay, accounting, disconnects
 
     def _responder_config(self) -> ResponderConfig:
         config = self.config
@@ -71,7 +74,8 @@ class GatewayService(NodeService):
             eap_users=lambda name: users.get(name.decode("utf-8", "replace")),
             credential=cred,
             psk=config.psk,
-            eap_methods=(EAP_TYPES[config.eap.method],),
+            eap_methods=local_eap_methods(config.eap),
+            eap_authenticator=eap_authenticator(config.eap),
             allocator=self.pool,
             dns=tuple(config.dns),
             address_policy=config.mobike.address_policy,
@@ -108,9 +112,24 @@ class GatewayService(NodeService):
             transport.close()
             raise
         self.transport = transport
+        try:
+            await self.aaa.start()
+        except OSError as error:
+            await self.stop()
+            raise ControlError(f"dae.listen: {error.strerror or error}") from None
         log.info("serving IKE on %s", ", ".join(f"{a}[{p}]" for a, p in transport.local_addresses))
 
+    def on_event(self, event: Event) -> None:
+        self.aaa.on_event(event)  # first: the datapath forgets the CHILD SAs' counters
+        super().on_event(event)
+
+    async def stop(self) -> None:
+        if self.transport is not None:
+            await self.aaa.shutdown()  # Accounting-Stops before the DELETEs
+        await super().stop()
+
     def close(self) -> None:
+        self.aaa.close()
         self.pool.close()
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +153,7 @@ class GatewayService(NodeService):
             },
             "counters": found["counters"],
             "datapath": found["datapath"],
+            **self.aaa.status(),
         }
 
     def _describe(self, owner: Hashable) -> str:
