@@ -161,7 +161,7 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("eap.users", {}, "eap.users: at least one user is required"),
     ("eap.users", ["alice"], "eap.users: expected a mapping, got a list"),
     ("eap.users.bob", 1234, "eap.users.bob: expected a string (quote it), got an integer"),
-    ("eap.radius", {"server": "x"}, "eap.radius: RADIUS is not supported yet"),
+    ("eap.radius", {"server": "x"}, "eap.radius: only with method: radius"),
     ("eap.mehtod", "md5", "eap.mehtod: unknown key (did you mean 'method'?)"),
     ("datapath", "kernel", "datapath: expected one of userspace, xfrm, auto, got 'kernel'"),
     ("mobike.address_policy", "some", "mobike.address_policy: expected allocated, any or a list"),
