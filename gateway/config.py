@@ -20,6 +20,7 @@ from mpa_ike.node.config import (
     Endpoint,
     IPAddress,
     IPNetwork,
+    MetricsConfig,
     Report,
     Secret,
     Section,
@@ -87,6 +88,8 @@ class GatewayConfig:
     leases: Path = DEFAULT_LEASES
     lease_grace: int = DEFAULT_LEASE_GRACE
     log_level: str = "info"
+    log_format: str = "text"  # text or json lines
+    metrics: MetricsConfig | None = None  # Prometheus metrics over HTTP; off without it
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None

@@ -18,6 +18,7 @@ from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
     Endpoint,
     IPNetwork,
+    MetricsConfig,
     Report,
     Secret,
     Section,
@@ -80,6 +81,8 @@ class MobileConfig:
     control_socket: Path = DEFAULT_CONTROL_SOCKET
     datapath: str = "auto"
     log_level: str = "info"
+    log_format: str = "text"  # text or json lines
+    metrics: MetricsConfig | None = None  # Prometheus metrics over HTTP; off without it
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None

@@ -50,11 +50,15 @@ class Parser(argparse.ArgumentParser):
 
 
 class DaemonCommand(NamedTuple):
-    """A command sent to the running daemon, with one ``NAME`` argument or none."""
+    """A command sent to the running daemon, with one ``NAME`` argument or none.
+
+    ``format`` turns its result into lines (the command then has ``--json`` too);
+    without it a result is printed as it is."""
 
     help: str
     argument: str | None = None  # the help of its NAME argument
     timeout: float = DEFAULT_TIMEOUT
+    format: Callable[[Any], list[str]] | None = None
 
 
 class Program(NamedTuple):
@@ -94,6 +98,8 @@ def build_parser(program: Program) -> Parser:
         sub = commands.add_parser(name, parents=[common], help=command.help)
         if command.argument is not None:
             sub.add_argument("name", metavar="NAME", help=command.argument)
+        if command.format is not None:
+            sub.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -202,7 +208,9 @@ def daemon_command(program: Program, args: argparse.Namespace) -> int:
     arguments = {"name": args.name} if command.argument is not None else {}
     socket = control_socket(args, program.default_socket)
     result = ask(socket, args.command, arguments, command.timeout)
-    if result is not None:
+    if command.format is not None:
+        print(json.dumps(result, indent=2) if args.json else "\n".join(command.format(result)))
+    elif result is not None:
         print(result)
     return EXIT_OK
 
@@ -217,6 +225,12 @@ class Configured(Protocol):
 
     @property
     def log_level(self) -> str: ...
+
+    @property
+    def log_format(self) -> str: ...
+
+    @property
+    def metrics(self) -> Any: ...  # a MetricsConfig, or None
 
     @property
     def user(self) -> str | None: ...
@@ -241,19 +255,39 @@ def run_daemon(
     """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0.
 
     ``capabilities`` are kept after becoming the configured ``user`` whatever the
-    datapath (:func:`mpa_ike.node.daemon.needed_capabilities` adds the datapath's)."""
+    datapath (:func:`mpa_ike.node.daemon.needed_capabilities` adds the datapath's).
+    With ``metrics:`` the metrics server runs beside the service (only then is
+    prometheus_client imported); a service with a ``reload`` method is given the file
+    again on SIGHUP."""
     import dataclasses
 
     from mpa_ike.node import daemon
 
-    config = load(config_file(args, default_config), load_config)
+    file = config_file(args, default_config)
     override = socket_override(args)
-    if override is not None:
-        config = dataclasses.replace(config, control_socket=override)
-    daemon.configure_logging(config.log_level)
+
+    def adjust(config: C) -> C:
+        if override is not None:
+            config = dataclasses.replace(config, control_socket=override)
+        return config
+
+    config = adjust(load(file, load_config))
+    daemon.configure_logging(config.log_level, config.log_format)
     run_as = daemon.RunAs(config.user, config.group, config.control_group, tuple(capabilities))
+    service = make_service(config)
+    companions = []
+    if config.metrics is not None:
+        from mpa_ike.node.metrics import attach
+
+        listen = config.metrics.listen
+        companions.append(attach(service, (str(listen.address), listen.port)))
+    reload = None
+    if hasattr(service, "reload"):
+        from mpa_ike.node.reload import reloader
+
+        reload = reloader(service, file, load_config, adjust)
     try:
-        daemon.run(make_service(config), config.control_socket, run_as)
+        daemon.run(service, config.control_socket, run_as, companions=companions, reload=reload)
     except ControlError as error:
         raise CliError(str(error)) from None
     return EXIT_OK

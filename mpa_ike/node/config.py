@@ -46,6 +46,7 @@ MAX_SOCKET_PATH = 107
 # The kernel's IFNAMSIZ is 16 including the terminating NUL.
 MAX_INTERFACE_NAME = 15
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 DATAPATHS = ("userspace", "xfrm", "auto")
 
 
@@ -62,6 +63,13 @@ class Endpoint:
         if self.address.version == 6:
             return f"[{self.address}]:{self.port}"
         return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics:``: where the Prometheus metrics are served over HTTP (``/metrics``)."""
+
+    listen: Endpoint  # with a port
 
 
 def join(path: str, key: object) -> str:
@@ -458,11 +466,22 @@ def read_control_socket(file: Path, default: Path) -> Path:
     return section.optional("control_socket", socket_path(file.absolute().parent), default)
 
 
+def metrics(value: object, path: str) -> MetricsConfig:
+    """``metrics: {listen: ADDRESS:PORT}``: the port is required (no default one)."""
+    section = Section(value, path)
+    listen = section.required("listen", endpoint)
+    if listen and listen.port is None:
+        listen = report(ConfigError("give a port: ADDRESS:PORT", key=join(path, "listen")))
+    section.check_unknown()
+    return MetricsConfig(listen)
+
+
 def daemon_keys(top: Section, base_dir: Path, default_socket: Path) -> dict[str, Any]:
     """The keys every daemon's file has: ``control_socket``, ``datapath``, ``log_level``,
-    and whom to run as once the sockets are open: ``user``, ``group`` (default: the
-    user's) and ``control_group`` (who may use the control socket besides root and
-    the daemon's user)."""
+    ``log_format`` (text or json lines), ``metrics`` (off without it), and whom to run
+    as once the sockets are open: ``user``, ``group`` (default: the user's) and
+    ``control_group`` (who may use the control socket besides root and the daemon's
+    user)."""
     user = top.optional("user", user_name, None)
     group = top.optional("group", group_name, None)
     if group is not None and user is None:
@@ -471,6 +490,8 @@ def daemon_keys(top: Section, base_dir: Path, default_socket: Path) -> dict[str,
         "control_socket": top.optional("control_socket", socket_path(base_dir), default_socket),
         "datapath": top.optional("datapath", choice(*DATAPATHS), "auto"),
         "log_level": top.optional("log_level", choice(*LOG_LEVELS), "info"),
+        "log_format": top.optional("log_format", choice(*LOG_FORMATS), "text"),
+        "metrics": top.optional("metrics", metrics, None),
         "user": user,
         "group": group,
         "control_group": top.optional("control_group", group_name, None),

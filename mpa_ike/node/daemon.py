@@ -4,9 +4,11 @@ In this order: it makes sure the control socket is free, starts the service (whi
 binds its IKE sockets and opens its datapath), creates the control socket, becomes the
 configured user with only the capabilities still needed (:mod:`mpa_ike.node.privileges`)
 and tells systemd it is ready (:mod:`mpa_ike.node.systemd`). So a peer or a script that
-waits for the control socket or for ``systemctl start`` finds IKE listening. On SIGTERM
-or SIGINT it tells systemd it is stopping, closes the control socket and stops the
-service (which sends its DELETEs).
+waits for the control socket or for ``systemctl start`` finds IKE listening. Companions
+(the metrics server) start after the service and before the control socket. On SIGHUP
+it calls the daemon's reload, if it has one (one reload at a time, on the loop, between
+events). On SIGTERM or SIGINT it tells systemd it is stopping, closes the control socket
+and stops the service (which sends its DELETEs).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -48,31 +51,61 @@ class RunAs(NamedTuple):
 
 
 AS_STARTED = RunAs()  # no change of user
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+Reload = Callable[[], Awaitable[None]]
+RELOADING = "RELOADING=1"  # sd_notify(3)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class Companion(Protocol):
+    """Something the daemon runs beside its service (the metrics server)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
-async def serve(service: Service, control_socket: Path, run_as: RunAs = AS_STARTED) -> None:
-    """Run ``service`` until SIGTERM or SIGINT.
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log lines on stderr: text, or JSON objects (:class:`describe.JsonFormatter`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from mpa_ike.node.describe import JsonFormatter
 
-    Raises ControlError (one line) if the control socket is busy or the daemon cannot
-    become its user; the service is stopped again if it had started.
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+async def serve(
+    service: Service,
+    control_socket: Path,
+    run_as: RunAs = AS_STARTED,
+    *,
+    companions: Sequence[Companion] = (),
+    reload: Reload | None = None,
+) -> None:
+    """Run ``service`` until SIGTERM or SIGINT; ``reload`` on SIGHUP.
+
+    Raises ControlError (one line) if the control socket is busy, a companion cannot
+    start or the daemon cannot become its user; the service is stopped again if it had
+    started.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    reloads = Reloads(reload)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloads.request)
+    started: list[Companion] = []
     try:
         claim(control_socket)
         who, control_gid = _resolve(run_as)
         await service.start()
         try:
+            for companion in companions:
+                await companion.start()
+                started.append(companion)
             owner = (who.uid, who.gid) if who is not None else None
             async with ControlServer(
                 control_socket, service.handlers(), owner=owner, group=control_gid
@@ -85,10 +118,49 @@ async def serve(service: Service, control_socket: Path, run_as: RunAs = AS_START
                 systemd.notify(systemd.STOPPING)
                 log.info("stopping")
         finally:
+            await reloads.cancel()
+            for companion in reversed(started):
+                await companion.close()
             await service.stop()
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+
+
+class Reloads:
+    """SIGHUP: one reload at a time; a SIGHUP during one runs another after it."""
+
+    def __init__(self, reload: Reload | None) -> None:
+        self.reload = reload
+        self.task: asyncio.Task[None] | None = None
+        self.again = False
+
+    def request(self) -> None:
+        if self.reload is None:
+            return
+        if self.task is not None and not self.task.done():
+            self.again = True
+            return
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.again = False
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            systemd.notify(RELOADING, f"MONOTONIC_USEC={usec}")
+            try:
+                assert self.reload is not None
+                await self.reload()
+            except Exception:
+                log.exception("reload failed; the configuration in use stays")
+            systemd.notify(systemd.READY)
+            if not self.again:
+                return
+
+    async def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 def _resolve(run_as: RunAs) -> tuple[privileges.Identity | None, int | None]:
@@ -124,5 +196,12 @@ def needed_capabilities(service: Service, always: Iterable[int] = ()) -> set[int
     return needed
 
 
-def run(service: Service, control_socket: Path, run_as: RunAs = AS_STARTED) -> None:
-    asyncio.run(serve(service, control_socket, run_as))
+def run(
+    service: Service,
+    control_socket: Path,
+    run_as: RunAs = AS_STARTED,
+    *,
+    companions: Sequence[Companion] = (),
+    reload: Reload | None = None,
+) -> None:
+    asyncio.run(serve(service, control_socket, run_as, companions=companions, reload=reload))

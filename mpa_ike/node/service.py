@@ -12,22 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpa_ike.constants import ProtocolId
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
 from mpa_ike.datapath import Datapath, RecordingDatapath
 from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
-from mpa_ike.events import Event
+from mpa_ike.events import Event, IkeSaDeleted, IkeSaFailed, IkeSaRekeyed
+from mpa_ike.ike_sa import IkeSa
+from mpa_ike.ike_sa_common import IkeSaState
 from mpa_ike.node.control import Handler
 from mpa_ike.node.datapath import DatapathGlue
-from mpa_ike.node.describe import describe_event
+from mpa_ike.node.describe import EVENT_FIELDS, Subject, describe
 from mpa_ike.node.registry import Registry
 from mpa_ike.node.transport import EspHandler, IkeTransport
+
+if TYPE_CHECKING:
+    from mpa_ike.node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,8 @@ class NodeService:
         self.glue = DatapathGlue(datapath if datapath is not None else RecordingDatapath())
         self.endpoint = Endpoint(random=os.urandom)
         self.transport: IkeTransport | None = None
+        self.metrics: NodeMetrics | None = None  # with metrics: in the configuration
+        self.subjects: dict[bytes, Subject] = {}  # local SPI -> SPIs and peer, for logs
 
     @property
     def datapath(self) -> Datapath:
@@ -70,6 +79,10 @@ class NodeService:
         }
 
     def new_transport(self) -> IkeTransport:
+        if self.metrics is not None:
+            return self.metrics.transport(
+                self.endpoint, self.on_event, esp_handler=self.esp_handler
+            )
         return IkeTransport(self.endpoint, self.on_event, esp_handler=self.esp_handler)
 
     def open_datapath(
@@ -87,8 +100,83 @@ class NodeService:
             )
 
     def on_event(self, event: Event) -> None:
-        log.info("%s", describe_event(event))
+        """Log the event (one line), count it, hand it to the datapath."""
+        subject = self.subject_of(event)
+        record = describe(event, subject)
+        log.info("%s", record.text_line(), extra={EVENT_FIELDS: record.json_fields()})
+        if self.metrics is not None:
+            self.metrics.on_event(event, subject)
         self.glue.on_event(event)
+        if isinstance(event, IkeSaDeleted | IkeSaFailed | IkeSaRekeyed):
+            self.subjects.pop(event.ike_sa, None)
+
+    def subject_of(self, event: Event) -> Subject:
+        """Both SPIs and the peer of the event's IKE SA: the event names only our SPI.
+
+        An SA that failed in its handshake is gone from the endpoint when its event
+        comes: then only our SPI is known, which is SPIr on a responder."""
+        known = self.subjects.get(event.ike_sa)
+        if known is not None and known.peer:
+            return known
+        sa = self.endpoint.sas.get(event.ike_sa)
+        if sa is not None:
+            peer = str(sa.peer_identity) if sa.peer_identity is not None else ""
+            known = Subject(sa.spi_i.hex(), sa.spi_r.hex(), peer, sa.is_initiator)
+            self.subjects[event.ike_sa] = known
+            return known
+        if known is not None:
+            return known
+        if self.endpoint.responder is not None:
+            return Subject(spi_r=event.ike_sa.hex(), initiator=False)
+        return Subject(spi_i=event.ike_sa.hex(), initiator=True)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """What a metrics scrape reads: IKE and CHILD SAs by state, half-open SAs, the
+        core's and the sockets' counters."""
+        ike_sas = Counter({state.value.upper(): 0 for state in IkeSaState})
+        child_sas = Counter({"INSTALLED": 0})
+        for sa in self.endpoint.snapshot():
+            ike_sas[str(sa["state"]).upper()] += 1
+            for child in sa.get("child_sas", []):  # type: ignore[attr-defined]
+                child_sas[str(child["state"]).upper()] += 1
+        return {
+            "ike_sas": dict(ike_sas),
+            "half_open": self.endpoint.half_open_count(),
+            "child_sas": dict(child_sas),
+            "counters": counters(self.endpoint, self.transport),
+        }
+
+    def matching(self, target: str) -> list[IkeSa]:
+        """The live IKE SAs of the peer ``target`` names: its identity (or the SA's
+        name), or an address, the peer's outer one or one leased to it."""
+        try:
+            address = str(ipaddress.ip_address(target))
+        except ValueError:
+            address = None
+        found = []
+        for sa in self.endpoint:
+            if sa.closed or sa.state == IkeSaState.REKEYED:
+                continue
+            identity = str(sa.peer_identity) if sa.peer_identity is not None else None
+            addresses = {str(ipaddress.ip_address(sa.remote[0]))}
+            addresses.update(str(a) for a in sa.assigned_addresses)
+            if target in (identity, sa.name) or address in addresses:
+                found.append(sa)
+        return found
+
+    async def delete_and_wait(self, sas: Iterable[IkeSa], grace: float = DELETE_GRACE) -> None:
+        """DELETE each of ``sas`` and wait up to ``grace`` seconds for them to close."""
+        transport = self.transport
+        if transport is None:
+            return
+        spis = [sa.local_spi for sa in sas]
+        for spi in spis:
+            self.endpoint.delete(spi, transport.now())
+        transport.process()
+        deadline = transport.now() + grace
+        while transport.now() < deadline and any(spi in self.endpoint.sas for spi in spis):
+            await asyncio.sleep(0.01)
+        transport.process()
 
     async def stop(self) -> None:
         transport, self.transport = self.transport, None
