@@ -1,4 +1,5 @@
-"""``mpa-gateway``: run the gateway, or ask a running one for its status.
+"""``mpa-gateway``: run the gateway, or ask a running one for its status, its lease
+table, or to terminate or re-authenticate a peer's IKE SAs.
 
 Only ``run`` imports the gateway itself (:mod:`gateway.service`); the other commands
 talk to the daemon over its control socket with the standard library alone.
@@ -42,6 +43,43 @@ def format_status(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_leases(rows: list[dict[str, Any]]) -> list[str]:
+    """The lease table: address, identity, IKE SA, state, since."""
+    if not rows:
+        return ["no leases"]
+    table = [("ADDRESS", "IDENTITY", "IKE SA", "STATE", "SINCE")]
+    for row in rows:
+        state = row["state"]
+        if row.get("ike_sa_state"):
+            state = f"{state} ({row['ike_sa_state']})"
+        elif row.get("until"):
+            state = f"{state} until {row['until']}"
+        table.append(
+            (
+                row["address"],
+                row.get("identity") or "-",
+                row["ike_sa"],
+                state,
+                row.get("since") or "-",
+            )
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(4)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + line[4]
+        for line in table
+    ]
+
+
+PEER = "an identity, or an outer or leased address"
+COMMANDS = {
+    "terminate": cli.DaemonCommand("delete the IKE SAs of a peer, with DELETE", PEER),
+    "leases": cli.DaemonCommand("show the lease table", format=format_leases),
+    "reauth": cli.DaemonCommand(
+        "make a peer authenticate again (IKEv2 lets a gateway only delete its IKE SA)", PEER
+    ),
+}
+
+
 PROGRAM = cli.Program(
     prog="mpa-gateway",
     description="IKEv2/MOBIKE gateway with pre-authentication handover support.",
@@ -50,6 +88,7 @@ PROGRAM = cli.Program(
     run=run,
     check_config=check_config,
     format_status=format_status,
+    commands=COMMANDS,
 )
 
 
