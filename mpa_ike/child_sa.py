@@ -67,6 +67,7 @@ class ChildSa:
     params: ChildSaParams | None = field(default=None, repr=False)
     spec: ProposalSpec | None = field(default=None, repr=False)
     rekey_at: float | None = None  # lifetime deadline (Lifetimes.child_rekey_time)
+    expire_at: float | None = None  # hard deadline (Lifetimes.child_life_time)
 
     def snapshot(self) -> dict[str, object]:
         return {

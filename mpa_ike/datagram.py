@@ -1,6 +1,7 @@
 """UDP datagrams in and out of the core, and where the non-ESP marker belongs.
 
-The core speaks IKE messages only: :class:`Datagram` data never carries the
+The core speaks IKE messages only (and asks for NAT keepalives, whose data is the
+single octet :data:`NAT_KEEPALIVE`): :class:`Datagram` data never carries the
 4-byte non-ESP marker. The I/O glue owns the marker because it owns the
 sockets: on the NAT-T socket (local port 4500, RFC 3948 §2.2) it strips the
 marker from received IKE messages (and hands ESP and NAT keepalives to the
@@ -32,8 +33,9 @@ def uses_non_esp_marker(local_port: int) -> bool:
 
 
 def frame_for_socket(datagram: Datagram) -> bytes:
-    """The UDP payload to send for ``datagram``."""
-    if uses_non_esp_marker(datagram.src[1]):
+    """The UDP payload to send for ``datagram``: a NAT keepalive (RFC 3948 §2.3, the
+    core's :mod:`mpa_ike.liveness` asks for it) goes as it is, never behind the marker."""
+    if uses_non_esp_marker(datagram.src[1]) and datagram.data != NAT_KEEPALIVE:
         return NON_ESP_MARKER + datagram.data
     return datagram.data
 

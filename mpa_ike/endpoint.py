@@ -22,9 +22,18 @@ IKE_SA_INIT request (SPIr zero) goes through:
   §2.5/§2.21 say so (INVALID_MAJOR_VERSION, INVALID_SYNTAX,
   UNSUPPORTED_CRITICAL_PAYLOAD).
 
-Anything else for an unknown SPI is dropped and counted (§2.21.4 allows an
-INVALID_IKE_SPI answer; strongSwan does not send one either). Nothing raises
+A request for an unknown SPI is answered with an unprotected N(INVALID_IKE_SPI)
+(§2.21.4: SPIs, exchange type and Message ID copied, to where it came from), at most
+``invalid_spi_rate`` a second per source address, so that a peer learns at once that
+we restarted; anything else for an unknown SPI is dropped and counted. Nothing raises
 out of ``receive_datagram``, whatever the bytes.
+
+A responder IKE SA whose peer authenticated is checked against the older IKE SAs of
+that identity (INITIAL_CONTACT and ``ResponderConfig.unique``, :mod:`mpa_ike.uniqueness`)
+before it leases an address. An initiator IKE SA says INITIAL_CONTACT when no other
+IKE SA of ours goes to that peer; one started with ``replaces=spi`` closes that older
+IKE SA (IkeSaReplaced) the moment it is up, its events before the new one's, so that a
+datapath drops the old pair before it installs the new (make before break).
 
 The glue around it (one loop, one timer; sockets bound to UDP 500 and 4500)::
 
@@ -60,9 +69,10 @@ from mpa_ike.constants import (
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.eap import EapAnswer
 from mpa_ike.errors import CodecError, IkeError
-from mpa_ike.events import Event, IkeSaRekeyed
+from mpa_ike.events import Event, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed
 from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa import HALF_OPEN_STATES, ZERO_SPI, IkeSa, IkeSaState, Random
+from mpa_ike.uniqueness import admit
 from mpa_ike.wire import (
     HEADER_LENGTH,
     EncryptedFragmentPayload,
@@ -79,6 +89,8 @@ from mpa_ike.wire.notify import cookie_notify
 
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
+# INVALID_IKE_SPI answers a second to one source address (§2.21.4 asks for a limit).
+DEFAULT_INVALID_SPI_RATE = 5
 COOKIE_VERSION = b"\x01"
 
 
@@ -105,10 +117,15 @@ class Endpoint:
         random: Random = os.urandom,
         responder: ResponderConfig | None = None,
         half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD,
+        invalid_spi_rate: int = DEFAULT_INVALID_SPI_RATE,
     ) -> None:
         self._random = random
         self.responder = responder
         self.half_open_threshold = half_open_threshold
+        self.invalid_spi_rate = invalid_spi_rate
+        # source address -> (the second counted, answers sent in it)
+        self._invalid_spi_sent: dict[str, tuple[int, int]] = {}
+        self._replacing: dict[bytes, bytes] = {}  # new initiator IKE SA -> the old one
         self._cookie_secret = random(32)
         self._sas: dict[bytes, IkeSa] = {}
         self._init_packets: dict[bytes, IkeSa] = {}
@@ -170,12 +187,28 @@ class Endpoint:
     # Commands
 
     def initiate(
-        self, config: InitiatorConfig, local: Address, remote: Address, now: float
+        self,
+        config: InitiatorConfig,
+        local: Address,
+        remote: Address,
+        now: float,
+        *,
+        replaces: bytes | None = None,
     ) -> IkeSa:
-        """Start an IKE SA to ``remote`` (normally port 500) from ``local``."""
+        """Start an IKE SA to ``remote`` (normally port 500) from ``local``.
+
+        It says INITIAL_CONTACT (RFC 7296 §2.4) if no other IKE SA of this connection
+        (``config.name``) is live, or if it ``replaces`` one: that IKE SA (the peer
+        answered it with INVALID_IKE_SPI) is closed once this one is up."""
+        others = [other for other in self.find(config.name) if not other.closed]
         sa = IkeSa.initiator(config, local, remote, self._random)
         while sa.local_spi in self._sas:
             sa = IkeSa.initiator(config, local, remote, self._random)
+        sa.initial_contact = not others or (
+            replaces is not None and all(o.local_spi == self.resolve(replaces) for o in others)
+        )
+        if replaces is not None:
+            self._replacing[sa.local_spi] = replaces
         self._sas[sa.local_spi] = sa
         sa.start(now)
         self._collect(sa)
@@ -278,6 +311,8 @@ class Endpoint:
             return
         if sa is None or sa.is_initiator == header.is_initiator:
             self.counters["dropped_unknown_spi"] += 1
+            if sa is None and not header.is_response:
+                self._answer_invalid_ike_spi(header, src, dst, now)
             return
         sa.receive(data, header, src, dst, now)
         self._collect(sa)
@@ -293,6 +328,10 @@ class Endpoint:
 
     def _collect(self, sa: IkeSa) -> None:
         while (event := sa.next_event()) is not None:
+            if isinstance(event, IkeSaEstablished):
+                self._retire_replaced(sa)
+            elif isinstance(event, IkeSaFailed):
+                self._replacing.pop(sa.local_spi, None)
             if isinstance(event, IkeSaRekeyed):
                 for old, new in list(self._renamed.items()):
                     if new == event.ike_sa:
@@ -304,6 +343,56 @@ class Endpoint:
             self._sas[successor.local_spi] = successor
             self._collect(successor)
 
+    def _retire_replaced(self, new: IkeSa) -> None:
+        """``new`` is up: the IKE SA it replaces goes now, its events first."""
+        old_spi = self._replacing.pop(new.local_spi, None)
+        old = self._sas.get(self.resolve(old_spi)) if old_spi is not None else None
+        if old is None or old.closed:
+            return
+        reason = "replaced by a new IKE SA (the peer had answered INVALID_IKE_SPI)"
+        old.replace(new.local_spi, reason, 0.0, tell=False)
+        self._collect(old)
+
+    def _admit(self, sa: IkeSa, now: float) -> bool:
+        """A responder IKE SA authenticated its peer (:mod:`mpa_ike.uniqueness`)."""
+        assert self.responder is not None
+        allowed, replaced = admit(sa, list(self._sas.values()), self.responder.unique, now)
+        for old in replaced:
+            self.counters["ike_sas_replaced"] += 1
+            self._collect(old)
+        if not allowed:
+            self.counters["refused_by_uniqueness"] += 1
+        return allowed
+
+    def _answer_invalid_ike_spi(
+        self, header: IkeHeader, src: Address, dst: Address, now: float
+    ) -> None:
+        """§2.21.4, §1.5: an unprotected response with N(INVALID_IKE_SPI), the SPIs,
+        exchange type and Message ID copied, rate limited per source address."""
+        second = int(now)
+        counted, sent = self._invalid_spi_sent.get(src[0], (second, 0))
+        if counted != second:
+            sent = 0
+        if sent >= self.invalid_spi_rate:
+            self.counters["invalid_ike_spi_rate_limited"] += 1
+            return
+        if len(self._invalid_spi_sent) > 4096:  # forget the old seconds now and then
+            self._invalid_spi_sent = {
+                k: v for k, v in self._invalid_spi_sent.items() if v[0] == second
+            }
+        self._invalid_spi_sent[src[0]] = (second, sent + 1)
+        flags = HeaderFlag.RESPONSE | (0 if header.is_initiator else HeaderFlag.INITIATOR)
+        response = IkeHeader(
+            header.spi_i, header.spi_r, header.exchange_type, int(flags), header.message_id
+        )
+        notify = NotifyPayload(NotifyType.INVALID_IKE_SPI)
+        try:
+            data = serialize_message(Message(response, (notify,)))
+        except IkeError:
+            return
+        self.counters["invalid_ike_spi_sent"] += 1
+        self._outbox.append(Datagram(data, dst, src))
+
     def _forget_closed(self, now: float) -> None:
         for spi, sa in list(self._sas.items()):
             if sa.closed:
@@ -312,6 +401,7 @@ class Endpoint:
                 self._closed_sa_counters.update(sa.counters)
         self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
         self._renamed = {old: new for old, new in self._renamed.items() if new in self._sas}
+        self._replacing = {new: old for new, old in self._replacing.items() if new in self._sas}
         stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
         self._init_packets = {
             k: sa for k, sa in self._init_packets.items() if not sa.closed and id(sa) not in stale
@@ -386,6 +476,7 @@ class Endpoint:
     ) -> None:
         assert self.responder is not None
         sa = IkeSa.responder(self.responder, dst, src, self._random)
+        sa.admission = self._admit
         sa.receive_init_request(message, data, now)
         if not sa.closed and sa.local_spi in self._sas:
             # An SPI collision (2^-64): forget this one unanswered; the initiator's

@@ -89,6 +89,28 @@ class LivenessConfirmed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerForgotIkeSa(Event):
+    """The peer answered our request with an unprotected INVALID_IKE_SPI (RFC 7296
+    §2.21.4): it has likely restarted and lost the IKE SA. Unauthenticated, so the IKE
+    SA stays: set up a new one that replaces it once up (``Endpoint.initiate(...,
+    replaces=ike_sa)``); DPD ends this one if the peer is really gone. Told once."""
+
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaReplaced(IkeSaFailed):
+    """The IKE SA was closed locally, without DELETE, for the new IKE SA
+    ``new_ike_sa`` of the same peer: INITIAL_CONTACT or the uniqueness policy on a
+    gateway (RFC 7296 §2.4), or the one the mobile node set up after the peer forgot
+    this one. Its CHILD SAs went before it (ChildSaDeleted), its lease too
+    (LeaseReleased). An IkeSaFailed, so that a glue that knows only that one forgets
+    the SA all the same."""
+
+    new_ike_sa: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaRekeyed(Event):
     """A CHILD SA was replaced by a rekey (RFC 7296 §2.8).
 

@@ -122,6 +122,10 @@ class Exchanges:
         return self._outstanding.exchange if self._outstanding is not None else None
 
     @property
+    def outstanding_message_id(self) -> int | None:
+        return self._outstanding.message_id if self._outstanding is not None else None
+
+    @property
     def deadline(self) -> float | None:
         """When the outstanding request is due for retransmission (or given up)."""
         return self._outstanding.retransmitter.deadline if self._outstanding else None
@@ -213,11 +217,21 @@ class Exchanges:
         )
         self.send(datagrams)
 
-    def send_once(self, exchange: ExchangeType, payloads: Sequence[Payload]) -> None:
-        """A protected request sent once, nothing awaited (a last word before closing)."""
+    def send_once(
+        self,
+        exchange: ExchangeType,
+        payloads: Sequence[Payload],
+        also_to: tuple[Address, Address] | None = None,
+    ) -> None:
+        """A protected request sent once, nothing awaited (a last word before closing);
+        ``also_to``: a (local, remote) pair it goes over too."""
         if self._ciphers is not None and self._outstanding is None:
             header = self.header(exchange, self._my_next_id, response=False)
-            self.send(self._seal(header, payloads))
+            datagrams = self._seal(header, payloads)
+            self.send(datagrams)
+            if also_to is not None and also_to != (self._sa.local, self._sa.remote):
+                for datagram in datagrams:
+                    self.send_to(datagram, *also_to)
 
     def defer(self, send: Callable[[float], None]) -> None:
         """Run ``send`` when the window opens (it decides then what to send, if anything)."""

@@ -47,6 +47,7 @@ class HandshakeHost(Protocol):
     peer_mobike: bool
     mobike: bool
     session_end: float | None
+    initial_contact: bool  # RFC 7296 §2.4: ours to send, or the peer's received
 
     @property
     def local_spi(self) -> bytes: ...
@@ -88,6 +89,8 @@ class HandshakeHost(Protocol):
     ) -> None: ...
 
     def fail(self, reason: str, now: float, notify: NotifyType | None = None) -> None: ...
+
+    def admit(self, now: float) -> bool: ...
 
     def tell_and_fail(self, reason: str, notify: NotifyType) -> None: ...
 

@@ -270,6 +270,9 @@ class InitiatorHandshake:
         ]
         if config.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
+        if self._sa.initial_contact:
+            # §2.4: our first IKE SA with this peer: older ones of ours are gone.
+            payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         return payloads
 
     def _refused(self, message: Message, now: float) -> bool:

@@ -257,6 +257,7 @@ class ResponderHandshake:
         sa, config = self._sa, self._config
         sa.peer_identity = identity_of(idi)
         sa.name = str(sa.peer_identity)
+        sa.initial_contact = message.notify(NotifyType.INITIAL_CONTACT) is not None
         self._request = AuthRequest.of(message, idi)
         self._authenticator = self._new_authenticator(idi)
         payloads: list[Payload] = [parse_identity(config.identity).idr()]
@@ -369,6 +370,10 @@ class ResponderHandshake:
         payloads: list[Payload] = [
             AuthPayload(AuthMethod.PSK, eap_auth(prf, msk, transcript.keys.sk_pr, octets))
         ]
+        if not self._sa.admit(now):
+            # strongSwan's unique=keep: the older IKE SA of this identity stays.
+            self._refuse_auth(message.header, "uniqueness policy keep: already connected", now)
+            return
         self._establish(message.header, request, payloads, now)
 
     def _establish(

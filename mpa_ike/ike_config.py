@@ -35,6 +35,13 @@ DEFAULT_CHILD_REKEY_TIME = 3600.0
 WallClock = Callable[[], datetime.datetime]
 UserLookup = Callable[[bytes], str | None]
 EapAuthenticatorKind = Literal["local", "external"]
+# strongSwan's connections.<conn>.unique: what a new IKE SA of an identity does to the
+# older ones (mpa_ike.uniqueness).
+UniquePolicy = Literal["no", "never", "keep", "replace"]
+UNIQUE_POLICIES: tuple[UniquePolicy, ...] = ("no", "never", "keep", "replace")
+# A peer whose address updates the gateway refused this many times (RFC 4555 §3.5)
+# loses its IKE SA: it keeps sending from there (charon ignores UNACCEPTABLE_ADDRESSES).
+DEFAULT_MAX_REFUSED_UPDATES = 3
 
 
 def no_users(identity: bytes) -> str | None:
@@ -44,25 +51,89 @@ def no_users(identity: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class Lifetimes:
-    """When to rekey (RFC 7296 §2.8), in seconds after the SA came up.
+    """Lifetimes and liveness of an IKE SA and its CHILD SAs, in seconds, by
+    strongSwan's names (swanctl.conf) and with its defaults.
 
-    Each deadline is ``rekey_time`` minus a random part of up to ``jitter``
-    (strongSwan's rand_time, 10 % by default), drawn from the injected random
-    source so that two peers with one configuration do not collide. ``None``
-    turns rekeying off.
+    IKE SA: rekeyed at ``ike_rekey_time`` less a random part of up to
+    ``ike_rand_time`` (RFC 7296 §2.8: each side's own policy), deleted at
+    ``ike_rekey_time + ike_over_time`` if no rekey got through (over_time: 10 % of
+    rekey_time; rand_time: over_time). CHILD SA: rekeyed at ``child_rekey_time`` less
+    up to ``child_rand_time``, deleted at ``child_life_time`` (110 % of rekey_time;
+    rand_time: life_time - rekey_time). The byte and packet limits are the datapath's
+    to count (0: none). ``None`` for a rekey time turns rekeying off. The random parts
+    come from the injected random source, so that two peers with one configuration
+    do not collide.
+
+    Liveness (RFC 7296 §2.4): ``dpd_delay``: after this long without an authenticated
+    message from the peer, an empty INFORMATIONAL; no answer through its
+    retransmissions and the IKE SA is dead (IkeSaFailed "peer dead"). strongSwan
+    ignores ``dpd_timeout`` for IKEv2 (the retransmissions decide); here it bounds that
+    INFORMATIONAL's retransmissions (None: the whole schedule, 165 s by default).
+    ``keep_alive``: NAT keepalives (RFC 3948 §2.3) every that many seconds of our
+    silence, by the side that found itself behind a NAT (charon.keep_alive, 20 s).
+    The core leaves both off unless asked; the daemons turn them on.
     """
 
     ike_rekey_time: float | None = DEFAULT_IKE_REKEY_TIME
+    ike_over_time: float | None = None  # default: 10 % of ike_rekey_time
+    ike_rand_time: float | None = None  # default: ike_over_time
     child_rekey_time: float | None = DEFAULT_CHILD_REKEY_TIME
-    jitter: float = 0.1  # fraction of the rekey time
-    # strongSwan's dpd_delay: after this long without an authenticated message from
-    # the peer, check its liveness with an empty INFORMATIONAL (RFC 7296 §1.4, §2.4);
-    # no answer after the retransmissions: the IKE SA has failed. None: never.
-    liveness_interval: float | None = None
+    child_life_time: float | None = None  # default: 110 % of child_rekey_time
+    child_rand_time: float | None = None  # default: child_life_time - child_rekey_time
+    child_rekey_bytes: int = 0
+    child_life_bytes: int = 0
+    child_rekey_packets: int = 0
+    child_life_packets: int = 0
+    dpd_delay: float | None = None
+    dpd_timeout: float | None = None
+    keep_alive: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.jitter < 1.0:
-            raise ConfigError("lifetime jitter must be a fraction below 1")
+        ike, child = self.ike_rekey_time, self.child_rekey_time
+        over = self.ike_over_time if self.ike_over_time is not None else 0.1 * (ike or 0.0)
+        life = self.child_life_time
+        if life is None and child is not None:
+            life = 1.1 * child
+        rand_child = self.child_rand_time
+        if rand_child is None:
+            rand_child = (life - child) if life is not None and child is not None else 0.0
+        object.__setattr__(self, "ike_over_time", over)
+        if self.ike_rand_time is None:
+            object.__setattr__(self, "ike_rand_time", over)
+        object.__setattr__(self, "child_life_time", life)
+        object.__setattr__(self, "child_rand_time", rand_child)
+        self._check()
+
+    def _check(self) -> None:
+        for rekey, rand, what in (
+            (self.ike_rekey_time, self.ike_rand_time, "IKE"),
+            (self.child_rekey_time, self.child_rand_time, "CHILD"),
+        ):
+            if rekey is not None and rekey <= 0:
+                raise ConfigError(f"{what} SA rekey_time must be positive")
+            if rand is not None and (rand < 0 or (rekey is not None and rand >= rekey)):
+                raise ConfigError(f"{what} SA rand_time must be below rekey_time")
+        rekey, life = self.child_rekey_time, self.child_life_time
+        if rekey is not None and life is not None and life <= rekey:
+            raise ConfigError("CHILD SA life_time must be above rekey_time")
+        for soft, hard, what in (
+            (self.child_rekey_bytes, self.child_life_bytes, "bytes"),
+            (self.child_rekey_packets, self.child_life_packets, "packets"),
+        ):
+            if soft < 0 or hard < 0 or (soft and hard and soft >= hard):
+                raise ConfigError(f"CHILD SA rekey_{what} must be below life_{what}")
+        for value, what in ((self.dpd_delay, "dpd_delay"), (self.dpd_timeout, "dpd_timeout")):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{what} must be positive")
+        if self.keep_alive is not None and self.keep_alive <= 0:
+            raise ConfigError("keep_alive must be positive")
+
+    @property
+    def ike_life_time(self) -> float | None:
+        """When an IKE SA that was not rekeyed ends: rekey_time + over_time."""
+        if self.ike_rekey_time is None:
+            return None
+        return self.ike_rekey_time + (self.ike_over_time or 0.0)
 
 
 @dataclass(frozen=True)
@@ -148,8 +219,16 @@ class ResponderConfig:
     # that a mobile node can move to one of another family.
     additional_addresses: tuple[IPAddress, ...] = ()
     eap_authenticator: EapAuthenticatorKind = "local"
+    # What a new IKE SA does to the older ones of the same peer identity (strongSwan's
+    # unique; here replace by default, strongSwan's default is no).
+    unique: UniquePolicy = "replace"
+    # MOBIKE: refused updates after which the IKE SA is deleted (0: never); a rekey
+    # request from a refused address deletes it at once.
+    max_refused_updates: int = DEFAULT_MAX_REFUSED_UPDATES
 
     def __post_init__(self) -> None:
+        if self.unique not in UNIQUE_POLICIES:
+            raise ConfigError(f"unique is one of {', '.join(UNIQUE_POLICIES)}")
         if self.eap_authenticator not in ("local", "external"):
             raise ConfigError("eap_authenticator is local or external")
         if (self.credential is None) == (self.psk is None):

@@ -52,7 +52,7 @@ response cache are :class:`mpa_ike.exchange.Exchanges`'.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 
 from mpa_ike.address_policy import IkeSaInfo
@@ -64,6 +64,7 @@ from mpa_ike.constants import (
     ExchangeType,
     HashAlgorithm,
     NotifyType,
+    PayloadType,
     ProtocolId,
 )
 from mpa_ike.crypto.keys import IkeKeys
@@ -81,8 +82,8 @@ from mpa_ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     IkeSaRekeyed,
+    IkeSaReplaced,
     LeaseReleased,
-    LivenessConfirmed,
 )
 from mpa_ike.exchange import Exchanges, RequestHandler
 from mpa_ike.handshake_common import answer_informational_during_setup
@@ -103,6 +104,7 @@ from mpa_ike.ike_sa_common import (
     ip_of,
     natd,
 )
+from mpa_ike.liveness import Liveness, is_invalid_ike_spi_answer
 from mpa_ike.mobike import Mobike, cookie2_echo
 from mpa_ike.rekey import REKEYED_IKE_SA_GRACE, Rekey, Successor
 from mpa_ike.retransmit import RetransmitPolicy
@@ -115,11 +117,15 @@ from mpa_ike.wire import (
     NotifyPayload,
     Payload,
     TrafficSelector,
+    parse_message,
 )
 
 __all__ = ["HALF_OPEN_STATES", "ZERO_SPI", "IkeSa", "IkeSaState", "Random"]
 
 IkeConfig = InitiatorConfig | ResponderConfig
+# The endpoint's check of a responder IKE SA whose peer just authenticated, against the
+# older IKE SAs of that identity (mpa_ike.uniqueness): False refuses it.
+Admission = Callable[["IkeSa", float], bool]
 
 
 class RequestKind(Enum):
@@ -202,6 +208,13 @@ class IkeSa:
         self._exchanges = Exchanges(self, config.retransmit, self._give_up)
         self._mobike = Mobike(self, self._exchanges, random)
         self._rekey = Rekey(self, self._exchanges, random)
+        self._liveness = Liveness(self, self._exchanges)
+        # RFC 7296 §2.4: our first IKE_AUTH says INITIAL_CONTACT (the endpoint decides:
+        # no other IKE SA to this peer); on a responder, whether the peer's said so.
+        self.initial_contact = False
+        # The gateway's check of a newly authenticated peer against its older IKE SAs
+        # (strongSwan's unique, mpa_ike.uniqueness); set by the endpoint.
+        self.admission: Admission | None = None
         self._suite: IkeSuite | None = None
         self._keys: IkeKeys | None = None
         self._deadline: float | None = None  # half-open set-up, or a rekeyed SA's grace
@@ -217,7 +230,7 @@ class IkeSa:
             RequestKind.EAP: self._on_eap_request,
             RequestKind.INFORMATIONAL: self._on_informational_request,
             RequestKind.INFORMATIONAL_DURING_SETUP: self._on_informational_during_setup,
-            RequestKind.CREATE_CHILD_SA: self._rekey.on_create_child_request,
+            RequestKind.CREATE_CHILD_SA: self._on_create_child_request,
         }
 
     def _start_handshake(self, config: IkeConfig) -> None:
@@ -297,7 +310,10 @@ class IkeSa:
     # Outputs (aioquic style)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        return self._exchanges.datagrams_to_send()
+        out = self._exchanges.datagrams_to_send()
+        if out:
+            self._liveness.sent(now)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -306,16 +322,9 @@ class IkeSa:
         deadlines = [self._deadline, self._exchanges.deadline]
         if self.state == IkeSaState.ESTABLISHED:
             deadlines += self._rekey.deadlines()
-            deadlines += [self._liveness_deadline(), self.session_end]
+            deadlines += [*self._liveness.deadlines(), self.session_end]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
-
-    def _liveness_deadline(self) -> float | None:
-        """When to check the quiet peer's liveness (Lifetimes.liveness_interval)."""
-        interval = self._config.lifetimes.liveness_interval
-        if interval is None or not self._exchanges.idle:
-            return None
-        return self._exchanges.last_heard + interval
 
     def snapshot(self) -> dict[str, object]:
         """Status for ``mpa-gateway status`` / ``mpa-mobile status``."""
@@ -351,10 +360,7 @@ class IkeSa:
         if self._session_over(now):
             return
         self._rekey.handle_timer(now)
-        liveness = self._liveness_deadline()
-        if liveness is not None and now >= liveness and self.state == IkeSaState.ESTABLISHED:
-            self.counters["liveness_checks"] += 1
-            self.check_liveness(now)
+        self._liveness.handle_timer(now)
         self._exchanges.handle_timer(now)
 
     def _session_over(self, now: float) -> bool:
@@ -395,6 +401,8 @@ class IkeSa:
             self.counters["dropped_wrong_role"] += 1
             return
         try:
+            if header.is_response and self._unprotected_answer(data, header, now):
+                return
             if header.is_response:
                 self._exchanges.receive_response(
                     data, header, src, dst, now, self._on_init_response
@@ -405,6 +413,21 @@ class IkeSa:
             self.counters["dropped_integrity"] += 1  # §2.21.1: drop silently
         except IkeError:
             self.counters["dropped_invalid"] += 1
+
+    def _unprotected_answer(self, data: bytes, header: IkeHeader, now: float) -> bool:
+        """An unprotected response to an encrypted exchange: the peer's INVALID_IKE_SPI
+        (RFC 7296 §2.21.4) is a hint for :mod:`mpa_ike.liveness`; anything else goes on
+        to the engine, which drops it."""
+        if header.exchange_type == ExchangeType.IKE_SA_INIT or header.next_payload in (
+            PayloadType.SK,
+            PayloadType.SKF,
+        ):
+            return False
+        message = parse_message(data)
+        if not is_invalid_ike_spi_answer(message):
+            return False
+        self._liveness.on_invalid_ike_spi(message, now)
+        return True
 
     def _handler_for(self, message: Message) -> RequestHandler | None:
         role = "i" if self.is_initiator else "r"
@@ -432,6 +455,34 @@ class IkeSa:
         self.state = IkeSaState.CLOSED
         self._exchanges.clear()
         self._deadline = None
+
+    def replace(self, new_ike_sa: bytes, reason: str, now: float, *, tell: bool) -> None:
+        """Close for the new IKE SA ``new_ike_sa`` of the same peer (IkeSaReplaced):
+        INITIAL_CONTACT, the uniqueness policy, or the peer's INVALID_IKE_SPI answered by
+        a new IKE SA; ``tell``: a DELETE sent once, no answer awaited (§1.4.1)."""
+        if self.closed:
+            return
+        if tell:
+            self._exchanges.send_once(ExchangeType.INFORMATIONAL, [DeletePayload.for_ike_sa()])
+        self.counters["replaced"] += 1
+        event = IkeSaReplaced(self.local_spi, self.name, reason, None, new_ike_sa)
+        self._close(event, by_peer=False)
+
+    def abandon(
+        self, reason: str, now: float, also_to: tuple[Address, Address] | None = None
+    ) -> None:
+        """Give the IKE SA up by policy: a DELETE sent once (also over ``also_to``, the
+        (local, remote) pair the peer really uses), then closed (IkeSaFailed)."""
+        if self.closed:
+            return
+        payloads = [DeletePayload.for_ike_sa()]
+        self._exchanges.send_once(ExchangeType.INFORMATIONAL, payloads, also_to)
+        self._close_failed(reason, None, now)
+
+    def admit(self, now: float) -> bool:
+        """Responder: the peer authenticated; may this IKE SA go on beside the older ones
+        of its identity (:mod:`mpa_ike.uniqueness`)?"""
+        return self.admission is None or self.admission(self, now)
 
     def tell_and_fail(self, reason: str, notify: NotifyType) -> None:
         """§2.21.2: tell the peer why (an INFORMATIONAL sent once, as strongSwan does), close."""
@@ -580,6 +631,19 @@ class IkeSa:
         assert self._responder_handshake is not None
         self._responder_handshake.on_eap_request(message, src, dst, now)
 
+    def _on_create_child_request(
+        self, message: Message, src: Address, dst: Address, now: float
+    ) -> None:
+        """CREATE_CHILD_SA (:mod:`mpa_ike.rekey`), unless it comes from an address whose
+        update we refused: a peer that ignored UNACCEPTABLE_ADDRESSES (charon does) and
+        rekeys from there loses the IKE SA (RFC 4555 §3.5 leaves the policy to us)."""
+        if src != self.remote and self._mobike.refused(src):
+            self.counters["deleted_refused_address"] += 1
+            reason = f"rekey request from {src[0]}, an address we refused (RFC 4555 §3.5)"
+            self.abandon(reason, now, also_to=(dst, src))
+            return
+        self._rekey.on_create_child_request(message, src, dst, now)
+
     def _on_informational_during_setup(
         self, message: Message, src: Address, dst: Address, now: float
     ) -> None:
@@ -642,6 +706,7 @@ class IkeSa:
         child.spec = spec
         child.state = ChildSaState.INSTALLED
         child.rekey_at = self._rekey.child_rekey_at(now)
+        child.expire_at = self._rekey.child_expire_at(now)
         self.emit(ChildSaEstablished(self.local_spi, self.name, child.params))
 
     def child_selectors(self) -> tuple[Selectors, Selectors]:
@@ -753,14 +818,9 @@ class IkeSa:
         self._child_gone(child, by_peer=False)
 
     def check_liveness(self, now: float) -> None:
-        """Command: an empty INFORMATIONAL; no answer means the peer is dead (§1.4, §2.4)."""
-        if self.state != IkeSaState.ESTABLISHED:
-            return
-        self._exchanges.request(ExchangeType.INFORMATIONAL, [], self._on_liveness_response, now)
-
-    def _on_liveness_response(self, message: Message, now: float) -> None:
-        self._exchanges.finish(now)
-        self.emit(LivenessConfirmed(self.local_spi, self.name))
+        """Command: an empty INFORMATIONAL; no answer means the peer is dead (§1.4, §2.4),
+        see :meth:`mpa_ike.liveness.Liveness.check`."""
+        self._liveness.check(now)
 
     # ------------------------------------------------------------------
     # Commands of MOBIKE (mpa_ike.mobike) and CREATE_CHILD_SA (mpa_ike.rekey)
@@ -808,7 +868,7 @@ class IkeSa:
     # IKE SA rekey (RFC 7296 §2.18): the old SA's part and the new SA's
 
     def _start_lifetime(self, now: float) -> None:
-        self._exchanges.last_heard = now
+        self._liveness.start(now)
         self._rekey.start_ike_lifetime(now)
 
     def successor(

@@ -90,6 +90,10 @@ class MobikeHost(Protocol):
 
     def fail(self, reason: str, now: float) -> None: ...
 
+    def abandon(
+        self, reason: str, now: float, also_to: tuple[Address, Address] | None = None
+    ) -> None: ...
+
     def info(self) -> IkeSaInfo: ...
 
 
@@ -136,6 +140,9 @@ class Mobike:
         self._exchanges = exchanges
         self._random = random
         self._update_cookie: bytes | None = None
+        # Responder: the peer addresses whose update we refused, and how many refusals.
+        self._refused: set[str] = set()
+        self._refusals = 0
         self._update_queued = False
         self._update_again = False
         self.peer_addresses: tuple[IPAddress, ...] = ()
@@ -327,14 +334,34 @@ class Mobike:
             sa.counters["updates_refused"] += 1
             self._exchanges.respond(message.header, [NotifyPayload(refusal), *echo])
             sa.emit(AddressUpdateRefused(sa.local_spi, sa.name, refusal, src, False))
+            self._count_refusal(config, src, dst, now)
             return
         sa.remote, sa.local = src, dst
         sa.detect_nat(message, src, dst)
         sa.counters["updates_accepted"] += 1
+        self._refusals = 0  # the peer went where the policy lets it
         self._exchanges.respond(message.header, [*sa.natd_notifies(), *echo])
         self._announce_move(children=not config.return_routability)
         if config.return_routability:
             self._check_return_routability(now)
+
+    def refused(self, src: Address) -> bool:
+        """Responder: an update from ``src``'s address was refused."""
+        return str(ip_of(src)) in self._refused
+
+    def _count_refusal(
+        self, config: ResponderConfig, src: Address, dst: Address, now: float
+    ) -> None:
+        """A peer that keeps asking to move where we refused (charon ignores
+        UNACCEPTABLE_ADDRESSES and goes on from there) loses its IKE SA after
+        ``max_refused_updates`` refusals."""
+        self._refused.add(str(ip_of(src)))
+        self._refusals += 1
+        limit = config.max_refused_updates
+        if limit and self._refusals >= limit:
+            self._sa.counters["deleted_refused_address"] += 1
+            reason = f"{self._refusals} address updates refused, the last from {src[0]}"
+            self._sa.abandon(f"{reason} (RFC 4555 §3.5)", now, also_to=(dst, src))
 
     def _check_update(
         self, config: ResponderConfig, message: Message, src: Address, dst: Address

@@ -184,11 +184,11 @@ def ours_is_redundant(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) ->
     return min(ours) < min(theirs)
 
 
-def jittered(rekey_time: float, jitter: float, random: Callable[[int], bytes]) -> float:
-    """``rekey_time`` less a random part of up to ``jitter`` of it (strongSwan's
+def jittered(rekey_time: float, rand_time: float, random: Callable[[int], bytes]) -> float:
+    """``rekey_time`` less a random part of up to ``rand_time`` seconds (strongSwan's
     rand_time), so that two peers with one configuration do not rekey at once."""
     fraction = int.from_bytes(random(2), "big") / 0x10000
-    return rekey_time * (1.0 - jitter * fraction)
+    return rekey_time - rand_time * fraction
 
 
 class Rekey:
@@ -204,6 +204,7 @@ class Rekey:
         self._exchanges = exchanges
         self._random = random
         self._ike_rekey_at: float | None = None
+        self._ike_expire_at: float | None = None  # rekey_time + over_time
         self._ike_rekey: IkeRekey | None = None
         self._ike_collision: IkeCollision | None = None
         self._peer_rekeyed: dict[bytes, PeerChildRekey] = {}
@@ -216,34 +217,60 @@ class Rekey:
     def lifetimes(self) -> Lifetimes:
         return self._sa.config.lifetimes
 
-    def _jittered(self, rekey_time: float) -> float:
-        """``rekey_time`` less up to ``jitter`` of it, drawn from the injected random."""
-        return jittered(rekey_time, self.lifetimes.jitter, self._random)
-
     def start_ike_lifetime(self, now: float) -> None:
-        rekey_time = self.lifetimes.ike_rekey_time
-        self._ike_rekey_at = None if rekey_time is None else now + self._jittered(rekey_time)
+        lifetimes = self.lifetimes
+        rekey_time, life_time = lifetimes.ike_rekey_time, lifetimes.ike_life_time
+        self._ike_rekey_at = None
+        if rekey_time is not None:
+            rand = lifetimes.ike_rand_time or 0.0
+            self._ike_rekey_at = now + jittered(rekey_time, rand, self._random)
+        self._ike_expire_at = None if life_time is None else now + life_time
 
     def child_rekey_at(self, now: float) -> float | None:
         """When a CHILD SA installed ``now`` is due for its rekey."""
-        rekey_time = self.lifetimes.child_rekey_time
-        return None if rekey_time is None else now + self._jittered(rekey_time)
+        lifetimes = self.lifetimes
+        rekey_time = lifetimes.child_rekey_time
+        if rekey_time is None:
+            return None
+        return now + jittered(rekey_time, lifetimes.child_rand_time or 0.0, self._random)
+
+    def child_expire_at(self, now: float) -> float | None:
+        """When a CHILD SA installed ``now`` is deleted if no rekey replaced it."""
+        life_time = self.lifetimes.child_life_time
+        return None if life_time is None else now + life_time
 
     def deadlines(self) -> list[float | None]:
-        """The rekey deadlines of an established IKE SA (its own, its CHILD SAs')."""
+        """The lifetime deadlines of an established IKE SA (its own, its CHILD SAs')."""
         children = self._sa.children.values()
-        installed = [c.rekey_at for c in children if c.state == ChildSaState.INSTALLED]
-        return [self._ike_rekey_at, *installed]
+        installed = [c for c in children if c.state == ChildSaState.INSTALLED]
+        return [
+            self._ike_rekey_at,
+            self._ike_expire_at,
+            *(c.rekey_at for c in installed),
+            *(c.expire_at for c in installed),
+        ]
 
     def handle_timer(self, now: float) -> None:
         sa = self._sa
         if sa.state != IkeSaState.ESTABLISHED:
             return
+        if self._ike_expire_at is not None and now >= self._ike_expire_at:
+            # strongSwan's over_time: the rekey never got through; the SA ends.
+            self._ike_expire_at = None
+            sa.counters["ike_lifetime_expired"] += 1
+            sa.delete(now)
+            return
         if self._ike_rekey_at is not None and now >= self._ike_rekey_at:
             self._ike_rekey_at = None
             self.rekey_ike_sa(now)
         for child in list(sa.children.values()):
-            if child.rekey_at is not None and now >= child.rekey_at:
+            if child.state != ChildSaState.INSTALLED:
+                continue
+            if child.expire_at is not None and now >= child.expire_at:
+                child.expire_at = None  # life_time: no rekey replaced it (RFC 7296 §2.8)
+                sa.counters["child_lifetime_expired"] += 1
+                sa.delete_child(child, now)
+            elif child.rekey_at is not None and now >= child.rekey_at:
                 child.rekey_at = None
                 self.rekey_child_sa(child.spi_in, now)
 

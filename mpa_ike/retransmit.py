@@ -18,6 +18,9 @@ class RetransmitPolicy:
     timeout: float = 4.0
     base: float = 1.8
     tries: int = 5
+    # Give up this long after the first transmission at the latest (None: the whole
+    # schedule): a DPD's dpd_timeout (mpa_ike.liveness).
+    limit: float | None = None
 
     def delay(self, sent: int) -> float:
         """Wait after the ``sent``-th transmission (1 = the original) before acting."""
@@ -25,7 +28,14 @@ class RetransmitPolicy:
 
     def total(self) -> float:
         """From the first transmission to giving up (165.06 s by default)."""
-        return sum(self.delay(sent) for sent in range(1, self.tries + 2))
+        whole = sum(self.delay(sent) for sent in range(1, self.tries + 2))
+        return whole if self.limit is None else min(whole, self.limit)
+
+    def within(self, limit: float | None) -> RetransmitPolicy:
+        """This schedule, given up ``limit`` seconds after the first send (None: as is)."""
+        if limit is None:
+            return self
+        return RetransmitPolicy(self.timeout, self.base, self.tries, limit)
 
 
 UPDATE_RETRANSMIT = RetransmitPolicy(timeout=0.2, base=2.0, tries=7)
@@ -46,13 +56,17 @@ class Retransmitter:
     def __init__(self, policy: RetransmitPolicy, now: float) -> None:
         self.policy = policy
         self.sent = 1
-        self.deadline = now + policy.delay(1)
+        self.end = None if policy.limit is None else now + policy.limit
+        self.deadline = self._capped(now + policy.delay(1))
+
+    def _capped(self, deadline: float) -> float:
+        return deadline if self.end is None else min(deadline, self.end)
 
     def on_timer(self, now: float) -> TimerAction:
         if now < self.deadline:
             return TimerAction.NONE
-        if self.sent > self.policy.tries:
+        if self.sent > self.policy.tries or (self.end is not None and now >= self.end):
             return TimerAction.GIVE_UP
         self.sent += 1
-        self.deadline = now + self.policy.delay(self.sent)
+        self.deadline = self._capped(now + self.policy.delay(self.sent))
         return TimerAction.RETRANSMIT

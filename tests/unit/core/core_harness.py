@@ -20,6 +20,7 @@ from cryptography import x509
 from gateway.pool import AddressPool
 from mpa_ike.certificates import CertificateCredential
 from mpa_ike.child_sa import ChildSaConfig
+from mpa_ike.constants import NAT_KEEPALIVE
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposals
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.eap import EapType
@@ -171,6 +172,8 @@ class Link:
                 for delivered in self.tamper(datagram, direction, index):
                     if direction == "g->m":
                         delivered = self._nat_in(delivered)
+                    if delivered.data == NAT_KEEPALIVE:
+                        continue  # the transport keeps NAT keepalives from the core
                     sink.receive_datagram(delivered.data, delivered.src, delivered.dst, self.now)
         self._collect()
         return moved

@@ -186,13 +186,25 @@ def test_malformed_init_request_is_answered(
     assert not list(gateway)
 
 
-def test_unknown_spi_dropped_and_counted(pki: Pki, pool: AddressPool[object]) -> None:
+def test_unknown_spi_dropped_and_answered(pki: Pki, pool: AddressPool[object]) -> None:
+    """§2.21.4: a request for an unknown SPI is dropped, counted and answered with an
+    unprotected INVALID_IKE_SPI (SPIs, exchange type and Message ID copied)."""
     link = up(pki, pool)
     auth = next(t.datagram for t in link.log if t.direction == "m->g" and t.datagram.dst[1] == 4500)
     forged = bytes(8) + b"\x01" * 8 + auth.data[16:]
     link.gateway.receive_datagram(forged, auth.src, auth.dst, 1.0)
     assert link.gateway.counters["dropped_unknown_spi"] == 1
-    assert link.gateway.datagrams_to_send(1.0) == []
+    (answer,) = link.gateway.datagrams_to_send(1.0)
+    assert (answer.src, answer.dst) == (auth.dst, auth.src)
+    message = parse_message(answer.data)
+    request = parse_header(forged)
+    assert (message.header.spi_i, message.header.spi_r) == (request.spi_i, request.spi_r)
+    assert message.header.exchange_type == request.exchange_type
+    assert message.header.message_id == request.message_id
+    assert message.header.is_response and not message.header.is_initiator
+    (payload,) = message.payloads
+    assert isinstance(payload, NotifyPayload)
+    assert payload.notify_type == NotifyType.INVALID_IKE_SPI
 
 
 def test_unsupported_critical_payload_in_init_is_answered(
