@@ -61,6 +61,8 @@ class MpaPrograms:
     handover: str = "manual"
     log_level: str = "info"
     extra_gateway: dict[str, Any] = field(default_factory=dict)
+    datapath: str = "userspace"
+    """Both daemons' ``datapath:`` (userspace, xfrm or auto)."""
     gateway_on_b: bool = False
     """With ``split``: the MN names the gateway by its IPv6 access address, for a MN
     that connects only once on B (IPv6-only) rather than through A."""
@@ -120,7 +122,7 @@ class MpaPrograms:
             "mobike": {"address_policy": self.address_policy},
             "control_socket": str(self.workdir / f"{gateway}.sock"),
             "leases": str(self.workdir / f"{gateway}-leases.sqlite3"),
-            "datapath": "userspace",
+            "datapath": self.datapath,
             "log_level": self.log_level,
             **self.extra_gateway,
         }
@@ -145,7 +147,7 @@ class MpaPrograms:
             "identity": f"{EAP_USER}@mpa-ike.test",
             "eap": {"method": self.eap, "password": EAP_PASSWORD, "identity": EAP_USER},
             "control_socket": str(self.workdir / "mn.sock"),
-            "datapath": "userspace",
+            "datapath": self.datapath,
             "log_level": self.log_level,
             "gateways": entries,
         }

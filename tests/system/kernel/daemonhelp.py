@@ -28,7 +28,7 @@ import yaml
 
 from mpa_harness.daemon import answers
 from mpa_harness.netns import Netns, delete_netns, unique_name
-from mpa_ike.node.control_client import call
+from mpa_ike.node.control_client import ControlError, call
 from tests.system.kernel.kernelhelp import SaCounters, ip_batch, ns_socket, parse_sa_counters
 
 GATEWAY_ID = "gw.mpa-ike.test"
@@ -41,6 +41,7 @@ CN_NET = {4: "10.0.9.0/24", 6: "fd00:9::/64"}
 POOL = {4: "10.9.0.0/24", 6: "fd00:99::/120"}
 ECHO_PORT = 7007
 START_TIMEOUT = 40.0  # Python starts slowly under UML
+CONNECT_TIMEOUT = 60.0
 OUR_REQIDS = range(0x6D70_0000, 0x6E70_0000)  # every slot's
 
 
@@ -207,6 +208,31 @@ def established(here: Site, node: str) -> dict[str, Any]:
     sas = [sa for sa in command(here, node, "status")["ike_sas"] if sa["state"] == "ESTABLISHED"]
     assert len(sas) == 1, sas
     return dict(sas[0])
+
+
+def connect(here: Site, version: int = 4) -> str:
+    """Connect the mobile node; its leased (inner) address of ``version``.
+
+    Under UML on a loaded host the first exchange may outlast the command's own wait
+    (the daemons import their crypto on first use): the IKE SA keeps trying, so wait on.
+    """
+    try:
+        command(here, "mn", "connect", name="gw")
+    except ControlError as error:
+        if "still trying" not in str(error):
+            raise
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not [
+            s for s in command(here, "mn", "status")["ike_sas"] if s["state"] == "ESTABLISHED"
+        ]:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{error}\n{here.log('gw')[-2000:]}\n{here.log('mn')[-2000:]}"
+                ) from None
+            time.sleep(0.2)
+    addresses = [a.strip() for a in established(here, "mn")["address"].split(",")]
+    (inner,) = [a for a in addresses if (":" in a) == (version == 6)]
+    return inner
 
 
 def ours(ns: Netns) -> tuple[dict[int, SaCounters], str]:

@@ -24,7 +24,7 @@ from tests.system.kernel.daemonhelp import (
     GW_OUTER,
     MN_OUTER,
     Site,
-    command,
+    connect,
     echo,
     echo_server,
     established,
@@ -38,14 +38,6 @@ from tests.system.kernel.daemonhelp import (
 from tests.system.kernel.kernelhelp import ip_batch, ns_socket
 
 ECHOES = 200
-
-
-def connect(here: Site, version: int) -> str:
-    """Connect the mobile node; its leased (inner) address of ``version``."""
-    command(here, "mn", "connect", name="gw")
-    addresses = [a.strip() for a in established(here, "mn")["address"].split(",")]
-    (inner,) = [a for a in addresses if (":" in a) == (version == 6)]
-    return inner
 
 
 OTHER_SPI = 0x7001  # the other instance's state (take_other_slot)
