@@ -196,7 +196,7 @@ class DatapathGlue:
         glue.slot = slot
         glue.transport = transport
         try:
-            glue.events = XfrmEvents(glue._kernel_event, reqids=slot.reqids)
+            glue.events = XfrmEvents(glue.kernel_event, reqids=slot.reqids)
             asyncio.get_running_loop().add_reader(glue.events.fileno(), glue.events.read)
         except OSError as error:
             log.warning("no XFRM events (%s): no rekey on the kernel's expiries", error.strerror)
@@ -366,7 +366,7 @@ class DatapathGlue:
             log.warning("CHILD SA %s: rekey refused: %s", expiry.spi_in.hex(), error)
         transport.process()
 
-    def _kernel_event(self, event: XfrmEvent) -> None:
+    def kernel_event(self, event: XfrmEvent) -> None:
         """An expiry or a NAT mapping the kernel announced for one of our states."""
         if not isinstance(self.datapath, XfrmDatapath):
             return
