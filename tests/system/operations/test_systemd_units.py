@@ -52,7 +52,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (root / "etc/systemd/system").mkdir(parents=True)
     for name in NAMES:
         shutil.copy(UNITS / name, root / "etc/systemd/system" / name)
-        for command in values(name, "ExecStart") + values(name, "ExecStartPre"):
+        commands = values(name, "ExecStart") + values(name, "ExecStartPre")
+        for command in commands + values(name, "ExecReload"):
             program = root / command.split()[0].lstrip("/")
             program.parent.mkdir(parents=True, exist_ok=True)
             program.write_text("#!/bin/sh\n")
@@ -105,7 +106,9 @@ def test_what_the_units_run(name: str, program: str, config: str) -> None:
     assert values(name, "ExecStartPre") == [
         f"/usr/local/bin/{program} check-config -c /etc/mpa-ike/{config}.yaml"
     ]
-    assert values(name, "ExecReload") == []  # the daemons have no reload yet
+    # The gateway reloads on SIGHUP; the mobile node has no reload (SIGHUP stops it).
+    reload = ["/bin/kill -HUP $MAINPID"] if program == "mpa-gateway" else []
+    assert values(name, "ExecReload") == reload
     assert values(name, "Restart") == ["on-failure"]
 
 
