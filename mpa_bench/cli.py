@@ -25,6 +25,7 @@ COMMANDS = {
         "mpa_bench.handover",
         "handover outage: mpa against reactive, MOBIKE and charon, on the testbed",
     ),
+    "setup-rate": ("mpa_bench.setup_rate", "IKE SAs per second, CPU and memory per SA, vs charon"),
 }
 
 
