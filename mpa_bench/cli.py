@@ -26,6 +26,7 @@ COMMANDS = {
         "handover outage: mpa against reactive, MOBIKE and charon, on the testbed",
     ),
     "setup-rate": ("mpa_bench.setup_rate", "IKE SAs per second, CPU and memory per SA, vs charon"),
+    "fuzz": ("mpa_bench.fuzz", "malformed datagrams against a live mpa-gateway, MNs connected"),
 }
 
 
