@@ -14,6 +14,7 @@ from gateway.cli import DEFAULT_CONTROL_SOCKET
 from gateway.radius import RadiusConfig, parse_radius_config
 from gateway.radius_dae import DaeConfig, parse_dae_config
 from mpa_ike.errors import ConfigError
+from mpa_ike.ike_config import DEFAULT_MAX_REFUSED_UPDATES, UNIQUE_POLICIES, Lifetimes
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
@@ -43,6 +44,7 @@ from mpa_ike.node.config import (
     secret,
     string,
 )
+from mpa_ike.node.lifetimes import read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
 RADIUS = "radius"  # eap.method: every EAP message relayed to eap.radius (gateway/aaa.py)
@@ -57,6 +59,7 @@ DEFAULT_LEASE_GRACE = 300  # seconds the leases of the last run stay held for th
 class MobikeConfig:
     address_policy: AddressPolicy = field(default_factory=AddressPolicy)
     return_routability: bool = False
+    max_refused_updates: int = DEFAULT_MAX_REFUSED_UPDATES  # then the IKE SA goes (0: never)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class GatewayConfig:
     group: str | None = None
     control_group: str | None = None
     dae: DaeConfig | None = field(default=None, repr=False)  # RFC 5176 Disconnect-Requests
+    lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
+    unique: str = "replace"  # strongSwan's unique: no, never, keep or replace
 
     def reserved_addresses(self) -> tuple[IPAddress, ...]:
         """Pool addresses never to lease: the explicit list, our own and the DNS servers."""
@@ -152,6 +157,8 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         leases=top.optional("leases", _lease_file(base_dir), DEFAULT_LEASES),
         lease_grace=top.optional("lease_grace", integer(0, 7 * 86_400), DEFAULT_LEASE_GRACE),
         dae=top.optional("dae", parse_dae_config, None),
+        lifetimes=read_lifetimes(top),
+        unique=top.optional("unique", choice(*UNIQUE_POLICIES), "replace"),
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
@@ -215,6 +222,9 @@ def _mobike(value: object, path: str) -> MobikeConfig:
     config = MobikeConfig(
         address_policy=section.optional("address_policy", _address_policy, AddressPolicy()),
         return_routability=section.optional("return_routability", boolean, False),
+        max_refused_updates=section.optional(
+            "max_refused_updates", integer(0, 1000), DEFAULT_MAX_REFUSED_UPDATES
+        ),
     )
     section.check_unknown()
     return config

@@ -86,6 +86,9 @@ class GatewayService(NodeService):
             dns=tuple(config.dns),
             address_policy=config.mobike.address_policy,
             return_routability=config.mobike.return_routability,
+            max_refused_updates=config.mobike.max_refused_updates,
+            lifetimes=config.lifetimes,
+            unique=config.unique,  # type: ignore[arg-type]  # checked by gateway.config
             additional_addresses=tuple(
                 address
                 for address in (ipaddress.ip_address(str(x.address)) for x in config.listen)

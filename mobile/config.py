@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from mobile.cli import DEFAULT_CONTROL_SOCKET
 from mpa_ike.errors import ConfigError
+from mpa_ike.ike_config import Lifetimes
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
     Endpoint,
@@ -40,6 +41,7 @@ from mpa_ike.node.config import (
     secret,
     string,
 )
+from mpa_ike.node.lifetimes import read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
 HANDOVER_MODES = ("auto", "manual")
@@ -71,6 +73,7 @@ class GatewayEntry:
     preauth: bool = False
     handover: str = "manual"  # one of HANDOVER_MODES
     encap: bool = False  # swanctl's encap: ESP in UDP even without a NAT
+    lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
         preauth=section.optional("preauth", boolean, False),
         handover=section.optional("handover", choice(*HANDOVER_MODES), "manual"),
         encap=section.optional("encap", boolean, False),
+        lifetimes=read_lifetimes(section),
     )
     section.check_unknown()
     guarded(lambda: _check_handover(entry, path), None)

@@ -477,6 +477,16 @@ class Mpa:
         if self.rules is not None:
             self.rules.remove(**source_rule(address), table=table)
 
+    def candidate(self, ike_sa: bytes) -> bool:
+        """The IKE SA is a PHT not moved to yet: it comes back pre-authenticated."""
+        return any(p.ike_sa == ike_sa and not p.moved for p in self.phts.values())
+
+    async def rebind(self, name: str) -> None:
+        """A PHT set up again (:mod:`mobile.recovery`): its nCoA's sockets, as preauth."""
+        pht = self.phts.get(name)
+        if pht is not None:
+            await self._bind_ncoa(pht)
+
     def status(self) -> list[dict[str, Any]]:
         return [
             {

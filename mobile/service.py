@@ -25,6 +25,7 @@ from typing import Any
 
 from mobile.config import GatewayEntry, MobileConfig
 from mobile.mpa import Mpa
+from mobile.recovery import Recovery
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
 from mpa_ike.datapath import Datapath
@@ -87,6 +88,7 @@ class MobileService(NodeService):
         self.preauthenticating: set[bytes] = set()
         """IKE SAs being set up as proactive handover tunnels (their routes differ)."""
         self.mpa = Mpa(self)
+        self.recovery = Recovery(self)
 
     def handlers(self) -> Mapping[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -107,6 +109,7 @@ class MobileService(NodeService):
         self.mpa.start()
 
     def close(self) -> None:
+        self.recovery.close()
         self.mpa.close()
 
     # ------------------------------------------------------------------
@@ -123,11 +126,14 @@ class MobileService(NodeService):
         source: str | None = None,
         preauth: bool = False,
         wait: float = COMMAND_WAIT,
+        replaces: bytes | None = None,
     ) -> str:
         """IKE_SA_INIT, IKE_AUTH with EAP and CP to gateway ``name`` (from ``source``,
-        else the address the kernel picks); the answer once the CHILD SA is up."""
+        else the address the kernel picks); the answer once the CHILD SA is up.
+        ``replaces``: an IKE SA the gateway lost, closed once the new one is up."""
         transport = self.live_transport()
-        if any(_in_use(sa) for sa in self.endpoint.find(name)):
+        others = [sa for sa in self.endpoint.find(name) if sa.local_spi != replaces]
+        if any(_in_use(sa) for sa in others):
             raise CommandError(f"{command} {name}: already connected (disconnect first)")
         entry = self.config.gateways[name]
         try:
@@ -136,7 +142,7 @@ class MobileService(NodeService):
         except (CoreConfigError, TransportError) as error:
             raise CommandError(f"{command} {name}: {error}") from None
         attempt = _Attempt(asyncio.get_running_loop().create_future())
-        sa = self.endpoint.initiate(config, local, remote, transport.now())
+        sa = self.endpoint.initiate(config, local, remote, transport.now(), replaces=replaces)
         log.info("%s: initiating %s[%d] -> %s[%d]", name, *local, *remote)
         self._connecting[sa.local_spi] = attempt
         if preauth:
@@ -155,6 +161,7 @@ class MobileService(NodeService):
 
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
+        self.recovery.cancel(name)
         transport = self.live_transport()
         sas = [sa for sa in self.endpoint.find(name) if not sa.closed]
         if not sas:
@@ -197,7 +204,12 @@ class MobileService(NodeService):
             "phts": self.mpa.status(),
             "handovers": self.mpa.handovers,
             "waiting_for_link": sorted(self.mpa.waiting),
+            **self.recovery.status(),
         }
+
+    def deleting(self, ike_sa: bytes) -> bool:
+        """The user asked for this IKE SA's end (disconnect)."""
+        return ike_sa in self._deleting
 
     def gateway_name(self, args: dict[str, Any]) -> str:
         name = args.get("name")
@@ -234,6 +246,7 @@ class MobileService(NodeService):
             virtual_ip_families=families or (4,),
             eap_identity=self.config.eap.identity,
             force_encap=entry.encap,
+            lifetimes=entry.lifetimes,
         )
 
     async def _addresses(
@@ -252,6 +265,7 @@ class MobileService(NodeService):
     # Events
 
     def on_event(self, event: Event) -> None:
+        self.recovery.on_event(event)  # first: it reads the PHTs before they go
         self.mpa.before_datapath(event)
         super().on_event(event)
         self.mpa.after_datapath(event)

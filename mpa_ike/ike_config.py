@@ -90,13 +90,13 @@ class Lifetimes:
 
     def __post_init__(self) -> None:
         ike, child = self.ike_rekey_time, self.child_rekey_time
-        over = self.ike_over_time if self.ike_over_time is not None else 0.1 * (ike or 0.0)
+        over = self.ike_over_time if self.ike_over_time is not None else (ike or 0.0) / 10
         life = self.child_life_time
         if life is None and child is not None:
-            life = 1.1 * child
+            life = child * 11 / 10
         rand_child = self.child_rand_time
         if rand_child is None:
-            rand_child = (life - child) if life is not None and child is not None else 0.0
+            rand_child = max(life - child, 0.0) if life is not None and child is not None else 0.0
         object.__setattr__(self, "ike_over_time", over)
         if self.ike_rand_time is None:
             object.__setattr__(self, "ike_rand_time", over)
@@ -105,6 +105,9 @@ class Lifetimes:
         self._check()
 
     def _check(self) -> None:
+        rekey, life = self.child_rekey_time, self.child_life_time
+        if rekey is not None and life is not None and life <= rekey:
+            raise ConfigError("CHILD SA life_time must be above rekey_time")
         for rekey, rand, what in (
             (self.ike_rekey_time, self.ike_rand_time, "IKE"),
             (self.child_rekey_time, self.child_rand_time, "CHILD"),
@@ -113,9 +116,6 @@ class Lifetimes:
                 raise ConfigError(f"{what} SA rekey_time must be positive")
             if rand is not None and (rand < 0 or (rekey is not None and rand >= rekey)):
                 raise ConfigError(f"{what} SA rand_time must be below rekey_time")
-        rekey, life = self.child_rekey_time, self.child_life_time
-        if rekey is not None and life is not None and life <= rekey:
-            raise ConfigError("CHILD SA life_time must be above rekey_time")
         for soft, hard, what in (
             (self.child_rekey_bytes, self.child_life_bytes, "bytes"),
             (self.child_rekey_packets, self.child_life_packets, "packets"),
