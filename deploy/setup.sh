@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
-    iproute2 tcpdump tshark iperf3
+    iproute2 tcpdump tshark iperf3 dnsmasq-base isc-dhcp-client
     strongswan-charon strongswan-swanctl charon-systemd strongswan-pki
     libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
     libcharon-extauth-plugins
