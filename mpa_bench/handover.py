@@ -9,7 +9,23 @@ between the correspondent and the MN, the longer of the two directions, each als
 shown), the lost packets each way, the signalling time (first IKE message the MN sent
 after the link event to the answer that ended the handover) and the timeline of the
 handover (link up, first IKE message, answer, first probe back), each time from the
-link event. The methods are described in :mod:`mpa_bench.handover_methods`.
+link event; then, per method, the outage's parts (medians; every sample's in the JSON):
+the link (carrier), address acquisition, AAA/EAP round trips (IKE_AUTH), the other IKE
+round trips and processing (:mod:`mpa_bench.handover_parts`). The methods are described
+in :mod:`mpa_bench.handover_methods`.
+
+Methods: mpa (pre-authenticated: the handover request waits in the daemon, one
+UPDATE_SA_ADDRESSES from the nCoA), mpa-cli (the same, asked for by running
+``mpa-mobile handover ngw`` at the link event as a network manager's hook would: the
+command's start-up counts), mobike (plain MOBIKE to the OS's address of B), reactive
+(IKE_SA_INIT and IKE_AUTH with EAP on B), charon-mobike, charon-reauth (strongSwan).
+
+``--dhcp``: B runs dnsmasq in the nGW's namespace (DHCPv4 and router advertisements)
+and mobike, reactive and the charon methods acquire their address on B at the link
+event (dhclient for IPv4, SLAAC with the kernel's DAD for IPv6) instead of a static
+one; mpa and mpa-cli keep their nCoA from CP, without DAD. ``--optimistic-dad``:
+optimistic DAD for SLAAC (RFC 4429). ``--dhcp-ping``: dnsmasq checks an address is
+free before offering it (its default, off here: 3 s on a first offer).
 
 Link options take a value for their default links or a list of ``LINK:VALUE``::
 
@@ -57,11 +73,12 @@ from mpa_bench.handover_methods import (
     Unavailable,
     charon_available,
 )
+from mpa_bench.handover_parts import PART_TITLES, PARTS
 from mpa_testbed.linkemu import parse_loss, parse_rate, parse_time
 from mpa_testbed.topology import LINK_NAMES, Testbed, TestbedSpec
 
 PROG = "mpa-bench handover"
-EPILOG = ("Link options" + (__doc__ or "").split("Link options", 1)[-1]).split("Run as root")[0]
+EPILOG = ("Methods:" + (__doc__ or "").split("Methods:", 1)[-1]).split("Run as root")[0]
 REPOSITORY = Path(__file__).resolve().parents[1]
 ALIASES = {"core": ("ngw-core",), "access": ("a", "b"), "all": LINK_NAMES}
 DEFAULT_LINKS = {
@@ -168,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--probe-interval", type=float, default=1.0, metavar="MS", help="probe interval (1 ms)"
     )
+    parser.add_argument(
+        "--dhcp",
+        action="store_true",
+        help="DHCP and RAs on B: mobike, reactive, charon acquire their address there",
+    )
+    parser.add_argument(
+        "--optimistic-dad",
+        action="store_true",
+        help="with --dhcp and IPv6: optimistic DAD (optimistic_dad, use_optimistic)",
+    )
+    parser.add_argument(
+        "--dhcp-ping", action="store_true", help="with --dhcp: dnsmasq's ping check before offers"
+    )
     parser.add_argument("--eap", choices=("md5", "mschapv2"), default="mschapv2")
     parser.add_argument("--family", choices=("4", "6", "split"), default="4")
     parser.add_argument("--timeout", type=float, default=30.0, help="per handover, s (30)")
@@ -250,6 +280,24 @@ def table(label: str, summaries: dict[str, dict[str, Any]], notes: dict[str, str
     return "\n".join(lines)
 
 
+def parts_table(summaries: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
+    """The outage's parts per method (medians, ms; round trips counted): each median
+    is its own, so a row's parts need not add up to its outage median."""
+    titles = [PART_TITLES[p] for p in PARTS]
+    head = f"{'parts (median)':<14} {'outage':>7} " + " ".join(f"{t:>10}" for t in titles)
+    head += f" {'AAA n':>6} {'IKE n':>6}"
+    lines = [head, "-" * len(head)]
+    for method, summary in summaries.items():
+        if method in notes or summary.get("part_link") is None:
+            continue
+        cells = " ".join(f"{_ms(summary.get(f'part_{p}')):>10}" for p in PARTS)
+        lines.append(
+            f"{method:<14} {_ms(summary.get('outage')):>7} {cells}"
+            f" {_n(summary.get('aaa_round_trips')):>6} {_n(summary.get('ike_round_trips')):>6}"
+        )
+    return "\n".join(lines)
+
+
 # -- environment and output ---------------------------------------------------------------
 
 
@@ -325,7 +373,12 @@ def run_configuration(
             interval=args.probe_interval / 1e3,
             timeout=args.timeout,
             settle=2 * conf.added_delay(),
+            dhcp=args.dhcp,
+            optimistic_dad=args.optimistic_dad,
+            dhcp_ping=args.dhcp_ping,
         )
+        if args.dhcp:
+            ctx.dhcp_server().start()  # a process of the testbed: ended with it
         for run in range(args.runs):
             for method in methods:
                 if method in result.unavailable:
@@ -346,6 +399,15 @@ def _one(ctx: Context, method: str, run: int, result: Result) -> Sample | None:
         sample = Sample(method, run, ok=False, error=f"{type(error).__name__}: {error}")
     result.samples[method].append(sample)
     return sample
+
+
+def addressing_label(args: argparse.Namespace) -> str:
+    """How the OS's address on B comes, for the tables' titles."""
+    if not args.dhcp:
+        return ""
+    v6 = args.family in ("6", "split")
+    how = ("SLAAC, optimistic DAD" if args.optimistic_dad else "SLAAC, DAD") if v6 else "DHCP"
+    return f"; B by {how}"
 
 
 def _progress_text(conf: Configuration, method: str, run: int, sample: Sample | None) -> str:
@@ -410,7 +472,10 @@ def main(argv: Sequence[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     for result in results:
-        print(table(result.configuration.label(), result.summaries(), result.unavailable))
+        label = result.configuration.label() + addressing_label(args)
+        summaries = result.summaries()
+        print(table(label, summaries, result.unavailable))
+        print(parts_table(summaries, result.unavailable))
         print()
     if args.json:
         data = {"environment": environment(args), "configurations": [r.to_json() for r in results]}

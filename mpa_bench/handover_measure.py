@@ -11,7 +11,9 @@ flows and captures (``tests/unit/bench``):
   is moved onto the probe's clock by the offset between the two clocks, read once
   around the run (:func:`clock_offset`);
 - the timeline of one handover, every time relative to the link event (``t0``): link
-  up, first IKE message sent by the MN, the answer it waited for, first probe back.
+  up, first IKE message sent by the MN, the answer it waited for, first probe back;
+- the parts of the outage (link, address acquisition, AAA/EAP and IKE round trips,
+  processing: :mod:`mpa_bench.handover_parts`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from mpa_bench.handover_parts import PARTS, AddressMessage, Breakdown, breakdown
 from mpa_ike.constants import ExchangeType
 from mpa_ike.wire import HEADER_LENGTH, parse_header
 from mpa_testbed.probe import Arrival, FlowLog, FlowReport, analyse
@@ -275,6 +278,8 @@ class Sample:
     timeline: Timeline = field(default_factory=Timeline)
     flow: FlowLog | None = None
     ike: list[IkeMessage] = field(default_factory=list)
+    addressing: list[AddressMessage] = field(default_factory=list)
+    breakdown: Breakdown | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -297,6 +302,8 @@ class Sample:
             "lost_reverse": self.lost_reverse,
             "timeline_s": {**asdict(self.timeline), "signalling": self.timeline.signalling},
             "ike": [asdict(m) for m in self.ike],
+            "addressing": [asdict(m) for m in self.addressing],
+            "breakdown": None if self.breakdown is None else self.breakdown.to_json(),
             "flow": self.flow.to_json() if self.flow is not None else None,
             "extra": self.extra,
         }
@@ -312,12 +319,16 @@ def measure(
     *,
     completed: bool = True,
     error: str | None = None,
+    addressing: Sequence[AddressMessage] = (),
+    usable: float | None = None,
 ) -> Sample:
     """A sample from a flow and a capture around a link event at ``t0``.
 
     A handover whose flow never came back, in either direction, has its trailing
     silence as outage and is not ``ok``. The lost packets are the whole flow's (random
-    loss on the links too).
+    loss on the links too). A handover that completed has its outage split into parts
+    (:func:`mpa_bench.handover_parts.breakdown`; ``addressing``: the capture's DHCP and
+    ND messages, ``usable``: when a SLAAC address became usable).
     """
     report = analyse(log)
     line = build_timeline(t0, t_up, messages, report)
@@ -327,8 +338,15 @@ def measure(
         and report.forward.trailing < TRAILING_OK
         and report.reverse.trailing < TRAILING_OK
     )
-    forward = max(silence_after(report.forward.timeline, t0)[0], report.forward.trailing)
-    reverse = max(silence_after(report.reverse.timeline, t0)[0], report.reverse.trailing)
+    gap_f, end_f = silence_after(report.forward.timeline, t0)
+    gap_r, end_r = silence_after(report.reverse.timeline, t0)
+    forward = max(gap_f, report.forward.trailing)
+    reverse = max(gap_r, report.reverse.trailing)
+    parts = None
+    longer = (gap_f, end_f) if gap_f >= gap_r else (gap_r, end_r)
+    if recovered and longer[1] is not None:
+        end = longer[1].received
+        parts = breakdown((end - longer[0], end), t0, t_up, messages, addressing, usable)
     return Sample(
         method=method,
         run=run,
@@ -342,6 +360,8 @@ def measure(
         timeline=line,
         flow=log,
         ike=list(messages),
+        addressing=list(addressing),
+        breakdown=parts,
     )
 
 
@@ -388,6 +408,11 @@ def summarise(samples: Sequence[Sample]) -> dict[str, Any]:
     }
     for name in TIMELINE_FIELDS:
         figures[name] = Stats.of(getattr(s.timeline, name) for s in good)
+    split = [s.breakdown for s in good if s.breakdown is not None]
+    for name in PARTS:
+        figures[f"part_{name}"] = Stats.of(b.parts[name] for b in split)
+    figures["aaa_round_trips"] = Stats.of(b.aaa_round_trips for b in split)
+    figures["ike_round_trips"] = Stats.of(b.ike_round_trips for b in split)
     summary.update({k: None if v is None else v.to_json() for k, v in figures.items()})
     summary["errors"] = sorted({s.error for s in samples if s.error})
     return summary

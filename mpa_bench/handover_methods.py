@@ -12,6 +12,13 @@ time is the origin ``t0``), the method's own completion is awaited, and the flow
   ngw`` request is sent on the control socket before the link event (no CLI start-up in
   the measurement); the daemon waits for ``mn-b``'s link, moves the nCoA onto it and
   sends UPDATE_SA_ADDRESSES; done when it answers.
+- ``mpa-cli``: as ``mpa``, but the handover is asked for by running ``mpa-mobile
+  handover ngw`` at the link event, as a network manager's link-up hook would: the
+  command's own start-up (interpreter, imports, configuration, control socket) is in
+  the outage. The installed console script beside the interpreter (or on ``PATH``)
+  is preferred to ``python -m mobile.cli``; the sample says which ran. It runs in the
+  benchmark's own namespace: the control socket is a file, and ``ip netns exec``'s
+  start-up is not the command's.
 - ``mobike``: mpa-mobile connected from A (``connect ngw``: an address of the pool on
   its TUN device), moving by plain MOBIKE without pre-authentication to its static
   address of B, which is on ``mn-b`` before the link comes up (mpa-mobile keeps it out
@@ -38,6 +45,15 @@ For the methods that rely on the OS for addresses (charon, mobike, reactive) the
 benchmark acts as a connection manager the moment the link event is over
 (``ConnectionManager``): A's addresses removed, the static address of B added; with
 ``mpa`` the daemon moves its nCoA onto ``mn-b`` itself and A is left as it is.
+
+With ``dhcp`` (``--dhcp``) B runs dnsmasq in the nGW's namespace (DHCPv4 and router
+advertisements, :mod:`mpa_testbed.dhcp`) and those methods acquire their address on B
+as a host does: the connection manager starts ``dhclient`` at the link event (IPv4),
+or the kernel's SLAAC answers the advertisement (IPv6; DAD unless ``optimistic_dad``),
+and no static address is configured. ``mobike`` and ``reactive`` are told (the
+``handover`` / ``connect`` request) once the address is usable, as a DHCP client's
+hook would; charon sees it by netlink. ``mpa`` and ``mpa-cli`` keep the nCoA from CP,
+put on ``mn-b`` without DAD; SLAAC is off on ``mn-b`` for them.
 """
 
 from __future__ import annotations
@@ -45,8 +61,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,12 +80,14 @@ from mpa_bench.handover_measure import (
     merge_flows,
     trim,
 )
+from mpa_bench.handover_parts import address_messages, frames
 from mpa_ike.node.control_client import call
+from mpa_testbed.dhcp import AddressWatch, DhcpClient, DhcpServer, slaac
 from mpa_testbed.probe import FlowLog, ProbeFlow
 from mpa_testbed.programs import CN_NETWORKS, EAP_PASSWORD, EAP_USER, MpaPrograms, ProgramError
 from mpa_testbed.topology import Testbed
 
-METHODS = ("mpa", "mobike", "reactive", "charon-mobike", "charon-reauth")
+METHODS = ("mpa", "mpa-cli", "mobike", "reactive", "charon-mobike", "charon-reauth")
 PRE = 0.6  # seconds of flow before the link event
 POST = 0.6  # seconds of flow after the method says it is done
 HEARTBEAT = 0.05  # how often the probe sender tells of its newest echo
@@ -77,6 +97,10 @@ STATIC_HOST = 0x50  # the MN's static address on B: .80 / ::50, outside the pool
 IKE_FILTER = (
     "udp port 500 or (udp port 4500 and ((ip and udp[8:4] = 0) or (ip6 and ip6[48:4] = 0)))"
 )
+# DHCPv4, and router solicitations, advertisements and neighbour solicitations (DAD):
+# ND messages carry no extension header, their type is the first octet after IPv6's.
+ADDRESS_FILTER = "udp port 67 or udp port 68 or (icmp6 and ip6[40] >= 133 and ip6[40] <= 135)"
+CAPTURE_FILTER = f"{IKE_FILTER} or {ADDRESS_FILTER}"
 CHARON_IKE = "aes128-sha256-x25519"
 CHARON_ESP = "aes128gcm16"
 CHARON_LOG = {"ike": 1, "cfg": 2, "net": 1, "knl": 2, "chd": 2, "enc": 0}
@@ -101,6 +125,9 @@ class Context:
     interval: float = 0.001
     timeout: float = 30.0
     settle: float = 0.0  # added to POST and TAIL: twice the delay the links add
+    dhcp: bool = False  # B runs DHCP and RAs; the OS's address on B is acquired
+    optimistic_dad: bool = False
+    dhcp_ping: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -154,6 +181,20 @@ class Context:
         )
         return f"{net.network_address + STATIC_HOST}/{net.prefixlen}"
 
+    @property
+    def b_version(self) -> int:
+        """The family of the OS's address on B (B is IPv6-only with split)."""
+        return 6 if self.family == "split" else int(self.family)
+
+    def dhcp_server(self) -> DhcpServer:
+        """dnsmasq on ``ngw-b`` for B's IPv4 network (not with split) and IPv6 prefix."""
+        plan = self.bed.addresses("ngw")["ngw-b"]
+        nets = {i.version: str(i.network) for i in map(ipaddress.ip_interface, plan)}
+        v4 = None if self.family == "split" else nets.get(4)
+        return DhcpServer(
+            self.bed, "ngw", "ngw-b", self.workdir, v4=v4, v6=nets.get(6), ping=self.dhcp_ping
+        )
+
     def first_of_pool(self) -> str:
         """The address a fresh gateway leases first (the pool's first usable one)."""
         return str(ipaddress.ip_network(self.bed.pool("ngw", self.inner))[1])
@@ -162,10 +203,18 @@ class Context:
 # -- the MN's state between runs ------------------------------------------------------
 
 
-def reset_mn(ctx: Context) -> None:
-    """Back to the start: attached to A, nothing on ``mn-b``, no stale neighbours."""
+def reset_mn(ctx: Context, *, acquire: bool = False) -> None:
+    """Back to the start: attached to A, nothing on ``mn-b``, no stale neighbours;
+    ``acquire``: the OS acquires its address on B (with ``--dhcp``: SLAAC on for IPv6)."""
     bed = ctx.bed
     bed.link("b").set_down()
+    slaac(
+        bed,
+        "mn",
+        "mn-b",
+        enable=ctx.dhcp and acquire and ctx.b_version == 6,
+        optimistic=ctx.optimistic_dad,
+    )
     bed.link("a").set_up()
     bed.ip("mn", "addr", "flush", "dev", "mn-b", "scope", "global")
     for cidr in bed.addresses("mn")["mn-a"]:
@@ -223,8 +272,13 @@ class ConnectionManager:
     carrier.
     """
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, name: str = "cm") -> None:
         self.cidr = ctx.static_b()
+        self.dhcp = ctx.dhcp
+        self.client: DhcpClient | None = None
+        if ctx.dhcp and ctx.b_version == 4:
+            workdir = ctx.workdir / f"dhcp-{name}"
+            self.client = DhcpClient(ctx.bed, "mn", "mn-b", workdir).prepare()
         self._proc = subprocess.Popen(
             ["ip", "-o", "-n", ctx.bed.ns("mn"), "-batch", "-"],
             stdin=subprocess.PIPE,
@@ -233,8 +287,18 @@ class ConnectionManager:
         )
 
     def link_event(self) -> bool:
-        """Both changes; returns once they are made (whether the address is there)."""
+        """Both changes; returns once they are made (whether the address is there).
+        With DHCP: the client started first, A's addresses removed; True."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        if self.dhcp:
+            if self.client is not None:
+                self.client.start()
+            self._proc.stdin.write("addr flush dev mn-a scope global\nlink show dev lo\n")
+            self._proc.stdin.flush()
+            for line in self._proc.stdout:
+                if line.startswith("1: lo"):
+                    break
+            return True
         extra = " nodad" if ":" in self.cidr else ""
         self._proc.stdin.write("addr flush dev mn-a scope global\n")
         self._proc.stdin.write(f"addr add {self.cidr} dev mn-b{extra}\n")
@@ -250,6 +314,8 @@ class ConnectionManager:
         return present
 
     def close(self) -> None:
+        if self.client is not None:
+            self.client.stop()
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         try:
@@ -262,6 +328,31 @@ class ConnectionManager:
 # -- one handover, whatever the method ------------------------------------------------
 
 
+@dataclass
+class LinkEvent:
+    """The link event of one run, for a method's ``done``: its time, the run's deadline,
+    and the MN's address events (with ``--dhcp``)."""
+
+    t0: float
+    deadline: float
+    version: int
+    watch: AddressWatch | None = None
+
+    def address(self) -> str | None:
+        """The OS's address on B, waited for until usable (None: none in time)."""
+        if self.watch is None:
+            return None
+        event = self.watch.wait_usable("mn-b", self.version, self.t0, self.deadline)
+        return None if event is None else event.address.split("/")[0]
+
+    def usable(self) -> float | None:
+        """When the OS's address on B became usable, if it did (monotonic)."""
+        if self.watch is None:
+            return None
+        event = self.watch.usable("mn-b", self.version, self.t0)
+        return None if event is None else event.time
+
+
 def handover(
     ctx: Context,
     method: str,
@@ -269,20 +360,25 @@ def handover(
     targets: list[str],
     *,
     arm: Callable[[], None] | None = None,
-    done: Callable[[float], str | None],
+    done: Callable[[LinkEvent], str | None],
     static_b: bool = False,
 ) -> Sample:
     """Flows to ``targets`` (two are joined: see ``merge_flows``), a capture, the link
-    event, then ``done(deadline)`` (an error text, or None when the method finished)."""
+    event, then ``done(event)`` (an error text, or None when the method finished).
+    ``static_b``: the method relies on the OS for its address on B (the connection
+    manager's; acquired by DHCP or SLAAC with ``--dhcp``)."""
     from mpa_harness.pcap import read_udp
 
     pcap = ctx.workdir / f"{method}-{run}.pcap"
     offset = clock_offset()
     logs: list[FlowLog] = []
     with contextlib.ExitStack() as stack:
-        address = ConnectionManager(ctx) if static_b else None
+        address = ConnectionManager(ctx, f"{method}-{run}") if static_b else None
         if address is not None:
             stack.callback(address.close)
+        watch = AddressWatch(ctx.bed, "mn", offset) if ctx.dhcp else None
+        if watch is not None:
+            stack.callback(watch.close)
         stack.enter_context(capture(ctx.bed, "mn", pcap))
         flows: list[ProbeFlow] = []
         for n, target in enumerate(targets):
@@ -304,17 +400,22 @@ def handover(
         t_up = time.monotonic()
         if address is not None and not address.link_event():
             raise RuntimeError(f"{address.cidr} could not be put on mn-b")
-        error = done(t0 + ctx.timeout)
+        event = LinkEvent(t0, t0 + ctx.timeout, ctx.b_version, watch if static_b else None)
+        error = done(event)
         if error is None:
             wait_for_flow(flows, time.monotonic(), t0 + ctx.timeout)
         time.sleep(POST + ctx.settle)
         stopped = time.monotonic()
         logs = [trim(flow.stop(), stopped - TAIL - ctx.settle) for flow in flows]
+        usable = event.usable() if ctx.b_version == 6 else None
     offset = (offset + clock_offset()) / 2
     messages = ike_messages(read_udp(pcap), ctx.gateway_addresses(), offset)
+    addressing = address_messages(frames(pcap), offset)
     pcap.unlink(missing_ok=True)
     log = merge_flows(logs[0], logs[1]) if len(logs) == 2 else logs[0]
-    return measure(method, run, log, t0, t_up, messages, error=error)
+    return measure(
+        method, run, log, t0, t_up, messages, error=error, addressing=addressing, usable=usable
+    )
 
 
 def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool:
@@ -329,13 +430,14 @@ def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool
 
 @contextlib.contextmanager
 def capture(bed: Testbed, node: str, path: Path) -> Iterator[Path]:
-    """IKE on every interface of ``node`` (``tcpdump -i any``) into ``path``, flushed on exit.
+    """IKE, DHCP and ND on every interface of ``node`` (``tcpdump -i any``) into
+    ``path``, flushed on exit.
 
     Like ``mpa_harness.pcap.capture`` but on ``any``, for which tcpdump first names the
     link type before it says it is listening.
     """
     cmd = ["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
-    proc = bed.popen(node, [*cmd, "-w", str(path), IKE_FILTER], stderr=subprocess.PIPE)
+    proc = bed.popen(node, [*cmd, "-w", str(path), CAPTURE_FILTER], stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         seen = []
@@ -429,19 +531,70 @@ def run_mpa(ctx: Context, run: int) -> Sample:
             request.start()
             time.sleep(0.2)  # the request is in the daemon, waiting for mn-b's link
 
-        sample = handover(ctx, "mpa", run, [ncoa], arm=arm, done=request.wait)
+        sample = handover(
+            ctx, "mpa", run, [ncoa], arm=arm, done=lambda event: request.wait(event.deadline)
+        )
         sample.extra.update(ncoa=ncoa, answer=request.answer)
         if request.answered is not None:
             sample.extra["command_answered_s"] = request.answered - sample.t0
         return sample
 
 
-def run_mobike(ctx: Context, run: int) -> Sample:
+def mobile_command() -> tuple[list[str], str]:
+    """How a hook runs ``mpa-mobile``: the console script installed beside this
+    interpreter, else the one on ``PATH`` (a version manager's shim on ``PATH`` is a
+    shell script of its own, hence the interpreter's first), else the module."""
+    beside = Path(sys.executable).parent / "mpa-mobile"
+    if beside.is_file():
+        return [str(beside)], "console script"
+    found = shutil.which("mpa-mobile")
+    if found is not None:
+        return [found], "console script"
+    return [sys.executable, "-m", "mobile.cli"], "python -m mobile.cli"
+
+
+def run_mpa_cli(ctx: Context, run: int) -> Sample:
     reset_mn(ctx)
-    # The OS's address of B is there before the link (its route is ignored until then);
-    # charon, which picks routes itself and would use it, gets it at link up.
-    cidr = ctx.static_b()
-    ctx.bed.ip("mn", "addr", "add", cidr, "dev", "mn-b", *(["nodad"] if ":" in cidr else []))
+    command, kind = mobile_command()
+    with mpa_programs(ctx, run) as programs:
+        with ctx.lossless():
+            _ask(programs, "preauth", ctx.timeout)
+        ncoa = programs.ncoa("ngw")
+        argv = [*command, "-c", str(programs.workdir / "mobile.yaml"), "handover", "ngw"]
+        ran: dict[str, Any] = {}
+
+        def done(event: LinkEvent) -> str | None:
+            ran["started"] = time.monotonic()
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, event.deadline - time.monotonic()),
+                check=False,
+            )
+            ran["ended"] = time.monotonic()
+            ran["answer"] = proc.stdout.strip()
+            if proc.returncode != 0:
+                lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+                return f"mpa-mobile handover: exit {proc.returncode}: {lines[-1]}"
+            return None
+
+        sample = handover(ctx, "mpa-cli", run, [ncoa], done=done)
+        sample.extra.update(ncoa=ncoa, command=argv, command_kind=kind, answer=ran.get("answer"))
+        if "started" in ran:
+            sample.extra["command_started_s"] = ran["started"] - sample.t0
+            sample.extra["command_answered_s"] = ran["ended"] - sample.t0
+        return sample
+
+
+def run_mobike(ctx: Context, run: int) -> Sample:
+    reset_mn(ctx, acquire=True)
+    if not ctx.dhcp:
+        # The OS's address of B is there before the link (its route is ignored until
+        # then); charon, which picks routes itself and would use it, gets it at link up.
+        cidr = ctx.static_b()
+        extra = ["nodad"] if ":" in cidr else []
+        ctx.bed.ip("mn", "addr", "add", cidr, "dev", "mn-b", *extra)
     with mpa_programs(ctx, run, address_policy="any") as programs:
         with ctx.lossless():
             _ask(programs, "connect", ctx.timeout)
@@ -452,7 +605,22 @@ def run_mobike(ctx: Context, run: int) -> Sample:
             request.start()
             time.sleep(0.2)
 
-        sample = handover(ctx, "mobike", run, [inner], arm=arm, done=request.wait)
+        def done(event: LinkEvent) -> str | None:
+            if ctx.dhcp:  # the request comes with the address (a DHCP client's hook)
+                if event.address() is None:
+                    return "no address on mn-b in time"
+                request.start()
+            return request.wait(event.deadline)
+
+        sample = handover(
+            ctx,
+            "mobike",
+            run,
+            [inner],
+            arm=None if ctx.dhcp else arm,
+            done=done,
+            static_b=ctx.dhcp,
+        )
         sample.extra.update(address=inner, answer=request.answer)
         if request.answer is not None and "moved to" not in request.answer:
             sample.ok = False
@@ -461,15 +629,19 @@ def run_mobike(ctx: Context, run: int) -> Sample:
 
 
 def run_reactive(ctx: Context, run: int) -> Sample:
-    reset_mn(ctx)
+    reset_mn(ctx, acquire=True)
     # With split the MN reaches the nGW only on B, by its IPv6 address.
     with mpa_programs(ctx, run, gateway_on_b=True) as programs:
         old = ctx.bed.addr("mn", "mn-a", ctx.outer)
         new = ctx.first_of_pool()
         request = Background(lambda: _ask(programs, "connect", ctx.timeout + 5))
 
-        def done(deadline: float) -> str | None:
-            request.start()  # at once when the link is up: what a link-up handler does
+        def done(event: LinkEvent) -> str | None:
+            deadline = event.deadline
+            if ctx.dhcp and event.address() is None:
+                return "no address on mn-b in time"
+            # At once when the link (with --dhcp: the address) is up: a link-up handler.
+            request.start()
             error = request.wait(deadline)
             if error is None or "still trying" not in error:
                 return error
@@ -587,10 +759,15 @@ def charon_pair(ctx: Context, run: int, mobike: bool) -> Iterator[tuple[Any, Any
                 ctx.bed.ip("ngw", "addr", "del", cidr, "dev", "lo")
 
 
-def _charon_done(mn: Any, address: str, previous: str) -> Callable[[float], str | None]:
-    """Done when the MN's IKE SA runs from ``address`` with its CHILD SA installed."""
+def _charon_done(mn: Any, static: str | None, previous: str) -> Callable[[LinkEvent], str | None]:
+    """Done when the MN's IKE SA runs from ``static`` (with ``--dhcp``: the address
+    acquired) with its CHILD SA installed."""
 
-    def done(deadline: float) -> str | None:
+    def done(event: LinkEvent) -> str | None:
+        deadline = event.deadline
+        address = static if static is not None else event.address()
+        if address is None:
+            return "no address on mn-b in time"
         time.sleep(0.3)
         while time.monotonic() < deadline:
             for sa in mn.list_sas():
@@ -608,13 +785,13 @@ def run_charon(ctx: Context, run: int, *, mobike: bool) -> Sample:
     if reason is not None:
         raise Unavailable(reason)
     name = "charon-mobike" if mobike else "charon-reauth"
-    reset_mn(ctx)
+    reset_mn(ctx, acquire=True)
     with charon_pair(ctx, run, mobike) as (_gw, mn):
         with ctx.lossless():
             mn.initiate("net", ike="bench", timeout=10)
             sa = mn.wait_established("net", timeout=10)
         vip = str(ipaddress.ip_interface(sa.local_vips[0]).ip)
-        address = ctx.static_b().split("/")[0]
+        address = None if ctx.dhcp else ctx.static_b().split("/")[0]
         sample = handover(
             ctx, name, run, [vip], done=_charon_done(mn, address, sa.local_host), static_b=True
         )
@@ -624,6 +801,7 @@ def run_charon(ctx: Context, run: int, *, mobike: bool) -> Sample:
 
 RUNNERS: dict[str, Callable[[Context, int], Sample]] = {
     "mpa": run_mpa,
+    "mpa-cli": run_mpa_cli,
     "mobike": run_mobike,
     "reactive": run_reactive,
     "charon-mobike": lambda ctx, run: run_charon(ctx, run, mobike=True),

@@ -26,6 +26,7 @@ COLOURS = {
     "reactive": "tab:orange",
     "charon-mobike": "tab:blue",
     "charon-reauth": "tab:purple",
+    "mpa-cli": "tab:cyan",
 }
 
 

@@ -94,3 +94,42 @@ def test_smoke_ours(tmp_path: Path, method: str) -> None:
     assert sample["ok"], sample["error"]
     assert sample["outage_s"] < 0.5
     assert sample["timeline_s"]["ike_first"] is not None
+
+
+@pytest.mark.usefixtures("netns_env")
+def test_smoke_dhcp(tmp_path: Path) -> None:
+    """With DHCP on B the methods that need the OS's address pay its acquisition (the
+    DHCP exchange is in their parts), mpa does not, and mpa-cli runs the installed
+    command at the link event."""
+    methods = "mpa,mobike,reactive,mpa-cli"
+    data = _bench(tmp_path, "--dhcp", "--methods", methods)
+    (conf,) = data["configurations"]
+    assert not conf["unavailable"], conf["unavailable"]
+    samples = {m: ss[0] for m, ss in conf["samples"].items()}
+    for method, sample in samples.items():
+        assert sample["ok"], (method, sample["error"])
+        parts = sample["breakdown"]["parts_s"]
+        assert sum(parts.values()) == pytest.approx(sample["outage_s"], abs=1e-6)
+    for method in ("mobike", "reactive"):
+        kinds = [m["kind"] for m in samples[method]["addressing"] if m["sent"]]
+        assert kinds[:2] == ["DISCOVER", "REQUEST"], kinds
+        acks = [m for m in samples[method]["addressing"] if m["kind"] == "ACK"]
+        assert acks and acks[0]["address"].startswith("10.2.0."), acks
+        assert samples[method]["breakdown"]["parts_s"]["address"] > 0
+        # The IKE exchange starts only once the address is there.
+        first_ike = samples[method]["timeline_s"]["ike_first"]
+        assert first_ike > acks[0]["time"] - samples[method]["t0"]
+    assert samples["reactive"]["breakdown"]["aaa_round_trips"] >= 2
+    for method in ("mpa", "mpa-cli"):
+        assert not [m for m in samples[method]["addressing"] if m["sent"]]
+        assert samples[method]["breakdown"]["parts_s"]["address"] == 0
+    # mpa's outage does not pay the acquisition: shorter than the time to the ACK of
+    # the methods that waited for it.
+    ack_after = min(
+        samples[m]["breakdown"]["address_s"][1] - samples[m]["t0"] for m in ("mobike", "reactive")
+    )
+    assert samples["mpa"]["outage_s"] < max(ack_after, 0.02) + 0.05
+    cli = samples["mpa-cli"]["extra"]
+    assert cli["command_kind"] in ("console script", "python -m mobile.cli")
+    assert cli["command_started_s"] < samples["mpa-cli"]["timeline_s"]["ike_first"]
+    assert "moved to" in cli["answer"]
