@@ -29,7 +29,14 @@ from mpa_ike.events import (
     IkeSaFailed,
     IkeSaRekeyed,
 )
-from mpa_ike.io.policy_routing import BYPASS_MARK, GATEWAY_TABLE, Rules, gateway_rules
+from mpa_ike.io.policy_routing import (
+    BYPASS_MARK,
+    GATEWAY_TABLE,
+    NextHop,
+    Rules,
+    XfrmRoutes,
+    gateway_rules,
+)
 from mpa_ike.io.raw_esp import RawEspSockets
 from mpa_ike.io.rtnl import Rtnl
 from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE
@@ -77,6 +84,12 @@ class DatapathGlue:
     device, as charon puts a virtual IP there. ``forward`` (the gateway): IP forwarding
     is turned on with the first CHILD SA of a family, since decrypted traffic goes on to
     the LAN, and back to what it was on close.
+
+    With XFRM the routes the TUN device's SAs get are :class:`XfrmRoutes`: the peer's
+    selectors out of the interface towards the peer, in a table of their own behind a
+    rule (the mobile node preferring its CP address as source; the gateway routing the
+    leased addresses so that what the LAN sends them meets the policy), re-routed when
+    the SA moves and removed with it.
     """
 
     def __init__(
@@ -105,6 +118,7 @@ class DatapathGlue:
         self.slot: InstanceSlot | None = None
         self.events: XfrmEvents | None = None
         self.rtnl: Rtnl | None = None
+        self.routes: XfrmRoutes | None = None
         if userspace is not None:
             userspace.on_expire = self._expired
             userspace.on_mapping = self._mapped
@@ -196,6 +210,13 @@ class DatapathGlue:
         glue.slot = slot
         glue.transport = transport
         try:
+            glue.rtnl = Rtnl()
+            glue.routes = XfrmRoutes(glue.rtnl, bypass_mark=BYPASS_MARK if forward else None)
+            if forward:  # an nCoA is both a leased and an outer address: IKE by main
+                transport.mark_sockets(BYPASS_MARK)
+        except OSError as error:
+            log.warning("no routes to the peers' selectors (%s)", error.strerror)
+        try:
             glue.events = XfrmEvents(glue.kernel_event, reqids=slot.reqids)
             asyncio.get_running_loop().add_reader(glue.events.fileno(), glue.events.read)
         except OSError as error:
@@ -272,6 +293,7 @@ class DatapathGlue:
             self.datapath.move_child_sa(
                 event.spi_in, event.spi_out, event.local, event.remote, event.encap
             )
+            self._reroute(event.spi_in, event.local, event.remote)
         elif isinstance(event, IkeSaRekeyed):  # its CHILD SAs and lease move along
             if event.ike_sa in self._children:
                 self._children[event.new_ike_sa] = self._children.pop(event.ike_sa)
@@ -322,11 +344,50 @@ class DatapathGlue:
             self._enable_forwarding(params)
         self.datapath.install_child_sa(params)
         self._children.setdefault(ike_sa, {})[params.spi_in] = params.spi_out
+        self._route(params)
+
+    # ------------------------------------------------------------------
+    # Routes of the XFRM datapath
+
+    def _next_hop(self, local: Address, remote: Address) -> NextHop | None:
+        assert self.routes is not None
+        try:
+            return self.routes.next_hop(remote[0], local[0])
+        except OSError as error:
+            log.warning("no route to %s from %s: %s", remote[0], local[0], error)
+            return None
+
+    def _route(self, params: ChildSaParams) -> None:
+        """Route the peer's selectors towards it (the SA stands even if this fails: the
+        routes may be there already, as they were before the glue made them)."""
+        if self.routes is None:
+            return
+        hop = self._next_hop(params.local, params.remote)
+        if hop is None:
+            return
+        routes = selector_routes(params, with_source=self.inner_addresses)
+        try:
+            self.routes.add(params.spi_in, routes, hop)
+        except OSError as error:
+            log.warning("CHILD SA %s: routes to %s: %s", params.spi_in.hex(), routes, error)
+
+    def _reroute(self, spi_in: bytes, local: Address, remote: Address) -> None:
+        if self.routes is None:
+            return
+        hop = self._next_hop(local, remote)
+        if hop is None:
+            return
+        try:
+            self.routes.move(spi_in, hop)
+        except OSError as error:
+            log.warning("CHILD SA %s: re-routing: %s", spi_in.hex(), error)
 
     def _remove(self, ike_sa: bytes, spi_in: bytes) -> None:
         for children in (self._children.get(ike_sa), *self._children.values()):
             if children is not None and spi_in in children:
                 self._rekeying.discard(spi_in)
+                if self.routes is not None:
+                    self.routes.remove(spi_in)
                 self.datapath.remove_child_sa(spi_in, children.pop(spi_in))
                 return
 
@@ -483,6 +544,9 @@ class DatapathGlue:
             self.userspace.close()
         elif isinstance(self.datapath, XfrmDatapath):
             self._close_xfrm(self.datapath)
+        if self.routes is not None:
+            self.routes.close()
+            self.routes = None
         if self.rtnl is not None:
             self.rtnl.close()
             self.rtnl = None
@@ -491,3 +555,31 @@ class DatapathGlue:
                 with contextlib.suppress(OSError):
                     FORWARDING[version].write_text(f"{was}\n")
         self._forwarding_was.clear()
+
+
+def selector_routes(params: ChildSaParams, *, with_source: bool) -> list[tuple[str, str | None]]:
+    """The networks of the peer's selectors, as the userspace datapath routes them into
+    its device: a network covering the peer's outer address split around it (routing
+    the ESP itself there would loop it), each with our single inner address of its
+    family as the preferred source when ``with_source``."""
+    outer = ipaddress.ip_address(params.remote[0])
+    routes: list[tuple[str, str | None]] = []
+    for ts in params.remote_ts:
+        first, last = ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)
+        src = None
+        if with_source:
+            src = next(
+                (
+                    t.start
+                    for t in params.local_ts
+                    if t.start == t.end and ipaddress.ip_address(t.start).version == first.version
+                ),
+                None,
+            )
+        for net in ipaddress.summarize_address_range(first, last):
+            if outer.version == net.version and outer in net:
+                host = ipaddress.ip_network(outer)
+                routes.extend((str(n), src) for n in sorted(net.address_exclude(host)))  # type: ignore[arg-type]
+            else:
+                routes.append((str(net), src))
+    return routes

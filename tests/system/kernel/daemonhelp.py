@@ -2,10 +2,11 @@
 
 The mobile node ``mn`` reaches the gateway ``gw`` over 192.0.2.0/24 (2001:db8::/64);
 behind the gateway the correspondent ``cn`` sits on 10.0.9.0/24 (fd00:9::/64), the
-gateway's local traffic selector. The gateway leases from 10.9.0.0/24 (fd00:99::/120)
-and routes that pool toward the mobile node's link: its XFRM policy then sends what
-matches through the tunnel (the route only has to exist, as charon's routes in table
-220 do).
+gateway's local traffic selector. The gateway leases from 10.9.0.0/24 (fd00:99::/120).
+No route of the tunnel is set up here: the daemons' XFRM glue routes the peer's
+selectors itself (the mobile node the correspondent's network with its leased address
+as source, the gateway the leased addresses towards the mobile node), in a table of its
+own behind a rule, as charon does in table 220.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ def site(workdir: Path) -> Iterator[Site]:
                 f"link set {mn_dev} up",
                 f"addr add {MN_OUTER[4]}/24 dev {mn_dev}",
                 f"addr add {MN_OUTER[6]}/64 dev {mn_dev} nodad",
-                f"route add default via {GW_OUTER[4]}",
-                f"route add default via {GW_OUTER[6]}",
             ],
             mn,
         )
@@ -101,8 +100,6 @@ def site(workdir: Path) -> Iterator[Site]:
                 f"addr add {GW_OUTER[6]}/64 dev {gw_dev} nodad",
                 f"addr add 10.0.9.1/24 dev {gc_dev}",
                 f"addr add fd00:9::1/64 dev {gc_dev} nodad",
-                f"route add {POOL[4]} dev {gw_dev}",
-                f"route add {POOL[6]} dev {gw_dev}",
             ],
             gw,
         )
@@ -232,7 +229,7 @@ def connect(here: Site, version: int = 4) -> str:
             time.sleep(0.2)
     addresses = [a.strip() for a in established(here, "mn")["address"].split(",")]
     (inner,) = [a for a in addresses if (":" in a) == (version == 6)]
-    return inner
+    return str(inner)
 
 
 def ours(ns: Netns) -> tuple[dict[int, SaCounters], str]:
