@@ -190,6 +190,7 @@ class InitiatorHandshake:
         sa = self._sa
         try:
             spec = self._check_init_response(message)
+            read_capabilities(sa, message)
         except RemoteProtocolError as error:
             sa.fail(f"bad IKE_SA_INIT response: {error}", now, error.notify)
             return
@@ -204,7 +205,6 @@ class InitiatorHandshake:
         self._transcript.init_response, self._transcript.nonce_r = data, nonce.data
         suite = IkeSuite.from_proposal(spec)
         sa.use_keys(suite, self._transcript.derive(suite, sa.spi_i, sa.spi_r, shared))
-        read_capabilities(sa, message)
         sa.detect_nat(message, src, dst)
         self._exchanges.complete()  # IKE_SA_INIT was Message ID 0
         self._float_to_nat_t()

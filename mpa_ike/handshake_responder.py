@@ -166,7 +166,8 @@ class ResponderHandshake:
         sa.spi_i = message.header.spi_i
         try:
             spec, ke = self._select_ike(message)
-        except RemoteProtocolError as error:
+            read_peer_capabilities(sa, message)
+        except RemoteProtocolError as error:  # a malformed notify too (INVALID_SYNTAX)
             self._refuse_init(message.header, error)
             return
         nonce = message.find(NoncePayload)
@@ -181,7 +182,6 @@ class ResponderHandshake:
         except RemoteProtocolError as error:
             self._refuse_init(message.header, error)
             return
-        read_peer_capabilities(sa, message)
         sa.detect_nat(message, sa.remote, sa.local, spi_r=ZERO_SPI)
         self._answer_init(message, spec)
         sa.use_keys(suite, self._transcript.derive(suite, sa.spi_i, sa.spi_r, shared))

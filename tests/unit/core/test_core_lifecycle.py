@@ -164,11 +164,27 @@ def _init_request(pki: Pki) -> bytes:
     return request.data
 
 
+def _last_payload_one_byte_longer(data: bytes) -> bytes:
+    """The request with a byte added to its last payload, every length kept true: for an
+    IKE_SA_INIT of ours, N(SIGNATURE_HASH_ALGORITHMS) with data of odd length."""
+    offset, next_payload = 28, data[16]
+    while True:
+        following = data[offset]
+        if following == 0:
+            break
+        offset += int.from_bytes(data[offset + 2 : offset + 4], "big")
+    assert next_payload
+    length = int.from_bytes(data[offset + 2 : offset + 4], "big") + 1
+    grown = data[: offset + 2] + length.to_bytes(2, "big") + data[offset + 4 :] + b"\x06"
+    return grown[:24] + len(grown).to_bytes(4, "big") + grown[28:]
+
+
 @pytest.mark.parametrize(
     ("mutate", "notify"),
     [
         (lambda d: d[:17] + b"\x30" + d[18:], NotifyType.INVALID_MAJOR_VERSION),
         (lambda d: d[:-3], NotifyType.INVALID_SYNTAX),
+        (_last_payload_one_byte_longer, NotifyType.INVALID_SYNTAX),
     ],
 )
 def test_malformed_init_request_is_answered(
@@ -184,6 +200,7 @@ def test_malformed_init_request_is_answered(
     (payload,) = message.payloads
     assert isinstance(payload, NotifyPayload) and payload.notify_type == notify
     assert not list(gateway)
+    assert gateway.statistics().get("internal_errors", 0) == 0
 
 
 def test_unknown_spi_dropped_and_answered(pki: Pki, pool: AddressPool[object]) -> None:
