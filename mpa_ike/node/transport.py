@@ -113,7 +113,7 @@ class IkeTransport:
         self._fired_at: float | None = None
         self._kernel_esp = False
         self._mark: int | None = None
-        self.counters: dict[str, int] = {"esp_dropped": 0, "keepalives": 0, "unroutable": 0}
+        self.counters: dict[str, int] = {"esp_dropped": 0, "esp_handler_errors": 0, "keepalives": 0, "unroutable": 0}
 
     # ------------------------------------------------------------------
     # Sockets
@@ -185,8 +185,13 @@ class IkeTransport:
             return
         errors = self.endpoint.counters["internal_errors"]
         self.endpoint.receive_datagram(message, src, local, self.now())
-        if self.endpoint.counters["internal_errors"] != errors:
-            log.error("the IKE core failed on a datagram from %s (dropped)", _text(src))
+        failures = self.endpoint.counters["internal_errors"]
+        if failures != errors and _worth_logging(failures):
+            log.error(
+                "the IKE core failed on a datagram from %s (dropped; %d so far)",
+                _text(src),
+                failures,
+            )
         self.process()
 
     def _esp_received(self, payload: bytes, src: Address, local: Address) -> None:
@@ -196,7 +201,9 @@ class IkeTransport:
         try:
             self.esp_handler(payload, src, local)
         except Exception:
-            log.exception("ESP handler failed on a packet from %s", _text(src))
+            self.counters["esp_handler_errors"] += 1
+            if _worth_logging(self.counters["esp_handler_errors"]):
+                log.exception("ESP handler failed on a packet from %s", _text(src))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -282,3 +289,9 @@ def _hand_esp_to_kernel(sock: Any) -> None:
 def _text(address: Address) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _worth_logging(count: int) -> bool:
+    """The 1st, 2nd, 4th, 8th... time: a peer repeating what fails cannot fill the log,
+    and the counter in ``status`` says how often it happened."""
+    return count & (count - 1) == 0
