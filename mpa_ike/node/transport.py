@@ -113,7 +113,12 @@ class IkeTransport:
         self._fired_at: float | None = None
         self._kernel_esp = False
         self._mark: int | None = None
-        self.counters: dict[str, int] = {"esp_dropped": 0, "esp_handler_errors": 0, "keepalives": 0, "unroutable": 0}
+        self.counters: dict[str, int] = {
+            "esp_dropped": 0,
+            "esp_handler_errors": 0,
+            "keepalives": 0,
+            "unroutable": 0,
+        }
 
     # ------------------------------------------------------------------
     # Sockets
