@@ -71,6 +71,7 @@ from mpa_bench.setup_rate_stats import (
     run_queue_wait,
     table,
 )
+from mpa_bench.setup_rate_worker import SETUP_TIMEOUT
 
 GATEWAYS = ("mpa-gateway", "charon")
 PROPOSALS = {  # name -> (IKE proposal, gateway key type)
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-duration", type=float, default=10.0, help="latency window, seconds (10)"
     )
     parser.add_argument("--hold", type=int, default=2000, help="IKE SAs held for memory (2000)")
+    parser.add_argument(
+        "--hold-time",
+        type=float,
+        default=40.0,
+        help="no IKE SA started for the memory phase after this many seconds (40)",
+    )
     parser.add_argument("--proposal", choices=sorted(PROPOSALS), default="x25519-ecdsa")
     parser.add_argument(
         "--gateways", default=",".join(GATEWAYS), help="which, in order (mpa-gateway,charon)"
@@ -135,6 +142,7 @@ class Settings:
     warmup: float
     latency_duration: float
     hold: int
+    hold_time: float
     ike: str
     key: str
     gateway_cpus: frozenset[int]
@@ -159,6 +167,7 @@ def settings(args: argparse.Namespace) -> Settings:
         warmup=args.warmup,
         latency_duration=args.latency_duration,
         hold=args.hold,
+        hold_time=args.hold_time,
         ike=ike,
         key=key,
         gateway_cpus=cpus(args.gateway_cpu),
@@ -226,6 +235,7 @@ def describe(setup: Settings, proposal: str, charon: str) -> dict[str, Any]:
         "warmup_s": setup.warmup,
         "latency_duration_s": setup.latency_duration,
         "hold": setup.hold,
+        "hold_time_s": setup.hold_time,
         "users": setup.users,
         "gateway_cpus": sorted(setup.gateway_cpus),
         "initiator_cpus": sorted(setup.initiator_cpus),
@@ -292,20 +302,25 @@ def phases(
 ) -> GatewayResult:
     failed = 0
     say("warm-up")
-    failed += workers.command({"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2})["failed"]
+    warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
+    failed += workers.command(warm)["failed"]
     workers.command({"cmd": "release"})
     time.sleep(0.5)
     before = rss(pid)
     say(f"memory: holding {setup.hold} IKE SAs (RSS {before / 1024:.1f} MiB)")
     shares = split(setup.hold, setup.initiators)
-    answers = workers.command(
-        {"cmd": "hold", "concurrency": setup.concurrency}, per_worker={"count": shares}
-    )
+    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time}
+    started = time.monotonic()
+    answers = workers.command(hold, per_worker={"count": shares})
+    hold_seconds = time.monotonic() - started
     failed += answers["failed"]
     held = answers["kept"]
     time.sleep(1.0)
     held_rss = rss(pid)
-    say(f"memory: {held} held, RSS {held_rss / 1024:.1f} MiB; deleting them")
+    say(
+        f"memory: {held} held after {hold_seconds:.1f} s, RSS {held_rss / 1024:.1f} MiB; "
+        "deleting them"
+    )
     workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
     say(f"saturation: closed loop, {setup.initiators} x {setup.concurrency} in flight")
     saturated = timed_phase(
@@ -324,7 +339,9 @@ def phases(
         say,
     )
     failed += latency.failed
-    return result(saturated, latency, half, (before, held_rss, held), failed)
+    figures = result(saturated, latency, half, (before, held_rss, held), failed)
+    figures.hold_seconds = hold_seconds
+    return figures
 
 
 def timed_phase(
@@ -569,6 +586,8 @@ class Workers:
             worker.send({**command, **own})
         answers = []
         deadline = time.monotonic() + ANSWER_TIMEOUT
+        if command["cmd"] == "hold":
+            deadline += command["seconds"] + SETUP_TIMEOUT
         last = 0.0
         for worker in self.workers:
             while True:

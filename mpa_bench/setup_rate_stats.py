@@ -128,6 +128,7 @@ class GatewayResult:
     gateway_waiting: float  # share of the saturation window it waited for its core
     failed: int  # IKE SAs that did not come up, all phases
     latency_samples: int
+    hold_seconds: float = math.nan  # how long the held SAs took to come up
 
     @property
     def saturated(self) -> bool:
@@ -238,6 +239,7 @@ def table(gateways: Mapping[str, GatewayResult]) -> str:
         ("gateway waiting for its core", "gateway_waiting", "{:.0%}"),
         ("initiator core busy at saturation", "initiator_load", "{:.0%}"),
         ("held SAs (memory)", "held", "{}"),
+        ("seconds to set them up", "hold_seconds", "{:.1f}"),
         ("RSS before / held, MiB", None, ""),
         ("failed set-ups", "failed", "{}"),
     ]

@@ -18,7 +18,8 @@ it reads commands as JSON lines on stdin and answers each with one JSON line on 
   seconds from S (open loop; ``phase`` staggers the processes). Each IKE SA that comes
   up is deleted at once, or kept (``keep``) until ``release``. The answer: the times at
   which IKE SAs came up and their set-up latencies (open loop: from the scheduled start).
-- ``{"cmd": "hold", "count": K, "concurrency": C}``: K IKE SAs up and kept.
+- ``{"cmd": "hold", "count": K, "concurrency": C, "seconds": T}``: K IKE SAs up and
+  kept, none started after T seconds.
 - ``{"cmd": "release"}``: DELETE every kept IKE SA, until all are answered.
 - ``{"cmd": "quit"}``.
 
@@ -257,23 +258,29 @@ class Initiators:
         self.pump(lambda now: now >= end and not self.by_spi, tick)
         return self.tally
 
-    def hold(self, count: int, concurrency: int) -> Tally:
+    def hold(self, count: int, concurrency: int, seconds: float) -> Tally:
         self.tally = Tally()
         wanted = len(self.kept) + count
-        deadline = time.monotonic() + SETUP_TIMEOUT + count  # bounded, however slow
+        # Bounded however slow the gateway gets: no new start after ``seconds``, nor
+        # after more failures than a tenth of the SAs asked for.
+        last_start = time.monotonic() + seconds
         failures_allowed = max(10, count // 10)
+
+        def starting(now: float) -> bool:
+            return now < last_start and self.tally.failed <= failures_allowed
 
         def tick(now: float) -> None:
             started = len(self.kept) + self.in_flight
-            while started < wanted and self.in_flight < concurrency and self.start(now, keep=True):
+            while (
+                starting(now)
+                and started < wanted
+                and self.in_flight < concurrency
+                and self.start(now, keep=True)
+            ):
                 started += 1
 
         def done(now: float) -> bool:
-            return (
-                len(self.kept) >= wanted
-                or now > deadline
-                or (self.tally.failed > failures_allowed and not self.in_flight)
-            )
+            return len(self.kept) >= wanted or (not starting(now) and not self.in_flight)
 
         self.pump(done, tick)
         return self.tally
@@ -343,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command["cmd"] == "run":
                 tally = initiators.run(command)
             elif command["cmd"] == "hold":
-                tally = initiators.hold(int(command["count"]), int(command["concurrency"]))
+                tally = initiators.hold(
+                    int(command["count"]), int(command["concurrency"]), float(command["seconds"])
+                )
             elif command["cmd"] == "release":
                 tally = initiators.release(int(command.get("concurrency", 64)))
             else:
