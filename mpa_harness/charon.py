@@ -34,6 +34,8 @@ PLUGINS = (
     "random nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey constraints revocation "
     "kernel-libipsec kernel-netlink socket-default vici eap-identity eap-md5 eap-mschapv2"
 )
+# kernel="netlink": the kernel's own IPsec (XFRM states and policies), no kernel-libipsec.
+NETLINK_PLUGINS = PLUGINS.replace("kernel-libipsec ", "")
 
 DEFAULT_LOG_LEVELS: Mapping[str, int] = {"ike": 2, "cfg": 2, "net": 1, "enc": 1, "chd": 1}
 KEYS_LOG_LEVELS: Mapping[str, int] = {
@@ -431,6 +433,7 @@ class Charon:
         *,
         log_levels: Mapping[str, int] | str = DEFAULT_LOG_LEVELS,
         settings: Mapping[str, Any] | None = None,
+        kernel: Literal["libipsec", "netlink"] = "libipsec",
     ) -> None:
         if str(workdir.resolve()).startswith("/run"):
             raise ValueError("workdir must not be under /run: charon gets a private tmpfs there")
@@ -438,6 +441,7 @@ class Charon:
         self.workdir = workdir
         self.log_levels = parse_log_levels(log_levels)
         self.settings = dict(settings or {})
+        self.kernel = kernel
         self.swanctl_dir = workdir / "swanctl"
         self.conf_path = workdir / "strongswan.conf"
         self.log_path = workdir / "charon.log"
@@ -467,7 +471,7 @@ class Charon:
         filelog.update(self.log_levels)
         charon: dict[str, Any] = {
             "load_modular": False,
-            "load": PLUGINS,
+            "load": NETLINK_PLUGINS if self.kernel == "netlink" else PLUGINS,
             "plugins": {
                 "openssl": {"load_legacy": True},
                 "vici": {"socket": self.uri},
@@ -529,7 +533,9 @@ class Charon:
                     f"charon exited with {self.proc.returncode}:\n{self.diagnostics()}"
                 )
             if self.socket_path.exists():
-                probe = self.swanctl("--stats", check=False, timeout=5)
+                probe = self.swanctl(
+                    "--stats", check=False, timeout=max(5.0, deadline - time.monotonic())
+                )
                 if probe.returncode == 0:
                     return
             time.sleep(0.02)
