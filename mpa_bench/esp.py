@@ -67,7 +67,16 @@ SCENARIOS = {
     "charon": "charon MN -- charon gw (kernel-libipsec)",
     "mpa-gw": "charon MN -- mpa-gateway (userspace)",
     "mpa-mn-gw": "mpa-mobile -- mpa-gateway (userspace)",
+    "charon-kernel": "charon MN -- charon gw (kernel-netlink: the kernel's ESP)",
+    "mpa-gw-xfrm": "charon MN (kernel-netlink) -- mpa-gateway (datapath: xfrm)",
+    "mpa-gw-us": "charon MN (kernel-netlink) -- mpa-gateway (userspace)",
 }
+#: ``--datapath``: the set-ups compared, the first the reference of the ratios.
+DATAPATH_SCENARIOS = {
+    "userspace": ("charon", "mpa-gw", "mpa-mn-gw"),
+    "xfrm": ("charon-kernel", "mpa-gw-xfrm", "mpa-gw-us"),
+}
+KERNEL_CHARON = ("charon-kernel", "mpa-gw-xfrm", "mpa-gw-us")  # charon on kernel-netlink
 DIRECTIONS = ("lan->mn", "mn->lan")
 
 
@@ -96,8 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ike", default="aes128-sha256-x25519", help="IKE proposal")
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"which set-ups, comma-separated ({','.join(SCENARIOS)})",
+        default=None,
+        help=f"which set-ups, comma-separated ({','.join(SCENARIOS)}; default: --datapath's)",
+    )
+    parser.add_argument(
+        "--datapath",
+        choices=tuple(DATAPATH_SCENARIOS),
+        default="userspace",
+        help="userspace: against charon's kernel-libipsec (default); xfrm: our XFRM and "
+        "userspace datapaths against charon's kernel-netlink, the kernel's own ESP "
+        "(needs a kernel with ESP: deploy/uml/run)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     parser.add_argument(
@@ -186,7 +203,8 @@ def main(argv: Sequence[str]) -> int:
     if reason is not None:
         print(f"{PROG}: {reason}", file=sys.stderr)
         return 1
-    wanted = [s for s in args.scenarios.split(",") if s]
+    chosen = args.scenarios or ",".join(DATAPATH_SCENARIOS[args.datapath])
+    wanted = [s for s in chosen.split(",") if s]
     unknown = [s for s in wanted if s not in SCENARIOS]
     if unknown:
         print(f"{PROG}: unknown set-up {', '.join(unknown)}", file=sys.stderr)
@@ -194,7 +212,9 @@ def main(argv: Sequence[str]) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     results: Results = {}
     notes: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-esp-", dir="/tmp"))
+    # In UML /tmp is the host's (hostfs): sockets and charon's files go on a tmpfs there.
+    scratch = "/dev/shm" if os.environ.get("MPA_UML") == "1" else "/tmp"
+    workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-esp-", dir=scratch))
     try:
         for name in wanted:
             print(f"# {SCENARIOS[name]} ...", file=sys.stderr, flush=True)
@@ -251,14 +271,16 @@ def scenario(name: str, workdir: Path, args: argparse.Namespace) -> Iterator[Top
     workdir.mkdir(parents=True)
     with topology() as topo, contextlib.ExitStack() as stack:
         ca_file = workdir / "ca.pem"
-        if name == "charon":
-            stack.enter_context(charon_gateway(topo, workdir, args))
+        kernel = "netlink" if name in KERNEL_CHARON else "libipsec"
+        if name in ("charon", "charon-kernel"):
+            stack.enter_context(charon_gateway(topo, workdir, args, kernel))
         else:
-            stack.enter_context(mpa_gateway(topo, workdir, args, ca_file))
+            datapath = "xfrm" if name == "mpa-gw-xfrm" else "userspace"
+            stack.enter_context(mpa_gateway(topo, workdir, args, ca_file, datapath=datapath))
         if name == "mpa-mn-gw":
             topo.inner = stack.enter_context(mpa_mobile(topo, workdir, args, ca_file))
         else:
-            topo.inner = stack.enter_context(charon_mobile(topo, workdir, args, ca_file))
+            topo.inner = stack.enter_context(charon_mobile(topo, workdir, args, ca_file, kernel))
         stack.enter_context(iperf3_server(topo))
         check_traffic(topo)
         yield topo
@@ -271,13 +293,15 @@ def _scenario_config(args: argparse.Namespace) -> Any:
 
 
 @contextlib.contextmanager
-def charon_gateway(topo: Topology, workdir: Path, args: argparse.Namespace) -> Iterator[None]:
+def charon_gateway(
+    topo: Topology, workdir: Path, args: argparse.Namespace, kernel: Any = "libipsec"
+) -> Iterator[None]:
     """charon on gw; it writes its CA to ``workdir / "ca.pem"`` for the MN."""
     from mpa_harness.charon import Charon
     from mpa_harness.pki import make_ca, make_cert
     from mpa_harness.scenarios import GATEWAY_ID, responder_config
 
-    with Charon(topo.gw, workdir / "charon-gw") as charon:
+    with Charon(topo.gw, workdir / "charon-gw", kernel=kernel) as charon:
         ca = make_ca(key_type=KEY)
         cert = charon.add_cert(make_cert(ca, GATEWAY_ID, KEY, san_ip=[GW_ADDR]), "gw")
         ca.write(workdir / "ca.pem")
@@ -305,8 +329,9 @@ def mpa_gateway(
     args: argparse.Namespace,
     ca_file: Path,
     profiler: list[str] | None = None,
+    datapath: str = "userspace",
 ) -> Iterator[None]:
-    """mpa-gateway on gw with the userspace datapath; ``profiler`` prefixes its command."""
+    """mpa-gateway on gw with ``datapath``; ``profiler`` prefixes its command."""
     from mpa_harness.pki import make_ca, make_cert
     from mpa_harness.scenarios import (
         EAP_PASSWORD,
@@ -333,7 +358,7 @@ def mpa_gateway(
             "eap": {"method": METHOD.removeprefix("eap-"), "users": {EAP_USER: EAP_PASSWORD}},
             "control_socket": "gw.sock",
             "leases": "leases.sqlite3",
-            "datapath": "userspace",
+            "datapath": datapath,
         },
     )
     with daemon("gateway.cli", config, topo.gw, workdir / "gw.sock", profiler) as process:
@@ -343,13 +368,13 @@ def mpa_gateway(
 
 @contextlib.contextmanager
 def charon_mobile(
-    topo: Topology, workdir: Path, args: argparse.Namespace, ca_file: Path
+    topo: Topology, workdir: Path, args: argparse.Namespace, ca_file: Path, kernel: Any = "libipsec"
 ) -> Iterator[str]:
     """charon on mn, connected with a virtual IP; yields that address."""
     from mpa_harness.charon import Charon
     from mpa_harness.scenarios import CHILD, initiator_config
 
-    with Charon(topo.mn, workdir / "charon-mn") as charon:
+    with Charon(topo.mn, workdir / "charon-mn", kernel=kernel) as charon:
         shutil.copy(ca_file, charon.swanctl_dir / "x509ca" / "ca.pem")
         charon.configure(initiator_config(_scenario_config(args), MN_ADDR, GW_ADDR))
         charon.start()
@@ -555,6 +580,11 @@ def search(topo: Topology, direction: str, size: int, args: argparse.Namespace) 
 # Output
 
 
+def reference_of(results: Results) -> str:
+    """The set-up the others are divided by: charon on the kernel's ESP when measured."""
+    return "charon-kernel" if "charon-kernel" in results else "charon"
+
+
 def print_table(
     args: argparse.Namespace, sizes: list[int], results: Results, notes: list[str]
 ) -> None:
@@ -569,13 +599,14 @@ def print_table(
         f"rate at the receiver {how}, median of {args.runs} x {args.seconds:g} s"
     )
     names = list(results)
+    ref = reference_of(results)
     header = f"{'direction':<9} {'payload':>7}"
     for name in names:
         header += f" | {name + ' pps':>15} {'Mbit/s':>8}"
-    others = [n for n in names if n != "charon"]
-    if "charon" in results:
+    others = [n for n in names if n != ref]
+    if ref in results:
         for name in others:
-            header += f" | {name + '/charon':>16}"
+            header += f" | {name + '/' + ref:>24}"
     print(header)
     print("-" * len(header))
     for direction in DIRECTIONS:
@@ -584,11 +615,11 @@ def print_table(
             for name in names:
                 fig = results[name][direction, size]
                 line += f" | {fig.pps:>15,.0f} {fig.mbps:>8.1f}"
-            if "charon" in results:
-                reference = results["charon"][direction, size].pps
+            if ref in results:
+                reference = results[ref][direction, size].pps
                 for name in others:
                     ratio = results[name][direction, size].pps / reference if reference else 0.0
-                    line += f" | {ratio:>16.2f}"
+                    line += f" | {ratio:>24.2f}"
             print(line)
     for name in names:
         print(f"  {name}: {SCENARIOS[name]}")
@@ -633,16 +664,16 @@ def write_json(
         },
         "notes": notes,
     }
-    if "charon" in results:
+    ref = reference_of(results)
+    if ref in results:
+        data["reference"] = ref
         data["ratio_to_charon"] = {
             name: {
-                f"{d} {s}": round(fig.pps / ref, 3)
-                if (ref := results["charon"][d, s].pps)
-                else None
+                f"{d} {s}": round(fig.pps / pps, 3) if (pps := results[ref][d, s].pps) else None
                 for (d, s), fig in figs.items()
             }
             for name, figs in results.items()
-            if name != "charon"
+            if name != ref
         }
     file.write_text(json.dumps(data, indent=2) + "\n")
 
