@@ -53,11 +53,12 @@ The glue around it (one loop, one timer; sockets bound to UDP 500 and 4500)::
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from mpa_ike.constants import (
@@ -135,6 +136,13 @@ class Endpoint:
         self._tombstones: dict[bytes, _Tombstone] = {}
         self._closed_sa_counters: Counter[str] = Counter()
         self._renamed: dict[bytes, bytes] = {}  # rekeyed IKE SA -> its successor (§2.18)
+        # What keeps a datagram from costing work in proportion to the number of SAs:
+        # the SAs touched since the last drain (the only ones that can have something to
+        # send, a new timer, or have closed), and a heap of timers checked lazily.
+        self._touched: dict[int, IkeSa] = {}
+        self._timers: list[tuple[float, int, IkeSa]] = []
+        self._armed: dict[int, float] = {}  # id(sa) -> the deadline on the heap
+        self._next_prune = 0.0
         self.counters: Counter[str] = Counter()
 
     # ------------------------------------------------------------------
@@ -142,17 +150,37 @@ class Endpoint:
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._outbox = self._outbox, []
-        for sa in self._sas.values():
+        touched, self._touched = self._touched, {}
+        for sa in touched.values():
             out.extend(sa.datagrams_to_send(now))
-        self._forget_closed(now)
+            self._arm(sa)
+        self._forget_closed(now, touched.values())
         return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (sa.get_timer() for sa in self._sas.values()) if t is not None]
-        return min(timers) if timers else None
+        for sa in self._touched.values():
+            self._arm(sa)
+        while self._timers:
+            deadline, _, sa = self._timers[0]
+            current = self._armed.get(id(sa)) == deadline
+            if current and not sa.closed:
+                return deadline
+            heapq.heappop(self._timers)
+            if current:
+                del self._armed[id(sa)]
+        return None
+
+    def _arm(self, sa: IkeSa) -> None:
+        """Put ``sa``'s timer on the heap if it changed (older entries go stale)."""
+        deadline = None if sa.closed else sa.get_timer()
+        if deadline is None:
+            self._armed.pop(id(sa), None)
+        elif self._armed.get(id(sa)) != deadline:
+            self._armed[id(sa)] = deadline
+            heapq.heappush(self._timers, (deadline, id(sa), sa))
 
     # ------------------------------------------------------------------
     # SAs and status
@@ -284,11 +312,19 @@ class Endpoint:
     # Inputs
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self._sas.values()):
+        for sa in self._touched.values():
+            self._arm(sa)
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, sa = heapq.heappop(self._timers)
+            if self._armed.get(id(sa)) == deadline:
+                del self._armed[id(sa)]
+                due.append(sa)
+        for sa in due:
             timer = sa.get_timer()
-            if timer is not None and timer <= now:
+            if timer is not None and timer <= now and not sa.closed:
                 sa.handle_timer(now)
-                self._collect(sa)
+            self._collect(sa)
 
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         """One received IKE message. Never raises."""
@@ -327,6 +363,7 @@ class Endpoint:
         )
 
     def _collect(self, sa: IkeSa) -> None:
+        self._touched[id(sa)] = sa
         while (event := sa.next_event()) is not None:
             if isinstance(event, IkeSaEstablished):
                 self._retire_replaced(sa)
@@ -393,22 +430,27 @@ class Endpoint:
         self.counters["invalid_ike_spi_sent"] += 1
         self._outbox.append(Datagram(data, dst, src))
 
-    def _forget_closed(self, now: float) -> None:
-        for spi, sa in list(self._sas.items()):
-            if sa.closed:
-                del self._sas[spi]
+    def _forget_closed(self, now: float, touched: Iterable[IkeSa]) -> None:
+        """Only touched SAs can have closed or left the half-open states."""
+        closed = False
+        for sa in touched:
+            if sa.closed and self._sas.get(sa.local_spi) is sa:
+                del self._sas[sa.local_spi]
                 self._keep_last_response(sa, now)
                 self._closed_sa_counters.update(sa.counters)
+                closed = True
+        if closed or now >= self._next_prune:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget what refers to SAs gone or no longer half-open: at most once a second
+        when nothing closed, so that the cost does not come with every datagram."""
+        self._next_prune = now + 1.0
         self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
         self._renamed = {old: new for old, new in self._renamed.items() if new in self._sas}
         self._replacing = {new: old for new, old in self._replacing.items() if new in self._sas}
-        stale = {id(sa) for sa in self._sas.values() if sa.state not in HALF_OPEN_STATES}
-        self._init_packets = {
-            k: sa for k, sa in self._init_packets.items() if not sa.closed and id(sa) not in stale
-        }
-        self._init_nonces = {
-            k: sa for k, sa in self._init_nonces.items() if not sa.closed and id(sa) not in stale
-        }
+        self._init_packets = {k: sa for k, sa in self._init_packets.items() if _half_open(sa)}
+        self._init_nonces = {k: sa for k, sa in self._init_nonces.items() if _half_open(sa)}
 
     def _keep_last_response(self, sa: IkeSa, now: float) -> None:
         """§2.1: the answer that closed an SA (to DELETE, to a failed AUTH) may be lost;
@@ -445,6 +487,7 @@ class Endpoint:
         known = self._init_packets.get(digest)
         if known is not None:
             known.resend_init_response(src, dst)
+            self._touched[id(known)] = known
             return
         try:
             message = parse_message(data)
@@ -459,6 +502,7 @@ class Endpoint:
         same_nonce = self._init_nonces.get(nonce_key)
         if same_nonce is not None and not same_nonce.closed:
             same_nonce.resend_init_response(src, dst)
+            self._touched[id(same_nonce)] = same_nonce
             return
         if not self._cookie_ok(message, src, dst):
             return
@@ -546,3 +590,7 @@ class Endpoint:
         data = serialize_message(Message(header, (cookie_notify(expected),)))
         self._outbox.append(Datagram(data, dst, src))
         return False
+
+
+def _half_open(sa: IkeSa) -> bool:
+    return not sa.closed and sa.state in HALF_OPEN_STATES

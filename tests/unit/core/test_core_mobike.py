@@ -401,7 +401,13 @@ def test_malformed_cookie2_is_answered_with_invalid_syntax(pool: AddressPool[obj
 
     mobile.local = ELSEWHERE
     payloads = [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES), NotifyPayload(NotifyType.COOKIE2)]
-    mobile._exchanges.request(ExchangeType.INFORMATIONAL, payloads, on_response, link.now)
+    # Through the endpoint's command path, which knows the SA has something to send.
+    link.mobile._command(
+        mobile.local_spi,
+        lambda sa: sa._exchanges.request(
+            ExchangeType.INFORMATIONAL, payloads, on_response, link.now
+        ),
+    )
     link.run(until=link.now + 10)
     assert answers == [[NotifyType.INVALID_SYNTAX]]
     assert gateway.remote == (MOBILE[0], 4500) and gateway.established
