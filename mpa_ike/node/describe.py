@@ -36,9 +36,11 @@ from mpa_ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     IkeSaRekeyed,
+    IkeSaReplaced,
     LeaseReleased,
     LivenessConfirmed,
     PeerAddressesAnnounced,
+    PeerForgotIkeSa,
 )
 
 # The attribute of a logging.LogRecord that carries an event's fields.
@@ -243,6 +245,16 @@ def _liveness(event: LivenessConfirmed) -> tuple[str, Fields]:
     return "the peer is alive", {}
 
 
+def _ike_replaced(event: IkeSaReplaced) -> tuple[str, Fields]:
+    text = f"IKE SA replaced by {event.new_ike_sa.hex()}: {event.reason}"
+    return text, {"new_ike_sa": event.new_ike_sa.hex(), "reason": event.reason}
+
+
+def _peer_forgot(event: PeerForgotIkeSa) -> tuple[str, Fields]:
+    text = f"{at(event.peer)} answered INVALID_IKE_SPI: it lost the IKE SA (restarted?)"
+    return text, {"remote": at(event.peer)}
+
+
 def _eap_for_aaa(event: EapRequestForAaa) -> tuple[str, Fields]:
     text = f"EAP message of {at(event.peer)} for the AAA server"
     identity = event.identity.decode("utf-8", "replace")
@@ -253,6 +265,8 @@ _DESCRIBERS: dict[type[Event], Callable[[Any], tuple[str, Fields]]] = {
     IkeSaEstablished: _ike_established,
     ChildSaEstablished: _child_established,
     IkeSaFailed: _ike_failed,
+    IkeSaReplaced: _ike_replaced,
+    PeerForgotIkeSa: _peer_forgot,
     ChildSaFailed: _child_failed,
     IkeSaDeleted: _ike_deleted,
     ChildSaDeleted: _child_deleted,

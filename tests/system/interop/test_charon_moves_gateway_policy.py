@@ -4,7 +4,8 @@ Under ``mobike: {address_policy: allocated}`` (the default) only the CP lease of
 IKE SA (the nCoA) is an acceptable new address (RFC 4555 §3.5 lets the responder refuse
 by local policy): charon's UPDATE_SA_ADDRESSES from 192.0.2.3 gets
 N(UNACCEPTABLE_ADDRESSES), and the gateway's IKE SA stays at the old address with its
-lease. The ``any`` policy, strongSwan's behaviour, is
+lease; charon carries on from the refused address regardless, and the gateway then
+deletes the IKE SA. The ``any`` policy, strongSwan's behaviour, is
 test_traffic.py::test_echo_goes_on_after_charon_moves (the same move, accepted);
 test_gateway_mobike_checks.py shows the checks with our own initiator core.
 """
@@ -30,18 +31,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 __all__ = ["traffic_env"]  # the fixture, imported to be found here
 
 
-def rekeyed(config: Path, old_spi_in: str) -> bool:
-    """The gateway holds one CHILD SA, and not the one it had."""
-    [sa] = status("gateway.cli", config)["ike_sas"]
-    spis = [child["spi_in"] for child in sa["child_sas"]]
-    return len(spis) == 1 and spis != [old_spi_in]
-
-
 @pytest.mark.charon
 @pytest.mark.usefixtures("charon_env")
 def test_charon_moving_elsewhere_is_refused(short_tmp: Path) -> None:
     """charon's address changes to one outside the gateway's allocation: refused with
-    UNACCEPTABLE_ADDRESSES, nothing moves on the gateway."""
+    UNACCEPTABLE_ADDRESSES, nothing moves on the gateway; charon's rekey from the
+    refused address ends the IKE SA and its lease."""
     sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
     with three_hosts() as net, contextlib.ExitStack() as stack:
         link = net.hosts.link
@@ -81,22 +76,15 @@ def test_charon_moving_elsewhere_is_refused(short_tmp: Path) -> None:
             )
             wait_for(lambda: "N(UNACCEPT_ADDR)" in charon.log_text(), timeout=5)
             # charon carries on from 192.0.2.3 regardless and rekeys the CHILD SA from
-            # there (kernel-libipsec does after a move): the gateway answers those
-            # requests where they come from (RFC 7296 §2.11) and still moves nothing.
-            charon.wait_for(lambda sas: bool(sas) and sas[0].local_host == "192.0.2.3")
-            [old_child] = sa["child_sas"]
-            wait_for(lambda: rekeyed(gw_config, old_child["spi_in"]), timeout=5)
+            # there (kernel-libipsec does after a move): the gateway, rather than keep a
+            # tunnel that drops the peer's traffic, deletes the IKE SA and its lease, so
+            # that charon sets up a new one (tests/system/liveness/test_refused_address.py
+            # follows it further).
+            wait_for(lambda: not status("gateway.cli", gw_config)["ike_sas"], timeout=10)
             after = status("gateway.cli", gw_config)
-            [moved] = after["ike_sas"]
-            assert (moved["name"], moved["local"], moved["remote"]) == (
-                sa["name"],
-                sa["local"],
-                sa["remote"],
-            )
             assert "updates_accepted" not in after["counters"]
-            assert after["counters"]["updates_refused"] >= 1  # charon may ask again
-            assert after["leases"] == before["leases"]
-            assert after["pool"] == before["pool"]
+            assert after["counters"]["updates_refused"] >= 1
+            assert not after["leases"]
         except BaseException:
             print(charon.diagnostics())
             raise
