@@ -193,4 +193,3 @@ def test_auth_method_is_rfc7427_when_announced(pki: Pki, pool: AddressPool[objec
     assert signature_method(pki.rsa.key, [HashAlgorithm.SHA2_256]) == AuthMethod.DIGITAL_SIGNATURE
     assert signature_method(pki.rsa.key, []) == AuthMethod.RSA_SIG
     assert signature_method(pki.ecdsa.key, []) == AuthMethod.ECDSA_SHA256_P256
-
