@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpa_harness import guards
+
 FREERADIUS_BIN = "freeradius"
 RADCLIENT_BIN = "radclient"
 MODULE_DIR = Path("/usr/lib/freeradius")
@@ -55,14 +57,7 @@ def freeradius_available() -> str | None:
 
 def require_freeradius() -> None:
     """Skip the calling test when FreeRADIUS cannot run; fail instead when ``CI=true``."""
-    import pytest
-
-    reason = freeradius_available()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but FreeRADIUS unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
+    guards.require(freeradius_available(), "FreeRADIUS")
 
 
 def freeradius_version() -> str:

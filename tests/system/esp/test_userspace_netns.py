@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from mpa_harness import guards
 from mpa_harness.netns import Netns, add_veth, netns
 from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.esp import OutboundSa, make_transform
@@ -58,18 +57,7 @@ SUITES = {
 
 
 def require_netns() -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "needs root for network namespaces and TUN devices"
-    elif not shutil.which("ip"):
-        reason = "needs iproute2 (ip)"
-    elif not os.path.exists("/dev/net/tun"):
-        reason = "needs /dev/net/tun"
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
+    guards.require(guards.namespaces_unavailable(), "the userspace ESP tests")
 
 
 def keys(suite: str) -> dict[str, Any]:

@@ -11,18 +11,22 @@ from pathlib import Path
 import pytest
 
 from mpa_bench.handover_measure import clock_offset
+from mpa_harness import guards
 from mpa_testbed.dhcp import AddressWatch, DhcpClient, DhcpServer, Unavailable, require, slaac
 from mpa_testbed.topology import Testbed, TestbedSpec
 
 pytestmark = pytest.mark.netns
 
 
-def _pids(name: str) -> set[int]:
+def _pids(name: str, workdir: Path) -> set[int]:
+    """Processes called ``name`` whose command line names ``workdir``: this test's own,
+    not those of another testbed running beside it."""
     found = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "comm").read_text().strip() == name:
+                ours = str(workdir).encode() in (proc / "cmdline").read_bytes()
+                if (proc / "comm").read_text().strip() == name and ours:
                     found.add(int(proc.name))
             except OSError:
                 continue
@@ -36,8 +40,7 @@ def test_dhcp_and_slaac_on_b(tmp_path: Path, optimistic: bool) -> None:
         require("dnsmasq", "dnsmasq-base")
         require("dhclient", "isc-dhcp-client")
     except Unavailable as why:
-        pytest.skip(str(why))
-    before = _pids("dnsmasq") | _pids("dhclient")
+        guards.require(str(why), "the DHCP testbed")
     spec = TestbedSpec()
     spec.emulate("a", "b")
     with Testbed(spec) as bed:
@@ -67,5 +70,5 @@ def test_dhcp_and_slaac_on_b(tmp_path: Path, optimistic: bool) -> None:
         assert "10.2.0." in (tmp_path / "dnsmasq-ngw.leases").read_text()
         client.stop()
     time.sleep(0.1)
-    assert not ((_pids("dnsmasq") | _pids("dhclient")) - before)
+    assert not (_pids("dnsmasq", tmp_path) | _pids("dhclient", tmp_path))
     assert os.path.exists(tmp_path / "dhclient.leases")

@@ -22,6 +22,7 @@ from mpa_bench.handover_parts import (
     round_trips,
     slaac_interval,
 )
+from mpa_harness import guards
 from mpa_testbed.dhcp import DhcpServer, dhcp_range, first_usable, parse_monitor
 from mpa_testbed.probe import Arrival, FlowLog
 
@@ -281,7 +282,7 @@ def test_the_dhcp_server_hands_out_below_the_pool(tmp_path: Path) -> None:
     try:
         cmd = server.command()
     except RuntimeError as why:  # dnsmasq not installed here
-        pytest.skip(str(why))
+        guards.require(str(why), "the dnsmasq command line")
     assert "--dhcp-range=10.2.0.32,10.2.0.120,255.255.255.0,1h" in cmd
     assert "--dhcp-range=fd00:2::,ra-only,64" in cmd and "--enable-ra" in cmd
     assert "--port=0" in cmd and "--no-ping" in cmd
