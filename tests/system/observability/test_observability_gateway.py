@@ -91,9 +91,13 @@ class Gateway:
     def connect(self, user: str = EAP_USER, password: str | None = None) -> bytes:
         """An IKE SA and its CHILD SA from MN as ``user``; our SPI."""
         config = initiator_config(self.config.parent)
+        # Another user is another peer (IDi) too: the gateway's uniqueness policy
+        # (replace) would otherwise close the first user's IKE SA for the second.
+        identity = config.identity if user == EAP_USER else f"{user}@mpa-ike.test"
         config = dataclasses.replace(
             config,
             name=user,
+            identity=identity,
             eap_identity=user,
             eap_password=password or config.eap_password,
         )
