@@ -121,7 +121,10 @@ def test_smoke_dhcp(tmp_path: Path) -> None:
         assert first_ike > acks[0]["time"] - samples[method]["t0"]
     assert samples["reactive"]["breakdown"]["aaa_round_trips"] >= 2
     for method in ("mpa", "mpa-cli"):
-        assert not [m for m in samples[method]["addressing"] if m["sent"]]
+        # The kernel may solicit a router on the new link by itself (IPv6 is on in B);
+        # mpa sends no DHCP and its outage has no address part.
+        sent = {m["kind"] for m in samples[method]["addressing"] if m["sent"]}
+        assert not sent - {"RS"}, sent
         assert samples[method]["breakdown"]["parts_s"]["address"] == 0
     # mpa's outage does not pay the acquisition: shorter than the time to the ACK of
     # the methods that waited for it.
