@@ -7,6 +7,7 @@ OpCode alone. MS-Length counts the Type-Data, i.e. EAP Length - 5.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -144,13 +145,18 @@ _MAGIC_SERVER_TO_CLIENT = b"Magic server to client signing constant"
 _MAGIC_MORE_THAN_ONE = b"Pad to make it do more than one iteration"
 
 
+@functools.lru_cache(maxsize=4096)
 def nt_password_hash(password: str) -> bytes:
-    """RFC 2759 §8.3: MD4 of the UTF-16LE password."""
+    """RFC 2759 §8.3: MD4 of the UTF-16LE password.
+
+    Cached: a gateway hashes each user's password three times per authentication, and
+    MD4 runs in Python (OpenSSL 3 keeps it in its legacy provider)."""
     return md4(password.encode("utf-16-le"))
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_nt_password_hash(password_hash: bytes) -> bytes:
-    """RFC 2759 §8.4."""
+    """RFC 2759 §8.4 (cached like :func:`nt_password_hash`)."""
     return md4(password_hash)
 
 
