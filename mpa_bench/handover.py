@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dhcp-ping", action="store_true", help="with --dhcp: dnsmasq's ping check before offers"
     )
     parser.add_argument("--eap", choices=("md5", "mschapv2"), default="mschapv2")
+    parser.add_argument(
+        "--datapath",
+        choices=("userspace", "xfrm"),
+        default="userspace",
+        help="mpa-mobile's and mpa-gateway's datapath (userspace; xfrm needs a kernel with "
+        "ESP: deploy/uml/run mpa-bench handover --datapath xfrm ...)",
+    )
     parser.add_argument("--family", choices=("4", "6", "split"), default="4")
     parser.add_argument("--timeout", type=float, default=30.0, help="per handover, s (30)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="every raw sample as JSON")
@@ -376,6 +383,7 @@ def run_configuration(
             dhcp=args.dhcp,
             optimistic_dad=args.optimistic_dad,
             dhcp_ping=args.dhcp_ping,
+            datapath=args.datapath,
         )
         if args.dhcp:
             ctx.dhcp_server().start()  # a process of the testbed: ended with it
@@ -453,7 +461,9 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-handover-", dir="/tmp"))
+    # Under user-mode-linux /tmp is the host's (hostfs): the work files on its own tmpfs.
+    scratch = "/dev/shm" if os.environ.get("MPA_UML") == "1" else "/tmp"
+    workdir = Path(tempfile.mkdtemp(prefix="mpa-bench-handover-", dir=scratch))
     progress = Progress(len(confs) * len(methods) * args.runs)
     results: list[Result] = []
     try:

@@ -54,6 +54,12 @@ and no static address is configured. ``mobike`` and ``reactive`` are told (the
 ``handover`` / ``connect`` request) once the address is usable, as a DHCP client's
 hook would; charon sees it by netlink. ``mpa`` and ``mpa-cli`` keep the nCoA from CP,
 put on ``mn-b`` without DAD; SLAAC is off on ``mn-b`` for them.
+
+With ``aaa="radius"`` (``--aaa radius``) the nGW, mpa-gateway as charon, relays EAP to
+FreeRADIUS in the testbed's ``aaa`` namespace behind the link ``aaa`` (whose delay
+``--delay aaa:25ms`` sets): mpa-gateway by ``eap: {method: radius}``, charon by its
+eap-radius plugin. The RADIUS exchanges are captured in the nGW's namespace and are the
+AAA part of the outage (:func:`mpa_bench.handover_parts.radius_round_trips`).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mpa_bench.handover_measure import (
     Sample,
@@ -80,12 +86,20 @@ from mpa_bench.handover_measure import (
     merge_flows,
     trim,
 )
-from mpa_bench.handover_parts import address_messages, frames
+from mpa_bench.handover_parts import (
+    RADIUS_AUTH_PORT,
+    address_messages,
+    frames,
+    radius_round_trips,
+)
 from mpa_ike.node.control_client import call
 from mpa_testbed.dhcp import AddressWatch, DhcpClient, DhcpServer, slaac
 from mpa_testbed.probe import FlowLog, ProbeFlow
 from mpa_testbed.programs import CN_NETWORKS, EAP_PASSWORD, EAP_USER, MpaPrograms, ProgramError
 from mpa_testbed.topology import Testbed
+
+if TYPE_CHECKING:
+    from mpa_harness.freeradius import FreeRadius
 
 METHODS = ("mpa", "mpa-cli", "mobike", "reactive", "charon-mobike", "charon-reauth")
 PRE = 0.6  # seconds of flow before the link event
@@ -106,6 +120,8 @@ CHARON_ESP = "aes128gcm16"
 CHARON_LOG = {"ike": 1, "cfg": 2, "net": 1, "knl": 2, "chd": 2, "enc": 0}
 GATEWAY_ID = "ngw.mpa-ike.test"
 CLIENT_ID = f"{EAP_USER}@mpa-ike.test"
+RADIUS_SECRET = "mpa-ike-testbed-radius"
+RADIUS_FILTER = f"udp port {RADIUS_AUTH_PORT}"
 
 Family = Literal[4, 6, "split"]
 
@@ -128,6 +144,8 @@ class Context:
     dhcp: bool = False  # B runs DHCP and RAs; the OS's address on B is acquired
     optimistic_dad: bool = False
     dhcp_ping: bool = False
+    aaa: str = "local"  # "radius": the nGW relays EAP to FreeRADIUS in ``aaa``
+    datapath: str = "userspace"  # mpa-mobile's and mpa-gateway's datapath (or xfrm)
     cache: dict[str, Any] = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -194,6 +212,32 @@ class Context:
         return DhcpServer(
             self.bed, "ngw", "ngw-b", self.workdir, v4=v4, v6=nets.get(6), ping=self.dhcp_ping
         )
+
+    def radius_address(self) -> str:
+        """FreeRADIUS's address: the ``aaa`` host's end of link ``aaa`` (IPv4)."""
+        return self.bed.addr("aaa", "aaa-ngw", 4)
+
+    def aaa_server(self) -> FreeRadius:
+        """FreeRADIUS in ``aaa`` knowing the MN's user, for the nGW's end of link
+        ``aaa`` as its client; it proposes ``eap``'s method."""
+        from mpa_harness.freeradius import FreeRadius, RadiusClientSpec, RadiusUser
+
+        client = self.bed.addresses("ngw")["ngw-aaa"][0]
+        return FreeRadius(
+            self.workdir / "freeradius",
+            clients=[RadiusClientSpec(str(ipaddress.ip_interface(client).network), RADIUS_SECRET)],
+            users=[RadiusUser(EAP_USER, EAP_PASSWORD)],
+            address=self.radius_address(),
+            exec_prefix=["ip", "netns", "exec", self.bed.ns("aaa")],
+            default_eap_type=self.eap,
+        )
+
+    def gateway_eap(self) -> dict[str, Any]:
+        """mpa-gateway's ``eap:`` with ``aaa="radius"``; empty for its own users."""
+        if self.aaa != "radius":
+            return {}
+        server = {"address": self.radius_address(), "port": 1812, "secret": RADIUS_SECRET}
+        return {"eap": {"method": "radius", "radius": {"servers": [server]}}}
 
     def first_of_pool(self) -> str:
         """The address a fresh gateway leases first (the pool's first usable one)."""
@@ -370,6 +414,7 @@ def handover(
     from mpa_harness.pcap import read_udp
 
     pcap = ctx.workdir / f"{method}-{run}.pcap"
+    radius_pcap = ctx.workdir / f"{method}-{run}-radius.pcap"
     offset = clock_offset()
     logs: list[FlowLog] = []
     with contextlib.ExitStack() as stack:
@@ -380,6 +425,8 @@ def handover(
         if watch is not None:
             stack.callback(watch.close)
         stack.enter_context(capture(ctx.bed, "mn", pcap))
+        if ctx.aaa == "radius":
+            stack.enter_context(capture(ctx.bed, "ngw", radius_pcap, RADIUS_FILTER))
         flows: list[ProbeFlow] = []
         for n, target in enumerate(targets):
             flow = ctx.bed.probe(
@@ -412,9 +459,22 @@ def handover(
     messages = ike_messages(read_udp(pcap), ctx.gateway_addresses(), offset)
     addressing = address_messages(frames(pcap), offset)
     pcap.unlink(missing_ok=True)
+    radius = None
+    if ctx.aaa == "radius":
+        radius = radius_round_trips(read_udp(radius_pcap), offset)
+        radius_pcap.unlink(missing_ok=True)
     log = merge_flows(logs[0], logs[1]) if len(logs) == 2 else logs[0]
     return measure(
-        method, run, log, t0, t_up, messages, error=error, addressing=addressing, usable=usable
+        method,
+        run,
+        log,
+        t0,
+        t_up,
+        messages,
+        error=error,
+        addressing=addressing,
+        usable=usable,
+        radius=radius,
     )
 
 
@@ -429,15 +489,17 @@ def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool
 
 
 @contextlib.contextmanager
-def capture(bed: Testbed, node: str, path: Path) -> Iterator[Path]:
-    """IKE, DHCP and ND on every interface of ``node`` (``tcpdump -i any``) into
-    ``path``, flushed on exit.
+def capture(
+    bed: Testbed, node: str, path: Path, what: str = CAPTURE_FILTER
+) -> Iterator[Path]:
+    """``what`` (IKE, DHCP and ND) on every interface of ``node`` (``tcpdump -i any``)
+    into ``path``, flushed on exit.
 
     Like ``mpa_harness.pcap.capture`` but on ``any``, for which tcpdump first names the
     link type before it says it is listening.
     """
     cmd = ["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
-    proc = bed.popen(node, [*cmd, "-w", str(path), CAPTURE_FILTER], stderr=subprocess.PIPE)
+    proc = bed.popen(node, [*cmd, "-w", str(path), what], stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         seen = []
@@ -468,7 +530,13 @@ def capture(bed: Testbed, node: str, path: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def mpa_programs(ctx: Context, run: int, **options: Any) -> Iterator[MpaPrograms]:
     programs = MpaPrograms(
-        ctx.bed, ctx.workdir / f"mpa-{run}", family=ctx.family, eap=ctx.eap, **options
+        ctx.bed,
+        ctx.workdir / f"mpa-{run}",
+        family=ctx.family,
+        eap=ctx.eap,
+        datapath=ctx.datapath,
+        extra_gateway=ctx.gateway_eap(),
+        **options,
     )
     try:
         programs.start()
@@ -683,13 +751,15 @@ def _charon_configs(ctx: Context, mobike: bool) -> tuple[Any, Any]:
         remote_addrs.append(b6)
         local_addrs.append(b6)
     eap = f"eap-{ctx.eap}"
+    # With RADIUS charon asks the identity itself (eap_id %any), then relays the rest.
+    gateway_eap = "eap-radius" if ctx.aaa == "radius" else eap
     cn_net = CN_NETWORKS[ctx.inner]
     secrets = [Secret("eap", EAP_PASSWORD, [EAP_USER])]
     responder = Connection(
         local_addrs=local_addrs,
         remote_addrs=["%any"],
         local=[AuthRound("pubkey", id=GATEWAY_ID, certs=["gw.pem"])],
-        remote=[AuthRound(eap, id=CLIENT_ID, eap_id="%any")],
+        remote=[AuthRound(gateway_eap, id=CLIENT_ID, eap_id="%any")],
         children={"net": Child(local_ts=[cn_net], esp_proposals=[CHARON_ESP])},
         proposals=[CHARON_IKE],
         pools=["poolb"],
@@ -711,6 +781,19 @@ def _charon_configs(ctx: Context, mobike: bool) -> tuple[Any, Any]:
         SwanctlConfig({"bench": responder}, secrets, pool),
         SwanctlConfig({"bench": initiator}, secrets),
     )
+
+
+def _charon_aaa(ctx: Context) -> dict[str, Any]:
+    """The nGW's settings with ``aaa="radius"``: eap-radius loaded, FreeRADIUS its server."""
+    if ctx.aaa != "radius":
+        return {}
+    from mpa_harness.charon import PLUGINS
+
+    server = {"address": ctx.radius_address(), "secret": RADIUS_SECRET, "auth_port": 1812}
+    return {
+        "load": f"{PLUGINS} eap-radius",
+        "plugins": {"eap-radius": {"servers": {"aaa": server}}},
+    }
 
 
 def _last_host(network: str) -> str:
@@ -737,7 +820,9 @@ def charon_pair(ctx: Context, run: int, mobike: bool) -> Iterator[tuple[Any, Any
     for cidr in anchor:
         ctx.bed.ip("ngw", "addr", "add", cidr, "dev", "lo")
     base = ctx.workdir / f"charon-{'mobike' if mobike else 'reauth'}-{run}"
-    gw = Charon(Netns(ctx.bed.ns("ngw")), base / "ngw", log_levels=CHARON_LOG)
+    gw = Charon(
+        Netns(ctx.bed.ns("ngw")), base / "ngw", log_levels=CHARON_LOG, settings=_charon_aaa(ctx)
+    )
     mn = Charon(Netns(ctx.bed.ns("mn")), base / "mn", log_levels=CHARON_LOG)
     try:
         gw.add_cert(cert, "gw")
