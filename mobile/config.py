@@ -6,7 +6,7 @@ Relative file paths are relative to the directory of the configuration file.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,9 @@ from mpa_ike.node.lifetimes import read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
 HANDOVER_MODES = ("auto", "manual")
+PREAUTH_MODES = ("auto", "manual")
+DNS_MODES = ("auto", "resolvectl", "resolvconf", "file", "none")
+DEFAULT_DNS_FILE = Path("/etc/resolv.conf")
 FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
 # Gateway names are typed on the command line and appear in status output.
 _GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -71,6 +74,7 @@ class GatewayEntry:
     remote_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
     interface: str | None = None  # the mobile node's interface on that gateway's network
     preauth: bool = False
+    auto_preauth: bool = False  # preauth: auto: the daemon pre-authenticates by itself
     handover: str = "manual"  # one of HANDOVER_MODES
     encap: bool = False  # swanctl's encap: ESP in UDP even without a NAT
     lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
@@ -89,6 +93,9 @@ class MobileConfig:
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None
+    dns: str = "auto"  # one of DNS_MODES: how CP's DNS servers reach the resolver
+    dns_file: Path = DEFAULT_DNS_FILE  # dns: file: the resolv.conf to add them to
+    preauth: str = "manual"  # one of PREAUTH_MODES: the default of gateways with interface
 
 
 def load_config(file: Path) -> MobileConfig:
@@ -114,10 +121,16 @@ def _at_start(config: MobileConfig, file: Path) -> Iterator[Secret]:
 
 def parse_config(data: object, base_dir: Path) -> MobileConfig:
     top = Section(data, "")
+    default_preauth = top.optional("preauth", choice(*PREAUTH_MODES), "manual")
     config = MobileConfig(
         identity=top.required("identity", string),
         eap=top.required("eap", _eap),
-        gateways=top.required("gateways", lambda value, path: _gateways(value, path, base_dir)),
+        gateways=top.required(
+            "gateways", lambda value, path: _gateways(value, path, base_dir, default_preauth)
+        ),
+        dns=top.optional("dns", choice(*DNS_MODES), "auto"),
+        dns_file=top.optional("dns_file", _path(base_dir), DEFAULT_DNS_FILE),
+        preauth=default_preauth,
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
@@ -135,7 +148,25 @@ def _eap(value: object, path: str) -> EapPeerConfig:
     return config
 
 
-def _gateways(value: object, path: str, base_dir: Path) -> Mapping[str, GatewayEntry]:
+def _path(base_dir: Path) -> Callable[[object, str], Path]:
+    def parse(value: object, path: str) -> Path:
+        return base_dir / string(value, path)
+
+    return parse
+
+
+def _preauth(value: object, path: str) -> str:
+    """``true``, ``false`` or ``auto`` (pre-authenticate by itself, no command)."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if value == "auto":
+        return "auto"
+    raise ConfigError(f"expected true, false or auto, got {value!r}", key=path)
+
+
+def _gateways(
+    value: object, path: str, base_dir: Path, default_preauth: str = "manual"
+) -> Mapping[str, GatewayEntry]:
     entries = mapping_items(value, path)
     if not entries:
         raise ConfigError("at least one gateway is required", key=path)
@@ -144,13 +175,21 @@ def _gateways(value: object, path: str, base_dir: Path) -> Mapping[str, GatewayE
         if not _GATEWAY_NAME.fullmatch(name):
             report(ConfigError("names may hold only letters, digits, _ . -", key=f"{path}.{name}"))
             continue
-        gateways[name] = guarded(partial(_gateway, name, entry, f"{path}.{name}", base_dir))
+        gateways[name] = guarded(
+            partial(_gateway, name, entry, f"{path}.{name}", base_dir, default_preauth)
+        )
     return MappingProxyType(gateways)
 
 
-def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntry:
+def _gateway(
+    name: str, value: object, path: str, base_dir: Path, default_preauth: str = "manual"
+) -> GatewayEntry:
+    """One gateway entry; with the top-level ``preauth: auto`` an entry that names its
+    interface and says nothing of ``preauth`` is pre-authenticated by itself."""
     section = Section(value, path)
     ca, key = guarded(lambda: _gateway_authentication(section, base_dir), (None, None))
+    fallback = "auto" if default_preauth == "auto" and section.has("interface") else "false"
+    preauth = section.optional("preauth", _preauth, fallback)
     entry = GatewayEntry(
         name=name,
         address=section.required("address", endpoint),
@@ -161,7 +200,8 @@ def _gateway(name: str, value: object, path: str, base_dir: Path) -> GatewayEntr
         esp=section.optional("esp", proposals("esp"), DEFAULT_PROPOSALS["esp"]),
         remote_ts=section.optional("remote_ts", list_of(network), FULL_TUNNEL),
         interface=section.optional("interface", interface_name, None),
-        preauth=section.optional("preauth", boolean, False),
+        preauth=preauth != "false",
+        auto_preauth=preauth == "auto",
         handover=section.optional("handover", choice(*HANDOVER_MODES), "manual"),
         encap=section.optional("encap", boolean, False),
         lifetimes=read_lifetimes(section),

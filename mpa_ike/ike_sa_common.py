@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from enum import Enum
@@ -63,7 +64,14 @@ LIVE_STATES = frozenset({IkeSaState.ESTABLISHED, IkeSaState.DELETING})
 
 
 def ip_of(address: Address) -> IPAddress:
-    return ipaddress.ip_address(address[0])
+    return _parsed_ip(address[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_ip(text: str) -> IPAddress:
+    """Cached: every message sent parses its peer's address (the IP header's size),
+    and a gateway talks to the same few thousand addresses again and again."""
+    return ipaddress.ip_address(text)
 
 
 def natd(spi_i: bytes, spi_r: bytes, address: Address) -> bytes:

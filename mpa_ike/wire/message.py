@@ -118,10 +118,10 @@ def parse_header(data: bytes) -> IkeHeader:
     return IkeHeader(
         spi_i,
         spi_r,
-        ExchangeType(exchange),
+        ExchangeType.of(exchange),
         flags,
         message_id,
-        PayloadType(next_payload),
+        PayloadType.of(next_payload),
         length,
         version >> 4,
         version & 0x0F,
@@ -182,7 +182,7 @@ def _pull_chain(buf: Buffer, first_type: PayloadType) -> list[Payload]:
 def _pull_payload(buf: Buffer, payload_type: PayloadType) -> tuple[Payload, PayloadType]:
     """Read one payload (generic header and body); return it and the Next Payload field."""
     next_raw, flags, length = buf.pull_struct(_GENERIC_HEADER)
-    next_type = PayloadType(next_raw)
+    next_type = PayloadType.of(next_raw)
     critical = bool(flags & CRITICAL_FLAG)
     if length < GENERIC_HEADER_LENGTH:
         raise syntax_error(f"payload length {length}")

@@ -185,7 +185,7 @@ def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
         with buf.restrict(rest):
             while not buf.eof():
                 attributes.append(_pull_transform_attribute(buf))
-    return marker == 0, Transform(TransformType(transform_type), transform_id, tuple(attributes))
+    return marker == 0, Transform(TransformType.of(transform_type), transform_id, tuple(attributes))
 
 
 def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
@@ -193,7 +193,7 @@ def _pull_proposal(buf: Buffer) -> tuple[bool, Proposal]:
         _PROPOSAL_FIXED
     )
     rest = _check_substructure(marker, _MORE_PROPOSALS, length, _PROPOSAL_FIXED.size)
-    protocol = ProtocolId(protocol_value)
+    protocol = ProtocolId.of(protocol_value)
     _check_spi_size(_PROPOSAL_SPI_SIZES, protocol, spi_size)
     with buf.restrict(rest):
         spi = buf.pull_bytes(spi_size)
@@ -447,9 +447,9 @@ class NotifyPayload:
 
 
 def _pull_notify(buf: Buffer, critical: bool) -> NotifyPayload:
-    protocol = ProtocolId(buf.pull_uint8())
+    protocol = ProtocolId.of(buf.pull_uint8())
     spi_size = buf.pull_uint8()
-    notify_type = NotifyType(buf.pull_uint16())
+    notify_type = NotifyType.of(buf.pull_uint16())
     _check_spi_size(_NOTIFY_SPI_SIZES, protocol, spi_size)
     spi = buf.pull_bytes(spi_size)
     return NotifyPayload(notify_type, protocol, spi, buf.pull_rest(), critical)
@@ -489,7 +489,7 @@ class DeletePayload:
 
 
 def _pull_delete(buf: Buffer, critical: bool) -> DeletePayload:
-    protocol = ProtocolId(buf.pull_uint8())
+    protocol = ProtocolId.of(buf.pull_uint8())
     spi_size = buf.pull_uint8()
     count = buf.pull_uint16()
     _check_spi_size(_DELETE_SPI_SIZES, protocol, spi_size)
