@@ -13,7 +13,12 @@ Several candidates may be pre-authenticated at once, each with its own table.
 INFORMATIONAL with UPDATE_SA_ADDRESSES from the nCoA (RFC 4555). The SAs move in the
 datapath at once; on the gateway's answer the nCoA leaves the TUN device, the tunnel's
 routes become the node's routes (as after ``connect``) and the PHTs to the other
-candidates are deleted. ``handover: auto`` does the same on the link event alone.
+candidates are deleted (and, under ``preauth: auto``, made anew through the new network:
+:mod:`mobile.autopreauth`). ``handover: auto`` does the same on the kernel's link and
+address events alone: the PHT's path lost (its interface's carrier gone, or its outer
+address removed) while a candidate's interface has link moves there at once; a
+candidate's link coming up while the path is lost moves there; a link coming up while
+the current path works changes nothing yet.
 
 Fallbacks: without a live PHT (never made, expired, deleted by the gateway), or when
 the gateway refuses the move (UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED) or does
@@ -43,8 +48,8 @@ from mpa_ike.events import (
 )
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.ike_sa_common import IkeSaState
-from mpa_ike.io.links import AddressMover, LinkWatcher
 from mpa_ike.io.policy_routing import PREAUTH_TABLE_BASE, Rules, source_rule
+from mpa_ike.io.links import AddressMover, LinkWatcher, link_is_up
 from mpa_ike.io.tun import Netlink
 from mpa_ike.node.control import CommandError
 
@@ -66,6 +71,8 @@ class Pht:
     gateway: str | None = None  # the gateway's address it was routed to there
     moving: bool = False
     prepared: tuple[str, str] | None = None  # (interface, gateway) laid ahead of the link
+    via: str | None = None  # the interface its IKE SA runs over, found for via_address
+    via_address: str | None = None
     timeline: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,9 +98,10 @@ class Mpa:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.handovers: list[dict[str, Any]] = []
         self.waiting: set[str] = set()
+        """Gateways whose handover waits for its interface's link."""
+        self._auto_moving: set[str] = set()  # automatic handovers started, not yet done
         self.moved_connections: dict[str, Pht] = {}
         """Connections (not PHTs) moved by plain MOBIKE: the route to undo at their end."""
-        """Gateways whose handover waits for its interface's link."""
 
     # ------------------------------------------------------------------
     # Lifecycle
@@ -105,6 +113,7 @@ class Mpa:
             log.warning("no link events (%s): handover unavailable", error.strerror)
             return
         self.links.listeners.append(self._link_changed)
+        self.links.address_listeners.append(self._address_changed)
         userspace = self.service.glue.userspace
         netlink = getattr(userspace.tun, "netlink", None) if userspace is not None else None
         if netlink is None:
@@ -138,6 +147,7 @@ class Mpa:
             raise CommandError(f"preauth {name}: gateways.{name}.preauth is not true")
         if self.mover is None:
             raise CommandError(f"preauth {name}: no rtnetlink access (run as root)")
+        self.service.autopreauth.release(name)
         answer = await self.service.establish("preauth", name, preauth=True)
         pht = self.phts.get(name)
         if pht is None or not pht.addresses:
@@ -299,6 +309,10 @@ class Mpa:
             with contextlib.suppress(Exception):
                 self.service.endpoint.delete(other.ike_sa, self.service.live_transport().now())
         self.service.live_transport().process()
+        sa = self.service.endpoint.sas.get(pht.ike_sa)
+        if sa is not None and pht.interface is not None:
+            self.service.resolver.apply(pht.ike_sa, pht.name, pht.interface, sa.dns)
+        self.service.autopreauth.kick(f"moved to {pht.name}", network_changed=True)
 
     def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
         """While waiting for the link: the nCoA on the interface (it stays on the TUN
@@ -421,23 +435,85 @@ class Mpa:
             self._undo_move(pht)
 
     def _link_changed(self, interface: str, up: bool) -> None:
-        if not up:
+        """``handover: auto``: a candidate's link coming up while the PHT's own path
+        has none, or the PHT's path going down while a candidate's link is up, moves
+        to that candidate; a link coming up while the current one still works does
+        not (the node stays where it is until that one goes)."""
+        self.service.autopreauth.kick(f"{interface} {'up' if up else 'down'}", network_changed=True)
+        if up:
+            for entry, pht in self._auto_candidates():
+                if entry.interface == interface and not self._path_alive(pht):
+                    self._start_auto(entry, interface, f"{interface} up")
+        else:
+            self._path_lost(lambda pht: self._path_of(pht) == interface, f"{interface} down")
+
+    def _address_changed(self, interface: str, address: str, added: bool) -> None:
+        """An address lost is a path lost when a PHT runs from it; any change may make
+        a candidate reachable (automatic pre-authentication looks again)."""
+        self.service.autopreauth.kick(
+            f"{address} {'added to' if added else 'removed from'} {interface}",
+            network_changed=True,
+        )
+        if not added:
+            self._path_lost(
+                lambda pht: self._outer_address(pht) == address, f"{address} gone from {interface}"
+            )
+
+    def _path_lost(self, on_path: Any, why: str) -> None:
+        """The PHTs whose path is gone: move to the first candidate (configuration
+        order) whose link is up; none up: the link-up event of one will."""
+        lost = [pht for _, pht in self._auto_candidates() if on_path(pht)]
+        if not lost:
             return
+        for entry, _ in self._auto_candidates():
+            assert entry.interface is not None
+            if link_is_up(entry.interface):
+                self._start_auto(entry, entry.interface, why)
+                return
+        log.info("%s: no candidate has link yet; moving when one has", why)
+
+    def _auto_candidates(self) -> list[tuple[GatewayEntry, Pht]]:
+        """Gateways under ``handover: auto`` with a PHT not moved to and not moving."""
+        found = []
         for entry in self.service.config.gateways.values():
             pht = self.phts.get(entry.name)
-            if entry.handover != "auto" or entry.interface != interface or pht is None:
+            if entry.handover != "auto" or entry.interface is None or pht is None:
                 continue
-            if pht.moved or pht.moving:
-                continue
-            task = asyncio.get_running_loop().create_task(self._auto(entry, interface))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if not (pht.moved or pht.moving or entry.name in self._auto_moving):
+                found.append((entry, pht))
+        return found
+
+    def _outer_address(self, pht: Pht) -> str | None:
+        sa = self.service.endpoint.sas.get(pht.ike_sa)
+        return None if sa is None else str(ipaddress.ip_address(sa.local[0]))
+
+    def _path_of(self, pht: Pht) -> str | None:
+        """The interface the PHT's IKE SA runs over (where its outer address is)."""
+        address = self._outer_address(pht)
+        if address is None or self.mover is None:
+            return None
+        if pht.via is None or pht.via_address != address:
+            pht.via, pht.via_address = self.mover.interface_of(address), address
+        return pht.via
+
+    def _path_alive(self, pht: Pht) -> bool:
+        via = self._path_of(pht)
+        return via is not None and link_is_up(via)
+
+    def _start_auto(self, entry: GatewayEntry, interface: str, why: str) -> None:
+        log.info("%s: handover to %s (%s)", entry.name, interface, why)
+        self._auto_moving.add(entry.name)  # no second move from the next event
+        task = asyncio.get_running_loop().create_task(self._auto(entry, interface))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _auto(self, entry: GatewayEntry, interface: str) -> None:
         try:
             log.info("%s", await self.move(entry, interface))
         except CommandError as error:
             log.warning("%s", error)
+        finally:
+            self._auto_moving.discard(entry.name)
 
     # ------------------------------------------------------------------
     # Helpers
@@ -458,6 +534,7 @@ class Mpa:
         for address in pht.addresses:
             with contextlib.suppress(Exception):
                 await self.service.live_transport().bind(address, (sa.local[1],))
+
 
     def _free_table(self) -> int:
         used = {pht.table for pht in self.phts.values()}

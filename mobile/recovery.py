@@ -54,6 +54,10 @@ class Recovery:
         if task is not None:
             task.cancel()
 
+    def busy(self, name: str) -> bool:
+        """Gateway ``name``'s IKE SA is being set up again."""
+        return name in self._tasks
+
     def on_event(self, event: Event) -> None:
         if event.name in self._tasks or event.name not in self.service.config.gateways:
             return

@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mobile.autopreauth import AutoPreauth
 from mobile.config import GatewayEntry, MobileConfig
 from mobile.mpa import Mpa
 from mobile.recovery import Recovery
+from mobile.resolver import Resolver
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
 from mpa_ike.datapath import Datapath
@@ -89,6 +91,8 @@ class MobileService(NodeService):
         """IKE SAs being set up as proactive handover tunnels (their routes differ)."""
         self.mpa = Mpa(self)
         self.recovery = Recovery(self)
+        self.autopreauth = AutoPreauth(self)
+        self.resolver = Resolver(config.dns, config.dns_file)
 
     def handlers(self) -> Mapping[str, Handler]:
         handlers: dict[str, Handler] = {
@@ -107,16 +111,21 @@ class MobileService(NodeService):
         self.open_datapath(self.config.datapath, transport, inner_addresses=True)
         self.transport = transport
         self.mpa.start()
+        self.autopreauth.start()
 
     def close(self) -> None:
+        self.autopreauth.close()
         self.recovery.close()
         self.mpa.close()
+        self.resolver.close()
 
     # ------------------------------------------------------------------
     # Commands
 
     async def connect(self, args: dict[str, Any]) -> str:
-        return await self.establish("connect", self.gateway_name(args))
+        name = self.gateway_name(args)
+        self.autopreauth.release(name)
+        return await self.establish("connect", name)
 
     async def establish(
         self,
@@ -162,6 +171,7 @@ class MobileService(NodeService):
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
         self.recovery.cancel(name)
+        self.autopreauth.hold(name)
         transport = self.live_transport()
         sas = [sa for sa in self.endpoint.find(name) if not sa.closed]
         if not sas:
@@ -194,7 +204,7 @@ class MobileService(NodeService):
                     "name": entry.name,
                     "address": str(entry.address),
                     "interface": entry.interface,
-                    "preauth": entry.preauth,
+                    "preauth": "auto" if entry.auto_preauth else entry.preauth,
                     "handover": entry.handover,
                 }
                 for entry in self.config.gateways.values()
@@ -204,6 +214,8 @@ class MobileService(NodeService):
             "phts": self.mpa.status(),
             "handovers": self.mpa.handovers,
             "waiting_for_link": sorted(self.mpa.waiting),
+            "auto_preauth": self.autopreauth.status(),
+            "dns": self.resolver.status(),
             **self.recovery.status(),
         }
 
@@ -269,6 +281,7 @@ class MobileService(NodeService):
         self.mpa.before_datapath(event)
         super().on_event(event)
         self.mpa.after_datapath(event)
+        self._resolver_event(event)
         if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
             for waiting in (self._connecting, self._deleting):
                 if event.ike_sa in waiting:
@@ -280,6 +293,20 @@ class MobileService(NodeService):
         deleting = self._deleting.get(event.ike_sa)
         if deleting is not None and isinstance(event, IkeSaDeleted | IkeSaFailed):
             _resolve(deleting, "deleted")
+
+    def _resolver_event(self, event: Event) -> None:
+        """CP's DNS servers: given to the resolver once the CP address is the node's
+        (a PHT's on its move, :mod:`mobile.mpa`), taken back with the IKE SA."""
+        if isinstance(event, IkeSaEstablished) and event.ike_sa not in self.preauthenticating:
+            interface = self.glue.status().get("device")
+            if interface is None and self.mpa.mover is not None:
+                interface = self.mpa.mover.interface_of(str(event.local[0]))
+            self.resolver.apply(event.ike_sa, event.name, interface or "lo", event.dns)
+        elif isinstance(event, IkeSaRekeyed):
+            self.resolver.rekeyed(event.ike_sa, event.new_ike_sa)
+        elif isinstance(event, IkeSaDeleted | IkeSaFailed):
+            self.resolver.remove(event.ike_sa)
+            self.autopreauth.kick(f"an IKE SA with {event.name} ended")
 
     def _settle_connect(self, attempt: _Attempt, event: Event) -> None:
         if isinstance(event, IkeSaEstablished):

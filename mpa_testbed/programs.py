@@ -59,8 +59,12 @@ class MpaPrograms:
     eap: str = "mschapv2"
     address_policy: str | list[str] = "allocated"
     handover: str = "manual"
+    preauth_mode: bool | str = True
+    """Each gateway entry's ``preauth:`` (true, false or auto)."""
     log_level: str = "info"
     extra_gateway: dict[str, Any] = field(default_factory=dict)
+    extra_mobile: dict[str, Any] = field(default_factory=dict)
+    """Top-level keys added to the mobile node's file (``dns``, ``dns_file``...)."""
     datapath: str = "userspace"
     """Both daemons' ``datapath:`` (userspace, xfrm or auto)."""
     gateway_on_b: bool = False
@@ -138,7 +142,7 @@ class MpaPrograms:
                 "esp": [ESP],
                 "remote_ts": [CN_NETWORKS[self.inner_version]],
                 "interface": GATEWAYS[gateway][1],
-                "preauth": True,
+                "preauth": self.preauth_mode,
                 "handover": self.handover,
             }
             for gateway in self.gateways
@@ -150,6 +154,7 @@ class MpaPrograms:
             "datapath": self.datapath,
             "log_level": self.log_level,
             "gateways": entries,
+            **self.extra_mobile,
         }
         return _write_yaml(self.workdir / "mobile.yaml", data)
 

@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from mpa_ike.io.netlink import NETLINK_ROUTE, NetlinkSocket
-from mpa_ike.io.rtnl import IFF_RUNNING, IFF_UP, RTMGRP_LINK, link_events
+from mpa_ike.io.rtnl import (
+    IFF_RUNNING,
+    IFF_UP,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_LINK,
+    address_events,
+    link_events,
+)
 from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE, Netlink
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ QUICK_NEIGHBOUR_RETRY_MS = 100
 
 LinkListener = Callable[[str, bool], object]
 """``listener(interface_name, up)`` on every link change the kernel reports."""
+AddressListener = Callable[[str, str, bool], object]
+"""``listener(interface_name, address, added)`` on every address added or removed."""
 
 
 def link_is_up(name: str) -> bool:
@@ -58,12 +68,16 @@ def link_is_up(name: str) -> bool:
 
 
 class LinkWatcher:
-    """Link up/down events of every interface, from an rtnetlink socket on the loop."""
+    """Link up/down events of every interface, and its addresses coming and going (an
+    address lost takes the path from it away as surely as a carrier lost), from one
+    rtnetlink socket on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self.netlink = NetlinkSocket(NETLINK_ROUTE, groups=RTMGRP_LINK, timeout=None)
+        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        self.netlink = NetlinkSocket(NETLINK_ROUTE, groups=groups, timeout=None)
         self.listeners: list[LinkListener] = []
+        self.address_listeners: list[AddressListener] = []
         self._waiters: dict[int, list[asyncio.Future[float]]] = {}
         self._state: dict[int, bool] = {}
         self.up_since: dict[int, float] = {}
@@ -97,6 +111,18 @@ class LinkWatcher:
             now = self.loop.time()
             for event in link_events(messages):
                 self._changed(event.index, event.up, now)
+            for change in address_events(messages):
+                self._address(change.index, change.address, change.added)
+
+    def _address(self, index: int, address: str, added: bool) -> None:
+        if not self.address_listeners:
+            return
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            return
+        for listener in self.address_listeners:
+            listener(name, address, added)
 
     def _changed(self, index: int, up: bool, now: float) -> None:
         if up:
@@ -208,6 +234,16 @@ class AddressMover:
         for address in self.netlink.addresses(index, family):
             if address not in exclude and not ipaddress.ip_address(address).is_link_local:
                 return address
+        return None
+
+    def interface_of(self, address: str) -> str | None:
+        """The interface that holds ``address`` now, if any."""
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        for index, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                if str(ip) in self.netlink.addresses(index, family):
+                    return name
         return None
 
     def flush_failed_neighbours(self, index: int) -> None:

@@ -57,6 +57,8 @@ MSG_NAMES = {
 }
 
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_PREFSRC, RTA_TABLE = 1, 4, 7, 15
 FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 2, 6, 10, 15, 16
@@ -252,6 +254,31 @@ def link_events(messages: list[Message]) -> list[LinkEvent]:
                 found.append(LinkEvent.pull(msg.body))
             except NetlinkCodecError:
                 continue
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEvent:
+    """An RTM_NEWADDR or RTM_DELADDR of the address groups: ``address`` came or went
+    on interface ``index``."""
+
+    index: int
+    address: str
+    added: bool
+
+
+def address_events(messages: list[Message]) -> list[AddressEvent]:
+    """The address changes among a datagram's messages (others, and broken ones, skipped)."""
+    found = []
+    for msg in messages:
+        if msg.kind not in (RTM_NEWADDR, RTM_DELADDR):
+            continue
+        try:
+            entry = AddressEntry.pull(msg.body)
+        except NetlinkCodecError:
+            continue
+        if entry is not None:
+            found.append(AddressEvent(entry.index, entry.address, msg.kind == RTM_NEWADDR))
     return found
 
 

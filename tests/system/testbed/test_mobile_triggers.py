@@ -1,0 +1,137 @@
+"""The mobile node's duties without a command, in the testbed with mpa-gateway as nGW:
+``preauth: auto`` pre-authenticates with two candidates by itself; under ``handover:
+auto`` the link of A going down while B's is up moves the SA at once, and B coming up
+while A still works moves nothing; CP's DNS servers reach the node's resolver
+configuration (``dns: file`` pointed at the test's own file, never the host's) once the
+node uses them and leave it on disconnect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpa_testbed.probe import analyse
+from mpa_testbed.programs import MpaPrograms
+from mpa_testbed.topology import Testbed, TestbedSpec
+
+pytestmark = pytest.mark.usefixtures("netns_env")
+
+WAIT = 20.0
+
+
+@pytest.fixture
+def bed_for(tmp_path: Path) -> Iterator[Callable[..., tuple[Testbed, MpaPrograms]]]:
+    beds: list[Testbed] = []
+
+    def build(**options: Any) -> tuple[Testbed, MpaPrograms]:
+        bed = Testbed(TestbedSpec(family="dual")).up()
+        beds.append(bed)
+        return bed, bed.start_programs(tmp_path / bed.prefix, family=4, **options)
+
+    yield build
+    for bed in beds:
+        bed.down()
+
+
+def until(what: Callable[[], Any], seconds: float = WAIT) -> Any:
+    """``what()`` once it is true; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = what()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.05)
+
+
+def phts(programs: MpaPrograms) -> dict[str, dict[str, Any]]:
+    return {pht["gateway"]: pht for pht in programs.status()["phts"]}
+
+
+def test_preauth_auto_two_candidates_without_a_command(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    bed, programs = bed_for(gateways=("ngw", "gwc"), preauth_mode="auto")
+    found = until(lambda: (p := phts(programs)) and set(p) == {"ngw", "gwc"} and p)
+    assert found["ngw"]["table"] != found["gwc"]["table"]
+    status = programs.status()
+    assert [g["preauth"] for g in status["gateways"]] == ["auto", "auto"]
+    assert all(s["failures"] == 0 for s in status["auto_preauth"].values())
+    for gateway in ("ngw", "gwc"):  # each PHT carries its own nCoA's traffic
+        flow = bed.probe("cn", "mn", programs.ncoa(gateway), count=30).start()
+        assert analyse(flow.wait(20)).forward.received >= 25
+    # A PHT the gateway deletes is made again by itself (a new IKE SA, a new lease).
+    old = found["gwc"]["ike_sa"]
+    programs.cli("gwc", "terminate", found["gwc"]["ncoa"][0])
+    again = until(lambda: (p := phts(programs).get("gwc")) and p["ike_sa"] != old and p)
+    assert again["ncoa"]
+
+
+def test_link_down_on_a_with_b_up_moves_the_sa(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    bed, programs = bed_for(handover="auto")
+    programs.preauth("ngw")
+    ncoa = programs.ncoa("ngw")
+    bed.link("b").set_up()  # B comes up while A works: the node stays on A
+    time.sleep(0.5)
+    assert phts(programs)["ngw"]["moved_to"] is None and not programs.status()["handovers"]
+    flow = bed.probe("cn", "mn", ncoa, duration=30).start()
+    time.sleep(0.3)
+    down = time.monotonic()
+    bed.link("a").set_down()  # no command: the link event alone
+    moved = until(lambda: programs.status()["handovers"])
+    assert moved[0]["address"] == ncoa
+    sa = programs.ike_sa("ngw")
+    assert sa is not None and sa["local"].startswith(f"{ncoa}[")
+    assert phts(programs)["ngw"]["moved_to"] == "mn-b"
+    time.sleep(1.0)
+    report = analyse(flow.stop())
+    for direction in (report.forward, report.reverse):
+        assert direction.timeline[-1].received > down + 0.5, "the flow stopped at the move"
+        assert direction.longest < 1.0
+
+
+def test_cp_dns_servers_in_the_resolver_configuration_until_disconnect(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]], tmp_path: Path
+) -> None:
+    resolv = tmp_path / "resolv.conf"
+    host_own = "# the node's own\nnameserver 10.1.0.1\n"
+    resolv.write_text(host_own)
+    bed, programs = bed_for(
+        extra_gateway={"dns": ["10.2.0.53", "10.2.0.54"]},
+        extra_mobile={"dns": "file", "dns_file": str(resolv)},
+    )
+    programs.preauth("ngw")
+    # A PHT only carries the nCoA's own traffic: its servers wait for the move.
+    assert resolv.read_text() == host_own and programs.status()["dns"] == []
+    command = programs.begin_handover("ngw")
+    bed.handover("a", "b")
+    programs.end_handover(command)
+    lines = resolv.read_text().splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [
+        ["nameserver", "10.2.0.53"],
+        ["nameserver", "10.2.0.54"],
+    ]
+    assert lines[2:] == host_own.splitlines()
+    assert programs.status()["dns"] == [
+        {
+            "gateway": "ngw",
+            "interface": "mn-b",
+            "servers": ["10.2.0.53", "10.2.0.54"],
+            "via": "file",
+        }
+    ]
+    programs.disconnect("ngw")
+    assert resolv.read_text() == host_own
+    # A connection made by connect has them at once, on the datapath's device.
+    bed.link("a").set_up()
+    programs.connect("ngw")
+    assert "nameserver 10.2.0.53" in resolv.read_text()
+    assert programs.status()["dns"][0]["interface"] == programs.status()["datapath"]["device"]
+    programs.disconnect("ngw")
+    assert resolv.read_text() == host_own
