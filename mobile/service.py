@@ -26,6 +26,7 @@ from typing import Any
 from mobile.autopreauth import AutoPreauth
 from mobile.config import GatewayEntry, MobileConfig
 from mobile.mpa import Mpa
+from mobile.reauth import Reauthentication
 from mobile.recovery import Recovery
 from mobile.resolver import Resolver
 from mpa_ike.child_sa import ChildSaConfig
@@ -91,6 +92,7 @@ class MobileService(NodeService):
         """IKE SAs being set up as proactive handover tunnels (their routes differ)."""
         self.mpa = Mpa(self)
         self.recovery = Recovery(self)
+        self.reauth = Reauthentication(self)
         self.autopreauth = AutoPreauth(self)
         self.resolver = Resolver(config.dns, config.dns_file)
 
@@ -116,6 +118,7 @@ class MobileService(NodeService):
     def close(self) -> None:
         self.autopreauth.close()
         self.recovery.close()
+        self.reauth.close()
         self.mpa.close()
         self.resolver.close()
 
@@ -136,12 +139,15 @@ class MobileService(NodeService):
         preauth: bool = False,
         wait: float = COMMAND_WAIT,
         replaces: bytes | None = None,
+        reauthenticates: bytes | None = None,
     ) -> str:
         """IKE_SA_INIT, IKE_AUTH with EAP and CP to gateway ``name`` (from ``source``,
         else the address the kernel picks); the answer once the CHILD SA is up.
-        ``replaces``: an IKE SA the gateway lost, closed once the new one is up."""
+        ``replaces``: an IKE SA the gateway lost, closed once the new one is up;
+        ``reauthenticates``: one re-authenticated (:mod:`mobile.reauth`), likewise."""
         transport = self.live_transport()
-        others = [sa for sa in self.endpoint.find(name) if sa.local_spi != replaces]
+        old = {replaces, reauthenticates}
+        others = [sa for sa in self.endpoint.find(name) if sa.local_spi not in old]
         if any(_in_use(sa) for sa in others):
             raise CommandError(f"{command} {name}: already connected (disconnect first)")
         entry = self.config.gateways[name]
@@ -151,7 +157,14 @@ class MobileService(NodeService):
         except (CoreConfigError, TransportError) as error:
             raise CommandError(f"{command} {name}: {error}") from None
         attempt = _Attempt(asyncio.get_running_loop().create_future())
-        sa = self.endpoint.initiate(config, local, remote, transport.now(), replaces=replaces)
+        sa = self.endpoint.initiate(
+            config,
+            local,
+            remote,
+            transport.now(),
+            replaces=replaces,
+            reauthenticates=reauthenticates,
+        )
         log.info("%s: initiating %s[%d] -> %s[%d]", name, *local, *remote)
         self._connecting[sa.local_spi] = attempt
         if preauth:
@@ -171,6 +184,7 @@ class MobileService(NodeService):
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
         self.recovery.cancel(name)
+        self.reauth.cancel(name)
         self.autopreauth.hold(name)
         transport = self.live_transport()
         sas = [sa for sa in self.endpoint.find(name) if not sa.closed]
@@ -217,6 +231,7 @@ class MobileService(NodeService):
             "auto_preauth": self.autopreauth.status(),
             "dns": self.resolver.status(),
             **self.recovery.status(),
+            **self.reauth.status(),
         }
 
     def deleting(self, ike_sa: bytes) -> bool:
@@ -278,6 +293,7 @@ class MobileService(NodeService):
 
     def on_event(self, event: Event) -> None:
         self.recovery.on_event(event)  # first: it reads the PHTs before they go
+        self.reauth.on_event(event)
         self.mpa.before_datapath(event)
         super().on_event(event)
         self.mpa.after_datapath(event)

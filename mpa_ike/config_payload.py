@@ -45,16 +45,27 @@ class CfgReply:
     dns: tuple[IPAddress, ...]
 
 
-def build_request(families: Sequence[int]) -> ConfigurationPayload:
-    """CFG_REQUEST for one address per family and the DNS servers of each."""
+def build_request(
+    families: Sequence[int], wanted: Sequence[IPAddress] = ()
+) -> ConfigurationPayload:
+    """CFG_REQUEST for one address per family and the DNS servers of each; ``wanted``:
+    the addresses asked for by value (§3.15.1: the ones a re-authenticated IKE SA had)."""
     attributes: list[CfgAttribute] = []
     for family in families:
-        if family == 4:
+        asked = next((a for a in wanted if a.version == family), None)
+        if isinstance(asked, IPv4Address):
+            attributes.append(CfgAttribute.ipv4(CfgAttrType.INTERNAL_IP4_ADDRESS, asked))
+        elif family == 4:
             attributes.append(CfgAttribute(CfgAttrType.INTERNAL_IP4_ADDRESS))
-            attributes.append(CfgAttribute(CfgAttrType.INTERNAL_IP4_DNS))
+        elif isinstance(asked, IPv6Address):
+            interface = IPv6Interface((asked, IP6_PREFIX_LENGTH))
+            attributes.append(
+                CfgAttribute.ipv6_prefixed(CfgAttrType.INTERNAL_IP6_ADDRESS, interface)
+            )
         else:
             attributes.append(CfgAttribute(CfgAttrType.INTERNAL_IP6_ADDRESS))
-            attributes.append(CfgAttribute(CfgAttrType.INTERNAL_IP6_DNS))
+        dns = CfgAttrType.INTERNAL_IP4_DNS if family == 4 else CfgAttrType.INTERNAL_IP6_DNS
+        attributes.append(CfgAttribute(dns))
     return ConfigurationPayload(CfgType.CFG_REQUEST, tuple(attributes))
 
 

@@ -33,7 +33,9 @@ that identity (INITIAL_CONTACT and ``ResponderConfig.unique``, :mod:`mpa_ike.uni
 before it leases an address. An initiator IKE SA says INITIAL_CONTACT when no other
 IKE SA of ours goes to that peer; one started with ``replaces=spi`` closes that older
 IKE SA (IkeSaReplaced) the moment it is up, its events before the new one's, so that a
-datapath drops the old pair before it installs the new (make before break).
+datapath drops the old pair before it installs the new (make before break). One started
+with ``reauthenticates=spi`` (RFC 4478) does the same without INITIAL_CONTACT, asks for
+the old IKE SA's addresses, and tells the peer with a DELETE of the old IKE SA.
 
 The glue around it (one loop, one timer; sockets bound to UDP 500 and 4500)::
 
@@ -127,6 +129,7 @@ class Endpoint:
         # source address -> (the second counted, answers sent in it)
         self._invalid_spi_sent: dict[str, tuple[int, int]] = {}
         self._replacing: dict[bytes, bytes] = {}  # new initiator IKE SA -> the old one
+        self._reauthenticating: set[bytes] = set()  # new IKE SAs of _replacing that say so
         self._cookie_secret = random(32)
         self._sas: dict[bytes, IkeSa] = {}
         self._init_packets: dict[bytes, IkeSa] = {}
@@ -222,12 +225,15 @@ class Endpoint:
         now: float,
         *,
         replaces: bytes | None = None,
+        reauthenticates: bytes | None = None,
     ) -> IkeSa:
         """Start an IKE SA to ``remote`` (normally port 500) from ``local``.
 
         It says INITIAL_CONTACT (RFC 7296 §2.4) if no other IKE SA of this connection
         (``config.name``) is live, or if it ``replaces`` one: that IKE SA (the peer
-        answered it with INVALID_IKE_SPI) is closed once this one is up."""
+        answered it with INVALID_IKE_SPI) is closed once this one is up. One that
+        ``reauthenticates`` an IKE SA (RFC 4478) asks for its addresses and closes it
+        once up, with a DELETE to the peer."""
         others = [other for other in self.find(config.name) if not other.closed]
         sa = IkeSa.initiator(config, local, remote, self._random)
         while sa.local_spi in self._sas:
@@ -237,6 +243,11 @@ class Endpoint:
         )
         if replaces is not None:
             self._replacing[sa.local_spi] = replaces
+        old = self._sas.get(self.resolve(reauthenticates)) if reauthenticates else None
+        if old is not None and not old.closed:
+            sa.requested_addresses = old.assigned_addresses
+            self._replacing[sa.local_spi] = old.local_spi
+            self._reauthenticating.add(sa.local_spi)
         self._sas[sa.local_spi] = sa
         sa.start(now)
         self._collect(sa)
@@ -369,6 +380,7 @@ class Endpoint:
                 self._retire_replaced(sa)
             elif isinstance(event, IkeSaFailed):
                 self._replacing.pop(sa.local_spi, None)
+                self._reauthenticating.discard(sa.local_spi)
             if isinstance(event, IkeSaRekeyed):
                 for old, new in list(self._renamed.items()):
                     if new == event.ike_sa:
@@ -384,16 +396,27 @@ class Endpoint:
         """``new`` is up: the IKE SA it replaces goes now, its events first."""
         old_spi = self._replacing.pop(new.local_spi, None)
         old = self._sas.get(self.resolve(old_spi)) if old_spi is not None else None
+        reauthenticated = new.local_spi in self._reauthenticating
+        self._reauthenticating.discard(new.local_spi)
         if old is None or old.closed:
             return
-        reason = "replaced by a new IKE SA (the peer had answered INVALID_IKE_SPI)"
-        old.replace(new.local_spi, reason, 0.0, tell=False)
+        if reauthenticated:
+            # RFC 4478: the peer learns it from our DELETE (sent once: it may have
+            # closed the old IKE SA itself by its uniqueness policy already).
+            reason = "re-authenticated by a new IKE SA (RFC 4478)"
+            old.replace(new.local_spi, reason, 0.0, tell=True)
+        else:
+            reason = "replaced by a new IKE SA (the peer had answered INVALID_IKE_SPI)"
+            old.replace(new.local_spi, reason, 0.0, tell=False)
         self._collect(old)
 
     def _admit(self, sa: IkeSa, now: float) -> bool:
         """A responder IKE SA authenticated its peer (:mod:`mpa_ike.uniqueness`)."""
         assert self.responder is not None
         allowed, replaced = admit(sa, list(self._sas.values()), self.responder.unique, now)
+        # Its answer goes out before the DELETEs of the IKE SAs it replaces: a peer that
+        # re-authenticates (RFC 4478) installs the new CHILD SAs before the old go.
+        self._touched.setdefault(id(sa), sa)
         for old in replaced:
             self.counters["ike_sas_replaced"] += 1
             self._collect(old)
@@ -448,6 +471,7 @@ class Endpoint:
         self._tombstones = {k: t for k, t in self._tombstones.items() if t.until > now}
         self._renamed = {old: new for old, new in self._renamed.items() if new in self._sas}
         self._replacing = {new: old for new, old in self._replacing.items() if new in self._sas}
+        self._reauthenticating &= set(self._replacing)
         self._init_packets = {k: sa for k, sa in self._init_packets.items() if _half_open(sa)}
         self._init_nonces = {k: sa for k, sa in self._init_nonces.items() if _half_open(sa)}
 

@@ -99,6 +99,17 @@ class PeerForgotIkeSa(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReauthenticationDue(Event):
+    """The mobile node: the gateway limited the IKE SA's authentication (RFC 4478
+    AUTH_LIFETIME) or the configured ``reauth_time`` has come, a margin before the
+    gateway ends it at ``deadline``. Re-authenticate make-before-break: a new IKE SA
+    (``Endpoint.initiate(..., reauthenticates=ike_sa)``) that asks for the same
+    addresses and closes this one, with a DELETE, the moment it is up. Told once."""
+
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class IkeSaReplaced(IkeSaFailed):
     """The IKE SA was closed locally, without DELETE, for the new IKE SA
     ``new_ike_sa`` of the same peer: INITIAL_CONTACT or the uniqueness policy on a

@@ -26,6 +26,9 @@ from mpa_ike.ike_sa_common import CHILD_ERRORS, IkeSaState, error_notifies
 from mpa_ike.wire import IPAddress, Message, NotifyPayload
 from mpa_ike.wire.notify import read_signature_hash_algorithms, signature_hash_algorithms_notify
 
+# RFC 4478 §2: N(AUTH_LIFETIME) carries the seconds left before reauthentication.
+AUTH_LIFETIME_SIZE = 4
+
 
 class HandshakeHost(Protocol):
     """What a handshake reads and sets of its IKE SA: the path, the SPIs, what was
@@ -47,6 +50,9 @@ class HandshakeHost(Protocol):
     peer_mobike: bool
     mobike: bool
     session_end: float | None
+    reauth_at: float | None  # RFC 4478: when the initiator authenticates again
+    reauth_deadline: float | None  # ... and when the gateway ends the IKE SA
+    requested_addresses: tuple[IPAddress, ...]  # what the initiator's CP asks for
     initial_contact: bool  # RFC 7296 §2.4: ours to send, or the peer's received
 
     @property

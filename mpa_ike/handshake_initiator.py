@@ -42,6 +42,7 @@ from mpa_ike.errors import RemoteProtocolError
 from mpa_ike.events import ChildSaFailed
 from mpa_ike.exchange import Exchanges
 from mpa_ike.handshake_common import (
+    AUTH_LIFETIME_SIZE,
     HandshakeHost,
     Transcript,
     auth_failure_in,
@@ -49,7 +50,7 @@ from mpa_ike.handshake_common import (
     read_capabilities,
 )
 from mpa_ike.identity import identity_of, parse_identity
-from mpa_ike.ike_config import InitiatorConfig
+from mpa_ike.ike_config import InitiatorConfig, Lifetimes
 from mpa_ike.ike_sa_common import (
     CHILD_ERRORS,
     NONCE_SIZE,
@@ -80,6 +81,18 @@ from mpa_ike.wire import (
     serialize_message,
 )
 from mpa_ike.wire.notify import cookie_notify, read_invalid_ke_group
+
+# RFC 4478 leaves the margin to the initiator: strongSwan's is over_time (10 % of
+# rekey_time); here at most this share of a short AUTH_LIFETIME, so that a lifetime
+# below over_time does not make the node re-authenticate at once, again and again.
+REAUTH_MARGIN_SHARE = 0.2
+
+
+def reauthentication_delay(lifetime: float, lifetimes: Lifetimes) -> float:
+    """How long after IKE_AUTH to re-authenticate, given the gateway's AUTH_LIFETIME."""
+    share = lifetime * REAUTH_MARGIN_SHARE
+    over_time = lifetimes.ike_over_time
+    return lifetime - (min(over_time, share) if over_time else share)
 
 
 class InitiatorHandshake:
@@ -263,7 +276,7 @@ class InitiatorHandshake:
         tsi, tsr = self._offered_ts
         payloads += [
             parse_identity(config.remote_id).idr(),
-            build_request(config.virtual_ip_families),
+            build_request(config.virtual_ip_families, self._sa.requested_addresses),
             sa_payload(without_key_exchange(config.child.esp_proposals), self._child.spi_in),
             TsiPayload(tsi),
             TsrPayload(tsr),
@@ -396,9 +409,23 @@ class InitiatorHandshake:
             sa.assigned_addresses, sa.dns = reply.addresses, reply.dns
         sa.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         sa.mobike = self._config.mobike and sa.peer_mobike
+        self._schedule_reauthentication(message.notify(NotifyType.AUTH_LIFETIME), now)
         sa.establish(now)
         sa.read_address_list(message)
         self._child_result(message, now)
+
+    def _schedule_reauthentication(self, notify: NotifyPayload | None, now: float) -> None:
+        """RFC 4478 §2: N(AUTH_LIFETIME), the seconds the gateway grants before it ends the
+        IKE SA; we authenticate again a margin before (or at our own reauth_time)."""
+        sa, reauth_time = self._sa, self._config.lifetimes.ike_reauth_time
+        candidates = [now + reauth_time] if reauth_time is not None else []
+        if notify is not None and len(notify.data) == AUTH_LIFETIME_SIZE:
+            lifetime = float(int.from_bytes(notify.data, "big"))
+            sa.reauth_deadline = now + lifetime
+            candidates.append(now + reauthentication_delay(lifetime, self._config.lifetimes))
+        elif notify is not None:
+            sa.counters["dropped_malformed_auth_lifetime"] += 1
+        sa.reauth_at = min(candidates, default=None)
 
     # ------------------------------------------------------------------
     # The first CHILD SA (§1.2, §2.9, §2.17)

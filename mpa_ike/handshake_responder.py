@@ -58,7 +58,12 @@ from mpa_ike.eap import (
 from mpa_ike.errors import LocalProtocolError, RemoteProtocolError
 from mpa_ike.events import ChildSaFailed, EapRequestForAaa
 from mpa_ike.exchange import Exchanges
-from mpa_ike.handshake_common import HandshakeHost, Transcript, capability_notifies
+from mpa_ike.handshake_common import (
+    AUTH_LIFETIME_SIZE,
+    HandshakeHost,
+    Transcript,
+    capability_notifies,
+)
 from mpa_ike.handshake_common import read_capabilities as read_peer_capabilities
 from mpa_ike.identity import identity_of, parse_identity
 from mpa_ike.ike_config import ResponderConfig
@@ -90,9 +95,6 @@ from mpa_ike.wire import (
     serialize_message,
 )
 from mpa_ike.wire.notify import invalid_ke_notify
-
-# RFC 4478 §2: AUTH_LIFETIME carries the seconds left before reauthentication.
-AUTH_LIFETIME_SIZE = 4
 
 ChildSelectors = Callable[[], tuple[Selectors, Selectors]]
 
@@ -393,14 +395,20 @@ class ResponderHandshake:
         if sa.mobike:
             payloads.append(NotifyPayload(NotifyType.MOBIKE_SUPPORTED))
             payloads += self._own_additional_addresses()
-        payloads += self._session_limit(success.session_timeout, now)
+        payloads += self._session_limit(self._authentication_lifetime(success), now)
         self._exchanges.respond(header, payloads)
         sa.read_address_list(request.message)  # RFC 4555 §3.4
         child_result()
 
+    def _authentication_lifetime(self, success: EapAnswer) -> float | None:
+        """The AAA's Session-Timeout or our reauth_time, the shorter (None: neither)."""
+        limits = [success.session_timeout, self._config.lifetimes.ike_reauth_time]
+        return min((t for t in limits if t is not None), default=None)
+
     def _session_limit(self, timeout: float | None, now: float) -> list[Payload]:
-        """The AAA's Session-Timeout (RFC 2865 §5.27): the IKE SA ends then, and RFC 4478
-        §2's AUTH_LIFETIME tells the peer, to authenticate again before."""
+        """The AAA's Session-Timeout (RFC 2865 §5.27) or our reauth_time: the IKE SA ends
+        then, and RFC 4478 §2's AUTH_LIFETIME tells the peer, to authenticate again
+        before (make-before-break, with a new IKE SA)."""
         if timeout is None:
             return []
         self._sa.session_end = now + timeout

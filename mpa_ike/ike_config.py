@@ -72,6 +72,11 @@ class Lifetimes:
     ``keep_alive``: NAT keepalives (RFC 3948 §2.3) every that many seconds of our
     silence, by the side that found itself behind a NAT (charon.keep_alive, 20 s).
     The core leaves both off unless asked; the daemons turn them on.
+
+    ``ike_reauth_time`` (strongSwan's reauth_time, None: off): on the gateway, how long
+    a peer's authentication lasts: told in AUTH_LIFETIME (RFC 4478), the IKE SA deleted
+    then (the AAA's Session-Timeout, if shorter, wins); on the mobile node, when it
+    re-authenticates by itself (the gateway's AUTH_LIFETIME, if sooner, wins).
     """
 
     ike_rekey_time: float | None = DEFAULT_IKE_REKEY_TIME
@@ -87,6 +92,7 @@ class Lifetimes:
     dpd_delay: float | None = None
     dpd_timeout: float | None = None
     keep_alive: float | None = None
+    ike_reauth_time: float | None = None
 
     def __post_init__(self) -> None:
         ike, child = self.ike_rekey_time, self.child_rekey_time
@@ -122,7 +128,11 @@ class Lifetimes:
         ):
             if soft < 0 or hard < 0 or (soft and hard and soft >= hard):
                 raise ConfigError(f"CHILD SA rekey_{what} must be below life_{what}")
-        for value, what in ((self.dpd_delay, "dpd_delay"), (self.dpd_timeout, "dpd_timeout")):
+        for value, what in (
+            (self.dpd_delay, "dpd_delay"),
+            (self.dpd_timeout, "dpd_timeout"),
+            (self.ike_reauth_time, "reauth_time"),
+        ):
             if value is not None and value <= 0:
                 raise ConfigError(f"{what} must be positive")
         if self.keep_alive is not None and self.keep_alive <= 0:

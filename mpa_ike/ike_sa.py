@@ -84,6 +84,7 @@ from mpa_ike.events import (
     IkeSaRekeyed,
     IkeSaReplaced,
     LeaseReleased,
+    ReauthenticationDue,
 )
 from mpa_ike.exchange import Exchanges, RequestHandler
 from mpa_ike.handshake_common import answer_informational_during_setup
@@ -204,6 +205,13 @@ class IkeSa:
         self.mobike = False
         # When the AAA's Session-Timeout ends the established SA (RFC 2865 §5.27).
         self.session_end: float | None = None
+        # Initiator: when to re-authenticate (RFC 4478: a margin before the gateway's
+        # AUTH_LIFETIME runs out, or our reauth_time); ReauthenticationDue then.
+        self.reauth_at: float | None = None
+        self.reauth_deadline: float | None = None
+        # Initiator: the addresses its CP request asks for (those of the IKE SA it
+        # re-authenticates, RFC 7296 §3.15.1), none for a fresh one.
+        self.requested_addresses: tuple[IPAddress, ...] = ()
         self._events: deque[Event] = deque()
         self._exchanges = Exchanges(self, config.retransmit, self._give_up)
         self._mobike = Mobike(self, self._exchanges, random)
@@ -322,7 +330,7 @@ class IkeSa:
         deadlines = [self._deadline, self._exchanges.deadline]
         if self.state == IkeSaState.ESTABLISHED:
             deadlines += self._rekey.deadlines()
-            deadlines += [*self._liveness.deadlines(), self.session_end]
+            deadlines += [*self._liveness.deadlines(), self.session_end, self.reauth_at]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -359,6 +367,7 @@ class IkeSa:
             return
         if self._session_over(now):
             return
+        self._reauthentication_due(now)
         self._rekey.handle_timer(now)
         self._liveness.handle_timer(now)
         self._exchanges.handle_timer(now)
@@ -373,6 +382,15 @@ class IkeSa:
         self.counters["session_timeouts"] += 1
         self.delete(now)
         return True
+
+    def _reauthentication_due(self, now: float) -> None:
+        """RFC 4478 §2: the initiator authenticates again before the gateway's limit;
+        the daemon does it with a new IKE SA (ReauthenticationDue, told once)."""
+        if self.reauth_at is None or now < self.reauth_at or self.state != IkeSaState.ESTABLISHED:
+            return
+        self.reauth_at = None
+        self.counters["reauthentications_due"] += 1
+        self.emit(ReauthenticationDue(self.local_spi, self.name, self.reauth_deadline))
 
     def max_message_size(self) -> int | None:
         """RFC 7383 §2.5.1: fragment only when both sides announced support."""
@@ -911,6 +929,7 @@ class IkeSa:
         self.dns, self.nat_local, self.nat_remote = old.dns, old.nat_local, old.nat_remote
         self.peer_fragmentation, self.peer_mobike = old.peer_fragmentation, old.peer_mobike
         self.mobike, self.session_end = old.mobike, old.session_end
+        self.reauth_at, self.reauth_deadline = old.reauth_at, old.reauth_deadline
         self.peer_hash_algorithms = old.peer_hash_algorithms
         self._mobike.peer_addresses = old.peer_additional_addresses
         self._start_lifetime(now)

@@ -8,6 +8,9 @@ a number with ``s``, ``m``, ``h`` or ``d``; byte counts take ``k``, ``M`` or ``G
     rekey_time: 4h        # IKE SA rekey (0: never)
     over_time: 24m        # the IKE SA ends at rekey_time + over_time (10 % of rekey_time)
     rand_time: 24m        # up to this much earlier, at random (over_time)
+    reauth_time: 0        # re-authentication (RFC 4478): the gateway tells it in
+                          # AUTH_LIFETIME and deletes the IKE SA then; a mobile node
+                          # re-authenticates make-before-break a margin before (0: off)
     dpd_delay: 30s        # an empty INFORMATIONAL after this much silence (0: off)
     dpd_timeout: 0        # give that INFORMATIONAL up after this long (0: the whole
                           # retransmission schedule, 165 s; strongSwan ignores it for IKEv2)
@@ -83,6 +86,7 @@ def read_lifetimes(section: Section) -> Lifetimes:
         "ike_rekey_time": _off_if_zero(section.optional("rekey_time", duration, 4 * 3600.0)),
         "ike_over_time": section.optional("over_time", duration, None),
         "ike_rand_time": section.optional("rand_time", duration, None),
+        "ike_reauth_time": _off_if_zero(section.optional("reauth_time", duration, None)),
         "dpd_delay": _off_if_zero(section.optional("dpd_delay", duration, DEFAULT_DPD_DELAY)),
         "dpd_timeout": _off_if_zero(section.optional("dpd_timeout", duration, None)),
         "keep_alive": _off_if_zero(section.optional("keep_alive", duration, DEFAULT_KEEP_ALIVE)),
