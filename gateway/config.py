@@ -9,12 +9,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from gateway.cli import DEFAULT_CONTROL_SOCKET
 from gateway.radius import RadiusConfig, parse_radius_config
 from gateway.radius_dae import DaeConfig, parse_dae_config
 from mpa_ike.errors import ConfigError
-from mpa_ike.ike_config import DEFAULT_MAX_REFUSED_UPDATES, UNIQUE_POLICIES, Lifetimes
+from mpa_ike.ike_config import (
+    DEFAULT_MAX_REFUSED_UPDATES,
+    UNIQUE_POLICIES,
+    AdmissionLimits,
+    Lifetimes,
+)
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
@@ -41,10 +47,11 @@ from mpa_ike.node.config import (
     proposals,
     psk,
     readable_file,
+    report,
     secret,
     string,
 )
-from mpa_ike.node.lifetimes import read_lifetimes
+from mpa_ike.node.lifetimes import duration, read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
 RADIUS = "radius"  # eap.method: every EAP message relayed to eap.radius (gateway/aaa.py)
@@ -99,6 +106,8 @@ class GatewayConfig:
     dae: DaeConfig | None = field(default=None, repr=False)  # RFC 5176 Disconnect-Requests
     lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
     unique: str = "replace"  # strongSwan's unique: no, never, keep or replace
+    # The half-open cap, the COOKIE secret's schedule, rate limits (mpa_ike.admission).
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def reserved_addresses(self) -> tuple[IPAddress, ...]:
         """Pool addresses never to lease: the explicit list, our own and the DNS servers."""
@@ -159,6 +168,7 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         dae=top.optional("dae", parse_dae_config, None),
         lifetimes=read_lifetimes(top),
         unique=top.optional("unique", choice(*UNIQUE_POLICIES), "replace"),
+        limits=top.optional("limits", _limits, AdmissionLimits()),
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
     top.check_unknown()
@@ -238,3 +248,49 @@ def _address_policy(value: object, path: str) -> AddressPolicy:
     if value in ("allocated", "any"):
         return AddressPolicy(AddressPolicyMode(value))
     raise ConfigError(f"expected allocated, any or a list of prefixes, got {value!r}", key=path)
+
+
+def _limits(value: object, path: str) -> AdmissionLimits:
+    """``limits:``, what a peer may take of the gateway (mpa_ike.admission)."""
+    section, default = Section(value, path), AdmissionLimits()
+    counts = integer(1, 10_000_000)
+    read: dict[str, Any] = {
+        "half_open_limit": section.optional("half_open_limit", counts, default.half_open_limit),
+        "cookie_lifetime": section.optional(
+            "cookie_lifetime", _positive_duration, default.cookie_lifetime
+        ),
+        "cookie_grace": section.optional("cookie_grace", duration, default.cookie_grace),
+        "init_rate": section.optional("init_rate", _rate, default.init_rate),
+        "init_burst": section.optional("init_burst", counts, default.init_burst),
+        "rate_sources": section.optional("rate_sources", counts, default.rate_sources),
+        "ike_sas_per_identity": section.optional(
+            "ike_sas_per_identity", integer(0, 10_000_000), default.ike_sas_per_identity
+        ),
+    }
+    section.check_unknown()
+    valid: dict[str, Any] = {k: v for k, v in read.items() if isinstance(v, int | float)}
+    lifetime = valid.get("cookie_lifetime", default.cookie_lifetime)
+    if valid.get("cookie_grace", 0.0) > lifetime:
+        report(
+            ConfigError(
+                f"must not exceed cookie_lifetime ({lifetime:g} s)", key=f"{path}.cookie_grace"
+            )
+        )
+        del valid["cookie_grace"]
+    return AdmissionLimits(**valid)
+
+
+def _positive_duration(value: object, path: str) -> float:
+    seconds = duration(value, path)
+    if seconds <= 0:
+        raise ConfigError("must be above 0", key=path)
+    return seconds
+
+
+def _rate(value: object, path: str) -> float:
+    """Requests a second (0: no limit)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(
+            f"expected a number of requests a second (0: no limit), got {value!r}", key=path
+        )
+    return float(value)

@@ -89,6 +89,7 @@ class GatewayService(NodeService):
             max_refused_updates=config.mobike.max_refused_updates,
             lifetimes=config.lifetimes,
             unique=config.unique,  # type: ignore[arg-type]  # checked by gateway.config
+            limits=config.limits,
             additional_addresses=tuple(
                 address
                 for address in (ipaddress.ip_address(str(x.address)) for x in config.listen)
@@ -311,6 +312,7 @@ LIVE_KEYS = frozenset(
         "eap",
         "mobike",
         "half_open_threshold",
+        "limits",
         "log_level",
     )
 )

@@ -247,6 +247,9 @@ def rig(workdir: Path, mobiles: int) -> Iterator[Rig]:
                     "leases": str(workdir / "leases.sqlite3"),
                     "datapath": "userspace",
                     "log_level": "info",
+                    # Every mutated IKE_SA_INIT to the parser: the campaign sends from
+                    # one address, faster than the per-source rate limit lets through.
+                    "limits": {"init_rate": 0},
                 }
             )
         )

@@ -470,6 +470,9 @@ def mpa_gateway_config(setup: Settings, gateway_ip: str) -> dict[str, Any]:
         "eap": {"method": "mschapv2", "users": {f"u{n}": PASSWORD for n in range(setup.users)}},
         "datapath": "userspace",
         "half_open_threshold": NO_GUARD,
+        # Nor a half-open cap, a per-source rate (each initiator process is one source
+        # with many IKE SAs in flight) or a per-identity cap.
+        "limits": {"half_open_limit": NO_GUARD, "init_rate": 0, "ike_sas_per_identity": 0},
         "control_socket": "gw.sock",
         "leases": "leases.sqlite3",
         "log_level": "info",

@@ -16,8 +16,13 @@ IKE_SA_INIT request (SPIr zero) goes through:
 - retransmission detection (RFC 7296 §2.1): the same datagram, or the same
   (address, SPIi, Ni) as a half-open SA, gets that SA's stored response and
   creates nothing;
+- the per-source rate limit (``ResponderConfig.limits``, a token bucket per source
+  address, :mod:`mpa_ike.admission`): beyond it the request is dropped and counted;
+- the hard cap: with ``limits.half_open_limit`` half-open SAs, a new request is
+  dropped and counted;
 - the COOKIE check (§2.6): with ``half_open_threshold`` or more half-open SAs,
-  a request without a valid COOKIE gets one, statelessly;
+  a request without a valid COOKIE gets one, statelessly; the secret changes every
+  ``limits.cookie_lifetime`` seconds, the previous one good for ``cookie_grace``;
 - malformed requests are answered with the notify of the codec error where
   §2.5/§2.21 say so (INVALID_MAJOR_VERSION, INVALID_SYNTAX,
   UNSUPPORTED_CRITICAL_PAYLOAD).
@@ -30,10 +35,12 @@ out of ``receive_datagram``, whatever the bytes.
 
 A responder IKE SA whose peer authenticated is checked against the older IKE SAs of
 that identity (INITIAL_CONTACT and ``ResponderConfig.unique``, :mod:`mpa_ike.uniqueness`)
-before it leases an address. An initiator IKE SA says INITIAL_CONTACT when no other
-IKE SA of ours goes to that peer; one started with ``replaces=spi`` closes that older
-IKE SA (IkeSaReplaced) the moment it is up, its events before the new one's, so that a
-datapath drops the old pair before it installs the new (make before break). One started
+before it leases an address, and refused (AUTHENTICATION_FAILED) if that identity
+already has ``limits.ike_sas_per_identity`` IKE SAs. An initiator IKE SA says
+INITIAL_CONTACT when no other IKE SA of ours goes to that peer; one started with
+``replaces=spi`` closes that older IKE SA (IkeSaReplaced) the moment it is up, its
+events before the new one's, so that a datapath drops the old pair before it installs
+the new (make before break). One started
 with ``reauthenticates=spi`` (RFC 4478) does the same without INITIAL_CONTACT, asks for
 the old IKE SA's addresses, and tells the peer with a DELETE of the old IKE SA.
 
@@ -56,13 +63,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import hmac
 import ipaddress
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mpa_ike.admission import CookieSecrets, IdentityIndex, SourceRateLimiter
 from mpa_ike.constants import (
     IKE_MAJOR_VERSION,
     ExchangeType,
@@ -94,7 +101,6 @@ from mpa_ike.wire.notify import cookie_notify
 DEFAULT_HALF_OPEN_THRESHOLD = 30
 # INVALID_IKE_SPI answers a second to one source address (§2.21.4 asks for a limit).
 DEFAULT_INVALID_SPI_RATE = 5
-COOKIE_VERSION = b"\x01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,10 @@ class Endpoint:
         self._invalid_spi_sent: dict[str, tuple[int, int]] = {}
         self._replacing: dict[bytes, bytes] = {}  # new initiator IKE SA -> the old one
         self._reauthenticating: set[bytes] = set()  # new IKE SAs of _replacing that say so
-        self._cookie_secret = random(32)
+        self._cookies = CookieSecrets(random)
+        self._init_rate = SourceRateLimiter()
+        self._half_open: dict[int, IkeSa] = {}  # responder SAs in HALF_OPEN_STATES
+        self._identities: IdentityIndex[IkeSa] = IdentityIndex()
         self._sas: dict[bytes, IkeSa] = {}
         self._init_packets: dict[bytes, IkeSa] = {}
         self._init_nonces: dict[tuple[str, bytes, bytes], IkeSa] = {}
@@ -199,9 +208,15 @@ class Endpoint:
         return [sa for sa in self._sas.values() if sa.name == name]
 
     def half_open_count(self) -> int:
-        return sum(
-            1 for sa in self._sas.values() if not sa.is_initiator and sa.state in HALF_OPEN_STATES
-        )
+        """Half-open responder IKE SAs, in constant time (only SAs touched since the last
+        drain can have left those states)."""
+        for sa in self._touched.values():
+            self._settle_half_open(sa)
+        return len(self._half_open)
+
+    def _settle_half_open(self, sa: IkeSa) -> None:
+        if id(sa) in self._half_open and not _half_open(sa):
+            del self._half_open[id(sa)]
 
     def statistics(self) -> Counter[str]:
         """Endpoint counters plus those of every SA, live or gone (drops, retransmissions)."""
@@ -390,6 +405,7 @@ class Endpoint:
         for successor in sa.take_successors():
             # §2.18: an IKE SA made by rekeying, under the SPI this side chose for it.
             self._sas[successor.local_spi] = successor
+            self._identities.inherit(sa, successor)
             self._collect(successor)
 
     def _retire_replaced(self, new: IkeSa) -> None:
@@ -410,10 +426,12 @@ class Endpoint:
             old.replace(new.local_spi, reason, 0.0, tell=False)
         self._collect(old)
 
-    def _admit(self, sa: IkeSa, now: float) -> bool:
-        """A responder IKE SA authenticated its peer (:mod:`mpa_ike.uniqueness`)."""
+    def _admit(self, sa: IkeSa, now: float) -> str | None:
+        """A responder IKE SA authenticated its peer: :mod:`mpa_ike.uniqueness` against
+        the older IKE SAs of its identity, then the cap of IKE SAs per identity."""
         assert self.responder is not None
-        allowed, replaced = admit(sa, list(self._sas.values()), self.responder.unique, now)
+        same_identity = self._identities.of(sa.peer_identity)
+        allowed, replaced = admit(sa, same_identity, self.responder.unique, now)
         # Its answer goes out before the DELETEs of the IKE SAs it replaces: a peer that
         # re-authenticates (RFC 4478) installs the new CHILD SAs before the old go.
         self._touched.setdefault(id(sa), sa)
@@ -422,7 +440,14 @@ class Endpoint:
             self._collect(old)
         if not allowed:
             self.counters["refused_by_uniqueness"] += 1
-        return allowed
+            return "uniqueness policy keep: already connected"
+        cap = self.responder.limits.ike_sas_per_identity
+        live = sum(1 for other in same_identity if _counted(other) and other not in replaced)
+        if cap and live >= cap:
+            self.counters["refused_by_identity_limit"] += 1
+            return f"{live} IKE SAs of this identity already (ike_sas_per_identity)"
+        self._identities.add(sa.peer_identity, sa)
+        return None
 
     def _answer_invalid_ike_spi(
         self, header: IkeHeader, src: Address, dst: Address, now: float
@@ -456,6 +481,9 @@ class Endpoint:
     def _forget_closed(self, now: float, touched: Iterable[IkeSa]) -> None:
         """Only touched SAs can have closed or left the half-open states."""
         for sa in touched:
+            self._settle_half_open(sa)
+            if sa.closed:
+                self._identities.remove(sa)
             if sa.closed and self._sas.get(sa.local_spi) is sa:
                 del self._sas[sa.local_spi]
                 self._keep_last_response(sa, now)
@@ -506,6 +534,10 @@ class Endpoint:
         if self.responder is None:
             self.counters["dropped_not_responder"] += 1
             return
+        limits = self.responder.limits
+        if not self._init_rate.allow(src[0], now, limits):
+            self.counters["dropped_init_rate"] += 1
+            return
         digest = hashlib.sha256(data).digest()
         known = self._init_packets.get(digest)
         if known is not None:
@@ -527,7 +559,10 @@ class Endpoint:
             same_nonce.resend_init_response(src, dst)
             self._touched[id(same_nonce)] = same_nonce
             return
-        if not self._cookie_ok(message, src, dst):
+        if self.half_open_count() >= limits.half_open_limit:
+            self.counters["dropped_half_open_limit"] += 1
+            return
+        if not self._cookie_ok(message, src, dst, now):
             return
         self._create_responder_sa(message, data, digest, nonce_key, src, dst, now)
 
@@ -556,6 +591,7 @@ class Endpoint:
             self._drop_events_of_refused(sa)
             return
         self._sas[sa.local_spi] = sa
+        self._half_open[id(sa)] = sa
         self._init_packets[digest] = sa
         self._init_nonces[nonce_key] = sa
 
@@ -587,33 +623,43 @@ class Endpoint:
     # ------------------------------------------------------------------
     # COOKIE (§2.6)
 
-    def _cookie_for(self, message: Message, src: Address) -> bytes:
-        """<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>), as §2.6 suggests."""
+    @staticmethod
+    def _cookie_material(message: Message, src: Address) -> bytes:
+        """Ni | IPi | SPIi, what §2.6's suggested COOKIE hashes with the secret."""
         nonce = message.find(NoncePayload)
         material = (nonce.data if nonce else b"") + ipaddress.ip_address(src[0]).packed
-        material += message.header.spi_i
-        return COOKIE_VERSION + hmac.new(self._cookie_secret, material, hashlib.sha256).digest()
+        return material + message.header.spi_i
 
-    def _cookie_ok(self, message: Message, src: Address, dst: Address) -> bool:
+    def _cookie_ok(self, message: Message, src: Address, dst: Address, now: float) -> bool:
         """Under load, demand a COOKIE as the first payload; answer one statelessly."""
         if self.half_open_count() < self.half_open_threshold:
             return True
-        expected = self._cookie_for(message, src)
+        assert self.responder is not None
+        limits = self.responder.limits
+        material = self._cookie_material(message, src)
         first = message.payloads[0] if message.payloads else None
         if (
             isinstance(first, NotifyPayload)
             and first.notify_type == NotifyType.COOKIE
-            and hmac.compare_digest(first.data, expected)
+            and self._cookies.check(first.data, material, now, limits)
         ):
             return True
+        if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
+            self.counters["cookies_refused"] += 1
         self.counters["cookies_sent"] += 1
         header = IkeHeader(
             message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0
         )
-        data = serialize_message(Message(header, (cookie_notify(expected),)))
+        cookie = self._cookies.make(material, now, limits)
+        data = serialize_message(Message(header, (cookie_notify(cookie),)))
         self._outbox.append(Datagram(data, dst, src))
         return False
 
 
 def _half_open(sa: IkeSa) -> bool:
     return not sa.closed and sa.state in HALF_OPEN_STATES
+
+
+def _counted(sa: IkeSa) -> bool:
+    """An IKE SA that counts against its identity's cap (one being rekeyed counts once)."""
+    return not sa.closed and sa.state not in (IkeSaState.REKEYED, IkeSaState.DELETING)

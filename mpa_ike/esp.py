@@ -24,6 +24,7 @@ returned to the caller and counted.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import ipaddress
 from collections import Counter
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from mpa_ike.constants import EncrId, IntegId
@@ -109,20 +110,26 @@ class _Aead(EspTransform):
     icv_size = 16
     align = 4
 
-    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes) -> None:
-        self._encrypt = aead.encrypt
-        self._decrypt = aead.decrypt
+    def __init__(self, cipher: type[AESGCM | ChaCha20Poly1305], key: bytes, salt: bytes) -> None:
+        self._cipher = cipher
+        self._key = key
         self._salt = salt
+
+    @functools.cached_property
+    def _aead(self) -> AESGCM | ChaCha20Poly1305:
+        # Built at the first packet: a cipher context holds about 2.7 KiB, and a
+        # gateway keeps thousands of SAs that have not carried anything yet.
+        return self._cipher(self._key)
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
         aad = header[:4] + seq_hi + header[4:] if seq_hi else header
-        return header + iv + self._encrypt(self._salt + iv, plaintext, aad)
+        return header + iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
 
     def open(self, packet: bytes, seq_hi: bytes) -> bytes | None:
         aad = packet[:4] + seq_hi + packet[4:8] if seq_hi else packet[:8]
         try:
-            return self._decrypt(self._salt + packet[8:16], packet[16:], aad)
+            return self._aead.decrypt(self._salt + packet[8:16], packet[16:], aad)
         except InvalidTag:
             return None
 
@@ -130,24 +137,31 @@ class _Aead(EspTransform):
 class _CbcHmac(EspTransform):
     """AES-CBC with an HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.8).
 
-    Building a CBC context costs more than encrypting a packet, so both
-    directions keep theirs. Outbound, one CBC chain runs across all packets and
-    each packet starts with a nonce block (sequence number): its ciphertext is
-    the packet's IV, E_K(nonce XOR previous block), unpredictable to anyone
-    without the key (RFC 3602 §2; NIST SP 800-38A Appendix C). Inbound, one CBC
-    decryption context is fed each packet's IV and ciphertext, so the IV chains
-    into the first block.
+    Building a CBC context costs more than encrypting a packet, so an SA keeps the
+    one of its direction, built at its first packet (a context holds over a KiB, and
+    a gateway keeps thousands of SAs that have not carried anything yet). Outbound,
+    one CBC chain runs across all packets and each packet starts with a nonce block
+    (sequence number): its ciphertext is the packet's IV, E_K(nonce XOR previous
+    block), unpredictable to anyone without the key (RFC 3602 §2; NIST SP 800-38A
+    Appendix C). Inbound, one CBC decryption context is fed each packet's IV and
+    ciphertext, so the IV chains into the first block.
     """
 
     iv_size = 16
     align = 16
 
     def __init__(self, key: bytes, integ_key: bytes, digest: str, icv_size: int) -> None:
-        aes = algorithms.AES(key)
-        self._chain = Cipher(aes, modes.CBC(_ZERO_BLOCK)).encryptor()
-        self._inbound_chain = Cipher(aes, modes.CBC(_ZERO_BLOCK)).decryptor()
+        self._key = key
         self._mac = hmac.new(integ_key, digestmod=digest)
         self.icv_size = icv_size
+
+    @functools.cached_property
+    def _chain(self) -> CipherContext:
+        return Cipher(algorithms.AES(self._key), modes.CBC(_ZERO_BLOCK)).encryptor()
+
+    @functools.cached_property
+    def _inbound_chain(self) -> CipherContext:
+        return Cipher(algorithms.AES(self._key), modes.CBC(_ZERO_BLOCK)).decryptor()
 
     def _icv(self, data: bytes) -> bytes:
         mac = self._mac.copy()
@@ -182,8 +196,8 @@ def make_transform(
             raise LocalProtocolError("an AEAD cipher takes no integrity algorithm")
         key, salt = encr_key[:-4], encr_key[-4:]
         if encr.id == EncrId.AES_GCM_16:
-            return _Aead(AESGCM(key), salt)
-        return _Aead(ChaCha20Poly1305(key), salt)
+            return _Aead(AESGCM, key, salt)
+        return _Aead(ChaCha20Poly1305, key, salt)
     if integ_id is None or integ_id == IntegId.NONE:
         raise LocalProtocolError(f"{encr.id.name} needs an integrity algorithm")
     integ = get_integ(integ_id)

@@ -372,9 +372,11 @@ class ResponderHandshake:
         payloads: list[Payload] = [
             AuthPayload(AuthMethod.PSK, eap_auth(prf, msk, transcript.keys.sk_pr, octets))
         ]
-        if not self._sa.admit(now):
-            # strongSwan's unique=keep: the older IKE SA of this identity stays.
-            self._refuse_auth(message.header, "uniqueness policy keep: already connected", now)
+        refusal = self._sa.admit(now)
+        if refusal is not None:
+            # strongSwan's unique=keep (the older IKE SA of this identity stays), or the
+            # gateway's cap of IKE SAs per identity.
+            self._refuse_auth(message.header, refusal, now)
             return
         self._establish(message.header, request, payloads, now)
 

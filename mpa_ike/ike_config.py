@@ -44,6 +44,52 @@ UNIQUE_POLICIES: tuple[UniquePolicy, ...] = ("no", "never", "keep", "replace")
 DEFAULT_MAX_REFUSED_UPDATES = 3
 
 
+# What the gateway admits (mpa_ike.admission), with these defaults.
+DEFAULT_HALF_OPEN_LIMIT = 1000
+DEFAULT_COOKIE_LIFETIME = 60.0
+DEFAULT_COOKIE_GRACE = 10.0
+DEFAULT_INIT_RATE = 10.0
+DEFAULT_INIT_BURST = 20
+DEFAULT_RATE_SOURCES = 4096
+DEFAULT_IKE_SAS_PER_IDENTITY = 8
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """How much an unauthenticated or a single peer may take of the gateway
+    (RFC 7296 §2.6, RFC 8019), read by the endpoint at every request:
+
+    ``half_open_limit``: half-open IKE SAs at most; beyond, IKE_SA_INIT is dropped.
+    ``cookie_lifetime``: seconds between changes of the COOKIE secret;
+    ``cookie_grace``: how long COOKIEs of the previous secret stay good after a change.
+    ``init_rate``, ``init_burst``: IKE_SA_INIT requests a second per source address
+    (a token bucket; 0: no limit), in a table of ``rate_sources`` addresses.
+    ``ike_sas_per_identity``: IKE SAs of one peer identity (IDi) at most, counted when
+    the peer has authenticated (0: no limit); beyond, IKE_AUTH gets
+    AUTHENTICATION_FAILED (§2.21.2: the one notify that refuses an IKE SA there).
+    """
+
+    half_open_limit: int = DEFAULT_HALF_OPEN_LIMIT
+    cookie_lifetime: float = DEFAULT_COOKIE_LIFETIME
+    cookie_grace: float = DEFAULT_COOKIE_GRACE
+    init_rate: float = DEFAULT_INIT_RATE
+    init_burst: int = DEFAULT_INIT_BURST
+    rate_sources: int = DEFAULT_RATE_SOURCES
+    ike_sas_per_identity: int = DEFAULT_IKE_SAS_PER_IDENTITY
+
+    def __post_init__(self) -> None:
+        if self.half_open_limit < 1:
+            raise ConfigError("half_open_limit must be at least 1")
+        if self.cookie_lifetime <= 0:
+            raise ConfigError("cookie_lifetime must be positive")
+        if not 0 <= self.cookie_grace <= self.cookie_lifetime:
+            raise ConfigError("cookie_grace must be between 0 and cookie_lifetime")
+        if self.init_rate < 0 or self.init_burst < 1 or self.rate_sources < 1:
+            raise ConfigError("init_rate must not be negative, init_burst and rate_sources >= 1")
+        if self.ike_sas_per_identity < 0:
+            raise ConfigError("ike_sas_per_identity must not be negative")
+
+
 def no_users(identity: bytes) -> str | None:
     """The user lookup of a gateway whose EAP is decided elsewhere."""
     return None
@@ -235,6 +281,8 @@ class ResponderConfig:
     # MOBIKE: refused updates after which the IKE SA is deleted (0: never); a rekey
     # request from a refused address deletes it at once.
     max_refused_updates: int = DEFAULT_MAX_REFUSED_UPDATES
+    # Half-open cap, COOKIE secret schedule, per-source and per-identity limits.
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def __post_init__(self) -> None:
         if self.unique not in UNIQUE_POLICIES:

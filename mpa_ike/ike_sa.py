@@ -125,8 +125,9 @@ __all__ = ["HALF_OPEN_STATES", "ZERO_SPI", "IkeSa", "IkeSaState", "Random"]
 
 IkeConfig = InitiatorConfig | ResponderConfig
 # The endpoint's check of a responder IKE SA whose peer just authenticated, against the
-# older IKE SAs of that identity (mpa_ike.uniqueness): False refuses it.
-Admission = Callable[["IkeSa", float], bool]
+# older IKE SAs of that identity (mpa_ike.uniqueness) and the gateway's limits: a
+# reason refuses it, None admits it.
+Admission = Callable[["IkeSa", float], str | None]
 
 
 class RequestKind(Enum):
@@ -497,10 +498,10 @@ class IkeSa:
         self._exchanges.send_once(ExchangeType.INFORMATIONAL, payloads, also_to)
         self._close_failed(reason, None, now)
 
-    def admit(self, now: float) -> bool:
+    def admit(self, now: float) -> str | None:
         """Responder: the peer authenticated; may this IKE SA go on beside the older ones
-        of its identity (:mod:`mpa_ike.uniqueness`)?"""
-        return self.admission is None or self.admission(self, now)
+        of its identity (:mod:`mpa_ike.uniqueness`)? None, or why not."""
+        return None if self.admission is None else self.admission(self, now)
 
     def tell_and_fail(self, reason: str, notify: NotifyType) -> None:
         """§2.21.2: tell the peer why (an INFORMATIONAL sent once, as strongSwan does), close."""

@@ -1,0 +1,158 @@
+"""What a responder admits before it spends state or crypto on a peer (RFC 7296 §2.6,
+RFC 8019): the COOKIE secret and its rotation, the per-source token buckets of
+IKE_SA_INIT, and the count of IKE SAs per peer identity.
+
+All of it runs on the injected clock (``now``) and the injected randomness, so that a
+test replays it exactly; the limits are read from :class:`AdmissionLimits` at each call,
+so that a reloaded :class:`~mpa_ike.ike_config.ResponderConfig` applies at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from mpa_ike.ike_config import AdmissionLimits
+
+__all__ = ["CookieSecrets", "IdentityIndex", "SourceRateLimiter"]
+
+SECRET_SIZE = 32
+S = TypeVar("S")
+
+
+class CookieSecrets:
+    """§2.6: ``COOKIE = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)``.
+
+    The secret is replaced every ``limits.cookie_lifetime`` seconds (the first period
+    starts at the first use); a COOKIE made with the secret before keeps working for
+    ``limits.cookie_grace`` seconds after the change, so that an initiator that got one
+    just before is not sent another round trip. The version is one octet counting the
+    changes modulo 256: the current and the previous secret never share it.
+    """
+
+    def __init__(self, random: Callable[[int], bytes]) -> None:
+        self._random = random
+        self._current = random(SECRET_SIZE)
+        self._version = 0
+        self._previous: bytes | None = None
+        self._previous_until = 0.0
+        self._next_change: float | None = None
+        self.changes = 0
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def make(self, material: bytes, now: float, limits: AdmissionLimits) -> bytes:
+        """The COOKIE for ``material`` (Ni | IPi | SPIi) with the current secret."""
+        self._rotate(now, limits)
+        return _cookie(self._version, self._current, material)
+
+    def check(self, cookie: bytes, material: bytes, now: float, limits: AdmissionLimits) -> bool:
+        """Whether ``cookie`` is one we made for ``material``, with the current secret or
+        the previous one still in its grace period; in constant time for a given length."""
+        self._rotate(now, limits)
+        if not cookie:
+            return False
+        version = cookie[0]
+        if version == self._version:
+            secret = self._current
+        elif self._previous is not None and version == (self._version - 1) % 256:
+            if now >= self._previous_until:
+                return False
+            secret = self._previous
+        else:
+            return False
+        return hmac.compare_digest(cookie, _cookie(version, secret, material))
+
+    def _rotate(self, now: float, limits: AdmissionLimits) -> None:
+        lifetime = limits.cookie_lifetime
+        if self._next_change is None:
+            self._next_change = now + lifetime
+            return
+        if now < self._next_change:
+            return
+        # The secret was due to go at _next_change: its grace runs from then, and the
+        # schedule stays on its grid however late the first use after it comes.
+        retired_at = self._next_change
+        self._previous, self._previous_until = self._current, retired_at + limits.cookie_grace
+        self._current = self._random(SECRET_SIZE)
+        self._version = (self._version + 1) % 256
+        self._next_change = retired_at + (1 + (now - retired_at) // lifetime) * lifetime
+        self.changes += 1
+
+
+def _cookie(version: int, secret: bytes, material: bytes) -> bytes:
+    return bytes((version,)) + hmac.new(secret, material, hashlib.sha256).digest()
+
+
+class SourceRateLimiter:
+    """IKE_SA_INIT requests per source address: a token bucket each (``init_rate`` a
+    second, ``init_burst`` at most), in a table of at most ``rate_sources`` addresses
+    where the address heard from longest ago goes first.
+
+    A flood from spoofed addresses turns the table over, so that each of them looks new:
+    it is the COOKIE that stops those (§2.6); the buckets stop a peer that floods from
+    its own address, which the COOKIE does not.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, source: str, now: float, limits: AdmissionLimits) -> bool:
+        """Take one token of ``source``'s bucket; False if it had none."""
+        rate, burst = limits.init_rate, float(limits.init_burst)
+        if rate <= 0:
+            return True
+        entry = self._buckets.pop(source, None)
+        if entry is None:
+            tokens = burst
+        else:
+            tokens, then = entry
+            tokens = min(burst, tokens + max(0.0, now - then) * rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > limits.rate_sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+class IdentityIndex(Generic[S]):
+    """The admitted responder IKE SAs of each peer identity (and the IKE SAs that rekeyed
+    them), so that the uniqueness check and the per-identity cap cost the number of that
+    identity's IKE SAs, not of all of them."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[object, dict[int, S]] = {}
+        self._key_of: dict[int, object] = {}
+
+    def add(self, key: object, sa: S) -> None:
+        self._by_key.setdefault(key, {})[id(sa)] = sa
+        self._key_of[id(sa)] = key
+
+    def inherit(self, old: S, new: S) -> None:
+        """``new`` took over from ``old`` (an IKE SA rekey): same identity."""
+        key = self._key_of.get(id(old))
+        if key is not None:
+            self.add(key, new)
+
+    def remove(self, sa: S) -> None:
+        key = self._key_of.pop(id(sa), None)
+        if key is None:
+            return
+        members = self._by_key[key]
+        members.pop(id(sa), None)
+        if not members:
+            del self._by_key[key]
+
+    def of(self, key: object) -> list[S]:
+        return list(self._by_key.get(key, {}).values())
+
+    def __len__(self) -> int:
+        return len(self._key_of)

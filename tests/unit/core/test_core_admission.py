@@ -1,0 +1,279 @@
+"""What the gateway admits (mpa_ike.admission, RFC 7296 §2.6, RFC 8019): the COOKIE
+secret's schedule and grace, the hard cap on half-open SAs, the per-source rate limit
+of IKE_SA_INIT and the cap of IKE SAs per identity, on the fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+
+from gateway.pool import AddressPool
+from mpa_ike.admission import CookieSecrets, IdentityIndex, SourceRateLimiter
+from mpa_ike.constants import ExchangeType, NotifyType
+from mpa_ike.datagram import Address, Datagram
+from mpa_ike.endpoint import Endpoint
+from mpa_ike.errors import ConfigError
+from mpa_ike.events import IkeSaEstablished, IkeSaFailed
+from mpa_ike.ike_config import AdmissionLimits, Lifetimes
+from mpa_ike.ike_sa import IkeSa
+from mpa_ike.wire import NotifyPayload, parse_header, parse_message
+
+PSK = b"admission test key"
+QUIET = Lifetimes(ike_rekey_time=None, child_rekey_time=None)
+LIMITS = AdmissionLimits(cookie_lifetime=60.0, cookie_grace=10.0)
+MATERIAL = b"Ni" * 16 + b"\xc0\x00\x02\x0a" + b"S" * 8
+
+
+def host(n: int) -> Address:
+    return (f"192.0.2.{100 + n}", 500)
+
+
+def gateway(
+    pool: AddressPool[object], threshold: int = 30, unique: str = "replace", **limits: Any
+) -> Endpoint:
+    config = responder_config(
+        pool, psk=PSK, lifetimes=QUIET, unique=unique, limits=AdmissionLimits(**limits)
+    )
+    return Endpoint(random=seeded(2), responder=config, half_open_threshold=threshold)
+
+
+def initiate(link: Link, local: Address = MOBILE) -> IkeSa:
+    config = initiator_config(psk=PSK, lifetimes=QUIET)
+    return link.mobile.initiate(config, local, GATEWAY, link.now)
+
+
+def cookies_in(link: Link) -> list[bytes]:
+    found = []
+    for transmission in link.log:
+        if transmission.direction != "g->m":
+            continue
+        message = parse_message(transmission.datagram.data)
+        first = message.payloads[0] if message.payloads else None
+        if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
+            found.append(first.data)
+    return found
+
+
+# ---------------------------------------------------------------------- the COOKIE secret
+
+
+def test_cookie_secret_changes_on_schedule_with_grace() -> None:
+    secrets = CookieSecrets(seeded(5))
+    first = secrets.make(MATERIAL, 0.0, LIMITS)  # the schedule starts here
+    assert first[0] == 0 and len(first) == 33
+    assert secrets.check(first, MATERIAL, 59.9, LIMITS)
+    assert not secrets.check(first, MATERIAL + b"x", 1.0, LIMITS)
+    second = secrets.make(MATERIAL, 60.0, LIMITS)  # changed at 60
+    assert second[0] == 1 and second[1:] != first[1:] and secrets.changes == 1
+    assert secrets.check(first, MATERIAL, 69.9, LIMITS)  # the previous, in its grace
+    assert not secrets.check(first, MATERIAL, 70.0, LIMITS)
+    assert secrets.check(second, MATERIAL, 70.0, LIMITS)
+    # A forged version, or a right version with another secret's hash.
+    assert not secrets.check(bytes([7]) + second[1:], MATERIAL, 70.0, LIMITS)
+    assert not secrets.check(bytes([0]) + second[1:], MATERIAL, 65.0, LIMITS)
+    assert not secrets.check(b"", MATERIAL, 70.0, LIMITS)
+
+
+def test_cookie_schedule_stays_on_its_grid_after_a_quiet_spell() -> None:
+    secrets = CookieSecrets(seeded(5))
+    first = secrets.make(MATERIAL, 0.0, LIMITS)
+    # Nothing asked between 60 and 250: the secret of 0 went at 60, its grace is over.
+    later = secrets.make(MATERIAL, 250.0, LIMITS)
+    assert secrets.changes == 1 and later[0] == 1
+    assert not secrets.check(first, MATERIAL, 250.0, LIMITS)
+    # The next change is at 300 (the grid of 60 s from 0), not at 310.
+    assert secrets.make(MATERIAL, 299.0, LIMITS) == later
+    assert secrets.make(MATERIAL, 300.0, LIMITS)[0] == 2
+
+
+def test_cookie_secret_comes_from_the_injected_randomness() -> None:
+    one, two = CookieSecrets(seeded(5)), CookieSecrets(seeded(5))
+    for now in (0.0, 61.0, 125.0):
+        assert one.make(MATERIAL, now, LIMITS) == two.make(MATERIAL, now, LIMITS)
+    assert CookieSecrets(seeded(6)).make(MATERIAL, 0.0, LIMITS) != one.make(MATERIAL, 0.0, LIMITS)
+
+
+def test_versions_wrap_without_matching_the_previous() -> None:
+    secrets = CookieSecrets(seeded(5))
+    limits = AdmissionLimits(cookie_lifetime=1.0, cookie_grace=0.5)
+    for second in range(300):
+        cookie = secrets.make(MATERIAL, float(second), limits)
+        assert cookie[0] == second % 256
+        assert secrets.check(cookie, MATERIAL, second + 0.1, limits)
+
+
+@pytest.mark.parametrize(
+    ("answered_at", "cookies_sent", "refused"),
+    [(30.0, 1, 0), (65.0, 1, 0), (75.0, 2, 1), (400.0, 2, 1)],
+)
+def test_cookie_across_a_secret_change(
+    pool: AddressPool[object], answered_at: float, cookies_sent: int, refused: int
+) -> None:
+    """A COOKIE made just before the secret changes is good for cookie_grace after; one
+    older than that gets a fresh COOKIE, and the initiator's retry goes through."""
+    held: list[Datagram] = []
+
+    def hold_cookie(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        if way == "g->m" and n == 0:
+            held.append(datagram)
+            return []
+        return [datagram]
+
+    link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
+    link.tamper = hold_cookie
+    initiate(link)
+    link.run(until=0.5)
+    assert len(held) == 1 and link.gateway.counters["cookies_sent"] == 1
+    link.now = answered_at
+    link.mobile.receive_datagram(held[0].data, held[0].src, held[0].dst, link.now)
+    link.run(until=answered_at + 5.0)
+    assert link.of_type(IkeSaEstablished, "gateway") and link.of_type(IkeSaEstablished)
+    assert link.gateway.counters["cookies_sent"] == cookies_sent
+    assert link.gateway.counters["cookies_refused"] == refused
+    versions = [cookie[0] for cookie in cookies_in(link)]
+    assert versions == ([0] if cookies_sent == 1 else [0, 1])
+
+
+# ---------------------------------------------------------------------- half-open cap
+
+
+def init_request(seed: int, local: Address) -> Datagram:
+    node = Endpoint(random=seeded(seed))
+    node.initiate(initiator_config(psk=PSK, lifetimes=QUIET), local, GATEWAY, 0.0)
+    (datagram,) = node.datagrams_to_send(0.0)
+    return datagram
+
+
+def send(gw: Endpoint, datagram: Datagram, now: float) -> list[Datagram]:
+    gw.receive_datagram(datagram.data, datagram.src, datagram.dst, now)
+    return gw.datagrams_to_send(now)
+
+
+def test_half_open_limit_drops_and_counts(pool: AddressPool[object]) -> None:
+    gw = gateway(pool, threshold=1000, half_open_limit=3)
+    for n in range(3):
+        (answer,) = send(gw, init_request(10 + n, host(n)), 0.0)
+        assert parse_header(answer.data).exchange_type == ExchangeType.IKE_SA_INIT
+    assert gw.half_open_count() == 3
+    assert send(gw, init_request(20, host(9)), 0.1) == []
+    assert gw.counters["dropped_half_open_limit"] == 1
+    assert gw.half_open_count() == 3
+    # A retransmission of a request the gateway holds is still answered.
+    assert len(send(gw, init_request(10, host(0)), 0.2)) == 1
+    # The half-open SAs expire (half_open_timeout, 30 s): room again.
+    gw.handle_timer(30.5)
+    gw.datagrams_to_send(30.5)
+    assert gw.half_open_count() == 0
+    assert len(send(gw, init_request(20, host(9)), 31.0)) == 1
+    assert gw.half_open_count() == 1
+
+
+def test_half_open_count_follows_established_and_failed_sas(pool: AddressPool[object]) -> None:
+    link = Link(Endpoint(random=seeded(1)), gateway(pool))
+    initiate(link)
+    link.run(until=0.0)
+    assert link.gateway.half_open_count() == 0  # up: no longer half-open
+    assert link.of_type(IkeSaEstablished, "gateway")
+
+
+# ---------------------------------------------------------------------- per-source rate
+
+
+def test_init_rate_per_source(pool: AddressPool[object]) -> None:
+    gw = gateway(pool, init_rate=2.0, init_burst=3)
+    answered = [bool(send(gw, init_request(10 + n, host(0)), 0.0)) for n in range(5)]
+    assert answered == [True, True, True, False, False]
+    assert gw.counters["dropped_init_rate"] == 2
+    assert send(gw, init_request(30, host(1)), 0.0)  # another source has its own bucket
+    assert not send(gw, init_request(31, host(0)), 0.4)  # 0.8 of a token
+    assert send(gw, init_request(32, host(0)), 0.5)  # one token back
+    assert gw.counters["dropped_init_rate"] == 3
+
+
+def test_rate_table_is_bounded_least_recent_first() -> None:
+    limits = AdmissionLimits(init_rate=1.0, init_burst=1, rate_sources=2)
+    table = SourceRateLimiter()
+    assert table.allow("a", 0.0, limits) and table.allow("b", 0.0, limits)
+    assert not table.allow("a", 0.1, limits)  # a is now the most recent
+    assert table.allow("c", 0.1, limits)  # b goes
+    assert len(table) == 2
+    assert not table.allow("a", 0.2, limits)  # a was kept, still empty
+    assert table.allow("b", 0.2, limits)  # b was forgotten: a full bucket
+    assert all(table.allow(f"10.0.{n // 256}.{n % 256}", 1.0, limits) for n in range(5000))
+    assert len(table) == 2
+
+
+def test_rate_limit_off() -> None:
+    limits = AdmissionLimits(init_rate=0)
+    table = SourceRateLimiter()
+    assert all(table.allow("a", 0.0, limits) for _ in range(1000))
+    assert len(table) == 0
+
+
+# ---------------------------------------------------------------------- per identity
+
+
+def connect_from(gw: Endpoint, local: Address, seed: int, now: float) -> Link:
+    link = Link(Endpoint(random=seeded(seed)), gw, now=now)
+    initiate(link, local)
+    link.run(until=now + 10.0)
+    return link
+
+
+def test_ike_sas_per_identity(pool: AddressPool[object]) -> None:
+    gw = gateway(pool, unique="never", ike_sas_per_identity=2)
+    links = [connect_from(gw, host(n), 40 + n, 0.0) for n in range(3)]
+    assert [bool(link.of_type(IkeSaEstablished)) for link in links] == [True, True, False]
+    (failed,) = links[2].of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    (refused,) = links[2].of_type(IkeSaFailed, "gateway")
+    assert isinstance(refused, IkeSaFailed) and "ike_sas_per_identity" in refused.reason
+    assert gw.counters["refused_by_identity_limit"] == 1
+    assert pool.available(4) == pool.size(4) - 2  # the refused one leased nothing
+    # One goes: room for another.
+    first = next(sa for sa in links[0].mobile if sa.established)
+    links[0].mobile.delete(first.local_spi, links[0].now)
+    links[0].run(until=links[0].now + 10.0)
+    late = connect_from(gw, host(5), 50, links[0].now)
+    assert late.of_type(IkeSaEstablished)
+    assert gw.counters["refused_by_identity_limit"] == 1
+
+
+def test_identity_cap_counts_after_replacement(pool: AddressPool[object]) -> None:
+    """unique=replace: the new IKE SA takes the old one's place, within a cap of one."""
+    gw = gateway(pool, ike_sas_per_identity=1)
+    first = connect_from(gw, host(0), 40, 0.0)
+    second = connect_from(gw, host(1), 41, first.now)
+    assert first.of_type(IkeSaEstablished) and second.of_type(IkeSaEstablished)
+    assert gw.counters["refused_by_identity_limit"] == 0
+    assert len([sa for sa in gw if not sa.closed]) == 1
+
+
+def test_identity_index() -> None:
+    index: IdentityIndex[str] = IdentityIndex()
+    index.add("alice", "sa1")
+    index.inherit("sa1", "sa2")
+    index.inherit("unknown", "sa3")
+    assert sorted(index.of("alice")) == ["sa1", "sa2"] and len(index) == 2
+    index.remove("sa1")
+    index.remove("sa2")
+    index.remove("sa2")
+    assert index.of("alice") == [] and len(index) == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"half_open_limit": 0}, "half_open_limit"),
+        ({"cookie_lifetime": 0}, "cookie_lifetime"),
+        ({"cookie_grace": 61.0}, "cookie_grace"),
+        ({"init_rate": -1.0}, "init_rate"),
+        ({"init_burst": 0}, "init_burst"),
+        ({"ike_sas_per_identity": -1}, "ike_sas_per_identity"),
+    ],
+)
+def test_limits_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AdmissionLimits(**values)
