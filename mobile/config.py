@@ -77,6 +77,9 @@ class GatewayEntry:
     auto_preauth: bool = False  # preauth: auto: the daemon pre-authenticates by itself
     handover: str = "manual"  # one of HANDOVER_MODES
     encap: bool = False  # swanctl's encap: ESP in UDP even without a NAT
+    no_nats_allowed: bool = False  # RFC 4555 §3.9: N(NO_NATS_ALLOWED) in our updates
+    return_routability: bool = False  # RFC 4555 §3.5: SAs move once the answer came back
+    announce_addresses: bool = False  # RFC 4555 §3.6: our other addresses, kept current
     lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
 
 
@@ -204,6 +207,9 @@ def _gateway(
         auto_preauth=preauth == "auto",
         handover=section.optional("handover", choice(*HANDOVER_MODES), "manual"),
         encap=section.optional("encap", boolean, False),
+        no_nats_allowed=section.optional("no_nats_allowed", boolean, False),
+        return_routability=section.optional("return_routability", boolean, False),
+        announce_addresses=section.optional("announce_addresses", boolean, False),
         lifetimes=read_lifetimes(section),
     )
     section.check_unknown()

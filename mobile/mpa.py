@@ -440,6 +440,7 @@ class Mpa:
         to that candidate; a link coming up while the current one still works does
         not (the node stays where it is until that one goes)."""
         self.service.autopreauth.kick(f"{interface} {'up' if up else 'down'}", network_changed=True)
+        self.service.announcer.changed()
         if up:
             for entry, pht in self._auto_candidates():
                 if entry.interface == interface and not self._path_alive(pht):
@@ -454,6 +455,7 @@ class Mpa:
             f"{address} {'added to' if added else 'removed from'} {interface}",
             network_changed=True,
         )
+        self.service.announcer.changed()
         if not added:
             self._path_lost(
                 lambda pht: self._outer_address(pht) == address, f"{address} gone from {interface}"

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mobile.announce import Announcer
 from mobile.autopreauth import AutoPreauth
 from mobile.config import GatewayEntry, MobileConfig
 from mobile.mpa import Mpa
@@ -94,6 +95,7 @@ class MobileService(NodeService):
         self.recovery = Recovery(self)
         self.reauth = Reauthentication(self)
         self.autopreauth = AutoPreauth(self)
+        self.announcer = Announcer(self)
         self.resolver = Resolver(config.dns, config.dns_file)
 
     def handlers(self) -> Mapping[str, Handler]:
@@ -117,6 +119,7 @@ class MobileService(NodeService):
 
     def close(self) -> None:
         self.autopreauth.close()
+        self.announcer.close()
         self.recovery.close()
         self.reauth.close()
         self.mpa.close()
@@ -273,6 +276,8 @@ class MobileService(NodeService):
             virtual_ip_families=families or (4,),
             eap_identity=self.config.eap.identity,
             force_encap=entry.encap,
+            no_nats_allowed=entry.no_nats_allowed,
+            return_routability=entry.return_routability,
             lifetimes=entry.lifetimes,
         )
 
@@ -298,6 +303,7 @@ class MobileService(NodeService):
         super().on_event(event)
         self.mpa.after_datapath(event)
         self._resolver_event(event)
+        self.announcer.on_event(event)
         if isinstance(event, IkeSaRekeyed):  # later events name the new IKE SA
             for waiting in (self._connecting, self._deleting):
                 if event.ike_sa in waiting:

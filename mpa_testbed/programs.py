@@ -65,6 +65,8 @@ class MpaPrograms:
     extra_gateway: dict[str, Any] = field(default_factory=dict)
     extra_mobile: dict[str, Any] = field(default_factory=dict)
     """Top-level keys added to the mobile node's file (``dns``, ``dns_file``...)."""
+    extra_mobile_gateway: dict[str, Any] = field(default_factory=dict)
+    """Keys added to each gateway entry of the mobile node's file."""
     datapath: str = "userspace"
     """Both daemons' ``datapath:`` (userspace, xfrm or auto)."""
     gateway_on_b: bool = False
@@ -144,6 +146,7 @@ class MpaPrograms:
                 "interface": GATEWAYS[gateway][1],
                 "preauth": self.preauth_mode,
                 "handover": self.handover,
+                **self.extra_mobile_gateway,
             }
             for gateway in self.gateways
         }

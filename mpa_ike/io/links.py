@@ -236,6 +236,21 @@ class AddressMover:
                 return address
         return None
 
+    def global_addresses(self) -> list[tuple[str, str]]:
+        """(interface, address) of every address that is not link-local or loopback,
+        on interfaces that have link now."""
+        found = []
+        for index, name in socket.if_nameindex():
+            if not link_is_up(name):
+                continue
+            for family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    for address in self.netlink.addresses(index, family):
+                        ip = ipaddress.ip_address(address)
+                        if not (ip.is_link_local or ip.is_loopback):
+                            found.append((name, address))
+        return found
+
     def interface_of(self, address: str) -> str | None:
         """The interface that holds ``address`` now, if any."""
         ip = ipaddress.ip_address(address)

@@ -44,6 +44,7 @@ class IkeSaEntry:
     address: str | None = None  # the address assigned by CP, the nCoA
     remote_id: str = ""
     child_sas: tuple[ChildSaEntry, ...] = ()
+    peer_addresses: tuple[str, ...] = ()  # the peer's other addresses (RFC 4555 §3.6)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class IkeSaEntry:
             "address": self.address,
             "remote_id": self.remote_id,
             "child_sas": [child.to_json() for child in self.child_sas],
+            "peer_addresses": list(self.peer_addresses),
         }
 
 
@@ -122,4 +124,5 @@ def entry_from_snapshot(snapshot: Mapping[str, Any]) -> IkeSaEntry:
         address=snapshot.get("address"),
         remote_id=str(snapshot.get("peer_id") or ""),
         child_sas=children,
+        peer_addresses=tuple(map(str, snapshot.get("peer_addresses", ()))),
     )

@@ -135,3 +135,40 @@ def test_cp_dns_servers_in_the_resolver_configuration_until_disconnect(
     assert programs.status()["dns"][0]["interface"] == programs.status()["datapath"]["device"]
     programs.disconnect("ngw")
     assert resolv.read_text() == host_own
+
+
+def test_other_addresses_announced_and_kept_current(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    """``announce_addresses``: the gateway learns the node's address on B once B has
+    link and it is added, and forgets it once removed (RFC 4555 §3.6); with
+    ``no_nats_allowed`` and ``return_routability`` the move to it still goes through."""
+    bed, programs = bed_for(
+        address_policy="any",
+        extra_mobile_gateway={
+            "announce_addresses": True,
+            "no_nats_allowed": True,
+            "return_routability": True,
+        },
+    )
+    programs.connect("ngw")
+
+    def announced(version: int = 4) -> list[str]:
+        sas = programs.status("ngw")["ike_sas"]
+        found = sas[0]["peer_addresses"] if sas else []
+        return [a for a in found if (":" in a) == (version == 6)]
+
+    # A's IPv6 address at once (IKE runs over its IPv4 one); B has no link yet.
+    until(lambda: announced(6) == [bed.addr("mn", "mn-a", 6)])
+    assert announced() == []
+    bed.link("b").set_up()
+    bed.ip("mn", "addr", "add", "10.2.0.70/24", "dev", "mn-b")
+    until(lambda: announced() == ["10.2.0.70"])
+    bed.ip("mn", "addr", "del", "10.2.0.70/24", "dev", "mn-b")
+    until(lambda: announced() == [])
+    bed.ip("mn", "addr", "add", "10.2.0.71/24", "dev", "mn-b")
+    until(lambda: announced() == ["10.2.0.71"])
+    answer = programs.handover_to("ngw")
+    assert "moved to 10.2.0.71 on mn-b" in answer
+    # Now on B: A's address is the other one.
+    until(lambda: announced() == [bed.addr("mn", "mn-a", 4)])

@@ -149,3 +149,25 @@ def test_auto_falls_back_to_the_file_without_resolved_or_resolvconf(
     monkeypatch.setenv("PATH", "/nonexistent")
     assert choose("auto") == "file"
     assert choose("resolvconf") == "resolvconf"
+
+
+def test_mobike_options_reach_the_initiator(mobile_data: dict[str, Any]) -> None:
+    from mobile.service import MobileService
+
+    data = mobile_data
+    for key in ("no_nats_allowed", "return_routability", "announce_addresses"):
+        assert not getattr(parse_config(data, Path("/")).gateways["ngw"], key)
+        data = edited(data, f"gateways.ngw.{key}", True)
+    config = parse_config(data, Path("/"))
+    assert config.gateways["ngw"].announce_addresses
+    initiator = MobileService(config).initiator_config(config.gateways["ngw"])
+    assert initiator.no_nats_allowed and initiator.return_routability
+
+
+def test_mobike_options_are_booleans(mobile_data: dict[str, Any]) -> None:
+    from mpa_ike.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^gateways\.ngw\.no_nats_allowed: expected true or false"
+    ):
+        parse_config(edited(mobile_data, "gateways.ngw.no_nats_allowed", "yes"), Path("/"))
