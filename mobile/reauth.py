@@ -39,7 +39,7 @@ class Reauthentication:
     def __init__(self, service: MobileService) -> None:
         self.service = service
         self._tasks: dict[str, asyncio.Task[Any]] = {}  # gateway name -> its re-auth
-        self.done: list[dict[str, Any]] = []  # for status: gateway, seconds, old/new SPI
+        self.done: list[dict[str, Any]] = []  # for status: gateway, seconds, SPIs, when
 
     def close(self) -> None:
         for task in self._tasks.values():
@@ -89,8 +89,16 @@ class Reauthentication:
         finally:
             self._tasks.pop(due.name, None)
         seconds = transport.now() - started
+        new = [sa.local_spi.hex() for sa in self.service.endpoint.find(due.name) if sa.established]
         self.done.append(
-            {"gateway": due.name, "seconds": round(seconds, 3), "old": due.ike_sa.hex()}
+            {
+                "gateway": due.name,
+                "seconds": round(seconds, 3),
+                "old": due.ike_sa.hex(),
+                "new": new,
+                "started": started,  # the loop's (monotonic) clock
+                "finished": transport.now(),
+            }
         )
         log.info("%s: re-authenticated in %.3f s: %s", due.name, seconds, answer)
 
