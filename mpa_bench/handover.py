@@ -27,6 +27,14 @@ one; mpa and mpa-cli keep their nCoA from CP, without DAD. ``--optimistic-dad``:
 optimistic DAD for SLAAC (RFC 4429). ``--dhcp-ping``: dnsmasq checks an address is
 free before offering it (its default, off here: 3 s on a first offer).
 
+``--aaa radius``: the nGW (mpa-gateway, and charon with its eap-radius plugin) relays
+EAP to FreeRADIUS, which runs in a namespace of its own (``aaa``) behind the link
+``aaa``; ``--delay aaa:25ms`` puts a one-way delay of 25 ms on that link, so that every
+RADIUS exchange costs 50 ms more. The RADIUS exchanges are then the parts table's
+AAA/EAP part (captured in the nGW's namespace; ``AAA n`` counts them; IKE_AUTH's own
+hops count as IKE); without, EAP is answered by the nGW and ``AAA n`` counts IKE_AUTH
+round trips. mpa pre-authenticates before the move: no AAA in its outage.
+
 Link options take a value for their default links or a list of ``LINK:VALUE``::
 
     --delay 25ms                       one-way, both directions, on the core link ngw-core
@@ -35,7 +43,7 @@ Link options take a value for their default links or a list of ``LINK:VALUE``::
     --jitter 2ms  --rate 10mbit        jitter on the core link, rate on the access links
 
 ``LINK`` is a testbed link (``a``, ``b``, ``c``, ``ara-core``, ``ngw-core``,
-``gwc-core``, ``cn-core``), ``core`` (``ngw-core``), ``access`` (``a`` and ``b``) or
+``gwc-core``, ``cn-core``, ``aaa``), ``core`` (``ngw-core``), ``access`` (``a`` and ``b``) or
 ``all``. ``--delay`` and ``--loss`` may be repeated: each value is one configuration
 (a testbed of its own), every delay with every loss, each with its own table; the
 ratios to ``mpa`` are taken within a configuration.
@@ -43,11 +51,13 @@ ratios to ``mpa`` are taken within a configuration.
 Run as root from a repository checkout (charon is run by ``tests/harness``)::
 
     mpa-bench handover --runs 10 --delay 0 --delay 25ms --json h.json --plot h.png
+    mpa-bench handover --runs 15 --dhcp --aaa radius --delay aaa:25ms
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -199,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dhcp-ping", action="store_true", help="with --dhcp: dnsmasq's ping check before offers"
     )
     parser.add_argument("--eap", choices=("md5", "mschapv2"), default="mschapv2")
+    parser.add_argument(
+        "--aaa",
+        choices=("local", "radius"),
+        default="local",
+        help="EAP answered by the nGW (local) or relayed to FreeRADIUS behind link aaa",
+    )
     parser.add_argument(
         "--datapath",
         choices=("userspace", "xfrm"),
@@ -384,16 +400,20 @@ def run_configuration(
             optimistic_dad=args.optimistic_dad,
             dhcp_ping=args.dhcp_ping,
             datapath=args.datapath,
+            aaa=args.aaa,
         )
         if args.dhcp:
             ctx.dhcp_server().start()  # a process of the testbed: ended with it
-        for run in range(args.runs):
-            for method in methods:
-                if method in result.unavailable:
-                    progress.step(f"{method}: not available")
-                    continue
-                sample = _one(ctx, method, run, result)
-                progress.step(_progress_text(conf, method, run, sample))
+        with contextlib.ExitStack() as stack:
+            if args.aaa == "radius":
+                stack.enter_context(ctx.aaa_server())
+            for run in range(args.runs):
+                for method in methods:
+                    if method in result.unavailable:
+                        progress.step(f"{method}: not available")
+                        continue
+                    sample = _one(ctx, method, run, result)
+                    progress.step(_progress_text(conf, method, run, sample))
     return result
 
 
@@ -410,12 +430,13 @@ def _one(ctx: Context, method: str, run: int, result: Result) -> Sample | None:
 
 
 def addressing_label(args: argparse.Namespace) -> str:
-    """How the OS's address on B comes, for the tables' titles."""
+    """How the OS's address on B comes and who answers EAP, for the tables' titles."""
+    label = "; AAA by RADIUS" if args.aaa == "radius" else ""
     if not args.dhcp:
-        return ""
+        return label
     v6 = args.family in ("6", "split")
     how = ("SLAAC, optimistic DAD" if args.optimistic_dad else "SLAAC, DAD") if v6 else "DHCP"
-    return f"; B by {how}"
+    return f"; B by {how}{label}"
 
 
 def _progress_text(conf: Configuration, method: str, run: int, sample: Sample | None) -> str:
@@ -425,8 +446,14 @@ def _progress_text(conf: Configuration, method: str, run: int, sample: Sample | 
     return f"{conf.label()}: {method} run {run + 1}: {figure}"
 
 
-def check_environment() -> str | None:
+def check_environment(aaa: str = "local") -> str | None:
     """Why the testbed cannot run here, or None."""
+    if aaa == "radius":
+        from mpa_harness.freeradius import freeradius_available
+
+        reason = freeradius_available()
+        if reason is not None:
+            return f"--aaa radius: {reason}"
     if os.geteuid() != 0:
         return "needs root (network namespaces, TAP devices, tcpdump)"
     for tool in ("ip", "tcpdump"):
@@ -453,7 +480,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
-    reason = check_environment()
+    reason = check_environment(args.aaa)
     if reason is not None:
         print(f"{PROG}: {reason}", file=sys.stderr)
         return 1

@@ -321,6 +321,7 @@ def measure(
     error: str | None = None,
     addressing: Sequence[AddressMessage] = (),
     usable: float | None = None,
+    radius: Sequence[tuple[float, float]] | None = None,
 ) -> Sample:
     """A sample from a flow and a capture around a link event at ``t0``.
 
@@ -328,7 +329,8 @@ def measure(
     silence as outage and is not ``ok``. The lost packets are the whole flow's (random
     loss on the links too). A handover that completed has its outage split into parts
     (:func:`mpa_bench.handover_parts.breakdown`; ``addressing``: the capture's DHCP and
-    ND messages, ``usable``: when a SLAAC address became usable).
+    ND messages, ``usable``: when a SLAAC address became usable, ``radius``: the
+    gateway's RADIUS round trips when it relays EAP to a RADIUS server).
     """
     report = analyse(log)
     line = build_timeline(t0, t_up, messages, report)
@@ -346,7 +348,8 @@ def measure(
     longer = (gap_f, end_f) if gap_f >= gap_r else (gap_r, end_r)
     if recovered and longer[1] is not None:
         end = longer[1].received
-        parts = breakdown((end - longer[0], end), t0, t_up, messages, addressing, usable)
+        window = (end - longer[0], end)
+        parts = breakdown(window, t0, t_up, messages, addressing, usable, radius)
     return Sample(
         method=method,
         run=run,

@@ -252,6 +252,12 @@ def reset_mn(ctx: Context, *, acquire: bool = False) -> None:
     ``acquire``: the OS acquires its address on B (with ``--dhcp``: SLAAC on for IPv6)."""
     bed = ctx.bed
     bed.link("b").set_down()
+    if ctx.dhcp:
+        # Without carrier, down and up: the kernel then takes the next carrier as a new
+        # link (IPv6: link-local DAD, a router solicitation), as at the first run; a
+        # carrier back on a link it had configured only renews its multicast reports.
+        bed.ip("mn", "link", "set", "dev", "mn-b", "down")
+        bed.ip("mn", "link", "set", "dev", "mn-b", "up")
     slaac(
         bed,
         "mn",
@@ -280,6 +286,10 @@ def reset_mn(ctx: Context, *, acquire: bool = False) -> None:
     # Routes over mn-b count only while it has link, in every run (mpa-mobile sets this
     # itself; set here it is the same for every method, whichever ran first).
     keys = [f"net.{v}.conf.mn-b.ignore_routes_with_linkdown=1" for v in ("ipv4", "ipv6")]
+    # ARP answered on mn-b only for mn-b's own addresses: the nGW's on-link route to B
+    # covers its pool, and an answer for a virtual IP on charon's TUN device would let
+    # the flow through in clear while a re-authentication has no CHILD SA.
+    keys.append("net.ipv4.conf.mn-b.arp_ignore=1")
     bed.exec("mn", ["sysctl", "-qw", *keys])
 
 
@@ -324,7 +334,7 @@ class ConnectionManager:
             workdir = ctx.workdir / f"dhcp-{name}"
             self.client = DhcpClient(ctx.bed, "mn", "mn-b", workdir).prepare()
         self._proc = subprocess.Popen(
-            ["ip", "-o", "-n", ctx.bed.ns("mn"), "-batch", "-"],
+            ["ip", "-o", "-force", "-n", ctx.bed.ns("mn"), "-batch", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -337,7 +347,12 @@ class ConnectionManager:
         if self.dhcp:
             if self.client is not None:
                 self.client.start()
-            self._proc.stdin.write("addr flush dev mn-a scope global\nlink show dev lo\n")
+            # A's default routes go too: charon picks routes itself, ignoring carrier, and
+            # would take A's, with A's link-local address as its source (IPv6).
+            self._proc.stdin.write(
+                "addr flush dev mn-a scope global\n"
+                "route del 0.0.0.0/0 dev mn-a\nroute del ::/0 dev mn-a\nlink show dev lo\n"
+            )
             self._proc.stdin.flush()
             for line in self._proc.stdout:
                 if line.startswith("1: lo"):
@@ -489,9 +504,7 @@ def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool
 
 
 @contextlib.contextmanager
-def capture(
-    bed: Testbed, node: str, path: Path, what: str = CAPTURE_FILTER
-) -> Iterator[Path]:
+def capture(bed: Testbed, node: str, path: Path, what: str = CAPTURE_FILTER) -> Iterator[Path]:
     """``what`` (IKE, DHCP and ND) on every interface of ``node`` (``tcpdump -i any``)
     into ``path``, flushed on exit.
 

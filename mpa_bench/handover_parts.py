@@ -11,10 +11,13 @@ measured from the capture in the MN's namespace, the address events of the MN
   message (DISCOVER, or REQUEST on a reboot) to the server's ACK; SLAAC from the MN's
   first router solicitation (the first router advertisement if it sent none) to the
   address being usable (DAD done, or at once when optimistic);
-- ``aaa``: the MN's IKE_AUTH round trips (EAP with the gateway's AAA), request sent to
-  answer received;
+- ``aaa``: the AAA round trips. With a RADIUS server behind the gateway, its RADIUS
+  exchanges as the gateway sees them (Access-Request sent to Access-Challenge, -Accept
+  or -Reject received; a capture in the gateway's namespace); with EAP answered by the
+  gateway itself, the MN's IKE_AUTH round trips (EAP), request sent to answer received;
 - ``ike``: its other IKE round trips (IKE_SA_INIT, the INFORMATIONAL of an update or a
-  MOBIKE path probe, CREATE_CHILD_SA);
+  MOBIKE path probe, CREATE_CHILD_SA; with RADIUS also IKE_AUTH's time around the
+  RADIUS exchange: the hops between the MN and the gateway);
 - ``processing``: the rest: programs starting and reacting, scripts, timers (charon's
   100 ms after a netlink event), neighbour resolution, the datapath.
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +49,9 @@ PART_TITLES = {
 DHCP_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK"}
 ND_TYPES = {133: "RS", 134: "RA", 135: "NS"}
 DHCP_MAGIC = b"\x63\x82\x53\x63"
+RADIUS_AUTH_PORT = 1812
+RADIUS_REQUEST = 1  # Access-Request (RFC 2865 §4)
+RADIUS_ANSWERS = {2, 3, 11}  # Access-Accept, Access-Reject, Access-Challenge
 
 Interval = tuple[float, float]
 
@@ -197,6 +203,44 @@ def slaac_interval(
     return (begin, usable) if usable >= begin else None
 
 
+class Datagram(Protocol):
+    """A UDP datagram as ``mpa_harness.pcap.UdpDatagram`` has it."""
+
+    @property
+    def time(self) -> float: ...
+    @property
+    def src(self) -> str: ...
+    @property
+    def sport(self) -> int: ...
+    @property
+    def dst(self) -> str: ...
+    @property
+    def dport(self) -> int: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+def radius_round_trips(datagrams: Iterable[Datagram], offset: float) -> list[Interval]:
+    """The RADIUS authentication round trips of a capture at the client (the gateway),
+    moved onto the monotonic clock (``offset``: realtime minus monotonic): each
+    Access-Request to the answer with its Identifier from the server it went to. A
+    retransmitted request keeps its first send time; a datagram seen twice (``-i any``)
+    counts once."""
+    sent: dict[tuple[str, int, str, int], float] = {}
+    trips: list[Interval] = []
+    for d in sorted(datagrams, key=lambda d: d.time):
+        if len(d.payload) < 20:
+            continue
+        code, identifier = d.payload[0], d.payload[1]
+        if code == RADIUS_REQUEST and d.dport == RADIUS_AUTH_PORT:
+            sent.setdefault((d.src, d.sport, d.dst, identifier), d.time - offset)
+        elif code in RADIUS_ANSWERS and d.sport == RADIUS_AUTH_PORT:
+            start = sent.pop((d.dst, d.dport, d.src, identifier), None)
+            if start is not None:
+                trips.append((start, d.time - offset))
+    return trips
+
+
 def round_trips(messages: Sequence[Message], t0: float) -> list[tuple[str, Interval]]:
     """The MN's requests after ``t0`` and their answers: (exchange, (sent, answered))."""
     open_: dict[tuple[str, int, str], float] = {}
@@ -268,6 +312,7 @@ class Breakdown:
     ike_round_trips: int
     window: Interval
     address: Interval | None
+    aaa: list[Interval] = field(default_factory=list)  # the AAA round trips counted
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -276,6 +321,7 @@ class Breakdown:
             "ike_round_trips": self.ike_round_trips,
             "window_s": list(self.window),
             "address_s": None if self.address is None else list(self.address),
+            "aaa_s": [list(span) for span in self.aaa],
         }
 
 
@@ -286,16 +332,24 @@ def breakdown(
     ike: Sequence[Message],
     addressing: Sequence[AddressMessage],
     usable: float | None,
+    radius: Sequence[Interval] | None = None,
 ) -> Breakdown:
     """The parts of the outage ``window`` (monotonic times) of a handover at ``t0``.
 
     ``usable``: when the MN's new address became usable (its address events), for
-    SLAAC; None when the method acquired none (``mpa``'s nCoA comes from CP)."""
+    SLAAC; None when the method acquired none (``mpa``'s nCoA comes from CP).
+    ``radius``: the gateway's RADIUS round trips (:func:`radius_round_trips`) when it
+    relays EAP to a RADIUS server; they are then the AAA part, and IKE_AUTH's round
+    trips count as IKE."""
     start, end = window
     address = dhcp_interval(addressing, t0) or slaac_interval(addressing, t0, usable)
     trips = [(x, span) for x, span in round_trips(ike, t0) if span[0] < end]
-    aaa = [span for x, span in trips if x == "IKE_AUTH"]
-    other = [span for x, span in trips if x != "IKE_AUTH"]
+    if radius is None:
+        aaa = [span for x, span in trips if x == "IKE_AUTH"]
+        other = [span for x, span in trips if x != "IKE_AUTH"]
+    else:
+        aaa = sorted(span for span in radius if t0 <= span[0] < end)
+        other = [span for _x, span in trips]
     parts = attribute(
         window,
         {
@@ -305,4 +359,4 @@ def breakdown(
             "ike": other,
         },
     )
-    return Breakdown(parts, len(aaa), len(other), window, address)
+    return Breakdown(parts, len(aaa), len(other), window, address, aaa)

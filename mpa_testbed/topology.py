@@ -6,8 +6,8 @@
                         |  cn-core          (10.0.9.0/24, fd00:ff:9::/64)
                        core
         ara-core /      |  ngw-core  \\ gwc-core
-               ara     ngw           gwc     (10.0.{1,2,3}.0/24, fd00:ff:{1,2,3}::/64)
-      network A |       | network B   | network C
+               ara     ngw --- aaa   gwc     (10.0.{1,2,3}.0/24, fd00:ff:{1,2,3}::/64)
+      network A |       | network B   | network C     aaa: 10.0.10.0/24, fd00:ff:10::/64
                  \\      |            /
                   mn-a  mn-b       mn-c      (10.{1,2,3}.0.0/24, fd00:{1,2,3}::/64)
                            mn
@@ -15,6 +15,8 @@
 The mobile node (``mn``) has one interface per access network; ``ara`` is the access
 router of A, ``ngw`` the gateway and access router of B, ``gwc`` a second candidate
 gateway on C, ``core`` joins them, and ``cn`` (the correspondent) sits behind ``core``.
+``aaa`` is the nGW's AAA server's host (FreeRADIUS, when a benchmark runs one), on a
+link of its own behind ``ngw`` (link ``aaa``), so that its delay is the AAA path's only.
 Each gateway's address pool is the upper half of its network (``POOLS``); ``core``
 routes each access network, pool included, to its router. ``family="split"`` makes A
 IPv4-only and B IPv6-only; core links always carry both families. Only these
@@ -57,7 +59,7 @@ from mpa_testbed.probe import ProbeFlow
 if TYPE_CHECKING:
     from mpa_testbed.programs import MpaPrograms
 
-NODES = ("mn", "ara", "ngw", "gwc", "core", "cn")
+NODES = ("mn", "ara", "ngw", "gwc", "core", "cn", "aaa")
 ROUTERS = ("ara", "ngw", "gwc", "core")
 PREFIX_RE = re.compile(r"^tb[0-9a-f]{6}$")
 
@@ -97,6 +99,7 @@ _LINKS = (
     _core_link("ngw", 2),
     _core_link("gwc", 3),
     LinkPlan("cn-core", "core", "core-cn", 1, "cn", "cn-core", 2, "10.0.9.0/24", "fd00:ff:9::/64"),
+    LinkPlan("aaa", "ngw", "ngw-aaa", 1, "aaa", "aaa-ngw", 2, "10.0.10.0/24", "fd00:ff:10::/64"),
 )
 LINK_NAMES = tuple(plan.name for plan in _LINKS)
 
@@ -469,6 +472,7 @@ class Testbed:
         "ngw": ("ngw-core", "b"),
         "gwc": ("gwc-core", "b"),
         "cn": ("cn-core", "a"),
+        "aaa": ("aaa", "a"),
     }
 
     def _gateway(self, link: str, end: str, family: int) -> str:
