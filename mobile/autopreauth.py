@@ -63,6 +63,7 @@ class AutoPreauth:
         """Gateways the user disconnected: no automatic pre-authentication for now."""
         self.failures: dict[str, int] = {}
         self.last: dict[str, str] = {}  # gateway -> what the last attempt said
+        self.pauses: dict[str, list[float]] = {}  # gateway -> seconds waited after failures
 
     def gateways(self) -> list[GatewayEntry]:
         return [e for e in self.service.config.gateways.values() if e.auto_preauth]
@@ -100,6 +101,7 @@ class AutoPreauth:
                 "held": name in self.held,
                 "failures": self.failures.get(name, 0),
                 "last": self.last.get(name, ""),
+                "pauses": [round(p, 3) for p in self.pauses.get(name, [])[-10:]],
             }
             for name in self._tasks
         }
@@ -129,7 +131,11 @@ class AutoPreauth:
                     pause,
                 )
                 self._fresh.discard(name)
+                loop = asyncio.get_running_loop()
+                paused = loop.time()
                 await self._sleep(name, pause, pausing=True)
+                self.pauses.setdefault(name, []).append(loop.time() - paused)
+                del self.pauses[name][:-10]
                 continue
             except asyncio.CancelledError:
                 raise

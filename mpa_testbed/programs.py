@@ -15,6 +15,7 @@ over IPv4 through A and ask for an IPv6 nCoA on B.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -206,6 +207,10 @@ class MpaPrograms:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+
+    def reload(self, node: str) -> None:
+        """SIGHUP to ``node``'s daemon: it reads its file again (write it first)."""
+        self._procs[node].send_signal(signal.SIGHUP)
 
     def log_tail(self, node: str, lines: int = 20) -> str:
         path = self.workdir / f"{node}.log"

@@ -172,3 +172,28 @@ def test_other_addresses_announced_and_kept_current(
     assert "moved to 10.2.0.71 on mn-b" in answer
     # Now on B: A's address is the other one.
     until(lambda: announced() == [bed.addr("mn", "mn-a", 4)])
+
+
+def test_preauth_auto_backs_off_and_gets_there(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    """The gateway refuses the node's EAP password at first: the automatic attempts are
+    spaced by at least 1 s, then 2 s; once the gateway knows the password (its file
+    read again on SIGHUP) the next attempt makes the PHT, without a command."""
+    wrong = {"eap": {"method": "mschapv2", "users": {"alice": "not-the-node-password"}}}
+    _, programs = bed_for(preauth_mode="auto", extra_gateway=wrong)
+
+    def failures() -> int:
+        return int(programs.status()["auto_preauth"]["ngw"]["failures"])
+
+    until(lambda: failures() >= 3)
+    state = programs.status()["auto_preauth"]["ngw"]
+    first, second = state["pauses"][:2]  # the daemon's own clock, not our polling
+    assert 0.95 <= first < second and second >= 1.95
+    assert "authentication failed" in state["last"]
+    assert not phts(programs)
+    programs.extra_gateway = {}
+    programs.gateway_config("ngw")
+    programs.reload("ngw")
+    found = until(lambda: phts(programs).get("ngw"))
+    assert found["ncoa"] and programs.status()["auto_preauth"]["ngw"]["failures"] == 0
