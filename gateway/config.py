@@ -21,6 +21,7 @@ from mpa_ike.ike_config import (
     AdmissionLimits,
     Lifetimes,
 )
+from mpa_ike.io.policy_routing import Routing
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
@@ -54,6 +55,7 @@ from mpa_ike.node.config import (
 from mpa_ike.node.lifetimes import duration, read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
+DEFAULT_ROUTING = Routing.derived(str(DEFAULT_CONTROL_SOCKET))
 RADIUS = "radius"  # eap.method: every EAP message relayed to eap.radius (gateway/aaa.py)
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
@@ -103,6 +105,8 @@ class GatewayConfig:
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None
+    routing: Routing = DEFAULT_ROUTING  # its own tables, rules and mark
+    keylog: Path | None = None  # Wireshark's key tables written there; off without it
     dae: DaeConfig | None = field(default=None, repr=False)  # RFC 5176 Disconnect-Requests
     lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
     unique: str = "replace"  # strongSwan's unique: no, never, keep or replace

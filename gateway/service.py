@@ -108,6 +108,7 @@ class GatewayService(NodeService):
             responder=responder,
             half_open_threshold=self.config.half_open_threshold,
         )
+        self.open_keylog(self.config.keylog)
         transport = self.new_transport()
         try:
             for listen in self.config.listen:
@@ -117,7 +118,9 @@ class GatewayService(NodeService):
             transport.close()
             raise ControlError(str(error)) from None
         try:
-            self.open_datapath(self.config.datapath, transport, forward=True)
+            self.open_datapath(
+                self.config.datapath, transport, routing=self.config.routing, forward=True
+            )
         except BaseException:
             transport.close()
             raise

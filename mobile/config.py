@@ -15,6 +15,7 @@ from types import MappingProxyType
 from mobile.cli import DEFAULT_CONTROL_SOCKET
 from mpa_ike.errors import ConfigError
 from mpa_ike.ike_config import Lifetimes
+from mpa_ike.io.policy_routing import Routing
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
     Endpoint,
@@ -44,6 +45,7 @@ from mpa_ike.node.config import (
 from mpa_ike.node.lifetimes import read_lifetimes
 
 EAP_METHODS = ("md5", "mschapv2")
+DEFAULT_ROUTING = Routing.derived(str(DEFAULT_CONTROL_SOCKET))
 HANDOVER_MODES = ("auto", "manual")
 PREAUTH_MODES = ("auto", "manual")
 DNS_MODES = ("auto", "resolvectl", "resolvconf", "file", "none")
@@ -96,6 +98,8 @@ class MobileConfig:
     user: str | None = None  # whom to run as once the sockets are open
     group: str | None = None
     control_group: str | None = None
+    routing: Routing = DEFAULT_ROUTING  # its own tables, rules and mark
+    keylog: Path | None = None  # Wireshark's key tables written there; off without it
     dns: str = "auto"  # one of DNS_MODES: how CP's DNS servers reach the resolver
     dns_file: Path = DEFAULT_DNS_FILE  # dns: file: the resolv.conf to add them to
     preauth: str = "manual"  # one of PREAUTH_MODES: the default of gateways with interface

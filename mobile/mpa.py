@@ -48,8 +48,8 @@ from mpa_ike.events import (
 )
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.ike_sa_common import IkeSaState
-from mpa_ike.io.policy_routing import PREAUTH_TABLE_BASE, Rules, source_rule
 from mpa_ike.io.links import AddressMover, LinkWatcher, link_is_up
+from mpa_ike.io.policy_routing import Routing, Rules, source_rule
 from mpa_ike.io.tun import Netlink
 from mpa_ike.node.control import CommandError
 
@@ -537,24 +537,25 @@ class Mpa:
             with contextlib.suppress(Exception):
                 await self.service.live_transport().bind(address, (sa.local[1],))
 
+    def _routing(self) -> Routing:
+        """The instance's policy routing (its ``routing:``, whatever the datapath)."""
+        return self.service.glue.routing or self.service.config.routing
 
     def _free_table(self) -> int:
         used = {pht.table for pht in self.phts.values()}
-        return next(
-            PREAUTH_TABLE_BASE + n for n in range(256) if PREAUTH_TABLE_BASE + n not in used
-        )
+        return next(table for table in self._routing().preauth_tables if table not in used)
 
     def _add_rule(self, address: str, table: int) -> None:
         if self.rules is None:
             return
         try:
-            self.rules.add(**source_rule(address), table=table)
+            self.rules.add(**source_rule(address, self._routing().source_priority), table=table)
         except Exception as error:
             log.error("rule from %s to table %d: %s", address, table, error)
 
     def _drop_rule(self, address: str, table: int) -> None:
         if self.rules is not None:
-            self.rules.remove(**source_rule(address), table=table)
+            self.rules.remove(**source_rule(address, self._routing().source_priority), table=table)
 
     def candidate(self, ike_sa: bytes) -> bool:
         """The IKE SA is a PHT not moved to yet: it comes back pre-authenticated."""

@@ -109,10 +109,16 @@ class MobileService(NodeService):
         return handlers
 
     async def start(self) -> None:
+        self.open_keylog(self.config.keylog)
         transport = self.new_transport()
         # The CP address goes on the TUN device, routes to the gateway's selectors
         # through it (charon's kernel-libipsec with a virtual IP).
-        self.open_datapath(self.config.datapath, transport, inner_addresses=True)
+        self.open_datapath(
+            self.config.datapath,
+            transport,
+            routing=self.config.routing,
+            inner_addresses=True,
+        )
         self.transport = transport
         self.mpa.start()
         self.autopreauth.start()

@@ -67,7 +67,7 @@ from mpa_ike.constants import (
     PayloadType,
     ProtocolId,
 )
-from mpa_ike.crypto.keys import IkeKeys
+from mpa_ike.crypto.keys import IkeKeyExport, IkeKeys
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.crypto.sk import sk_cipher_pair
 from mpa_ike.crypto.suite import IkeSuite
@@ -537,6 +537,24 @@ class IkeSa:
         """The suite and keys of IKE_SA_INIT (§2.14): SK payloads from now on."""
         self._suite, self._keys = suite, keys
         self._exchanges.protect_with(sk_cipher_pair(suite, keys, self._random))
+
+    def exported_keys(self) -> IkeKeyExport | None:
+        """This IKE SA's SPIs, transforms and SK_e/SK_a keys, for a key log that lets a
+        capture be decrypted; None before IKE_SA_INIT derived them."""
+        suite, keys = self._suite, self._keys
+        if suite is None or keys is None:
+            return None
+        return IkeKeyExport(
+            self.spi_i,
+            self.spi_r,
+            int(suite.encr.id),
+            suite.encr_key_bits,
+            int(suite.integ.id) if suite.integ is not None else None,
+            keys.sk_ei,
+            keys.sk_er,
+            keys.sk_ai,
+            keys.sk_ar,
+        )
 
     def expire_at(self, deadline: float | None) -> None:
         """The SA fails at ``deadline`` unless it is established first (§2.4 half-open)."""

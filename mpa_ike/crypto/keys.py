@@ -7,7 +7,7 @@ IKEv2 KDF and ACVP tests as "kdf-components ikev2".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mpa_ike.crypto.prf import Prf
 from mpa_ike.errors import LocalProtocolError
@@ -58,6 +58,22 @@ class IkeKeys:
     sk_er: bytes
     sk_pi: bytes
     sk_pr: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IkeKeyExport:
+    """What decrypts an IKE SA's SK payloads in a capture (Wireshark's
+    ``ikev2_decryption_table``): both SPIs, the transforms and SK_e/SK_a both ways."""
+
+    spi_i: bytes
+    spi_r: bytes
+    encr_id: int
+    encr_key_bits: int | None
+    integ_id: int | None  # None with a combined-mode cipher
+    sk_ei: bytes = field(repr=False)
+    sk_er: bytes = field(repr=False)
+    sk_ai: bytes = field(repr=False)
+    sk_ar: bytes = field(repr=False)
 
 
 def derive_ike_keys(

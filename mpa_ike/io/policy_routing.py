@@ -3,9 +3,9 @@
 A gateway that is also the access router of its network sends ESP to a mobile node's
 nCoA, and after the MOBIKE move that outer address is also the inner address its
 routes lead into the tunnel: the ESP itself would be routed back into the device. So
-the gateway keeps the tunnel routes in their own table (``GATEWAY_TABLE``, 220 as
-charon's) behind a rule, and marks its IKE and ESP sockets (``SO_MARK``) so that a
-rule placed before it sends their packets by ``main``.
+the gateway keeps the tunnel routes in their own table behind a rule, and marks its IKE
+and ESP sockets (``SO_MARK``) so that a rule placed before it sends their packets by
+``main``.
 
 A mobile node keeps the routes of each pre-authentication tunnel in a table of its own,
 reached only by traffic from that tunnel's nCoA (a ``from`` rule), so the tunnel
@@ -13,9 +13,15 @@ carries the nCoA's traffic while everything else still takes the current network
 
 With the kernel's XFRM there is no device to route into: the policies take what
 matches, but only what is routed somewhere. :class:`XfrmRoutes` keeps the routes to the
-peer's traffic selectors in ``XFRM_TABLE`` behind one rule, as charon does in its table
-220: out of the interface towards the peer (the next hop the kernel would take to its
-outer address), preferring the CP address as source on a mobile node.
+peer's traffic selectors in the instance's table behind one rule, as charon does in its
+table 220: out of the interface towards the peer (the next hop the kernel would take to
+its outer address), preferring the CP address as source on a mobile node.
+
+Each daemon instance has its own table, rule priority and mark (:class:`Routing`,
+``routing:`` in its file, by default derived from its control socket), holds its table
+while it runs (:class:`TableClaim`: a second instance with the same table refuses to
+start) and removes only its own rules (matched by priority, table and mark) and the
+routes of its own table: several instances share one host's kernel apart.
 
 The rules are requests of :mod:`mpa_ike.io.rtnl` through :class:`mpa_ike.io.tun.Netlink`
 (``call("rule", "add", ...)``, pyroute2's names), carried out in the caller's thread: a
@@ -29,7 +35,9 @@ import errno
 import ipaddress
 import logging
 import socket
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from mpa_ike.io.netlink import NLM_F_ACK, pull_attributes, push_attribute, push_u32
@@ -51,18 +59,119 @@ from mpa_ike.io.tun import MAIN_TABLE
 
 log = logging.getLogger(__name__)
 
-GATEWAY_TABLE = 220
-TUNNEL_PRIORITY = 220
-BYPASS_PRIORITY = 219
-BYPASS_MARK = 0x4D50  # "MP"
-PREAUTH_PRIORITY = 210
-PREAUTH_TABLE_BASE = 230
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
-#: The XFRM datapath's routes to the peers' selectors: next to charon's 220, not in it,
-#: so that both may run in one namespace.
-XFRM_TABLE = 221
-XFRM_PRIORITY = 221
 RTM_GETROUTE = 26
+#: Derived defaults (:meth:`Routing.derived`): instance slot n of SLOTS has table
+#: TABLE_BASE + TABLE_STRIDE * n (and the PREAUTH_TABLES after it), rule priorities
+#: PRIORITY_BASE + PRIORITY_STRIDE * n and the two before it, mark MARK_BASE + n. All
+#: priorities stay before ``main``'s 32766 and after charon's 220.
+SLOTS = 7680
+TABLE_BASE, TABLE_STRIDE = 1024, 256
+PRIORITY_BASE, PRIORITY_STRIDE = 1002, 4
+MARK_BASE = 0x4D500000  # "MP"
+PREAUTH_TABLES = TABLE_STRIDE - 1
+#: A configured table, priority and mark keep clear of the kernel's own tables (0
+#: unspecified, 252 compat, 253 default, 254 main, 255 local) and rules (0 local, 32766
+#: main, 32767 default), with room for the tables after ``table`` and the rules before
+#: ``priority``.
+MIN_TABLE, MAX_TABLE = 256, 0xFFFFFFFF - PREAUTH_TABLES
+MIN_PRIORITY, MAX_PRIORITY = 3, 32765
+MAX_MARK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """One daemon instance's share of the policy routing.
+
+    ``table`` holds the routes into the tunnels (the userspace gateway's device routes,
+    the XFRM datapath's routes to the peers' selectors) behind a rule at ``priority``;
+    the gateway's rule sending what carries ``mark`` by ``main`` sits just before it
+    (:attr:`bypass_priority`), and a mobile node's ``from`` rules of its
+    pre-authentication tunnels before that (:attr:`source_priority`), to the
+    :attr:`preauth_tables` right after ``table``.
+    """
+
+    table: int
+    priority: int
+    mark: int
+
+    @classmethod
+    def derived(cls, instance: str) -> Routing:
+        """The default of the instance named ``instance`` (its control socket): a slot
+        from a CRC of the name, so that two instances of one host differ (and a second
+        one with the same slot refuses to start, naming the key to set)."""
+        n = zlib.crc32(instance.encode()) % SLOTS
+        return cls(
+            TABLE_BASE + TABLE_STRIDE * n, PRIORITY_BASE + PRIORITY_STRIDE * n, MARK_BASE + n
+        )
+
+    @property
+    def bypass_priority(self) -> int:
+        return self.priority - 1
+
+    @property
+    def source_priority(self) -> int:
+        return self.priority - 2
+
+    @property
+    def preauth_tables(self) -> range:
+        return range(self.table + 1, self.table + 1 + PREAUTH_TABLES)
+
+    def __str__(self) -> str:
+        return f"table {self.table}, priority {self.priority}, mark {self.mark:#x}"
+
+
+class RoutingInUse(Exception):
+    """Another running instance of this network namespace holds the table."""
+
+
+class TableClaim:
+    """This instance's hold on its routing table, an abstract UNIX socket
+    ``@mpa-ike/routing/TABLE``: abstract names belong to the network namespace, as the
+    tables do, and the kernel lets go of the name when the process ends, however it
+    ends. Whatever carries the table, its priority and mark when the claim is taken was
+    left by an earlier run of this instance, and is its own to reuse and remove."""
+
+    PREFIX = b"\0mpa-ike/routing/"
+
+    def __init__(self, table: int) -> None:
+        self.table = table
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._sock.bind(self.PREFIX + str(table).encode())
+        except OSError as error:
+            self._sock.close()
+            self._sock = None
+            if error.errno == errno.EADDRINUSE:
+                raise RoutingInUse(
+                    f"routing.table: table {table} is held by another running instance "
+                    "in this network namespace (set routing: {table, priority, mark})"
+                ) from None
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def held_tables(unix_sockets: Path = Path("/proc/net/unix")) -> set[int]:
+    """The tables the running instances of this network namespace hold (their
+    :class:`TableClaim` sockets, as the kernel lists the namespace's UNIX sockets)."""
+    prefix = "@" + TableClaim.PREFIX[1:].decode()
+    try:
+        lines = unix_sockets.read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    found = set()
+    for line in lines:
+        name = line.split()[-1] if len(line.split()) >= 8 else ""
+        number = name.removeprefix(prefix)
+        if name.startswith(prefix) and number.isdigit():
+            found.add(int(number))
+    return found
+
+
 RTA_SRC, RTA_GATEWAY, RTA_MARK = 2, 5, 16
 
 
@@ -72,7 +181,7 @@ class NetlinkCaller(Protocol):
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def mark_socket(sock: socket.socket, mark: int = BYPASS_MARK) -> None:
+def mark_socket(sock: socket.socket, mark: int) -> None:
     """Route what ``sock`` sends by ``main`` (needs CAP_NET_ADMIN)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
 
@@ -105,28 +214,38 @@ class Rules:
         self.added.clear()
 
 
-def gateway_rules(netlink: NetlinkCaller) -> Rules:
+def bypass_rule(family: int, routing: Routing) -> dict[str, Any]:
+    """What carries the instance's mark goes by ``main``."""
+    return {
+        "family": family,
+        "priority": routing.bypass_priority,
+        "fwmark": routing.mark,
+        "fwmask": 0xFFFFFFFF,
+        "table": MAIN_TABLE,
+    }
+
+
+def table_rule(family: int, routing: Routing) -> dict[str, Any]:
+    """Everything by the instance's table (what it has no route for goes on)."""
+    return {"family": family, "priority": routing.priority, "table": routing.table}
+
+
+def gateway_rules(netlink: NetlinkCaller, routing: Routing) -> Rules:
     """Marked packets by ``main``, then everything by the tunnel table, both families."""
     rules = Rules(netlink)
     for family in FAMILIES:
-        rules.add(
-            family=family,
-            priority=BYPASS_PRIORITY,
-            fwmark=BYPASS_MARK,
-            fwmask=0xFFFFFFFF,
-            table=MAIN_TABLE,
-        )
-        rules.add(family=family, priority=TUNNEL_PRIORITY, table=GATEWAY_TABLE)
+        rules.add(**bypass_rule(family, routing))
+        rules.add(**table_rule(family, routing))
     return rules
 
 
-def source_rule(address: str) -> dict[str, Any]:
+def source_rule(address: str, priority: int) -> dict[str, Any]:
     """The rule sending traffic from ``address`` to ``table`` (filled in by the caller)."""
     ip = ipaddress.ip_address(address)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     return {
         "family": family,
-        "priority": PREAUTH_PRIORITY,
+        "priority": priority,
         "src": str(ip),
         "src_len": ip.max_prefixlen,
     }
@@ -193,31 +312,25 @@ def via_route_request(
 
 
 class XfrmRoutes:
-    """The routes to the peers' selectors of the XFRM datapath, in ``table`` behind one
-    rule per family, counted (two CHILD SAs may cover one network) and kept per SA so
-    that a move re-routes and a removal takes them away.
+    """The routes to the peers' selectors of the XFRM datapath, in the instance's table
+    behind one rule per family, counted (two CHILD SAs may cover one network) and kept
+    per SA so that a move re-routes and a removal takes them away.
 
     A route goes out of the interface the kernel would take to the SA's remote (outer)
     address, through the same next hop, preferring ``src`` (the mobile node's CP
     address) when given; without it a route does not name a source.
 
-    ``bypass_mark`` (the gateway, whose leased address may become the mobile node's
-    outer address too, an nCoA): what carries the mark goes by ``main`` (a rule before
-    the table's), the daemon's IKE sockets and the next-hop lookups, which must not
-    find the table's own route to that address.
+    ``bypass`` (the gateway, whose leased address may become the mobile node's outer
+    address too, an nCoA): what carries the instance's mark goes by ``main`` (a rule
+    before the table's), the daemon's IKE sockets and the next-hop lookups, which must
+    not find the table's own route to that address.
     """
 
-    def __init__(
-        self,
-        rtnl: Rtnl,
-        table: int = XFRM_TABLE,
-        priority: int = XFRM_PRIORITY,
-        bypass_mark: int | None = None,
-    ):
+    def __init__(self, rtnl: Rtnl, routing: Routing, *, bypass: bool = False):
         self.rtnl = rtnl
-        self.table = table
-        self.priority = priority
-        self.bypass_mark = bypass_mark
+        self.routing = routing
+        self.table = routing.table
+        self.bypass_mark = routing.mark if bypass else None
         self.rules: list[dict[str, Any]] = []
         self.installed: dict[tuple[str, str | None], NextHop] = {}
         self._count: dict[tuple[str, str | None], int] = {}
@@ -296,14 +409,8 @@ class XfrmRoutes:
         if any(rule["family"] == family for rule in self.rules):
             return
         if self.bypass_mark is not None:
-            self._add_rule(
-                family=family,
-                priority=BYPASS_PRIORITY,
-                fwmark=self.bypass_mark,
-                fwmask=0xFFFFFFFF,
-                table=MAIN_TABLE,
-            )
-        self._add_rule(family=family, priority=self.priority, table=self.table)
+            self._add_rule(**bypass_rule(family, self.routing))
+        self._add_rule(**table_rule(family, self.routing))
 
     def _add_rule(self, **rule: Any) -> None:
         try:

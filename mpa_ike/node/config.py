@@ -34,6 +34,14 @@ import yaml
 from mpa_ike.constants import ProtocolId
 from mpa_ike.crypto.proposal import parse_proposal
 from mpa_ike.errors import ConfigError
+from mpa_ike.io.policy_routing import (
+    MAX_MARK,
+    MAX_PRIORITY,
+    MAX_TABLE,
+    MIN_PRIORITY,
+    MIN_TABLE,
+    Routing,
+)
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -476,18 +484,55 @@ def metrics(value: object, path: str) -> MetricsConfig:
     return MetricsConfig(listen)
 
 
+def routing(default: Routing) -> Parser[Routing]:
+    """``routing: {table, priority, mark}``: the instance's own policy routing; what is
+    not given keeps ``default`` (derived from the control socket)."""
+
+    def parse(value: object, path: str) -> Routing:
+        section = Section(value, path)
+        # Below 256: the kernel's own tables (253-255) and charon's 220.
+        table = section.optional("table", integer(MIN_TABLE, MAX_TABLE), default.table)
+        priority = section.optional(
+            "priority", integer(MIN_PRIORITY, MAX_PRIORITY), default.priority
+        )
+        mark = section.optional("mark", integer(1, MAX_MARK), default.mark)
+        section.check_unknown()
+        return Routing(table, priority, mark)
+
+    return parse
+
+
+def keylog_directory(base_dir: Path) -> Parser[Path]:
+    """Where Wireshark's ``ikev2_decryption_table`` and ``esp_sa`` are written (created
+    at start, mode 0700); a file that is not a directory is refused."""
+
+    def parse(value: object, path: str) -> Path:
+        directory = base_dir / string(value, path)
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"not a directory: '{directory}'", key=path)
+        return directory
+
+    return parse
+
+
 def daemon_keys(top: Section, base_dir: Path, default_socket: Path) -> dict[str, Any]:
     """The keys every daemon's file has: ``control_socket``, ``datapath``, ``log_level``,
-    ``log_format`` (text or json lines), ``metrics`` (off without it), and whom to run
-    as once the sockets are open: ``user``, ``group`` (default: the user's) and
+    ``log_format`` (text or json lines), ``metrics`` (off without it), whom to run as
+    once the sockets are open: ``user``, ``group`` (default: the user's) and
     ``control_group`` (who may use the control socket besides root and the daemon's
-    user)."""
+    user), the instance's policy ``routing`` (default: derived from the control
+    socket's path) and ``keylog`` (a directory for Wireshark's key tables; off without
+    it)."""
     user = top.optional("user", user_name, None)
     group = top.optional("group", group_name, None)
     if group is not None and user is None:
         group = report(ConfigError("only used with user", key="group"))
+    control_socket = top.optional("control_socket", socket_path(base_dir), default_socket)
+    derived = Routing.derived(str(control_socket))
     return {
-        "control_socket": top.optional("control_socket", socket_path(base_dir), default_socket),
+        "control_socket": control_socket,
+        "routing": top.optional("routing", routing(derived), derived),
+        "keylog": top.optional("keylog", keylog_directory(base_dir), None),
         "datapath": top.optional("datapath", choice(*DATAPATHS), "auto"),
         "log_level": top.optional("log_level", choice(*LOG_LEVELS), "info"),
         "log_format": top.optional("log_format", choice(*LOG_FORMATS), "text"),

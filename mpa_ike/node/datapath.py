@@ -30,12 +30,14 @@ from mpa_ike.events import (
     IkeSaRekeyed,
 )
 from mpa_ike.io.policy_routing import (
-    BYPASS_MARK,
-    GATEWAY_TABLE,
     NextHop,
+    Routing,
+    RoutingInUse,
     Rules,
+    TableClaim,
     XfrmRoutes,
     gateway_rules,
+    held_tables,
 )
 from mpa_ike.io.raw_esp import RawEspSockets
 from mpa_ike.io.rtnl import Rtnl
@@ -90,6 +92,10 @@ class DatapathGlue:
     rule (the mobile node preferring its CP address as source; the gateway routing the
     leased addresses so that what the LAN sends them meets the policy), re-routed when
     the SA moves and removed with it.
+
+    Tables, rule priorities and the mark are the instance's own (``routing``, held by a
+    :class:`TableClaim` while it runs): closing removes its rules and routes, never
+    another instance's.
     """
 
     def __init__(
@@ -119,6 +125,8 @@ class DatapathGlue:
         self.events: XfrmEvents | None = None
         self.rtnl: Rtnl | None = None
         self.routes: XfrmRoutes | None = None
+        self.routing: Routing | None = None
+        self.claim: TableClaim | None = None
         if userspace is not None:
             userspace.on_expire = self._expired
             userspace.on_mapping = self._mapped
@@ -129,22 +137,49 @@ class DatapathGlue:
         kind: str,
         transport: IkeTransport,
         *,
+        routing: Routing,
         inner_addresses: bool = False,
         forward: bool = False,
         device: str = "mpa%d",
     ) -> DatapathGlue:
-        """The datapath ``kind`` (userspace, xfrm, auto) wired to ``transport``.
+        """The datapath ``kind`` (userspace, xfrm, auto) wired to ``transport``, with the
+        instance's ``routing`` (its table claimed for as long as the glue is open).
 
         ``auto`` without the right to create a TUN device runs without a datapath (a
         warning: SAs are negotiated but carry nothing); ``userspace`` fails then.
         """
+        try:
+            claim = TableClaim(routing.table)
+        except RoutingInUse as error:
+            raise ControlError(str(error)) from None
+        try:
+            glue = cls._open(kind, transport, routing, inner_addresses, forward, device)
+        except BaseException:
+            claim.close()
+            raise
+        glue.routing, glue.claim = routing, claim
+        log.info("policy routing: %s", routing)
+        return glue
+
+    @classmethod
+    def _open(
+        cls,
+        kind: str,
+        transport: IkeTransport,
+        routing: Routing,
+        inner_addresses: bool,
+        forward: bool,
+        device: str,
+    ) -> DatapathGlue:
         choice = choose_datapath(kind)
         log.info("%s", choice)
         if choice.kind == "xfrm":
-            return cls._open_xfrm(transport, inner_addresses=inner_addresses, forward=forward)
+            return cls._open_xfrm(
+                transport, routing, inner_addresses=inner_addresses, forward=forward
+            )
         # pyroute2 logs every netlink message at DEBUG: the daemon's debug log drowned.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, log.getEffectiveLevel()))
-        table = GATEWAY_TABLE if forward else MAIN_TABLE
+        table = routing.table if forward else MAIN_TABLE
         try:
             userspace = UserspaceDatapath.open(transport.send_raw, name=device, route_table=table)
         except OSError as error:
@@ -164,7 +199,7 @@ class DatapathGlue:
         transport.esp_handler = userspace.esp_received
         rules = None
         if forward:
-            rules = cls._gateway_routing(userspace, transport, raw)
+            rules = cls._gateway_routing(userspace, transport, raw, routing)
         log.info("userspace datapath on %s", cls._device(userspace))
         glue = cls(
             userspace,
@@ -180,7 +215,7 @@ class DatapathGlue:
 
     @classmethod
     def _open_xfrm(
-        cls, transport: IkeTransport, *, inner_addresses: bool, forward: bool
+        cls, transport: IkeTransport, routing: Routing, *, inner_addresses: bool, forward: bool
     ) -> DatapathGlue:
         """The kernel's XFRM under this instance's slot of reqids: what an earlier run of
         it left is flushed first, and the kernel's expiries and mappings are read on the
@@ -211,9 +246,9 @@ class DatapathGlue:
         glue.transport = transport
         try:
             glue.rtnl = Rtnl()
-            glue.routes = XfrmRoutes(glue.rtnl, bypass_mark=BYPASS_MARK if forward else None)
+            glue.routes = XfrmRoutes(glue.rtnl, routing, bypass=forward)
             if forward:  # an nCoA is both a leased and an outer address: IKE by main
-                transport.mark_sockets(BYPASS_MARK)
+                transport.mark_sockets(routing.mark)
         except OSError as error:
             log.warning("no routes to the peers' selectors (%s)", error.strerror)
         try:
@@ -233,17 +268,20 @@ class DatapathGlue:
 
     @staticmethod
     def _gateway_routing(
-        userspace: UserspaceDatapath, transport: IkeTransport, raw: RawEspSockets | None
+        userspace: UserspaceDatapath,
+        transport: IkeTransport,
+        raw: RawEspSockets | None,
+        routing: Routing,
     ) -> Rules | None:
         """Tunnel routes in their own table, our IKE and ESP sockets marked past it: an
         nCoA is both the inner and the outer address after the move."""
         netlink = getattr(userspace.tun, "netlink", None)
         if netlink is None:
             return None
-        rules = gateway_rules(netlink)
-        transport.mark_sockets(BYPASS_MARK)
+        rules = gateway_rules(netlink, routing)
+        transport.mark_sockets(routing.mark)
         if raw is not None:
-            raw.mark_sockets(BYPASS_MARK)
+            raw.mark_sockets(routing.mark)
         return rules
 
     @staticmethod
@@ -477,6 +515,20 @@ class DatapathGlue:
             self.slot.close()
             self.slot = None
 
+    def _restore_forwarding(self) -> None:
+        """Forwarding back to what it was, unless another instance of this namespace
+        still runs (it may forward through the same knob)."""
+        others = held_tables() - {self.claim.table} if self.claim is not None else set()
+        for version, was in self._forwarding_was.items():
+            if was == "1":
+                continue
+            if others:
+                log.info("IPv%d forwarding left on: another instance runs here", version)
+                continue
+            with contextlib.suppress(OSError):
+                FORWARDING[version].write_text(f"{was}\n")
+        self._forwarding_was.clear()
+
     def _enable_forwarding(self, params: ChildSaParams) -> None:
         versions = {ipaddress.ip_address(ts.start).version for ts in params.remote_ts}
         for version in versions - set(self._forwarding_was):
@@ -550,11 +602,10 @@ class DatapathGlue:
         if self.rtnl is not None:
             self.rtnl.close()
             self.rtnl = None
-        for version, was in self._forwarding_was.items():
-            if was != "1":
-                with contextlib.suppress(OSError):
-                    FORWARDING[version].write_text(f"{was}\n")
-        self._forwarding_was.clear()
+        self._restore_forwarding()
+        if self.claim is not None:  # last: the rules and routes of the table are gone
+            self.claim.close()
+            self.claim = None
 
 
 def selector_routes(params: ChildSaParams, *, with_source: bool) -> list[tuple[str, str | None]]:

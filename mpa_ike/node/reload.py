@@ -31,6 +31,8 @@ DAEMON_KEYS = (
     "control_group",
     "log_format",
     "metrics",
+    "routing",
+    "keylog",
 )
 KEPT = "the configuration in use stays"
 

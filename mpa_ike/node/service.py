@@ -17,9 +17,11 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpa_ike.constants import ProtocolId
+from mpa_ike.crypto.keys import IkeKeyExport
 from mpa_ike.crypto.proposal import ProposalSpec, parse_proposal
 from mpa_ike.datapath import Datapath, RecordingDatapath
 from mpa_ike.eap import EapType
@@ -27,9 +29,12 @@ from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import Event, IkeSaDeleted, IkeSaFailed, IkeSaRekeyed
 from mpa_ike.ike_sa import IkeSa
 from mpa_ike.ike_sa_common import IkeSaState
+from mpa_ike.io.policy_routing import Routing
 from mpa_ike.node.control import Handler
+from mpa_ike.node.control_client import ControlError
 from mpa_ike.node.datapath import DatapathGlue
 from mpa_ike.node.describe import EVENT_FIELDS, Subject, describe
+from mpa_ike.node.keylog import KeyLog
 from mpa_ike.node.registry import Registry
 from mpa_ike.node.transport import EspHandler, IkeTransport
 
@@ -61,6 +66,7 @@ class NodeService:
         self.transport: IkeTransport | None = None
         self.metrics: NodeMetrics | None = None  # with metrics: in the configuration
         self.subjects: dict[bytes, Subject] = {}  # local SPI -> SPIs and peer, for logs
+        self.keylog: KeyLog | None = None  # with keylog: in the configuration
 
     @property
     def datapath(self) -> Datapath:
@@ -90,22 +96,44 @@ class NodeService:
         kind: str,
         transport: IkeTransport,
         *,
+        routing: Routing,
         inner_addresses: bool = False,
         forward: bool = False,
     ) -> None:
-        """The datapath ``kind`` wired to ``transport``, unless one was given."""
+        """The datapath ``kind`` wired to ``transport`` with the instance's policy
+        ``routing``, unless one was given."""
         if self.given_datapath is None:
             self.glue = DatapathGlue.open(
-                kind, transport, inner_addresses=inner_addresses, forward=forward
+                kind,
+                transport,
+                routing=routing,
+                inner_addresses=inner_addresses,
+                forward=forward,
             )
 
+    def open_keylog(self, directory: Path | None) -> None:
+        """Wireshark's key tables in ``directory`` (None: none), from now on."""
+        if directory is None:
+            return
+        try:
+            self.keylog = KeyLog(directory, self.exported_keys)
+        except OSError as error:
+            raise ControlError(f"keylog: '{directory}': {error.strerror}") from None
+        log.warning("keylog: the keys of every SA are written to %s", directory)
+
+    def exported_keys(self, spi: bytes) -> IkeKeyExport | None:
+        sa = self.endpoint.sas.get(spi)
+        return sa.exported_keys() if sa is not None else None
+
     def on_event(self, event: Event) -> None:
-        """Log the event (one line), count it, hand it to the datapath."""
+        """Log the event (one line), count it, hand it to the key log and the datapath."""
         subject = self.subject_of(event)
         record = describe(event, subject)
         log.info("%s", record.text_line(), extra={EVENT_FIELDS: record.json_fields()})
         if self.metrics is not None:
             self.metrics.on_event(event, subject)
+        if self.keylog is not None:
+            self.keylog.on_event(event)
         self.glue.on_event(event)
         if isinstance(event, IkeSaDeleted | IkeSaFailed | IkeSaRekeyed):
             self.subjects.pop(event.ike_sa, None)
@@ -188,6 +216,9 @@ class NodeService:
         self.close()
         self.glue.close()
         transport.close()
+        if self.keylog is not None:
+            self.keylog.close()
+            self.keylog = None
 
     def close(self) -> None:
         """What a daemon closes of its own before its datapath and sockets."""

@@ -12,8 +12,8 @@ from mpa_ike.io.policy_routing import (
     RTA_GATEWAY,
     RTA_MARK,
     RTM_GETROUTE,
-    XFRM_TABLE,
     NextHop,
+    Routing,
     XfrmRoutes,
     next_hop_request,
     pull_next_hop,
@@ -23,6 +23,7 @@ from mpa_ike.io.rtnl import RTA_DST, RTA_OIF, RTA_PREFSRC, RTA_TABLE, RTM_NEWROU
 from mpa_ike.node.datapath import selector_routes
 
 FIXED = RtMsg.LAYOUT.size
+ROUTING = Routing(table=4096, priority=2000, mark=0x4D500003)
 
 
 def params(remote: str, remote_ts: list[tuple[str, str]], local_ts: list[str]) -> ChildSaParams:
@@ -109,12 +110,12 @@ class FakeRtnl:
 
 def test_routes_counted_moved_and_removed() -> None:
     rtnl = FakeRtnl()
-    routes = XfrmRoutes(rtnl)  # type: ignore[arg-type]
+    routes = XfrmRoutes(rtnl, ROUTING)  # type: ignore[arg-type]
     assert routes.next_hop("192.0.2.1", "192.0.2.2") == NextHop(7)
     routes.add(b"a", [("10.0.9.0/24", "10.9.0.5")], NextHop(7))
     routes.add(b"b", [("10.0.9.0/24", "10.9.0.5")], NextHop(7))  # a rekey's new SA
     assert [s[0] for s in rtnl.sent] == ["replace"]
-    assert rtnl.rules == [("add", {"family": socket.AF_INET, "priority": 221, "table": XFRM_TABLE})]
+    assert rtnl.rules == [("add", {"family": socket.AF_INET, "priority": 2000, "table": 4096})]
     routes.remove(b"a")
     assert len(rtnl.sent) == 1  # still carried by b
     routes.move(b"b", NextHop(9, "198.51.100.1"))
@@ -126,19 +127,19 @@ def test_routes_counted_moved_and_removed() -> None:
 
 def test_a_gateway_looks_up_and_sends_ike_past_its_table() -> None:
     rtnl = FakeRtnl()
-    routes = XfrmRoutes(rtnl, bypass_mark=0x4D50)  # type: ignore[arg-type]
+    routes = XfrmRoutes(rtnl, ROUTING, bypass=True)  # type: ignore[arg-type]
     routes.add(b"a", [("10.9.0.5/32", None)], NextHop(7))
-    assert [kw["priority"] for _, kw in rtnl.rules] == [219, 221]
-    assert rtnl.rules[0][1]["fwmark"] == 0x4D50
-    request = next_hop_request("10.9.0.5", None, 0x4D50)
-    assert request.attributes(FIXED).get(RTA_MARK) == (0x4D50).to_bytes(4, "little")
+    assert [kw["priority"] for _, kw in rtnl.rules] == [1999, 2000]
+    assert rtnl.rules[0][1]["fwmark"] == 0x4D500003
+    request = next_hop_request("10.9.0.5", None, routes.bypass_mark)
+    assert request.attributes(FIXED).get(RTA_MARK) == (0x4D500003).to_bytes(4, "little")
     routes.close()
-    assert [kw["priority"] for cmd, kw in rtnl.rules if cmd == "del"] == [221, 219]
+    assert [kw["priority"] for cmd, kw in rtnl.rules if cmd == "del"] == [2000, 1999]
 
 
 def test_a_source_not_ours_routes_without_it() -> None:
     rtnl = FakeRtnl()
     rtnl.refuse_source = True
-    routes = XfrmRoutes(rtnl)  # type: ignore[arg-type]
+    routes = XfrmRoutes(rtnl, ROUTING)  # type: ignore[arg-type]
     routes.add(b"a", [("10.0.9.0/24", "10.9.0.5")], NextHop(7))
     assert rtnl.sent == [("replace", "10.0.9.0", 7, None)]

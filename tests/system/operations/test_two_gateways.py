@@ -1,0 +1,126 @@
+"""Two mpa-gateway instances on one host keep their kernel state apart.
+
+One gateway namespace runs two instances (different listen addresses, control sockets
+and pools, the userspace datapath, default ``routing:``), each with an mpa-mobile in a
+namespace of its own, and a LAN host behind the gateway. A UDP echo runs between the
+LAN host and each mobile node's CP address through its tunnel. Stopping the first
+instance (the one that turned forwarding on) removes its rules and only its rules: the
+second one's echo still goes both ways. Stopping the second leaves no rule behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from servicehelp import Daemon, cli
+
+from mpa_harness.netns import Netns, add_veth, netns
+from mpa_ike.io.policy_routing import Routing
+from tests.system.interop.test_mobile_vs_gateway import (
+    gateway_yaml,
+    mobile_yaml,
+    start_daemon,
+    status,
+    wait_listening,
+)
+from tests.system.interop.test_traffic import (
+    COUNT,
+    GW_LAN,
+    IKE,
+    KEY,
+    LAN_HOST,
+    METHOD,
+    echo_server,
+    echoes,
+    traffic_env,
+    with_settings,
+)
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
+__all__ = ["traffic_env"]
+
+
+@dataclass
+class Instance:
+    """One gateway instance and its mobile node."""
+
+    workdir: Path
+    gateway: Daemon
+    mobile: Daemon
+    mn: Netns
+    address: str  # the mobile node's CP address
+    port: int  # of the echo servers of this pair
+
+    @property
+    def routing(self) -> Routing:
+        return Routing.derived(str(self.workdir / "gw.sock"))
+
+    def echo_both_ways(self, lan: Netns) -> None:
+        with echo_server(lan, LAN_HOST, self.port), echo_server(self.mn, self.address, self.port):
+            assert echoes(self.mn, LAN_HOST, self.port, self.address) == COUNT
+            assert echoes(lan, self.address, self.port, LAN_HOST) == COUNT
+
+
+def rules(ns: Netns) -> str:
+    return ns.ip("rule", "show").stdout + ns.ip("-6", "rule", "show").stdout
+
+
+def has_rules(text: str, routing: Routing) -> bool:
+    return (
+        f"{routing.priority}:\tfrom all lookup {routing.table}" in text
+        and f"{routing.bypass_priority}:\tfrom all fwmark {routing.mark:#x} lookup main" in text
+    )
+
+
+@contextlib.contextmanager
+def instance(workdir: Path, gw: Netns, subnet: str, pool: str, port: int) -> Iterator[Instance]:
+    """mpa-gateway on ``subnet``.2 in ``gw``, mpa-mobile on ``subnet``.1, connected."""
+    workdir.mkdir()
+    with netns("mn") as mn, contextlib.ExitStack() as stack:
+        add_veth(mn, gw, [f"{subnet}.1/24"], [f"{subnet}.2/24"])
+        listen = f"{subnet}.2"
+        config, _ = gateway_yaml(workdir, [listen], METHOD, IKE, KEY, pool=[pool])
+        with_settings(config, datapath="userspace", log_level="info")
+        gateway = start_daemon("gateway.cli", config, gw.name)
+        stack.callback(gateway.stop)
+        wait_listening(config)
+        mn_config = mobile_yaml(workdir, listen, METHOD, IKE, ca=workdir / "ca.pem")
+        with_settings(mn_config, datapath="userspace", log_level="info")
+        mobile = start_daemon("mobile.cli", mn_config, mn.name)
+        stack.callback(mobile.stop)
+        result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
+        assert result.returncode == 0, result.stderr
+        [sa] = status("mobile.cli", mn_config)["ike_sas"]
+        yield Instance(workdir, gateway, mobile, mn, str(sa["address"]), port)
+
+
+def test_stopping_one_gateway_leaves_the_others_traffic_flowing(short_dir: Path) -> None:
+    with netns("gw") as gw, netns("lan") as lan:
+        add_veth(gw, lan, [f"{GW_LAN}/24"], [f"{LAN_HOST}/24"])
+        lan.ip("route", "add", "default", "via", GW_LAN)
+        with (
+            instance(short_dir / "a", gw, "192.0.2", "10.3.0.0/24", 7011) as first,
+            instance(short_dir / "b", gw, "198.51.100", "10.4.0.0/24", 7012) as second,
+        ):
+            assert first.routing != second.routing
+            before = rules(gw)
+            assert has_rules(before, first.routing) and has_rules(before, second.routing)
+            first.echo_both_ways(lan)
+            second.echo_both_ways(lan)
+
+            stderr = first.gateway.stop()
+            assert "Traceback" not in stderr, stderr
+            after = rules(gw)
+            assert not has_rules(after, first.routing)
+            assert has_rules(after, second.routing)
+            assert after.count(f"lookup {second.routing.table}") == 2  # IPv4 and IPv6
+            assert gw.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
+            second.echo_both_ways(lan)
+
+            assert "Traceback" not in second.gateway.stop()
+            left = {line.split(":")[0] for line in rules(gw).splitlines()}
+            assert left == {"0", "32766", "32767"}  # the kernel's own rules only
