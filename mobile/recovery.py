@@ -92,7 +92,10 @@ class Recovery:
         finally:
             self._tasks.pop(name, None)
         seconds = self.service.live_transport().now() - started
-        self.recovered.append({"gateway": name, "why": why, "seconds": round(seconds, 3)})
+        self.recovered.append(
+            # started: when the sign came, on the loop's (monotonic) clock
+            {"gateway": name, "why": why, "seconds": round(seconds, 3), "started": started}
+        )
         log.info("%s: re-established after %s in %.2f s: %s", name, why, seconds, answer)
 
     async def _replace(self, hint: PeerForgotIkeSa) -> str:
