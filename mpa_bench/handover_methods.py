@@ -67,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -612,13 +613,33 @@ def run_mpa(ctx: Context, run: int) -> Sample:
             request.start()
             time.sleep(0.2)  # the request is in the daemon, waiting for mn-b's link
 
+        before = xfrm_states(ctx.bed, "ngw") if ctx.datapath == "xfrm" else None
         sample = handover(
             ctx, "mpa", run, [ncoa], arm=arm, done=lambda event: request.wait(event.deadline)
         )
         sample.extra.update(ncoa=ncoa, answer=request.answer)
         if request.answered is not None:
             sample.extra["command_answered_s"] = request.answered - sample.t0
+        if before is not None:
+            sample.extra["xfrm_states"] = {"before": before, "after": xfrm_states(ctx.bed, "ngw")}
         return sample
+
+
+_XFRM_STATE = re.compile(
+    r"^src (\S+) dst (\S+)\n\s+proto esp spi 0x([0-9a-f]+).*?"
+    r"lifetime current:\n\s+(\d+)\(bytes\), (\d+)\(packets\)",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def xfrm_states(bed: Testbed, node: str) -> list[dict[str, Any]]:
+    """The ESP states in ``node``'s kernel (``ip -s xfrm state``) with ``--datapath
+    xfrm``: a move keeps the SPIs and the counters, and changes the outer addresses."""
+    text = bed.ip(node, "-s", "xfrm", "state")
+    return [
+        {"src": m[1], "dst": m[2], "spi": int(m[3], 16), "bytes": int(m[4]), "packets": int(m[5])}
+        for m in _XFRM_STATE.finditer(text)
+    ]
 
 
 def mobile_command() -> tuple[list[str], str]:

@@ -36,6 +36,24 @@ class TsRange:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildSaLimits:
+    """A CHILD SA's lifetimes for the datapath to count (RFC 7296 §2.8), strongSwan's
+    CHILD SA ``rekey_*`` (soft) and ``life_*`` (hard) after their random part: reaching
+    a soft limit asks for a rekey (the kernel's XFRM_MSG_EXPIRE), a hard one ends the SA.
+    Seconds from installation; ``None`` or 0: no limit."""
+
+    soft_seconds: float | None = None
+    hard_seconds: float | None = None
+    soft_bytes: int = 0
+    hard_bytes: int = 0
+    soft_packets: int = 0
+    hard_packets: int = 0
+
+
+NO_LIMITS = ChildSaLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaParams:
     """Everything a datapath needs to install one tunnel-mode ESP SA pair.
 
@@ -43,7 +61,8 @@ class ChildSaParams:
     ``spi_out``, the SPI the peer chose), ``*_in`` what it receives on
     ``spi_in``. With an AEAD cipher the encryption keys end with the salt and
     ``integ_id`` is None. ``encap`` asks for ESP in UDP (RFC 3948) between
-    ``local`` and ``remote``.
+    ``local`` and ``remote``. ``limits``: when the datapath asks for a rekey or ends
+    the SA.
     """
 
     spi_in: bytes
@@ -62,6 +81,7 @@ class ChildSaParams:
     local_ts: tuple[TsRange, ...]
     remote_ts: tuple[TsRange, ...]
     mode: str = "tunnel"
+    limits: ChildSaLimits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

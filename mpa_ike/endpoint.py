@@ -297,6 +297,16 @@ class Endpoint:
         ``new_local`` (and ``new_remote``) and send UPDATE_SA_ADDRESSES from there."""
         self._command(spi, lambda sa: sa.update_addresses(new_local, now, new_remote))
 
+    def nat_mapping(self, spi: bytes, new_remote: Address, now: float) -> None:
+        """The datapath saw the peer's authenticated ESP in UDP come from ``new_remote``
+        (a NAT's new mapping): the IKE SA and its CHILD SAs follow where RFC 7296 §2.23
+        lets them (IkeSaAddressesUpdated, ChildSaAddressesUpdated)."""
+
+        def follow(sa: IkeSa) -> None:
+            sa.follow_nat_mapping(new_remote)
+
+        self._command(spi, follow)
+
     def send_additional_addresses(
         self, spi: bytes, addresses: Sequence[IPAddress], now: float
     ) -> None:

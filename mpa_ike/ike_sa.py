@@ -51,6 +51,7 @@ response cache are :class:`mpa_ike.exchange.Exchanges`'.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
@@ -744,6 +745,8 @@ class IkeSa:
         child.state = ChildSaState.INSTALLED
         child.rekey_at = self._rekey.child_rekey_at(now)
         child.expire_at = self._rekey.child_expire_at(now)
+        limits = self._rekey.child_limits(child, now)
+        child.params = dataclasses.replace(child.params, limits=limits)
         self.emit(ChildSaEstablished(self.local_spi, self.name, child.params))
 
     def child_selectors(self) -> tuple[Selectors, Selectors]:
@@ -868,6 +871,11 @@ class IkeSa:
         """Command (mobile node): UPDATE_SA_ADDRESSES from our new address (RFC 4555
         §3.5), see :meth:`mpa_ike.mobike.Mobike.move_to`."""
         self._mobike.move_to(new_local, now, new_remote)
+
+    def follow_nat_mapping(self, new_remote: Address) -> bool:
+        """The datapath saw the peer's ESP in UDP from ``new_remote``: see
+        :meth:`mpa_ike.mobike.Mobike.follow_nat_mapping`."""
+        return self._mobike.follow_nat_mapping(new_remote)
 
     def send_additional_addresses(self, addresses: Sequence[IPAddress], now: float) -> None:
         """Command: RFC 4555 §3.6, see :meth:`mpa_ike.mobike.Mobike.send_additional_addresses`."""

@@ -72,6 +72,8 @@ class MobikeHost(Protocol):
     state: IkeSaState
     children: dict[bytes, ChildSa]
     counters: Counter[str]
+    nat_local: bool
+    nat_remote: bool
 
     @property
     def local_spi(self) -> bytes: ...
@@ -257,6 +259,22 @@ class Mobike:
             self.send_update(now)
         else:
             sa.emit(AddressUpdateAccepted(sa.local_spi, sa.name, sa.local, sa.remote))
+
+    def follow_nat_mapping(self, new_remote: Address) -> bool:
+        """The peer's NAT maps it to a new address or port, seen on its authenticated ESP
+        in UDP (the kernel's XFRM_MSG_MAPPING): the IKE SA and its CHILD SAs follow, if
+        the peer is behind a NAT and we are not (RFC 7296 §2.23; as
+        strongSwan's update_sa_job). Anything else is a path for MOBIKE to decide
+        (RFC 4555 §3.12). Whether it moved."""
+        sa = self._sa
+        if sa.state != IkeSaState.ESTABLISHED or not sa.nat_remote or sa.nat_local:
+            return False
+        if new_remote == sa.remote:
+            return False
+        sa.remote = new_remote
+        sa.counters["nat_mappings_followed"] += 1
+        self._announce_move(children=True)
+        return True
 
     def _announce_move(self, *, children: bool) -> None:
         sa = self._sa

@@ -27,6 +27,7 @@ from mpa_ike.constants import DhGroup, ExchangeType, NotifyType, ProtocolId, Tra
 from mpa_ike.crypto.dh import KeyExchange, generate_key_exchange
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.datagram import Address
+from mpa_ike.datapath import ChildSaLimits
 from mpa_ike.errors import RemoteProtocolError
 from mpa_ike.events import ChildSaFailed, ChildSaRekeyed, Event
 from mpa_ike.exchange import Exchanges
@@ -238,6 +239,26 @@ class Rekey:
         """When a CHILD SA installed ``now`` is deleted if no rekey replaced it."""
         life_time = self.lifetimes.child_life_time
         return None if life_time is None else now + life_time
+
+    def child_limits(self, child: ChildSa, now: float) -> ChildSaLimits:
+        """The datapath's limits of ``child`` installed ``now``: its own rekey and expiry
+        deadlines, and the byte and packet limits, the soft ones less a random part of up
+        to the gap to the hard ones (strongSwan's rand_bytes and rand_packets)."""
+        lifetimes = self.lifetimes
+
+        def soft(rekey: int, life: int) -> int:
+            if not rekey:
+                return 0
+            return max(1, int(jittered(rekey, max(life - rekey, 0) if life else 0, self._random)))
+
+        return ChildSaLimits(
+            soft_seconds=None if child.rekey_at is None else child.rekey_at - now,
+            hard_seconds=None if child.expire_at is None else child.expire_at - now,
+            soft_bytes=soft(lifetimes.child_rekey_bytes, lifetimes.child_life_bytes),
+            hard_bytes=lifetimes.child_life_bytes,
+            soft_packets=soft(lifetimes.child_rekey_packets, lifetimes.child_life_packets),
+            hard_packets=lifetimes.child_life_packets,
+        )
 
     def deadlines(self) -> list[float | None]:
         """The lifetime deadlines of an established IKE SA (its own, its CHILD SAs')."""

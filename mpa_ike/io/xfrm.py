@@ -31,6 +31,7 @@ import errno
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 
 from mpa_ike.constants import EncrId, IntegId
 from mpa_ike.datagram import Address
-from mpa_ike.datapath import ChildSaCounters, ChildSaParams, TsRange
+from mpa_ike.datapath import ChildSaCounters, ChildSaLimits, ChildSaParams, TsRange
 from mpa_ike.io.netlink import (
     NETLINK_XFRM,
     NLM_F_ACK,
@@ -322,15 +323,33 @@ class KernelLifetimes:
         )
 
     @classmethod
-    def parse(cls, text: str) -> KernelLifetimes:
-        """``soft_bytes=100000,hard_seconds=3600`` (the fields' names, comma-separated)."""
-        values: dict[str, int] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, _, value = item.partition("=")
-            if name not in cls.__dataclass_fields__ or not value.strip().isdigit():
-                raise XfrmUsageError(f"lifetime {item!r}: expected NAME=NUMBER")
-            values[name] = int(value)
-        return cls(**values)
+    def of(cls, limits: ChildSaLimits) -> KernelLifetimes:
+        """The core's limits of a CHILD SA in the kernel's terms: whole seconds, the soft
+        one down (the kernel's EXPIRE comes no later than the core's own rekey timer) and
+        the hard one up (the core's own delete comes first), at least 1 s."""
+
+        def count(value: int) -> int | None:
+            return value or None
+
+        def seconds(value: float | None, rounding: Callable[[float], int]) -> int | None:
+            return None if value is None or value <= 0 else max(1, rounding(value))
+
+        soft = seconds(limits.soft_seconds, math.floor)
+        hard = seconds(limits.hard_seconds, math.ceil)
+        if soft is not None and hard is not None and soft > hard:
+            soft = hard
+        return cls(
+            soft_bytes=count(limits.soft_bytes),
+            hard_bytes=count(limits.hard_bytes),
+            soft_packets=count(limits.soft_packets),
+            hard_packets=count(limits.hard_packets),
+            soft_seconds=soft,
+            hard_seconds=hard,
+        )
+
+    @classmethod
+    def of_params(cls, params: ChildSaParams) -> KernelLifetimes:
+        return cls.of(params.limits)
 
 
 NO_LIFETIMES = KernelLifetimes()
@@ -666,7 +685,8 @@ class XfrmDatapath:
     :class:`InstanceSlot`'s block): :meth:`flush_own` deletes whatever in the kernel
     carries one of them, what a crashed run of the same instance left behind, and
     nothing of anyone else's. ``lifetimes`` are the kernel's limits of each CHILD SA,
-    one value for all or a function of its parameters.
+    one value for all or a function of its parameters (by default the limits the core
+    gave it, :attr:`ChildSaParams.limits`).
     """
 
     def __init__(
@@ -680,7 +700,8 @@ class XfrmDatapath:
         install_states: bool = True,
         install_fwd: bool = True,
         move_method: str = "readd",
-        lifetimes: KernelLifetimes | Callable[[ChildSaParams], KernelLifetimes] = NO_LIFETIMES,
+        lifetimes: KernelLifetimes
+        | Callable[[ChildSaParams], KernelLifetimes] = KernelLifetimes.of_params,
     ) -> None:
         if move_method not in ("readd", "migrate"):
             raise XfrmUsageError(f"move_method must be 'readd' or 'migrate', not {move_method!r}")

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE
 from mpa_ike.io.userspace import UserspaceDatapath
 from mpa_ike.io.xfrm import (
     InstanceSlot,
-    KernelLifetimes,
     StateExpired,
     StateMapping,
     XfrmDatapath,
@@ -65,10 +63,6 @@ FORWARDING = {
 }
 # What a datapath raises when the kernel or its own checks refuse an SA.
 DATAPATH_ERRORS = (LocalProtocolError, XfrmUsageError, OSError, KeyError)
-#: The kernel's limits of every CHILD SA with the XFRM datapath, ``soft_bytes=N,
-#: hard_seconds=N, ...`` (:meth:`KernelLifetimes.parse`), until the configuration and
-#: the core's CHILD SA parameters carry them.
-XFRM_LIFETIMES_ENV = "MPA_IKE_XFRM_LIFETIMES"
 LOOPBACK_INDEX = 1  # lo is the first device of every network namespace
 
 
@@ -220,14 +214,12 @@ class DatapathGlue:
         """The kernel's XFRM under this instance's slot of reqids: what an earlier run of
         it left is flushed first, and the kernel's expiries and mappings are read on the
         loop."""
-        try:
-            lifetimes = KernelLifetimes.parse(os.environ.get(XFRM_LIFETIMES_ENV, ""))
-        except XfrmUsageError as error:
-            raise ControlError(f"{XFRM_LIFETIMES_ENV}: {error}") from None
         slot = None
         try:
             slot = InstanceSlot.take()
-            xfrm = XfrmDatapath(reqids=slot.reqids, move_method="migrate", lifetimes=lifetimes)
+            # Each state's limits are its CHILD SA's (ChildSaParams.limits): the kernel's
+            # soft EXPIRE asks for the rekey, as charon's kernel-netlink has it.
+            xfrm = XfrmDatapath(reqids=slot.reqids, move_method="migrate")
             states, policies = xfrm.flush_own()
         except (OSError, XfrmUsageError) as error:
             if slot is not None:
@@ -258,11 +250,10 @@ class DatapathGlue:
             log.warning("no XFRM events (%s): no rekey on the kernel's expiries", error.strerror)
         transport.hand_esp_to_kernel()
         log.info(
-            "XFRM datapath, instance slot %d (reqids %#x-%#x)%s",
+            "XFRM datapath, instance slot %d (reqids %#x-%#x)",
             slot.number,
             slot.reqids.start,
             slot.reqids.stop - 1,
-            f", lifetimes {lifetimes}" if lifetimes != KernelLifetimes() else "",
         )
         return glue
 
@@ -491,9 +482,20 @@ class DatapathGlue:
             self._delete_soon(ike_sa, spi_in)
 
     def _mapped(self, spi_in: bytes, spi_out: bytes, src: Address) -> None:
-        # Authenticated ESP proves nothing about the path (RFC 4555 §3.12): moving the SA
-        # is for MOBIKE or NAT detection in IKE to decide; this is only logged.
-        log.info("CHILD SA %s: ESP from %s[%d]", spi_in.hex(), *src)
+        """The peer's authenticated ESP in UDP came from a new address or port (the
+        kernel's XFRM_MSG_MAPPING, or the userspace datapath's): the core follows it
+        where the peer is behind a NAT and we are not (RFC 7296 §2.23, as charon's
+        update_sa_job; otherwise it is a path for MOBIKE to decide, RFC 4555 §3.12).
+        The move comes back as ChildSaAddressesUpdated: the SAs' encapsulation then
+        goes to the new port."""
+        log.info("CHILD SA %s: ESP in UDP from %s[%d]", spi_in.hex(), *src)
+        ike_sa = self.ike_sa_of(spi_in)
+        transport = self.transport
+        if ike_sa is None or transport is None:
+            return
+        transport.endpoint.nat_mapping(ike_sa, src, transport.now())
+        transport.process()
+
 
     def _close_xfrm(self, xfrm: XfrmDatapath) -> None:
         """Stop hearing the kernel, flush whatever still carries our reqids, let go of

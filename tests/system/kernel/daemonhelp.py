@@ -122,7 +122,8 @@ def site(workdir: Path) -> Iterator[Site]:
             delete_netns(ns)
 
 
-def gateway_config(here: Site, datapath: str = "auto") -> Path:
+def gateway_config(here: Site, datapath: str = "auto", **extra: Any) -> Path:
+    """The gateway's file; ``extra``: more top-level keys (``children: {...}``)."""
     data: dict[str, Any] = {
         "listen": [GW_OUTER[4], GW_OUTER[6]],
         "id": GATEWAY_ID,
@@ -136,6 +137,7 @@ def gateway_config(here: Site, datapath: str = "auto") -> Path:
         "leases": str(here.workdir / "leases.sqlite3"),
         "datapath": datapath,
         "log_level": "info",
+        **extra,
     }
     path = here.workdir / "gw.yaml"
     path.write_text(yaml.safe_dump(data))

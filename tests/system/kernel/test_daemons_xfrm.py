@@ -5,12 +5,14 @@ and must pick XFRM in this kernel. A UDP echo between the mobile node's leased a
 and a correspondent behind the gateway crosses the tunnel as kernel ESP, and ``ip -s
 xfrm state`` counts it alike on both ends. Stopping or killing a daemon leaves nothing of
 it in the kernel (a killed one's leftovers are flushed when it starts again), and
-another instance's entries in the same namespace stay. A soft byte limit reached by
-the echo makes the gateway rekey the CHILD SA (new SPIs) while the echo goes on.
+another instance's entries in the same namespace stay. The configured CHILD lifetimes are
+the kernel's soft and hard limits; the soft byte limit reached by the echo makes the
+gateway rekey the CHILD SA (new SPIs) while the echo goes on.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -148,11 +150,18 @@ def test_stop_delete_and_crash_leave_nothing(tmp_path: Path) -> None:
 
 def test_soft_byte_limit_rekeys(tmp_path: Path) -> None:
     with site(tmp_path) as here:
-        limits = {"MPA_IKE_XFRM_LIFETIMES": "soft_bytes=16000"}
-        start(here, "gw", gateway_config(here, "xfrm"), env=limits)
+        children = {"rekey_time": "1h", "life_time": "66m", "rekey_bytes": 16000}
+        start(here, "gw", gateway_config(here, "xfrm", children=children))
         start(here, "mn", mobile_config(here))
         inner = connect(here, 4)
         before = spis(here, "gw")
+        # The configured CHILD lifetimes are the kernel's: soft 16000 bytes, no hard
+        # byte limit (no life_bytes), rekey_time less up to rand_time (6 min), life_time.
+        states = here.gw.ip("-s", "xfrm", "state").stdout
+        assert states.count("limit: soft 16000(bytes), hard (INF)(bytes)") == 2, states
+        soft = [int(t) for t in re.findall(r"expire add: soft (\d+)\(sec\)", states)]
+        assert len(soft) == 2 and all(3240 <= t <= 3600 for t in soft), states
+        assert states.count("hard 3960(sec)") == 2, states
         with echo_server(here.cn, CN[4]):
             answered, sent = echo(here.mn, inner, CN[4], ECHOES, retries=2)
             deadline = time.monotonic() + 10

@@ -12,6 +12,7 @@ from test_xfrm_datapath import FOREIGN_POLICY, FOREIGN_STATE, FakeKernel, seeded
 from xfrm_samples import SPI_IN, SPI_OUT, params_cbc_sha256_v4, params_gcm_v6, sa
 
 from mpa_harness import guards
+from mpa_ike.datapath import NO_LIMITS, ChildSaLimits
 from mpa_ike.io import xfrm
 from mpa_ike.io.netlink import Message, pull_messages, push_message
 from mpa_ike.io.xfrm import (
@@ -142,14 +143,39 @@ def test_lifetimes_go_into_both_states() -> None:
     assert (cfg.soft_byte_limit, cfg.hard_add_expires_seconds) == (XFRM_INF, 0)
 
 
-def test_lifetimes_parse_and_check() -> None:
-    assert KernelLifetimes.parse("soft_bytes=100, hard_seconds=30") == KernelLifetimes(
-        soft_bytes=100, hard_seconds=30
+def test_lifetimes_come_from_the_child_sa_by_default() -> None:
+    """The core's limits (the configured CHILD lifetimes) in the kernel's terms: whole
+    seconds, the soft time down and the hard one up; 0 or None: no limit."""
+    kernel = seeded_kernel()
+    dp = xfrm.XfrmDatapath(kernel)
+    limits = ChildSaLimits(
+        soft_seconds=2999.6, hard_seconds=3960.2, soft_bytes=90_000, hard_bytes=100_000
     )
-    assert KernelLifetimes.parse("") == KernelLifetimes()
-    for bad in ("soft_bytes", "bytes=1", "soft_bytes=-1", "soft_seconds=0"):
-        with pytest.raises(XfrmUsageError):
-            KernelLifetimes.parse(bad)
+    dp.install_child_sa(replace(params_cbc_sha256_v4(), limits=limits))
+    assert len(dp.installed_states) == 2
+    for key in dp.installed_states:
+        lft = kernel.states[key].info.lft
+        assert (lft.soft_add_expires_seconds, lft.hard_add_expires_seconds) == (2999, 3961)
+        assert (lft.soft_byte_limit, lft.hard_byte_limit) == (90_000, 100_000)
+        assert (lft.soft_packet_limit, lft.hard_packet_limit) == (XFRM_INF, XFRM_INF)
+    # A CHILD SA without limits (NO_LIMITS) gets none.
+    other = replace(params_gcm_v6(), spi_in=b"\x09\0\0\1", spi_out=b"\x09\0\0\2")
+    dp.install_child_sa(other)
+    lft = kernel.states[dp.installed_states[-1]].info.lft
+    assert (lft.soft_byte_limit, lft.hard_add_expires_seconds) == (XFRM_INF, 0)
+
+
+def test_kernel_lifetimes_of_core_limits() -> None:
+    of = KernelLifetimes.of
+    assert of(NO_LIMITS) == KernelLifetimes()
+    assert of(ChildSaLimits(soft_packets=10, hard_packets=20)) == KernelLifetimes(
+        soft_packets=10, hard_packets=20
+    )
+    # Under a second still counts as one; the soft never above the hard.
+    assert of(ChildSaLimits(soft_seconds=0.4, hard_seconds=0.5)) == KernelLifetimes(
+        soft_seconds=1, hard_seconds=1
+    )
+    assert of(ChildSaLimits(soft_bytes=16_000)) == KernelLifetimes(soft_bytes=16_000)
     with pytest.raises(XfrmUsageError, match="above"):
         KernelLifetimes(soft_bytes=10, hard_bytes=5)
 
