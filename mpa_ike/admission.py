@@ -11,13 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
+from mpa_ike.constants import (
+    IKE_MAJOR_VERSION,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+)
 from mpa_ike.ike_config import AdmissionLimits
 
-__all__ = ["CookieSecrets", "IdentityIndex", "SourceRateLimiter"]
+__all__ = [
+    "CookieSecrets",
+    "IdentityIndex",
+    "InitScan",
+    "SourceRateLimiter",
+    "cookie_response",
+    "scan_init_request",
+]
 
 SECRET_SIZE = 32
 S = TypeVar("S")
@@ -156,3 +171,73 @@ class IdentityIndex(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._key_of)
+
+
+# ---------------------------------------------------------------------------
+# The COOKIE exchange without the parser: under a flood of IKE_SA_INIT, what decides
+# whether a request costs more than a COOKIE is read from the payload chain's generic
+# headers alone (RFC 7296 §3.2), and the COOKIE answer is packed by hand.
+
+_IKE_HEADER = struct.Struct("!8s8sBBBBII")
+_GENERIC = struct.Struct("!BBH")
+_NOTIFY = struct.Struct("!BBH")
+IKE_HEADER_LENGTH = _IKE_HEADER.size
+_MAX_PAYLOADS = 64
+
+
+class InitScan(NamedTuple):
+    """What the COOKIE check needs of an IKE_SA_INIT request: the data of a COOKIE
+    notify that comes first (§2.6: "the first payload"), or None, and the nonce."""
+
+    cookie: bytes | None
+    nonce: bytes
+
+
+def scan_init_request(data: bytes) -> InitScan | None:
+    """Walk the payload chain of ``data`` (a whole IKE message) by the generic
+    headers; None where lengths or the chain do not add up, or no Nonce (the parser
+    then says what is wrong)."""
+    if len(data) < IKE_HEADER_LENGTH:
+        return None
+    next_type = data[16]
+    offset, end = IKE_HEADER_LENGTH, min(len(data), int.from_bytes(data[24:28], "big"))
+    cookie: bytes | None = None
+    nonce: bytes | None = None
+    for index in range(_MAX_PAYLOADS):
+        if next_type == PayloadType.NONE:
+            break
+        if offset + _GENERIC.size > end:
+            return None
+        following, _, length = _GENERIC.unpack_from(data, offset)
+        if length < _GENERIC.size or offset + length > end:
+            return None
+        body = data[offset + _GENERIC.size : offset + length]
+        if next_type == PayloadType.NONCE:
+            nonce = body
+        elif next_type == PayloadType.NOTIFY and index == 0 and len(body) >= _NOTIFY.size:
+            _, spi_size, notify_type = _NOTIFY.unpack_from(body)
+            if notify_type == NotifyType.COOKIE:
+                cookie = body[_NOTIFY.size + spi_size :]
+        next_type, offset = following, offset + length
+    else:
+        return None
+    if next_type != PayloadType.NONE or nonce is None:
+        return None
+    return InitScan(cookie, nonce)
+
+
+def cookie_response(spi_i: bytes, cookie: bytes) -> bytes:
+    """§2.6: ``HDR(A,0), N(COOKIE)``, the IKE_SA_INIT response that asks for it."""
+    notify = _GENERIC.pack(PayloadType.NONE, 0, _GENERIC.size + _NOTIFY.size + len(cookie))
+    notify += _NOTIFY.pack(0, 0, NotifyType.COOKIE) + cookie
+    header = _IKE_HEADER.pack(
+        spi_i,
+        bytes(8),
+        PayloadType.NOTIFY,
+        IKE_MAJOR_VERSION << 4,
+        ExchangeType.IKE_SA_INIT,
+        HeaderFlag.RESPONSE,
+        0,
+        IKE_HEADER_LENGTH + len(notify),
+    )
+    return header + notify

@@ -63,13 +63,19 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import ipaddress
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from mpa_ike.admission import CookieSecrets, IdentityIndex, SourceRateLimiter
+from mpa_ike.admission import (
+    CookieSecrets,
+    IdentityIndex,
+    InitScan,
+    SourceRateLimiter,
+    cookie_response,
+    scan_init_request,
+)
 from mpa_ike.constants import (
     IKE_MAJOR_VERSION,
     ExchangeType,
@@ -95,7 +101,6 @@ from mpa_ike.wire import (
     parse_message,
     serialize_message,
 )
-from mpa_ike.wire.notify import cookie_notify
 
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
@@ -554,27 +559,47 @@ class Endpoint:
             known.resend_init_response(src, dst)
             self._touched[id(known)] = known
             return
+        if header.message_id != 0:
+            self.counters["dropped_invalid"] += 1
+            return
+        # Under a flood, most requests end at the COOKIE: decided on the payload chain's
+        # generic headers, before the parser (what does not add up goes to the parser).
+        scan = scan_init_request(data)
+        if scan is not None and not self._admit_init(header, scan, src, dst, now):
+            return
         try:
             message = parse_message(data)
         except CodecError as error:
             self._answer_malformed(header, error, src, dst)
             return
-        if header.message_id != 0:
-            self.counters["dropped_invalid"] += 1
-            return
         nonce = message.find(NoncePayload)
-        nonce_key = (src[0], header.spi_i, nonce.data if nonce else b"")
-        same_nonce = self._init_nonces.get(nonce_key)
+        if scan is None:  # the chain walk and the parser disagree: the parser's view
+            first = message.payloads[0] if message.payloads else None
+            cookie = None
+            if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
+                cookie = first.data
+            scan = InitScan(cookie, nonce.data if nonce else b"")
+            if not self._admit_init(header, scan, src, dst, now):
+                return
+        nonce_key = (src[0], header.spi_i, scan.nonce)
+        self._create_responder_sa(message, data, digest, nonce_key, src, dst, now)
+
+    def _admit_init(
+        self, header: IkeHeader, scan: InitScan, src: Address, dst: Address, now: float
+    ) -> bool:
+        """A retransmission with the nonce of a half-open SA gets its response (§2.1);
+        beyond the half-open cap the request is dropped; under load it must bring a
+        valid COOKIE (§2.6)."""
+        assert self.responder is not None
+        same_nonce = self._init_nonces.get((src[0], header.spi_i, scan.nonce))
         if same_nonce is not None and not same_nonce.closed:
             same_nonce.resend_init_response(src, dst)
             self._touched[id(same_nonce)] = same_nonce
-            return
-        if self.half_open_count() >= limits.half_open_limit:
+            return False
+        if self.half_open_count() >= self.responder.limits.half_open_limit:
             self.counters["dropped_half_open_limit"] += 1
-            return
-        if not self._cookie_ok(message, src, dst, now):
-            return
-        self._create_responder_sa(message, data, digest, nonce_key, src, dst, now)
+            return False
+        return self._cookie_ok(header, scan, src, dst, now)
 
     def _create_responder_sa(
         self,
@@ -633,36 +658,24 @@ class Endpoint:
     # ------------------------------------------------------------------
     # COOKIE (§2.6)
 
-    @staticmethod
-    def _cookie_material(message: Message, src: Address) -> bytes:
-        """Ni | IPi | SPIi, what §2.6's suggested COOKIE hashes with the secret."""
-        nonce = message.find(NoncePayload)
-        material = (nonce.data if nonce else b"") + ipaddress.ip_address(src[0]).packed
-        return material + message.header.spi_i
-
-    def _cookie_ok(self, message: Message, src: Address, dst: Address, now: float) -> bool:
-        """Under load, demand a COOKIE as the first payload; answer one statelessly."""
+    def _cookie_ok(
+        self, header: IkeHeader, scan: InitScan, src: Address, dst: Address, now: float
+    ) -> bool:
+        """Under load, demand a COOKIE as the first payload; answer one statelessly:
+        ``<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)`` (§2.6)."""
         if self.half_open_count() < self.half_open_threshold:
             return True
         assert self.responder is not None
         limits = self.responder.limits
-        material = self._cookie_material(message, src)
-        first = message.payloads[0] if message.payloads else None
-        if (
-            isinstance(first, NotifyPayload)
-            and first.notify_type == NotifyType.COOKIE
-            and self._cookies.check(first.data, material, now, limits)
-        ):
-            return True
-        if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
+        # IPi as the address's text: one spelling per peer (what the sockets give).
+        material = scan.nonce + src[0].encode() + header.spi_i
+        if scan.cookie is not None:
+            if self._cookies.check(scan.cookie, material, now, limits):
+                return True
             self.counters["cookies_refused"] += 1
         self.counters["cookies_sent"] += 1
-        header = IkeHeader(
-            message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0
-        )
         cookie = self._cookies.make(material, now, limits)
-        data = serialize_message(Message(header, (cookie_notify(cookie),)))
-        self._outbox.append(Datagram(data, dst, src))
+        self._outbox.append(Datagram(cookie_response(header.spi_i, cookie), dst, src))
         return False
 
 

@@ -8,17 +8,35 @@ from typing import Any
 
 import pytest
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.pool import AddressPool
-from mpa_ike.admission import CookieSecrets, IdentityIndex, SourceRateLimiter
-from mpa_ike.constants import ExchangeType, NotifyType
+from mpa_ike.admission import (
+    CookieSecrets,
+    IdentityIndex,
+    InitScan,
+    SourceRateLimiter,
+    cookie_response,
+    scan_init_request,
+)
+from mpa_ike.constants import ExchangeType, HeaderFlag, NotifyType
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.endpoint import Endpoint
-from mpa_ike.errors import ConfigError
+from mpa_ike.errors import CodecError, ConfigError
 from mpa_ike.events import IkeSaEstablished, IkeSaFailed
 from mpa_ike.ike_config import AdmissionLimits, Lifetimes
 from mpa_ike.ike_sa import IkeSa
-from mpa_ike.wire import NotifyPayload, parse_header, parse_message
+from mpa_ike.wire import (
+    IkeHeader,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    parse_header,
+    parse_message,
+    serialize_message,
+)
+from mpa_ike.wire.notify import cookie_notify
 
 PSK = b"admission test key"
 QUIET = Lifetimes(ike_rekey_time=None, child_rekey_time=None)
@@ -277,3 +295,63 @@ def test_identity_index() -> None:
 def test_limits_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         AdmissionLimits(**values)
+
+
+# ---------------------------------------------------------------------- the COOKIE path
+
+
+def cookie_retry(pool: AddressPool[object]) -> bytes:
+    """The initiator's IKE_SA_INIT that returns a COOKIE."""
+    link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
+    initiate(link)
+    link.run(until=0.5)
+    requests = [t.datagram.data for t in link.log if t.direction == "m->g"]
+    return requests[1]
+
+
+def test_scan_finds_what_the_parser_finds(pool: AddressPool[object]) -> None:
+    for data in (init_request(3, host(0)).data, cookie_retry(pool)):
+        message = parse_message(data)
+        first = message.payloads[0]
+        cookie = first.data if isinstance(first, NotifyPayload) else None
+        nonce = message.find(NoncePayload)
+        assert nonce is not None
+        assert scan_init_request(data) == InitScan(cookie, nonce.data)
+    assert scan_init_request(cookie_retry(pool)).cookie is not None  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_scan_never_raises_and_agrees_with_the_parser(data: st.DataObject) -> None:
+    original = bytearray(init_request(3, host(0)).data)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(original) - 1))
+        original[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(original)))
+    mutated = bytes(original[:cut])
+    scan = scan_init_request(mutated)
+    try:
+        message = parse_message(mutated)
+    except CodecError:
+        return
+    nonce = message.find(NoncePayload)
+    if scan is not None and nonce is not None:
+        assert scan.nonce == nonce.data
+
+
+def test_cookie_response_is_what_the_codec_writes() -> None:
+    spi, cookie = bytes(range(1, 9)), bytes([1]) + b"c" * 32
+    header = IkeHeader(spi, bytes(8), ExchangeType.IKE_SA_INIT, int(HeaderFlag.RESPONSE), 0)
+    expected = serialize_message(Message(header, (cookie_notify(cookie),)))
+    assert cookie_response(spi, cookie) == expected
+
+
+def test_flood_request_costs_no_parse_under_load(pool: AddressPool[object]) -> None:
+    """Requests without a COOKIE under load are answered from the chain walk: a request
+    the parser would refuse but whose chain adds up gets a COOKIE too, and nothing is
+    created."""
+    gw = gateway(pool, threshold=0)
+    request = init_request(3, host(0))
+    (answer,) = send(gw, request, 0.0)
+    assert parse_message(answer.data).payloads[0].notify_type == NotifyType.COOKIE  # type: ignore[attr-defined]
+    assert gw.half_open_count() == 0 and not list(gw)
