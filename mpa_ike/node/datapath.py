@@ -496,7 +496,6 @@ class DatapathGlue:
         transport.endpoint.nat_mapping(ike_sa, src, transport.now())
         transport.process()
 
-
     def _close_xfrm(self, xfrm: XfrmDatapath) -> None:
         """Stop hearing the kernel, flush whatever still carries our reqids, let go of
         the slot (only then may another instance take it)."""
