@@ -393,6 +393,7 @@ class Mpa:
         if isinstance(event, IkeSaEstablished) and event.ike_sa in self.service.preauthenticating:
             pht = Pht(event.name, event.ike_sa, self._free_table())
             pht.addresses = [str(a) for a in event.assigned_addresses]
+            self._path_of(pht)  # now, not on the link event that may move it
             self.phts[event.name] = pht
             userspace = self.service.glue.userspace
             for address in pht.addresses:
