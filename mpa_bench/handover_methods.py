@@ -50,7 +50,13 @@ With ``dhcp`` (``--dhcp``) B runs dnsmasq in the nGW's namespace (DHCPv4 and rou
 advertisements, :mod:`mpa_testbed.dhcp`) and those methods acquire their address on B
 as a host does: the connection manager starts ``dhclient`` at the link event (IPv4),
 or the kernel's SLAAC answers the advertisement (IPv6; DAD unless ``optimistic_dad``),
-and no static address is configured. ``mobike`` and ``reactive`` are told (the
+and no static address is configured. For IPv6 the prefix is advertised off-link and
+the router is not taken as default: the prefix's route and the default route come with
+the address once it is usable, as the IPv4 client's script adds them with its lease.
+charon acts on the first route over B: with the advertisement's routes it took B's
+link-local address as its source while the new one was in DAD, and its
+re-authentication's DELETE, unable to leave from there, held the new IKE SA back
+for minutes. ``mobike`` and ``reactive`` are told (the
 ``handover`` / ``connect`` request) once the address is usable, as a DHCP client's
 hook would; charon sees it by netlink. ``mpa`` and ``mpa-cli`` keep the nCoA from CP,
 put on ``mn-b`` without DAD; SLAAC is off on ``mn-b`` for them.
@@ -65,6 +71,7 @@ AAA part of the outage (:func:`mpa_bench.handover_parts.radius_round_trips`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import re
@@ -94,7 +101,14 @@ from mpa_bench.handover_parts import (
     radius_round_trips,
 )
 from mpa_ike.node.control_client import call
-from mpa_testbed.dhcp import AddressWatch, DhcpClient, DhcpServer, slaac
+from mpa_testbed.dhcp import (
+    AddressWatch,
+    DhcpClient,
+    DhcpServer,
+    host_routes,
+    router_link_local,
+    slaac,
+)
 from mpa_testbed.probe import FlowLog, ProbeFlow
 from mpa_testbed.programs import CN_NETWORKS, EAP_PASSWORD, EAP_USER, MpaPrograms, ProgramError
 from mpa_testbed.topology import Testbed
@@ -211,7 +225,14 @@ class Context:
         nets = {i.version: str(i.network) for i in map(ipaddress.ip_interface, plan)}
         v4 = None if self.family == "split" else nets.get(4)
         return DhcpServer(
-            self.bed, "ngw", "ngw-b", self.workdir, v4=v4, v6=nets.get(6), ping=self.dhcp_ping
+            self.bed,
+            "ngw",
+            "ngw-b",
+            self.workdir,
+            v4=v4,
+            v6=nets.get(6),
+            ping=self.dhcp_ping,
+            off_link=True,
         )
 
     def radius_address(self) -> str:
@@ -265,6 +286,7 @@ def reset_mn(ctx: Context, *, acquire: bool = False) -> None:
         "mn-b",
         enable=ctx.dhcp and acquire and ctx.b_version == 6,
         optimistic=ctx.optimistic_dad,
+        default_router=False,
     )
     bed.link("a").set_up()
     bed.ip("mn", "addr", "flush", "dev", "mn-b", "scope", "global")
@@ -397,13 +419,20 @@ class LinkEvent:
     deadline: float
     version: int
     watch: AddressWatch | None = None
+    routes: Callable[[str], None] | None = None  # for an IPv6 address once usable
 
     def address(self) -> str | None:
-        """The OS's address on B, waited for until usable (None: none in time)."""
+        """The OS's address on B, waited for until usable (None: none in time); an
+        IPv6 one gets its routes then (``routes``), as a host's configuration does."""
         if self.watch is None:
             return None
         event = self.watch.wait_usable("mn-b", self.version, self.t0, self.deadline)
-        return None if event is None else event.address.split("/")[0]
+        if event is None:
+            return None
+        if self.routes is not None and self.version == 6:
+            self.routes(event.address)
+            self.routes = None
+        return event.address.split("/")[0]
 
     def usable(self) -> float | None:
         """When the OS's address on B became usable, if it did (monotonic)."""
@@ -430,6 +459,10 @@ def handover(
     from mpa_harness.pcap import read_udp
 
     pcap = ctx.workdir / f"{method}-{run}.pcap"
+    routes = None
+    if ctx.dhcp and ctx.b_version == 6:
+        router = router_link_local(ctx.bed, "ngw", "ngw-b")
+        routes = functools.partial(host_routes, ctx.bed, "mn", "mn-b", router=router)
     radius_pcap = ctx.workdir / f"{method}-{run}-radius.pcap"
     offset = clock_offset()
     logs: list[FlowLog] = []
@@ -463,7 +496,7 @@ def handover(
         t_up = time.monotonic()
         if address is not None and not address.link_event():
             raise RuntimeError(f"{address.cidr} could not be put on mn-b")
-        event = LinkEvent(t0, t0 + ctx.timeout, ctx.b_version, watch if static_b else None)
+        event = LinkEvent(t0, t0 + ctx.timeout, ctx.b_version, watch if static_b else None, routes)
         error = done(event)
         if error is None:
             wait_for_flow(flows, time.monotonic(), t0 + ctx.timeout)

@@ -8,9 +8,10 @@ measured from the capture in the MN's namespace, the address events of the MN
 - ``link``: from the start of the silence to the carrier of the new link (the layer-2
   event itself);
 - ``address``: address acquisition on the new link: DHCPv4 from the client's first
-  message (DISCOVER, or REQUEST on a reboot) to the server's ACK; SLAAC from the MN's
-  first router solicitation (the first router advertisement if it sent none) to the
-  address being usable (DAD done, or at once when optimistic);
+  message (DISCOVER, or REQUEST on a reboot) to the server's ACK; SLAAC from the new
+  link's carrier (the kernel starts at once: DAD of the link-local address, the router
+  solicitation after its random delay) to the address being usable (DAD done, or at
+  once when optimistic);
 - ``aaa``: the AAA round trips. With a RADIUS server behind the gateway, its RADIUS
   exchanges as the gateway sees them (Access-Request sent to Access-Challenge, -Accept
   or -Reject received; a capture in the gateway's namespace); with EAP answered by the
@@ -191,11 +192,17 @@ def dhcp_interval(messages: Sequence[AddressMessage], t0: float) -> Interval | N
 
 
 def slaac_interval(
-    messages: Sequence[AddressMessage], t0: float, usable: float | None
+    messages: Sequence[AddressMessage],
+    t0: float,
+    usable: float | None,
+    carrier: float | None = None,
 ) -> Interval | None:
-    """The MN's first RS after ``t0`` (else the first RA) to the address being usable."""
+    """From the new link's ``carrier`` (if not known: the MN's first RS after ``t0``,
+    else the first RA) to the address being usable."""
     if usable is None:
         return None
+    if carrier is not None:
+        return (carrier, usable) if usable >= carrier else None
     start = next((m for m in messages if t0 <= m.time and m.sent and m.kind == "RS"), None)
     if start is None:
         start = next((m for m in messages if t0 <= m.time and not m.sent and m.kind == "RA"), None)
@@ -342,7 +349,7 @@ def breakdown(
     relays EAP to a RADIUS server; they are then the AAA part, and IKE_AUTH's round
     trips count as IKE."""
     start, end = window
-    address = dhcp_interval(addressing, t0) or slaac_interval(addressing, t0, usable)
+    address = dhcp_interval(addressing, t0) or slaac_interval(addressing, t0, usable, t_up)
     trips = [(x, span) for x, span in round_trips(ike, t0) if span[0] < end]
     if radius is None:
         aaa = [span for x, span in trips if x == "IKE_AUTH"]

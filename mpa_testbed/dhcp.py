@@ -5,8 +5,10 @@ and SLAAC, as on a real access network.
   in a router's namespace, on its access interface only: DHCPv4 from a range below the
   gateway's pool (``DHCP_HOSTS``; the pool is the upper half of the network; no ping
   check before an offer unless ``ping``), and router
-  advertisements for the network's IPv6 prefix (``ra-only``: addresses by SLAAC). No
-  DNS (``port=0``); its lease file, pid file and log in the caller's work directory.
+  advertisements for the network's IPv6 prefix (``ra-only``: addresses by SLAAC;
+  ``off_link``: the prefix announced without its on-link flag, so that a host has a
+  route to it only once it installs one). No DNS (``port=0``); its lease file, pid
+  file and log in the caller's work directory.
 - :class:`DhcpClient`: ISC ``dhclient`` (package ``isc-dhcp-client``) on the mobile
   node's interface, started at the link event, with a script of our own
   (:data:`CLIENT_SCRIPT`): the address and the default route with ``ip``, nothing else
@@ -14,7 +16,9 @@ and SLAAC, as on a real access network.
   file per client: every acquisition is a full DISCOVER, OFFER, REQUEST, ACK.
 - :func:`slaac`: the kernel's SLAAC on an interface, with duplicate address detection
   (the testbed turns DAD off everywhere) or optimistic DAD (RFC 4429:
-  ``optimistic_dad`` and ``use_optimistic``).
+  ``optimistic_dad`` and ``use_optimistic``); ``default_router=False`` leaves the
+  default route to the host, and :func:`host_routes` installs it with the prefix's
+  route once the address is usable, as a DHCP client's script does for IPv4.
 - :class:`AddressWatch`: ``ip monitor address`` in a namespace, every event stamped on
   the monotonic clock: when an address appeared and when it became usable (DAD done).
 
@@ -113,6 +117,8 @@ class DhcpServer:
     ping: bool = False
     """dnsmasq's check that an address is free before offering it (its default): an
     ICMP echo whose ARP goes unanswered for 3 s on the first offer of each address."""
+    off_link: bool = False
+    """The IPv6 prefix advertised without the on-link flag: no route until the host's."""
 
     def __post_init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,9 +147,10 @@ class DhcpServer:
             cmd.append(f"--dhcp-range={first},{last},{mask},{LEASE_TIME}")
         if self.v6 is not None:
             net = ipaddress.ip_network(self.v6)
+            mode = "ra-only,off-link" if self.off_link else "ra-only"
             cmd += [
                 "--enable-ra",
-                f"--dhcp-range={net.network_address},ra-only,{net.prefixlen}",
+                f"--dhcp-range={net.network_address},{mode},{net.prefixlen}",
                 f"--ra-param={self.dev},{RA_INTERVAL}",
             ]
         return cmd
@@ -234,17 +241,52 @@ class DhcpClient:
         self.proc = None
 
 
-def slaac(bed: Testbed, node: str, dev: str, *, enable: bool, optimistic: bool = False) -> None:
-    """SLAAC on ``dev``: router advertisements accepted, DAD on (optimistic if asked);
+def slaac(
+    bed: Testbed,
+    node: str,
+    dev: str,
+    *,
+    enable: bool,
+    optimistic: bool = False,
+    default_router: bool = True,
+) -> None:
+    """SLAAC on ``dev``: router advertisements accepted, DAD on (optimistic if asked),
+    the advertising router the default route unless ``default_router`` is False;
     ``enable=False`` leaves RAs ignored and DAD off, as the testbed builds it."""
     on = "1" if enable else "0"
     opt = "1" if enable and optimistic else "0"
-    keys = {"accept_ra": on, "autoconf": on, "accept_dad": on}
+    router = "1" if enable and default_router else "0"
+    keys = {"accept_ra": on, "autoconf": on, "accept_dad": on, "accept_ra_defrtr": router}
     # A kernel without CONFIG_IPV6_OPTIMISTIC_DAD (user-mode-linux's) has no such keys:
     # nothing to turn off there, and asking for them fails as it should.
     if optimistic or Path("/proc/sys/net/ipv6/conf/all/optimistic_dad").exists():
         keys.update(optimistic_dad=opt, use_optimistic=opt)
     bed.exec(node, ["sysctl", "-qw", *(f"net.ipv6.conf.{dev}.{k}={v}" for k, v in keys.items())])
+
+
+def router_link_local(bed: Testbed, node: str, dev: str) -> str:
+    """The link-local address of a router's interface (its advertisements' source)."""
+    for line in bed.ip(node, "-6", "-o", "addr", "show", "dev", dev, "scope", "link").splitlines():
+        words = line.split()
+        if "inet6" in words:
+            return words[words.index("inet6") + 1].split("/")[0]
+    raise LookupError(f"no link-local address on {node} {dev}")
+
+
+def host_routes(bed: Testbed, node: str, dev: str, address: str, router: str) -> None:
+    """What a host's address configuration does once an IPv6 address is usable (with
+    an off-link prefix and no default router from the advertisement): its prefix's
+    route and the default route through ``router``, in one ``ip`` run."""
+    prefix = ipaddress.ip_interface(address).network
+    lines = f"route replace {prefix} dev {dev}\nroute replace default via {router} dev {dev}\n"
+    subprocess.run(
+        ["ip", "-6", "-n", bed.ns(node), "-batch", "-"],
+        input=lines,
+        text=True,
+        capture_output=True,
+        check=True,
+        timeout=10,
+    )
 
 
 # -- address events ------------------------------------------------------------------------

@@ -137,6 +137,9 @@ def test_dhcp_and_nd_are_read_from_the_capture(tmp_path: Path) -> None:
     no_rs = [m for m in messages if m.kind != "RS"]
     assert slaac_interval(no_rs, 100.0, 101.5) == pytest.approx((100.006, 101.5), abs=2e-6)
     assert slaac_interval(messages, 100.0, None) is None
+    # From the carrier when it is known: the kernel's own wait before its RS counts.
+    assert slaac_interval(messages, 100.0, 101.5, 100.001) == (100.001, 101.5)
+    assert slaac_interval(messages, 100.0, 100.0005, 100.001) is None
 
 
 def _ike(t: float, sent: bool, exchange: str, response: bool, mid: int) -> IkeMessage:
