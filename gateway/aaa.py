@@ -337,7 +337,11 @@ class GatewayAaa:
             f", address {', '.join(map(str, addresses))}" if addresses else "",
             f", Session-Timeout {answer.session_timeout} s" if timeout else "",
         )
-        return EapAnswer(answer.eap_message, EapResult.SUCCESS, answer.msk, addresses, timeout)
+        # The User-Name the server accepted is who the peer is (uniqueness, leases).
+        user = session.relay.user_name.encode() if session.relay is not None else session.identity
+        return EapAnswer(
+            answer.eap_message, EapResult.SUCCESS, answer.msk, addresses, timeout, identity=user
+        )
 
     def _answer(self, spi: bytes, answer: EapAnswer) -> None:
         transport = self.host.transport

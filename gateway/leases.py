@@ -270,14 +270,10 @@ def open_pool(
 
 
 def peer_identity(endpoint: Endpoint, owner: Hashable) -> str | None:
-    """The IKE identity (IDi) of the peer of the IKE SA ``owner`` (its SPI), if known.
-
-    A stand-in until the core passes the identity to ``acquire`` itself: the EAP
-    identity would be the better key, as only it is authenticated by EAP.
-    """
+    """Who the peer of the IKE SA ``owner`` (its SPI) is, if known: the identity EAP
+    authenticated, else IDi (the core passes it to ``acquire`` itself; this names the
+    holders of leases in status and on a reload)."""
     if not isinstance(owner, bytes):
         return None
     sa = endpoint.sas.get(owner)
-    if sa is None or sa.peer_identity is None:
-        return None
-    return str(sa.peer_identity)
+    return sa.unique_identity if sa is not None else None

@@ -15,7 +15,9 @@ is written (one transaction) before it takes effect, so what the database says w
 leased is never handed to another. At start the leases active at the last run are
 *held*: their IKE SAs died with the process, but their mobile nodes still use the
 addresses. A peer of the same identity coming back gets its held lease again (or, if it
-has none, the address it was last released, when that is free); nobody else does. Held
+has none, the address it was last released, when that is free); nobody else does. A
+new IKE SA of an identity that asks for the address another IKE SA of that identity
+holds takes the lease over (a make-before-break re-authentication, RFC 4478). Held
 leases whose peers do not come back are reclaimed ``grace`` seconds after the start,
 lazily at the next allocation or when the service calls :meth:`AddressPool.reclaim`.
 
@@ -311,6 +313,8 @@ class AddressPool(Generic[OwnerT]):
         self.reclaim(now)
         wanted = requested if requested is not None and requested.version == family else None
         identity = self._identity_of(owner, identity, wanted)
+        if wanted is not None and self._take_over(owner, family, wanted, identity, now):
+            return wanted
         pool = self._families[family]
         value = pool.choose(identity, int(wanted) if wanted is not None else None)
         if value is None:
@@ -324,6 +328,31 @@ class AddressPool(Generic[OwnerT]):
         if identity is not None:
             self._identities[owner] = identity
         return address
+
+    def _take_over(
+        self, owner: OwnerT, family: Family, address: IPAddress, identity: str | None, now: float
+    ) -> bool:
+        """A peer that re-authenticates make-before-break (RFC 4478) asks its new IKE SA's
+        address to be the one its old IKE SA still holds: like strongSwan's pools, which
+        reassign an online lease to the same identity, the lease moves to ``owner``."""
+        pool = self._families[family]
+        previous = pool.leased.get(int(address))
+        if identity is None or previous is None or previous == owner:
+            return False
+        if self._identities.get(previous) != identity:
+            return False
+        if not self._record(owner, address, identity, now):
+            return False
+        held = self._owners[previous]
+        del held[family]
+        if not held:
+            del self._owners[previous]
+            self._identities.pop(previous, None)
+        pool.leased[int(address)] = owner
+        self._owners.setdefault(owner, {})[family] = address
+        self._identities[owner] = identity
+        log.info("lease of %s moved to a new IKE SA of %s", address, identity)
+        return True
 
     def release(self, owner: OwnerT) -> tuple[IPAddress, ...]:
         """Return every address ``owner`` holds to the pool; they are returned."""

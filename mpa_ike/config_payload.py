@@ -25,8 +25,16 @@ class AddressAllocator(Protocol):
     """What the responder needs of an address pool (gateway.pool.AddressPool fits)."""
 
     def acquire(
-        self, owner: Hashable, family: Family, requested: IPAddress | None = None
-    ) -> IPAddress | None: ...
+        self,
+        owner: Hashable,
+        family: Family,
+        requested: IPAddress | None = None,
+        *,
+        identity: str | None = None,
+    ) -> IPAddress | None:
+        """A lease for the IKE SA ``owner`` of the peer ``identity`` (the identity EAP
+        authenticated, else IDi): its earlier address again where it can be."""
+        ...
 
     def release(self, owner: Hashable) -> tuple[IPAddress, ...]: ...
 

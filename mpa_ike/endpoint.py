@@ -445,7 +445,7 @@ class Endpoint:
         """A responder IKE SA authenticated its peer: :mod:`mpa_ike.uniqueness` against
         the older IKE SAs of its identity, then the cap of IKE SAs per identity."""
         assert self.responder is not None
-        same_identity = self._identities.of(sa.peer_identity)
+        same_identity = self._identities.of(sa.unique_identity)
         allowed, replaced = admit(sa, same_identity, self.responder.unique, now)
         # Its answer goes out before the DELETEs of the IKE SAs it replaces: a peer that
         # re-authenticates (RFC 4478) installs the new CHILD SAs before the old go.
@@ -461,7 +461,7 @@ class Endpoint:
         if cap and live >= cap:
             self.counters["refused_by_identity_limit"] += 1
             return f"{live} IKE SAs of this identity already (ike_sas_per_identity)"
-        self._identities.add(sa.peer_identity, sa)
+        self._identities.add(sa.unique_identity, sa)
         return None
 
     def _answer_invalid_ike_spi(

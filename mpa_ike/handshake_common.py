@@ -45,6 +45,7 @@ class HandshakeHost(Protocol):
     assigned_addresses: tuple[IPAddress, ...]
     dns: tuple[IPAddress, ...]
     peer_identity: Identity | None
+    eap_identity: str | None  # responder: the identity EAP authenticated
     peer_fragmentation: bool
     peer_hash_algorithms: tuple[HashAlgorithm, ...]
     peer_mobike: bool

@@ -372,6 +372,9 @@ class ResponderHandshake:
         payloads: list[Payload] = [
             AuthPayload(AuthMethod.PSK, eap_auth(prf, msk, transcript.keys.sk_pr, octets))
         ]
+        if self._eap_success.identity:
+            # Uniqueness, INITIAL_CONTACT and the lease go by who EAP authenticated.
+            self._sa.eap_identity = self._eap_success.identity.decode("utf-8", "replace")
         refusal = self._sa.admit(now)
         if refusal is not None:
             # strongSwan's unique=keep (the older IKE SA of this identity stays), or the

@@ -59,7 +59,7 @@ from enum import Enum
 from mpa_ike.address_policy import IkeSaInfo
 from mpa_ike.child_negotiation import Selectors, initiator_local_selectors
 from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params
-from mpa_ike.config_payload import AddressAllocator
+from mpa_ike.config_payload import AddressAllocator, Family
 from mpa_ike.constants import (
     IKE_PORT,
     ExchangeType,
@@ -198,6 +198,9 @@ class IkeSa:
         self.assigned_addresses: tuple[IPAddress, ...] = ()
         self.dns: tuple[IPAddress, ...] = ()
         self.peer_identity: Identity | None = None
+        # Responder: the identity EAP authenticated (the gateway's EAP server's, or the
+        # User-Name the AAA accepted), if EAP ran.
+        self.eap_identity: str | None = None
         self.nat_local = False
         self.nat_remote = False
         self.peer_fragmentation = False
@@ -299,6 +302,14 @@ class IkeSa:
     @property
     def established(self) -> bool:
         return self.state in LIVE_STATES
+
+    @property
+    def unique_identity(self) -> str | None:
+        """Who the peer is for uniqueness, INITIAL_CONTACT and its lease: the identity EAP
+        authenticated where EAP ran (charon's get_other_eap_id), else its IDi."""
+        if self.eap_identity is not None:
+            return self.eap_identity
+        return str(self.peer_identity) if self.peer_identity is not None else None
 
     @property
     def encap(self) -> bool:
@@ -570,7 +581,9 @@ class IkeSa:
         self._lease_owner = self.local_spi
         leased: list[IPAddress] = []
         for family, address in sorted(wanted.items()):
-            got = allocator.acquire(self._lease_owner, 4 if family == 4 else 6, address)
+            got = allocator.acquire(
+                self._lease_owner, 4 if family == 4 else 6, address, identity=self.unique_identity
+            )
             if got is not None:
                 leased.append(got)
         return tuple(leased)
@@ -953,6 +966,7 @@ class IkeSa:
         self.use_keys(suite, keys)
         self.state = IkeSaState.ESTABLISHED
         self.peer_identity, self.assigned_addresses = old.peer_identity, old.assigned_addresses
+        self.eap_identity = old.eap_identity
         self.dns, self.nat_local, self.nat_remote = old.dns, old.nat_local, old.nat_remote
         self.peer_fragmentation, self.peer_mobike = old.peer_fragmentation, old.peer_mobike
         self.mobike, self.session_end = old.mobike, old.session_end
@@ -1000,7 +1014,8 @@ class IkeSa:
             return
         self._lease_owner = self.local_spi
         for address in lease:
-            allocator.acquire(self.local_spi, 4 if address.version == 4 else 6, address)
+            family: Family = 4 if address.version == 4 else 6
+            allocator.acquire(self.local_spi, family, address, identity=self.unique_identity)
 
     def resume_address_update(self, now: float) -> None:
         """A MOBIKE update pending on the replaced IKE SA is sent on this one."""

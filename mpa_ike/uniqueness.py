@@ -3,7 +3,8 @@ gateway's uniqueness policy, strongSwan's ``unique`` (charon's check_uniqueness)
 
 Run when a new responder IKE SA has authenticated its peer and before it leases an
 address, so that a peer that lost its state gets its address back from the IKE SA it
-replaces. The older IKE SAs of the same peer identity (IDi) that are up:
+replaces. The peer is who EAP authenticated where EAP ran (charon compares
+get_other_eap_id), else its IDi. The older IKE SAs of the same peer that are up:
 
 - INITIAL_CONTACT in the peer's first IKE_AUTH (unless ``never``): closed at once,
   without DELETE: the peer says it has no other IKE SA with us.
@@ -21,7 +22,6 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 from mpa_ike.datagram import Address
-from mpa_ike.identity import Identity
 from mpa_ike.ike_config import UniquePolicy
 from mpa_ike.ike_sa_common import IkeSaState
 
@@ -36,11 +36,13 @@ class Duplicate(Protocol):
     is_initiator: bool
     state: IkeSaState
     remote: Address
-    peer_identity: Identity | None
     initial_contact: bool
 
     @property
     def local_spi(self) -> bytes: ...
+
+    @property
+    def unique_identity(self) -> str | None: ...
 
     def replace(self, new_ike_sa: bytes, reason: str, now: float, *, tell: bool) -> None: ...
 
@@ -68,6 +70,6 @@ def _duplicate(old: Duplicate, new: Duplicate) -> bool:
         old is not new
         and not old.is_initiator
         and old.state == IkeSaState.ESTABLISHED
-        and old.peer_identity is not None
-        and old.peer_identity == new.peer_identity
+        and old.unique_identity is not None
+        and old.unique_identity == new.unique_identity
     )

@@ -30,7 +30,8 @@ class EapAnswer:
     keyed by SK_p, §2.16); ``addresses`` assigned by the AAA (Framed-IP-Address,
     Framed-IPv6-Address), given in CFG_REPLY instead of a pool lease for their
     families; ``session_timeout`` (RFC 2865 §5.27), seconds after which the IKE SA
-    is deleted.
+    is deleted; ``identity``, the identity EAP authenticated (the EAP-Identity, or
+    the User-Name the AAA accepted), by which the gateway tells its peers apart.
     """
 
     eap_message: bytes
@@ -38,6 +39,7 @@ class EapAnswer:
     msk: bytes | None = None
     addresses: tuple[IPAddress, ...] = ()
     session_timeout: float | None = None
+    identity: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.result != EapResult.SUCCESS and (self.msk or self.addresses):
@@ -74,7 +76,7 @@ class LocalEapAuthenticator:
         if reply is None:  # RFC 3748 §4.1 would discard it; IKE_AUTH refuses it
             return EapAnswer(b"", EapResult.FAILURE)
         if server.result == EapResult.SUCCESS:
-            return EapAnswer(reply, EapResult.SUCCESS, server.msk)
+            return EapAnswer(reply, EapResult.SUCCESS, server.msk, identity=server.identity)
         return EapAnswer(reply, server.result)
 
 

@@ -96,7 +96,7 @@ def test_the_nodes_own_reauth_time_when_sooner(pool: AddressPool[object]) -> Non
     assert sa.reauth_at == link.now + 30.0 and sa.reauth_deadline == link.now + 100.0
 
 
-@pytest.mark.parametrize("unique", ["replace"])
+@pytest.mark.parametrize("unique", ["replace", "keep", "no"])
 def test_reauthentication_is_make_before_break_with_the_same_address(
     pool: AddressPool[object], unique: str
 ) -> None:
