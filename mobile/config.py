@@ -235,6 +235,7 @@ def _gateway_authentication(section: Section, base_dir: Path) -> tuple[Path | No
 def _check_handover(entry: GatewayEntry, path: str) -> None:
     """Pre-authentication and handover move the nCoA onto ``interface``: it must be known."""
     if entry.interface is None and entry.preauth:
-        raise ConfigError("required when preauth is true", key=f"{path}.interface")
+        mode = "auto" if entry.auto_preauth else "true"
+        raise ConfigError(f"required when preauth is {mode}", key=f"{path}.interface")
     if entry.interface is None and entry.handover == "auto":
         raise ConfigError("required when handover is auto", key=f"{path}.interface")

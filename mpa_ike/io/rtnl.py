@@ -67,6 +67,7 @@ NDA_DST = 1
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 IFF_LOWER_UP = 0x10000
+IFF_DORMANT = 0x20000
 RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST = 1
@@ -169,8 +170,10 @@ class IfInfoMsg:
     @property
     def has_link(self) -> bool:
         """Administratively up with carrier (``IFF_LOWER_UP``: the operational state
-        may lag behind the carrier)."""
-        return bool(self.flags & IFF_UP and self.flags & IFF_LOWER_UP)
+        may lag behind the carrier) and not dormant (``IFF_DORMANT``: a wireless link
+        whose 802.1X or WPA handshake is not done yet carries no traffic)."""
+        flags = self.flags
+        return bool(flags & IFF_UP and flags & IFF_LOWER_UP and not flags & IFF_DORMANT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,3 +171,46 @@ def test_mobike_options_are_booleans(mobile_data: dict[str, Any]) -> None:
         ConfigError, match=r"^gateways\.ngw\.no_nats_allowed: expected true or false"
     ):
         parse_config(edited(mobile_data, "gateways.ngw.no_nats_allowed", "yes"), Path("/"))
+
+
+def test_preauth_auto_needs_the_interface(mobile_data: dict[str, Any]) -> None:
+    from mpa_ike.errors import ConfigError
+
+    data = edited(
+        edited(mobile_data, "gateways.ngw.interface", DELETE), "gateways.ngw.preauth", "auto"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^gateways\.ngw\.interface: required when preauth is auto"
+    ):
+        parse_config(data, Path("/"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "up"),
+    [
+        (0x1 | 0x10000, True),  # IFF_UP | IFF_LOWER_UP
+        (0x1, False),  # no carrier
+        (0x10000, False),  # carrier, administratively down
+        (0x1 | 0x10000 | 0x20000, False),  # dormant: the WPA handshake is not done
+    ],
+)
+def test_link_events_read_carrier_and_dormancy(flags: int, up: bool) -> None:
+    from mpa_ike.io.netlink import Message, push_attribute
+    from mpa_ike.io.rtnl import (
+        RTM_NEWADDR,
+        RTM_NEWLINK,
+        IfAddrMsg,
+        IfInfoMsg,
+        LinkEvent,
+        address_events,
+        link_events,
+    )
+
+    link = Message(RTM_NEWLINK, body=IfInfoMsg(index=3, flags=flags).push())
+    address = Message(
+        RTM_NEWADDR,
+        body=IfAddrMsg(2, 24, 0, 0, 3).push() + push_attribute(2, bytes([10, 2, 0, 70])),
+    )
+    assert link_events([link, address]) == [LinkEvent(3, up)]
+    (event,) = address_events([link, address, Message(RTM_NEWADDR, body=b"\x02")])
+    assert (event.index, event.address, event.added) == (3, "10.2.0.70", True)
