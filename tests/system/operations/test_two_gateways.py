@@ -11,6 +11,7 @@ second one's echo still goes both ways. Stopping the second leaves no rule behin
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,29 @@ def test_stopping_one_gateway_leaves_the_others_traffic_flowing(short_dir: Path)
             assert "Traceback" not in second.gateway.stop()
             left = {line.split(":")[0] for line in rules(gw).splitlines()}
             assert left == {"0", "32766", "32767"}  # the kernel's own rules only
+
+
+def test_a_second_instance_with_the_same_table_refuses_to_start(short_dir: Path) -> None:
+    """One line naming ``routing.table``, a non-zero exit, and the running instance's
+    rules untouched."""
+    with netns("gw") as gw:
+        configs = []
+        for name, address in (("a", "127.0.0.1"), ("b", "127.0.0.2")):
+            (short_dir / name).mkdir()
+            config, _ = gateway_yaml(short_dir / name, [address], METHOD, IKE, KEY)
+            configs.append(with_settings(config, datapath="userspace", routing={"table": 4096}))
+        first = start_daemon("gateway.cli", configs[0], gw.name)
+        try:
+            wait_listening(configs[0])
+            argv = [sys.executable, "-m", "gateway.cli", "run", "-c", str(configs[1])]
+            second = gw.run(argv, check=False, timeout=30)
+            assert second.returncode == 1
+            assert second.stderr.splitlines()[-1] == (
+                "mpa-gateway: routing.table: table 4096 is held by another running instance "
+                "in this network namespace (set routing: {table, priority, mark})"
+            )
+            assert "Traceback" not in second.stderr
+            assert "lookup 4096" in rules(gw)
+        finally:
+            assert "Traceback" not in first.stop()
+        assert "lookup 4096" not in rules(gw)
