@@ -1,11 +1,12 @@
-"""The key tables a running gateway writes (``keylog:``) let tshark decrypt a capture.
+"""The key tables the daemons write (``keylog:``) let tshark decrypt a capture.
 
-mpa-gateway (userspace datapath, ``keylog: keys``) and mpa-mobile in namespaces, a
-capture on the gateway's link while the mobile node connects (EAP-MSCHAPv2, AES-GCM
-IKE SA, AES-CBC/HMAC-SHA-256 CHILD SA) and a UDP echo runs through the tunnel. With
-``WIRESHARK_CONFIG_DIR`` pointing at the key directory, tshark must show the IKE_AUTH
-request's IDi (sent only inside SK) and the echo's inner packets inside ESP, with
-every ESP ICV verified; without the tables it shows neither. The tables are mode 0600.
+mpa-gateway (userspace datapath, ``keylog: keys``) and mpa-mobile (``keylog`` too) in
+namespaces, a capture on the gateway's link while the mobile node connects
+(EAP-MSCHAPv2, AES-GCM IKE SA, AES-CBC/HMAC-SHA-256 CHILD SA) and a UDP echo runs
+through the tunnel. With ``WIRESHARK_CONFIG_DIR`` pointing at a key directory, tshark
+must show the IKE_AUTH request's IDi (sent only inside SK) and the echo's inner packets
+inside ESP, with every ESP ICV verified, with the gateway's tables and with the mobile
+node's; without the tables it shows neither. The tables are mode 0600.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def test_tshark_decrypts_ike_auth_and_esp_with_the_exported_keys(
         stack.callback(gateway.stop)
         wait_listening(gw_config)
         mn_config = mobile_yaml(short_dir, link.b.addr(4), METHOD, IKE, ca=short_dir / "ca.pem")
-        with_settings(mn_config, datapath="userspace")
+        with_settings(mn_config, datapath="userspace", keylog="mn-keys")
         mobile = start_daemon("mobile.cli", mn_config, net.mn.name)
         stack.callback(mobile.stop)
         with capture(net.gw, link.b.dev, pcap, "udp or esp"):
@@ -105,6 +106,16 @@ def test_tshark_decrypts_ike_auth_and_esp_with_the_exported_keys(
     inner = [r for r in esp if r[0] and LAN_HOST in r[1].split(",")]
     assert len(inner) >= COUNT, esp
     assert all(r[2] == "1" for r in esp if r[0]), esp
+
+    # The mobile node's tables hold the same SAs, seen from its side: they decrypt too.
+    mn_keys = short_dir / "mn-keys"
+    assert (mn_keys / "ikev2_decryption_table").read_text() == (
+        keys / "ikev2_decryption_table"
+    ).read_text()
+    rows = dissect(tshark, pcap, mn_keys, "isakmp.exchangetype", "isakmp.id.data.user_fqdn")
+    assert any(CLIENT_ID in r[1] for r in rows if r[0] == "35")
+    esp = dissect(tshark, pcap, mn_keys, "esp.spi", "ip.dst", "esp.icv_good")
+    assert len([r for r in esp if r[0] and LAN_HOST in r[1].split(",")]) >= COUNT
 
     nothing = short_dir / "no-keys"
     nothing.mkdir()
