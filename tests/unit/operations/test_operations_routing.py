@@ -18,20 +18,32 @@ from gateway.config import DEFAULT_ROUTING
 from gateway.config import check_config as check_gateway
 from gateway.config import load_config as load_gateway
 from mobile.config import load_config as load_mobile
+from mpa_ike.io.netlink import Message, pull_attributes, push_u32
 from mpa_ike.io.policy_routing import (
     MAX_PRIORITY,
     MAX_TABLE,
     MIN_PRIORITY,
     MIN_TABLE,
     PREAUTH_TABLES,
+    NextHop,
     Routing,
     RoutingInUse,
     TableClaim,
+    XfrmRoutes,
     gateway_rules,
     held_tables,
     source_rule,
 )
-from mpa_ike.io.rtnl import MAIN_TABLE, RtnlError
+from mpa_ike.io.rtnl import (
+    MAIN_TABLE,
+    RTA_OIF,
+    RTA_TABLE,
+    RTM_DELROUTE,
+    RTM_NEWROUTE,
+    Request,
+    RtMsg,
+    RtnlError,
+)
 
 GATEWAY: dict[str, Any] = {
     "listen": ["192.0.2.1"],
@@ -198,3 +210,40 @@ def test_the_examples_show_their_derived_routing(name: str) -> None:
     shown = yaml.safe_load(line)["routing"]
     socket_path = yaml.safe_load(text)["control_socket"]
     assert Routing(**shown) == Routing.derived(socket_path)
+
+
+class RouteRecorder:
+    """What :class:`XfrmRoutes` sends: each route request's command and table, and the
+    rules it asks for."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[int, int]] = []
+        self.rules: list[tuple[str, dict[str, Any]]] = []
+        self.netlink = self
+
+    def request(self, *args: Any, **rule: Any) -> Any:
+        if args and isinstance(args[0], int):  # a route lookup
+            body = RtMsg(socket.AF_INET).push() + push_u32(RTA_OIF, 7)
+            return [Message(RTM_NEWROUTE, 0, 1, 0, body)]
+        self.rules.append((args[1], rule))
+        return None
+
+    def send(self, request: Request) -> list[Message]:
+        table = pull_attributes(request.body, RtMsg.LAYOUT.size).get(RTA_TABLE) or b""
+        self.routes.append((request.kind, int.from_bytes(table, "little")))
+        return []
+
+
+def test_xfrm_routes_come_and_go_in_the_own_table_only() -> None:
+    recorder = RouteRecorder()
+    routing = Routing.derived("/run/mpa-ike/c.sock")
+    routes = XfrmRoutes(recorder, routing, bypass=True)  # type: ignore[arg-type]
+    routes.add(b"a", [("10.9.0.5/32", None), ("fd00:99::5/128", None)], NextHop(7))
+    routes.add(b"b", [("10.9.0.6/32", None)], NextHop(7, "192.0.2.1"))
+    routes.close()
+    assert {table for _, table in recorder.routes} == {routing.table}
+    assert [kind for kind, _ in recorder.routes].count(RTM_DELROUTE) == 3
+    deleted = [rule for command, rule in recorder.rules if command == "del"]
+    added = [rule for command, rule in recorder.rules if command == "add"]
+    assert sorted(map(str, deleted)) == sorted(map(str, added))
+    assert all(rule["priority"] in (routing.priority, routing.bypass_priority) for rule in added)
