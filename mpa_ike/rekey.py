@@ -253,7 +253,7 @@ class Rekey:
 
         return ChildSaLimits(
             soft_seconds=None if child.rekey_at is None else child.rekey_at - now,
-            hard_seconds=None if child.expire_at is None else child.expire_at - now,
+            hard_seconds=None if child.expire_at is None else lifetimes.child_life_time,
             soft_bytes=soft(lifetimes.child_rekey_bytes, lifetimes.child_life_bytes),
             hard_bytes=lifetimes.child_life_bytes,
             soft_packets=soft(lifetimes.child_rekey_packets, lifetimes.child_life_packets),

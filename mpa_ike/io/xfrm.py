@@ -334,8 +334,10 @@ class KernelLifetimes:
         def seconds(value: float | None, rounding: Callable[[float], int]) -> int | None:
             return None if value is None or value <= 0 else max(1, rounding(value))
 
-        soft = seconds(limits.soft_seconds, math.floor)
-        hard = seconds(limits.hard_seconds, math.ceil)
+        # A deadline less the time it was computed at is a whole number give or take a
+        # rounding error: that error decides no second.
+        soft = seconds(limits.soft_seconds, lambda t: math.floor(t + SECOND_SLACK))
+        hard = seconds(limits.hard_seconds, lambda t: math.ceil(t - SECOND_SLACK))
         if soft is not None and hard is not None and soft > hard:
             soft = hard
         return cls(
@@ -353,6 +355,7 @@ class KernelLifetimes:
 
 
 NO_LIFETIMES = KernelLifetimes()
+SECOND_SLACK = 1e-6
 
 
 # --- message builders --------------------------------------------------------------------

@@ -176,6 +176,10 @@ def test_kernel_lifetimes_of_core_limits() -> None:
         soft_seconds=1, hard_seconds=1
     )
     assert of(ChildSaLimits(soft_bytes=16_000)) == KernelLifetimes(soft_bytes=16_000)
+    # A deadline less its start is off by a rounding error at most: no second more or less.
+    now = 31651.79773824067  # (now + 3600) - now == 3599.9999999999964
+    exact = ChildSaLimits(soft_seconds=(now + 3600) - now, hard_seconds=3960.0000000000036)
+    assert of(exact) == KernelLifetimes(soft_seconds=3600, hard_seconds=3960)
     with pytest.raises(XfrmUsageError, match="above"):
         KernelLifetimes(soft_bytes=10, hard_bytes=5)
 
