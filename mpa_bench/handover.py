@@ -145,11 +145,11 @@ class Configuration:
             imp.get("delay", 0.0) + imp.get("jitter", 0.0) for imp in self.impairments.values()
         )
 
-    def spec(self, family: str) -> TestbedSpec:
+    def spec(self, family: str, realtime: bool = False) -> TestbedSpec:
         """The testbed: the access links always emulated, so that the layer-2 event is
         the same carrier loss at both ends whatever else is asked (on a veth pair the far
         end would go administratively down, taking the gateway's IPv6 address with it)."""
-        spec = TestbedSpec(family="split" if family == "split" else "dual")
+        spec = TestbedSpec(family="split" if family == "split" else "dual", realtime=realtime)
         spec.emulate("a", "b")
         for link, imp in self.impairments.items():
             if any(imp.values()):
@@ -223,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ESP: deploy/uml/run mpa-bench handover --datapath xfrm ...)",
     )
     parser.add_argument("--family", choices=("4", "6", "split"), default="4")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="the link emulator and the probe flow under SCHED_FIFO (a loaded machine)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="per handover, s (30)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="every raw sample as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="timeline and outages")
@@ -386,7 +391,7 @@ def run_configuration(
     progress: Progress,
 ) -> Result:
     result = Result(conf, {m: [] for m in methods})
-    with Testbed(conf.spec(args.family)) as bed:
+    with Testbed(conf.spec(args.family, args.realtime)) as bed:
         family: Family = "split" if args.family == "split" else (6 if args.family == "6" else 4)
         ctx = Context(
             bed,

@@ -13,9 +13,10 @@ time is the origin ``t0``), the method's own completion is awaited, and the flow
   the measurement); the daemon waits for ``mn-b``'s link, moves the nCoA onto it and
   sends UPDATE_SA_ADDRESSES; done when it answers.
 - ``mpa-cli``: as ``mpa``, but the handover is asked for by running ``mpa-mobile
-  handover ngw`` at the link event, as a network manager's link-up hook would: the
-  command's own start-up (interpreter, imports, configuration, control socket) is in
-  the outage. The installed console script beside the interpreter (or on ``PATH``)
+  handover ngw`` at the link event, as a network manager's link-up hook would
+  (``deploy/hooks``: the daemon's control socket by its path, no configuration file
+  read): the command's own start-up (interpreter, imports, control socket) is in the
+  outage. The installed console script beside the interpreter (or on ``PATH``)
   is preferred to ``python -m mobile.cli``; the sample says which ran. It runs in the
   benchmark's own namespace: the control socket is a file, and ``ip netns exec``'s
   start-up is not the command's.
@@ -695,7 +696,9 @@ def run_mpa_cli(ctx: Context, run: int) -> Sample:
         with ctx.lossless():
             _ask(programs, "preauth", ctx.timeout)
         ncoa = programs.ncoa("ngw")
-        argv = [*command, "-c", str(programs.workdir / "mobile.yaml"), "handover", "ngw"]
+        # The socket named as a hook finds it (the default path, no -c): reading the
+        # YAML file only to find the socket is not what a hook's command does.
+        argv = [*command, "--socket", str(_socket(programs)), "handover", "ngw"]
         ran: dict[str, Any] = {}
 
         def done(event: LinkEvent) -> str | None:

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 NODES = ("mn", "ara", "ngw", "gwc", "core", "cn", "aaa")
 ROUTERS = ("ara", "ngw", "gwc", "core")
 PREFIX_RE = re.compile(r"^tb[0-9a-f]{6}$")
+REALTIME_PRIORITY = 10  # SCHED_FIFO priority of the probe flow (the emulator's too)
 
 Family = Literal["dual", "split"]
 
@@ -329,10 +330,13 @@ class Testbed:
         """A probe flow from ``src`` to a reflector in ``dst`` listening on ``target``.
 
         Not started: call ``start()``, then ``wait()`` or ``stop()`` for the ``FlowLog``.
+        With ``spec.realtime`` both ends run under SCHED_FIFO, as the link emulator does:
+        the instrument keeps its timing on a loaded machine.
         """
+        rt = ["chrt", "-f", str(REALTIME_PRIORITY)] if self.spec.realtime else []
         return ProbeFlow(
-            ["ip", "netns", "exec", self.ns(src)],
-            ["ip", "netns", "exec", self.ns(dst)],
+            [*rt, "ip", "netns", "exec", self.ns(src)],
+            [*rt, "ip", "netns", "exec", self.ns(dst)],
             target,
             **options,
         )
