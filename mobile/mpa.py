@@ -164,7 +164,9 @@ class Mpa:
             raise CommandError(f"handover {name}: gateways.{name}.interface is not set")
         return await self.move(entry, entry.interface)
 
-    async def move(self, entry: GatewayEntry, interface: str) -> str:
+    async def move(self, entry: GatewayEntry, interface: str, since: float | None = None) -> str:
+        """The handover to ``entry`` on ``interface``; ``since``: the loop time of the
+        event that started it, when that came after the link (the origin of its timeline)."""
         name = entry.name
         if self.links is None or self.mover is None:
             raise CommandError(f"handover {name}: no rtnetlink access (run as root)")
@@ -180,6 +182,7 @@ class Mpa:
             self.waiting.add(name)
             try:
                 link_up = await self.links.wait_up(interface, LINK_WAIT)
+                link_up = link_up if since is None else max(link_up, since)
             except TimeoutError:
                 raise CommandError(f"handover {name}: no link on {interface}") from None
             except OSError:
@@ -238,7 +241,7 @@ class Mpa:
         await self._settle(pht)
         return (
             f"{pht.name}: moved to {address} on {interface}, "
-            f"update answered {1e3 * (answered - link_up):.1f} ms after link up"
+            f"update answered {1e3 * (answered - link_up):.1f} ms after the link event"
         )
 
     async def _move_connected(
@@ -506,13 +509,14 @@ class Mpa:
     def _start_auto(self, entry: GatewayEntry, interface: str, why: str) -> None:
         log.info("%s: handover to %s (%s)", entry.name, interface, why)
         self._auto_moving.add(entry.name)  # no second move from the next event
-        task = asyncio.get_running_loop().create_task(self._auto(entry, interface))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._auto(entry, interface, loop.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _auto(self, entry: GatewayEntry, interface: str) -> None:
+    async def _auto(self, entry: GatewayEntry, interface: str, since: float) -> None:
         try:
-            log.info("%s", await self.move(entry, interface))
+            log.info("%s", await self.move(entry, interface, since))
         except CommandError as error:
             log.warning("%s", error)
         finally:

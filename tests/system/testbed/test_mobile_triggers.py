@@ -27,10 +27,10 @@ WAIT = 20.0
 def bed_for(tmp_path: Path) -> Iterator[Callable[..., tuple[Testbed, MpaPrograms]]]:
     beds: list[Testbed] = []
 
-    def build(**options: Any) -> tuple[Testbed, MpaPrograms]:
+    def build(family: int = 4, **options: Any) -> tuple[Testbed, MpaPrograms]:
         bed = Testbed(TestbedSpec(family="dual")).up()
         beds.append(bed)
-        return bed, bed.start_programs(tmp_path / bed.prefix, family=4, **options)
+        return bed, bed.start_programs(tmp_path / bed.prefix, family=family, **options)
 
     yield build
     for bed in beds:
@@ -71,10 +71,13 @@ def test_preauth_auto_two_candidates_without_a_command(
     assert again["ncoa"]
 
 
+@pytest.mark.parametrize(("family", "loss"), [(4, "link"), (6, "link"), (4, "address")])
 def test_link_down_on_a_with_b_up_moves_the_sa(
-    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]], family: int, loss: str
 ) -> None:
-    bed, programs = bed_for(handover="auto")
+    """The path of the PHT goes (A's carrier, or the address the PHT runs from) while
+    B has link: the SA moves to B with no command."""
+    bed, programs = bed_for(family, handover="auto")
     programs.preauth("ngw")
     ncoa = programs.ncoa("ngw")
     bed.link("b").set_up()  # B comes up while A works: the node stays on A
@@ -83,7 +86,12 @@ def test_link_down_on_a_with_b_up_moves_the_sa(
     flow = bed.probe("cn", "mn", ncoa, duration=30).start()
     time.sleep(0.3)
     down = time.monotonic()
-    bed.link("a").set_down()  # no command: the link event alone
+    if loss == "link":  # no command: the kernel's event alone
+        bed.link("a").set_down()
+    else:
+        sa = programs.ike_sa("ngw")
+        assert sa is not None
+        bed.ip("mn", "addr", "del", f"{sa['local'].split('[')[0]}/24", "dev", "mn-a")
     moved = until(lambda: programs.status()["handovers"])
     assert moved[0]["address"] == ncoa
     sa = programs.ike_sa("ngw")
@@ -94,6 +102,11 @@ def test_link_down_on_a_with_b_up_moves_the_sa(
     for direction in (report.forward, report.reverse):
         assert direction.timeline[-1].received > down + 0.5, "the flow stopped at the move"
         assert direction.longest < 1.0
+    # The timeline starts at the event that moved it (A's), not when B came up.
+    assert moved[0]["link_up"] >= down
+    answered = 1e3 * (moved[0]["answered"] - moved[0]["link_up"])
+    gaps = f"{1e3 * report.forward.longest:.1f}/{1e3 * report.reverse.longest:.1f} ms"
+    print(f"{loss} lost (IPv{family}): answered {answered:.1f} ms after the event, gaps {gaps}")
 
 
 def test_cp_dns_servers_in_the_resolver_configuration_until_disconnect(
