@@ -3,7 +3,9 @@
 auto`` the link of A going down while B's is up moves the SA at once, and B coming up
 while A still works moves nothing; CP's DNS servers reach the node's resolver
 configuration (``dns: file`` pointed at the test's own file, never the host's) once the
-node uses them and leave it on disconnect."""
+node uses them and leave it on disconnect; failed automatic attempts are spaced 1 s,
+then 2 s; ``announce_addresses`` keeps the gateway's list of the node's other addresses
+current."""
 
 from __future__ import annotations
 
