@@ -27,6 +27,7 @@ COMMANDS = {
     ),
     "setup-rate": ("mpa_bench.setup_rate", "IKE SAs per second, CPU and memory per SA, vs charon"),
     "fuzz": ("mpa_bench.fuzz", "malformed datagrams against a live mpa-gateway, MNs connected"),
+    "flood": ("mpa_bench.flood", "IKE_SA_INIT flood against mpa-gateway, MNs pre-authenticating"),
 }
 
 

@@ -194,36 +194,29 @@ class InitScan(NamedTuple):
 
 
 def scan_init_request(data: bytes) -> InitScan | None:
-    """Walk the payload chain of ``data`` (a whole IKE message) by the generic
-    headers; None where lengths or the chain do not add up, or no Nonce (the parser
-    then says what is wrong)."""
+    """Walk the payload chain of ``data`` (a whole IKE message) by the generic headers
+    up to the Nonce; None where a length does not add up before it, or there is none
+    (the parser then says what is wrong; it reads the rest of a request let through)."""
     if len(data) < IKE_HEADER_LENGTH:
         return None
     next_type = data[16]
     offset, end = IKE_HEADER_LENGTH, min(len(data), int.from_bytes(data[24:28], "big"))
     cookie: bytes | None = None
-    nonce: bytes | None = None
+    unpack = _GENERIC.unpack_from
     for index in range(_MAX_PAYLOADS):
-        if next_type == PayloadType.NONE:
-            break
-        if offset + _GENERIC.size > end:
+        if next_type == PayloadType.NONE or offset + _GENERIC.size > end:
             return None
-        following, _, length = _GENERIC.unpack_from(data, offset)
+        following, _, length = unpack(data, offset)
         if length < _GENERIC.size or offset + length > end:
             return None
-        body = data[offset + _GENERIC.size : offset + length]
         if next_type == PayloadType.NONCE:
-            nonce = body
-        elif next_type == PayloadType.NOTIFY and index == 0 and len(body) >= _NOTIFY.size:
-            _, spi_size, notify_type = _NOTIFY.unpack_from(body)
+            return InitScan(cookie, data[offset + _GENERIC.size : offset + length])
+        if next_type == PayloadType.NOTIFY and index == 0 and length >= 8:
+            _, spi_size, notify_type = _NOTIFY.unpack_from(data, offset + _GENERIC.size)
             if notify_type == NotifyType.COOKIE:
-                cookie = body[_NOTIFY.size + spi_size :]
+                cookie = data[offset + 8 + spi_size : offset + length]
         next_type, offset = following, offset + length
-    else:
-        return None
-    if next_type != PayloadType.NONE or nonce is None:
-        return None
-    return InitScan(cookie, nonce)
+    return None
 
 
 def cookie_response(spi_i: bytes, cookie: bytes) -> bytes:

@@ -1,0 +1,456 @@
+"""``mpa-bench flood``: a flood of IKE_SA_INIT from random SPIs and source addresses
+against a live mpa-gateway, while legitimate mobile nodes pre-authenticate (as root: it
+builds network namespaces).
+
+Two namespaces on one veth link: ``gw`` runs ``mpa-gateway`` with its default limits
+(COOKIE above ``half_open_threshold``, the half-open cap, the per-source rate limit;
+userspace datapath); the other holds the mobile nodes (our initiator core,
+:mod:`mpa_bench.fuzz_mobile`, EAP-MSCHAPv2 and a CP address each) and ``--senders``
+flooding processes (:mod:`mpa_bench.flood_sender`: a raw socket, source addresses drawn
+from ``--subnet``, as fast as they can unless ``--rate``). The gateway routes the
+subnet back over the link, so that its COOKIE answers leave and are dropped on the
+other side. The gateway is pinned to ``--gateway-cpu``, the senders and this process to
+``--sender-cpus``.
+
+Measured: the flood's rate as sent, the gateway's counters (COOKIEs sent, IKE_SA_INIT
+dropped by the per-source rate or the half-open cap), the namespace's UDP receive
+buffer drops, the time each mobile node started every ``--mobile-every`` seconds during
+the flood takes from its first IKE_SA_INIT to its CHILD SA (each deleted again), and the
+gateway's RSS before the flood, at its peak and ``--settle`` seconds after (half-open
+SAs expire after 30 s). Checked, each a line of the verdict: every mobile node up within
+``--setup-limit`` (1 s), COOKIEs sent, the RSS after within ``--rss-margin`` of the
+start, no half-open SA left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mpa_bench.fuzz_mobile import MobileNode, pump_once, pump_until
+from mpa_harness import daemon
+from mpa_ike.node.control_client import ControlError, call
+
+PROG = "mpa-bench flood"
+MN_NET = "192.0.2.0/24"
+MN_SIDE = "192.0.2.1"
+GW = "192.0.2.2"
+MN_FIRST = 10
+GW_LAN = "10.1.0.1"
+PROTECTED_NET = "10.1.0.0/24"
+POOL = "10.3.0.0/24"
+GATEWAY_ID = "gw.mpa-ike.test"
+IKE = "aes128-sha256-x25519"
+ESP = "aes128gcm16"
+SUBNET = "198.18.0.0/15"  # RFC 2544's benchmarking addresses
+SAMPLE_EVERY = 0.5
+HALF_OPEN_THRESHOLD = 30  # gateway.config's default half_open_threshold
+HALF_OPEN_TIMEOUT = 30.0  # mpa_ike.ike_config.DEFAULT_HALF_OPEN_TIMEOUT
+CONNECT_TIMEOUT = 15.0  # beyond the initiator's second retransmission (4 s, 11.2 s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="IKE_SA_INIT flood against a live mpa-gateway."
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="of flood (60)")
+    parser.add_argument("--rate", type=float, default=0.0, help="per sender per s (0: max)")
+    parser.add_argument("--senders", type=int, default=1, help="flooding processes (1)")
+    parser.add_argument("--subnet", default=SUBNET, help=f"source addresses ({SUBNET})")
+    parser.add_argument(
+        "--mobile-every", type=float, default=2.0, help="s between mobile node set-ups (2)"
+    )
+    parser.add_argument("--setup-limit", type=float, default=1.0, help="s per set-up (1)")
+    parser.add_argument("--settle", type=float, default=35.0, help="s after the flood (35)")
+    parser.add_argument("--rss-margin", type=float, default=0.10, help="RSS growth (0.10)")
+    parser.add_argument("--gateway-cpu", type=int, default=0, help="(0)")
+    parser.add_argument("--sender-cpus", default="1", help="list for taskset (1)")
+    parser.add_argument("--workdir", type=Path, help="keep the gateway's files there")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    return parser
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    seconds_asked: float
+    sent: int = 0
+    send_errors: int = 0
+    flood_seconds: float = 0.0
+    setups: list[float] = field(default_factory=list)  # seconds, each mobile node
+    setup_failures: list[str] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    udp_rcvbuf_errors: int = 0
+    gateway_cpu_seconds: float = 0.0  # during the flood
+    rss_kib: list[tuple[float, int]] = field(default_factory=list)
+    rss_start: int = 0
+    rss_peak: int = 0
+    rss_end: int = 0
+    half_open_peak: int = 0
+    half_open_end: int = 0
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.flood_seconds if self.flood_seconds else 0.0
+
+    @property
+    def verdict(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def counter(self, name: str) -> int:
+        return self.counters_after.get(name, 0) - self.counters_before.get(name, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(rate=self.rate, verdict="pass" if self.verdict else "FAIL")
+        return data
+
+
+@dataclass
+class Rig:
+    mn: Any  # mpa_harness.netns.Netns
+    gw: Any
+    workdir: Path
+    control: Path
+    process: Any  # subprocess.Popen[bytes]
+    ca_file: Path
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = call(self.control, "status", timeout=10)
+        return found
+
+    def rss_kib(self) -> int:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the gateway, every thread (``/proc/PID/stat``)."""
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
+    def rcvbuf_errors(self) -> int:
+        text = self.gw.run(["cat", "/proc/net/snmp"]).stdout
+        rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Udp:")]
+        counts: dict[str, int] = dict(zip(rows[0], map(int, rows[1]), strict=True))
+        return counts.get("RcvbufErrors", 0)
+
+
+def user_of(k: int) -> str:
+    return f"mn{k}"
+
+
+def password_of(k: int) -> str:
+    return f"flood-Pw-{k}!"
+
+
+@contextlib.contextmanager
+def rig(workdir: Path, users: int, subnet: str, gateway_cpu: int) -> Iterator[Rig]:
+    from mpa_harness.netns import two_hosts
+    from mpa_harness.pki import make_ca, make_cert
+
+    with two_hosts(left_addrs=(f"{MN_SIDE}/24",), right_addrs=(f"{GW}/24",)) as hosts:
+        mn, gw = hosts.left, hosts.right
+        gw.add_addr("lo", f"{GW_LAN}/32")
+        gw.add_route(subnet, via=MN_SIDE)  # the COOKIEs to the flood's sources leave
+        ca = make_ca(key_type="ecdsa")
+        make_cert(ca, GATEWAY_ID, "ecdsa", san_ip=[GW]).write(
+            workdir / "gw.pem", workdir / "gw.key"
+        )
+        ca.write(workdir / "ca.pem")
+        config = workdir / "gateway.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": [GW],
+                    "id": GATEWAY_ID,
+                    "certificate": "gw.pem",
+                    "private_key": "gw.key",
+                    "ike": [IKE],
+                    "esp": [ESP],
+                    "pool": [POOL],
+                    "local_ts": [PROTECTED_NET],
+                    "eap": {
+                        "method": "mschapv2",
+                        "users": {user_of(k): password_of(k) for k in range(users)},
+                    },
+                    "control_socket": "gw.sock",
+                    "leases": str(workdir / "leases.sqlite3"),
+                    "datapath": "userspace",
+                    "log_level": "warning",
+                }
+            )
+        )
+        control = workdir / "gw.sock"
+        argv = ["taskset", "-c", str(gateway_cpu)]
+        argv += gw.exec_args(daemon.command("gateway.cli", config))
+        with daemon.running(argv, control, workdir / "gateway.log") as process:
+            found = Rig(mn, gw, workdir, control, process, workdir / "ca.pem")
+            wait(lambda: bool(found.status().get("listening")), 10, "the gateway never listened")
+            yield found
+
+
+def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ControlError, OSError):
+            if condition():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(what)
+
+
+def mobile_node(rig: Rig, k: int) -> MobileNode:
+    from mpa_ike.child_sa import ChildSaConfig
+    from mpa_ike.constants import ProtocolId
+    from mpa_ike.eap import EapType
+    from mpa_ike.ike_config import InitiatorConfig
+    from mpa_ike.node.credentials import load_certificates
+    from mpa_ike.node.service import proposal_specs, wall_clock
+
+    address = str(ipaddress.ip_network(MN_NET)[MN_FIRST + k])
+    rig.mn.add_addr(rig.mn.links[0], f"{address}/32")
+    config = InitiatorConfig(
+        name=f"mn{k}",
+        identity=f"{user_of(k)}@mpa-ike.test",
+        eap_password=password_of(k),
+        remote_id=GATEWAY_ID,
+        ike_proposals=proposal_specs([IKE], ProtocolId.IKE),
+        child=ChildSaConfig(
+            proposal_specs([ESP], ProtocolId.ESP),
+            remote_ts=(ipaddress.ip_network(PROTECTED_NET),),
+        ),
+        ca=load_certificates(rig.ca_file, "ca"),
+        wall_clock=wall_clock,
+        eap_methods=(EapType.MSCHAPV2,),
+        eap_identity=user_of(k),
+    )
+    node = MobileNode(f"mn{k}", address, GW, config)
+    node.open(rig.mn.name)
+    return node
+
+
+def set_up(rig: Rig, k: int, timeout: float) -> float:
+    """One mobile node from its first IKE_SA_INIT to its CHILD SA; then deleted."""
+    node = mobile_node(rig, k)
+    try:
+        start = time.monotonic()
+        node.start(start)
+        pump_until([node], lambda: node.up, timeout)
+        took = time.monotonic() - start
+        node.endpoint.delete(node.spi, time.monotonic())
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end and any(not sa.closed for sa in node.endpoint):
+            pump_once([node], 0.02)
+        return took
+    finally:
+        node.close()
+
+
+class Sampler(threading.Thread):
+    """RSS and half-open SAs every SAMPLE_EVERY seconds while the flood runs."""
+
+    def __init__(self, rig: Rig, report: Report, started: float) -> None:
+        super().__init__(daemon=True)
+        self.rig, self.report, self.started = rig, report, started
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(SAMPLE_EVERY):
+            rss = self.rig.rss_kib()
+            self.report.rss_kib.append((round(time.monotonic() - self.started, 2), rss))
+            self.report.rss_peak = max(self.report.rss_peak, rss)
+            with contextlib.suppress(ControlError, OSError):
+                found = half_open(self.rig.status())
+                self.report.half_open_peak = max(self.report.half_open_peak, found)
+
+
+def half_open(status: dict[str, Any]) -> int:
+    states = [str(sa.get("state", "")).upper() for sa in status.get("ike_sas", [])]
+    return sum(1 for state in states if state in ("INIT-DONE", "EAP"))
+
+
+def start_senders(rig: Rig, args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    senders = []
+    for n in range(args.senders):
+        command = [sys.executable, "-m", "mpa_bench.flood_sender", "--gateway", GW]
+        command += ["--subnet", args.subnet, "--seconds", str(args.seconds)]
+        command += ["--rate", str(args.rate), "--seed", str(n + 1)]
+        argv = ["taskset", "-c", args.sender_cpus, *rig.mn.exec_args(command)]
+        senders.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
+    return senders
+
+
+def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
+    set_up(rig, 0, CONNECT_TIMEOUT)  # warm-up: every code path of a set-up loaded
+    time.sleep(1.0)
+    report.rss_start = report.rss_peak = rig.rss_kib()
+    report.counters_before = dict(rig.status()["counters"])
+    rcvbuf, cpu = rig.rcvbuf_errors(), rig.cpu_seconds()
+    started = time.monotonic()
+    sampler = Sampler(rig, report, started)
+    sampler.start()
+    senders = start_senders(rig, args)
+    try:
+        k = 1
+        time.sleep(min(0.5, args.seconds / 4))  # the flood is on
+        while time.monotonic() - started < args.seconds - args.setup_limit:
+            try:
+                took = set_up(rig, k, CONNECT_TIMEOUT)
+                report.setups.append(round(took, 4))
+                print(f"{PROG}: mobile node {k} up in {took * 1000:.0f} ms", flush=True)
+            except TimeoutError:
+                report.setup_failures.append(f"mn{k}: not up within {CONNECT_TIMEOUT} s")
+                print(f"{PROG}: mobile node {k} not up", flush=True)
+            k += 1
+            pause = args.mobile_every - (time.monotonic() - started) % args.mobile_every
+            time.sleep(pause)
+    finally:
+        for sender in senders:
+            out, _ = sender.communicate(timeout=args.seconds + 30)
+            with contextlib.suppress(ValueError):
+                result = json.loads(out.decode().strip().splitlines()[-1])
+                report.sent += int(result["sent"])
+                report.send_errors += int(result["errors"])
+                report.flood_seconds = max(report.flood_seconds, float(result["seconds"]))
+    report.udp_rcvbuf_errors = rig.rcvbuf_errors() - rcvbuf
+    report.gateway_cpu_seconds = round(rig.cpu_seconds() - cpu, 2)
+    print(f"{PROG}: flood over, {report.sent} sent; settling {args.settle:g} s", flush=True)
+    time.sleep(args.settle)
+    sampler.halt.set()
+    sampler.join()
+    report.rss_end = rig.rss_kib()
+    status = rig.status()
+    report.counters_after = dict(status["counters"])
+    report.half_open_end = half_open(status)
+
+
+def judge(report: Report, args: argparse.Namespace) -> None:
+    slow = [t for t in report.setups if t >= args.setup_limit]
+    report.checks.append(
+        Check(
+            f"mobile nodes up (within {CONNECT_TIMEOUT:g} s)",
+            bool(report.setups) and not report.setup_failures,
+            f"{len(report.setups)} up, {len(report.setup_failures)} failed",
+        )
+    )
+    report.checks.append(
+        Check(
+            f"mobile nodes up within {args.setup_limit:g} s during the flood",
+            bool(report.setups) and not slow and not report.setup_failures,
+            f"{len(report.setups)} set-ups, slowest {max(report.setups, default=0):.3f} s, "
+            f"{len(report.setup_failures)} failed",
+        )
+    )
+    cookies = report.counter("cookies_sent")
+    report.checks.append(Check("COOKIEs sent", cookies > 0, f"{cookies}"))
+    limit = report.rss_start * (1 + args.rss_margin)
+    report.checks.append(
+        Check(
+            f"RSS back within {args.rss_margin:.0%} of the start",
+            report.rss_end <= limit,
+            f"start {report.rss_start} KiB, peak {report.rss_peak} KiB, end {report.rss_end} KiB",
+        )
+    )
+    # The spoofed requests before the COOKIEs began are half-open SAs until they expire;
+    # after that, only a request returning a COOKIE makes one (and a mobile node's).
+    report.checks.append(
+        Check(
+            "half-open SAs held at the COOKIE threshold",
+            report.half_open_peak <= HALF_OPEN_THRESHOLD + 1,
+            f"peak {report.half_open_peak}",
+        )
+    )
+    if args.settle >= HALF_OPEN_TIMEOUT:
+        report.checks.append(
+            Check("no half-open SA left", report.half_open_end == 0, f"{report.half_open_end}")
+        )
+
+
+def print_report(report: Report) -> None:
+    setups = sorted(report.setups)
+    median = setups[len(setups) // 2] if setups else 0.0
+    print(f"flood: {report.sent} IKE_SA_INIT in {report.flood_seconds:.1f} s", end="")
+    print(f" = {report.rate:,.0f}/s sent ({report.send_errors} send errors)")
+    cpu = report.gateway_cpu_seconds
+    cookies = report.counter("cookies_sent")
+    print(
+        f"gateway: {cpu:.1f} CPU s during the flood ({cookies / cpu if cpu else 0:,.0f} COOKIEs"
+        f" per CPU s); UDP receive buffer drops {report.udp_rcvbuf_errors}"
+    )
+    for name in ("cookies_sent", "cookies_refused", "dropped_init_rate"):
+        print(f"  {name}: {report.counter(name)}")
+    print(f"  dropped_half_open_limit: {report.counter('dropped_half_open_limit')}")
+    print(f"  half-open SAs: peak {report.half_open_peak}, at the end {report.half_open_end}")
+    print(
+        f"mobile nodes: {len(setups)} set-ups during the flood, median {median * 1000:.0f} ms,"
+        f" max {max(setups, default=0) * 1000:.0f} ms, {len(report.setup_failures)} failed"
+    )
+    print(
+        f"RSS: before {report.rss_start} KiB, peak {report.rss_peak} KiB, "
+        f"after {report.rss_end} KiB"
+    )
+    for check in report.checks:
+        print(f"  [{'pass' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report(seconds_asked=args.seconds)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        workdir = args.workdir
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="mpa-flood-"))
+    users = 2 + int(args.seconds / max(args.mobile_every, 0.1)) + 2
+    try:
+        with rig(workdir, users, args.subnet, args.gateway_cpu) as found:
+            campaign(found, args, report)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    judge(report, args)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print(f"{PROG}: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    os.sched_setaffinity(0, {int(c) for c in args.sender_cpus.split(",")})
+    report = run(args)
+    print_report(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_json(), indent=2))
+    return 0 if report.verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
