@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sender-cpus", default="1", help="list for taskset (1)")
     parser.add_argument("--workdir", type=Path, help="keep the gateway's files there")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    parser.epilog = (
+        "mpa-bench flood --blocking [--rounds N]: no flood, how long each request of a "
+        "set-up holds the gateway's loop (mpa_bench.flood_blocking)"
+    )
     return parser
 
 
@@ -440,6 +444,11 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--blocking"]:  # no flood: how long each request holds the loop
+        from mpa_bench import flood_blocking
+
+        return flood_blocking.main(argv[1:])
     args = build_parser().parse_args(argv)
     if os.geteuid() != 0:
         print(f"{PROG}: needs root (network namespaces)", file=sys.stderr)
