@@ -146,6 +146,9 @@ class DatapathGlue:
             claim = TableClaim(routing.table)
         except RoutingInUse as error:
             raise ControlError(str(error)) from None
+        except OSError as error:
+            reason = f"cannot hold table {routing.table}: {error.strerror or error}"
+            raise ControlError(f"routing.table: {reason}") from None
         try:
             glue = cls._open(kind, transport, routing, inner_addresses, forward, device)
         except BaseException:
@@ -577,6 +580,12 @@ class DatapathGlue:
         """The datapath's own line: kind, device, drops tied to no SA (unknown SPI, ...)."""
         installed = sum(len(children) for children in self._children.values())
         found: dict[str, Any] = {"kind": self.kind, "child_sas": installed, "errors": self.errors}
+        if self.routing is not None:
+            found["routing"] = {
+                "table": self.routing.table,
+                "priority": self.routing.priority,
+                "mark": self.routing.mark,
+            }
         if self.userspace is not None:
             found["device"] = self._device(self.userspace)
             found["drops"] = self.userspace.drops()

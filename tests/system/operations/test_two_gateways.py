@@ -108,6 +108,9 @@ def test_stopping_one_gateway_leaves_the_others_traffic_flowing(short_dir: Path)
             instance(short_dir / "b", gw, "198.51.100", "10.4.0.0/24", 7012) as second,
         ):
             assert first.routing != second.routing
+            for one in (first, second):
+                shown = status("gateway.cli", one.workdir / "gateway.yaml")["datapath"]["routing"]
+                assert Routing(**shown) == one.routing
             before = rules(gw)
             assert has_rules(before, first.routing) and has_rules(before, second.routing)
             first.echo_both_ways(lan)
