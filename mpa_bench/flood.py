@@ -108,6 +108,7 @@ class Report:
     counters_after: dict[str, int] = field(default_factory=dict)
     udp_rcvbuf_errors: int = 0
     gateway_cpu_seconds: float = 0.0  # during the flood
+    gateway_wait_seconds: float = 0.0  # runnable but without a core, during the flood
     rss_kib: list[tuple[float, int]] = field(default_factory=list)
     rss_start: int = 0
     rss_peak: int = 0
@@ -158,6 +159,13 @@ class Rig:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
+    def run_queue_wait(self) -> float:
+        """Seconds the gateway's main thread waited runnable for a core (schedstat): on a
+        busy machine it answers less of the flood than its CPU time would."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(Path(f"/proc/{self.process.pid}/schedstat").read_text().split()[1]) / 1e9
         return 0.0
 
     def rcvbuf_errors(self) -> int:
@@ -317,7 +325,7 @@ def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
     time.sleep(1.0)
     report.rss_start = report.rss_peak = rig.rss_kib()
     report.counters_before = dict(rig.status()["counters"])
-    rcvbuf, cpu = rig.rcvbuf_errors(), rig.cpu_seconds()
+    rcvbuf, cpu, waited = rig.rcvbuf_errors(), rig.cpu_seconds(), rig.run_queue_wait()
     started = time.monotonic()
     sampler = Sampler(rig, report, started)
     sampler.start()
@@ -346,6 +354,7 @@ def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
                 report.flood_seconds = max(report.flood_seconds, float(result["seconds"]))
     report.udp_rcvbuf_errors = rig.rcvbuf_errors() - rcvbuf
     report.gateway_cpu_seconds = round(rig.cpu_seconds() - cpu, 2)
+    report.gateway_wait_seconds = round(rig.run_queue_wait() - waited, 2)
     print(f"{PROG}: flood over, {report.sent} sent; settling {args.settle:g} s", flush=True)
     time.sleep(args.settle)
     sampler.halt.set()
@@ -407,7 +416,8 @@ def print_report(report: Report) -> None:
     cookies = report.counter("cookies_sent")
     print(
         f"gateway: {cpu:.1f} CPU s during the flood ({cookies / cpu if cpu else 0:,.0f} COOKIEs"
-        f" per CPU s); UDP receive buffer drops {report.udp_rcvbuf_errors}"
+        f" per CPU s), {report.gateway_wait_seconds:.1f} s runnable waiting for a core;"
+        f" UDP receive buffer drops {report.udp_rcvbuf_errors}"
     )
     for name in ("cookies_sent", "cookies_refused", "dropped_init_rate"):
         print(f"  {name}: {report.counter(name)}")
