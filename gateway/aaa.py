@@ -15,7 +15,8 @@ AUTH_LIFETIME and deletes the SA then), and Class is echoed in accounting.
 Accounting (RFC 2866, ``eap.radius.accounting``): Start when the first CHILD SA is up,
 Interim-Update when MOBIKE moves the IKE SA (the new outer address in
 Calling-Station-Id), Stop with the octets and packets of the SA's CHILD SAs and why it
-ended: the peer's DELETE (User-Request), ours (Admin-Reset), the Session-Timeout, a
+ended: the peer's DELETE or a new IKE SA of the same user replacing it, as a
+re-authentication does (User-Request), ours (Admin-Reset), the Session-Timeout, a
 failure (Lost-Service), or the gateway stopping (NAS-Reboot, sent before the DELETEs).
 A session's requests go out in order, each after the previous one's answer.
 
@@ -69,6 +70,7 @@ from mpa_ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     IkeSaRekeyed,
+    IkeSaReplaced,
 )
 from mpa_ike.ike_config import EapAuthenticatorKind
 from mpa_ike.node.service import EAP_TYPES
@@ -238,7 +240,10 @@ class GatewayAaa:
         if session.started is None or session.stopped:
             return
         session.stopped = True
-        if isinstance(event, IkeSaFailed):
+        if isinstance(event, IkeSaReplaced) and "uniqueness" in event.reason:
+            # A new IKE SA of the same user replaced it (a re-authentication, RFC 4478).
+            session.cause = TerminateCause.USER_REQUEST
+        elif isinstance(event, IkeSaFailed):
             session.cause = TerminateCause.LOST_SERVICE
         elif event.by_peer:
             session.cause = TerminateCause.USER_REQUEST

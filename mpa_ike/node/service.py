@@ -175,8 +175,9 @@ class NodeService:
         }
 
     def matching(self, target: str) -> list[IkeSa]:
-        """The live IKE SAs of the peer ``target`` names: its identity (or the SA's
-        name), or an address, the peer's outer one or one leased to it."""
+        """The live IKE SAs of the peer ``target`` names: its identity (IDi, or the one EAP
+        authenticated), the SA's name, or an address, the peer's outer one or one leased
+        to it."""
         try:
             address = str(ipaddress.ip_address(target))
         except ValueError:
@@ -188,7 +189,7 @@ class NodeService:
             identity = str(sa.peer_identity) if sa.peer_identity is not None else None
             addresses = {str(ipaddress.ip_address(sa.remote[0]))}
             addresses.update(str(a) for a in sa.assigned_addresses)
-            if target in (identity, sa.name) or address in addresses:
+            if target in (identity, sa.unique_identity, sa.name) or address in addresses:
                 found.append(sa)
         return found
 

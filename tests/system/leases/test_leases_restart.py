@@ -167,8 +167,9 @@ def test_after_a_crash_an_identity_gets_its_address_and_no_other_does(
             before = {user: connect(mobile, short_tmp, user) for user in (EAP_USER, "dave")}
         assert len(set(before.values())) == 2
         assert gw.rows() == {
-            before[EAP_USER]: (CLIENT_ID, "active"),
-            before["dave"]: ("dave@mpa-ike.test", "active"),
+            # The identity EAP authenticated, not the IDi.
+            before[EAP_USER]: (EAP_USER, "active"),
+            before["dave"]: ("dave", "active"),
         }
 
         gw.kill_and_restart()
@@ -176,9 +177,9 @@ def test_after_a_crash_an_identity_gets_its_address_and_no_other_does(
         report = gw.status()
         assert report["ike_sas"] == []
         assert held(report) == {
-            before[EAP_USER]: f"held for {CLIENT_ID} (IKE SA {ike_sa(gw, before[EAP_USER])}"
+            before[EAP_USER]: f"held for {EAP_USER} (IKE SA {ike_sa(gw, before[EAP_USER])}"
             " of an earlier run)",
-            before["dave"]: f"held for dave@mpa-ike.test (IKE SA {ike_sa(gw, before['dave'])}"
+            before["dave"]: f"held for dave (IKE SA {ike_sa(gw, before['dave'])}"
             " of an earlier run)",
         }
         assert report["pool"]["ipv4"] == {"size": SIZE, "available": SIZE - 2}
@@ -213,7 +214,7 @@ def test_leases_not_taken_back_return_after_the_grace_time(short_tmp: Path) -> N
         report = gw.status()  # the status reclaims what is due
         assert held(report) == {} and report["leases"] == []
         assert report["pool"]["ipv4"]["available"] == SIZE
-        assert gw.rows()[first] == (CLIENT_ID, "released")
+        assert gw.rows()[first] == (EAP_USER, "released")
 
         with mobile_node(gw) as mobile:
             assert connect(mobile, short_tmp, "frank") != first  # fresh addresses first

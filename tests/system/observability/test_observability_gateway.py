@@ -281,7 +281,8 @@ def test_lease_table(short_dir: Path) -> None:
         header, row = result.stdout.splitlines()
         assert header.split() == ["ADDRESS", "IDENTITY", "IKE", "SA", "STATE", "SINCE"]
         address, who, ike_sa, state, since = row.split(None, 4)
-        assert (address, who, ike_sa) == (NCOA, CLIENT_ID, ours.spi_r.hex())
+        # Who EAP authenticated (carol), not the IDi.
+        assert (address, who, ike_sa) == (NCOA, EAP_USER, ours.spi_r.hex())
         assert state == "active" and since.startswith("(ESTABLISHED)")
         [entry] = json.loads(cli(GATEWAY, "leases", "--json", "-c", gw.config).stdout)
         assert entry["since"].endswith("Z") and entry["ike_sa_state"] == "ESTABLISHED"

@@ -297,7 +297,10 @@ def test_disconnect_request_deletes_the_sa(short_dir: Path) -> None:
         assert dae["dropped_bad_authenticator"] >= 1
 
 
-def test_session_timeout_ends_the_session(short_dir: Path) -> None:
+def test_session_timeout_makes_the_node_reauthenticate(short_dir: Path) -> None:
+    """Session-Timeout 3 s, sent as AUTH_LIFETIME: mpa-mobile authenticates again through
+    RADIUS a margin before (RFC 4478), the first session stops as the user's (the
+    gateway deletes an IKE SA that overstays it: tests/unit/core/test_core_reauth.py)."""
     with (
         gateway_with_radius(short_dir, session_timeout=3) as setup,
         mobile(setup, "eap-md5") as mn_config,
@@ -305,8 +308,13 @@ def test_session_timeout_ends_the_session(short_dir: Path) -> None:
         began = time.monotonic()
         assert connect(mn_config).returncode == 0
         stop = only(setup.wait_records("Stop", timeout=15))
-        assert time.monotonic() - began >= 2.5
-        assert stop.get("Acct-Terminate-Cause") == "Session-Timeout"
+        assert time.monotonic() - began >= 2.0
+        assert stop.get("Acct-Terminate-Cause") == "User-Request"
+        first, second = setup.wait_records("Start", count=2)
+        assert first.get("Framed-IP-Address") == second.get("Framed-IP-Address") == FRAMED_IP
+        assert first.get("Acct-Session-Id") != second.get("Acct-Session-Id")
+        (sa,) = status("mobile.cli", mn_config)["ike_sas"]
+        assert sa["address"] == FRAMED_IP
 
 
 def test_gateway_stop_accounts_nas_reboot(short_dir: Path) -> None:

@@ -173,3 +173,24 @@ def test_a_malformed_auth_lifetime_is_ignored(
 def test_reauth_time_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="reauth_time"):
         Lifetimes(ike_reauth_time=0.0)
+
+
+def test_reauth_time_in_both_daemons_files(
+    gateway_data: dict[str, Any], mobile_data: dict[str, Any]
+) -> None:
+    from pathlib import Path
+
+    from gateway.config import parse_config as parse_gateway
+    from mobile.config import parse_config as parse_mobile
+
+    root = Path("/")
+    assert parse_gateway(gateway_data, root).lifetimes.ike_reauth_time is None  # off
+    assert (
+        parse_gateway(gateway_data | {"reauth_time": "1h"}, root).lifetimes.ike_reauth_time == 3600
+    )
+    assert parse_gateway(gateway_data | {"reauth_time": 0}, root).lifetimes.ike_reauth_time is None
+    with pytest.raises(ConfigError, match="reauth_time: expected a time"):
+        parse_gateway(gateway_data | {"reauth_time": "soon"}, root)
+    mobile_data["gateways"]["ngw"]["reauth_time"] = "90m"
+    (entry,) = parse_mobile(mobile_data, root).gateways.values()
+    assert entry.lifetimes.ike_reauth_time == 5400
