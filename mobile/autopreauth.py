@@ -163,16 +163,17 @@ class AutoPreauth:
                 return
 
     def _wanted(self, name: str) -> bool:
-        """No IKE SA with this gateway (live, being set up or going), none on its way
-        back (recovery), no handover to it under way, not held by the user."""
+        """No IKE SA with this gateway (live or being set up), none on its way back
+        (recovery), no handover to it under way, not held by the user."""
         service = self.service
         if service.transport is None or name in self.held:
             return False
         if service.recovery.busy(name) or name in service.mpa.waiting:
             return False
-        return not any(
-            not sa.closed and sa.state != IkeSaState.REKEYED for sa in service.endpoint.find(name)
-        )
+        # One on its way out (a PHT deleted after a move, its DELETE perhaps unanswerable
+        # over the link that went) does not count: a new one may start beside it.
+        gone = (IkeSaState.REKEYED, IkeSaState.DELETING)
+        return not any(not sa.closed and sa.state not in gone for sa in service.endpoint.find(name))
 
     def _reachable_through(self, entry: GatewayEntry) -> str | None:
         """The interface the kernel would send to the gateway from, if it has link and

@@ -125,6 +125,7 @@ class IkeTransport:
         self.esp_handler = esp_handler
         self._loop = asyncio.get_running_loop()
         self._sockets: dict[Address, _IkeProtocol] = {}
+        self._binding = asyncio.Lock()  # two binds of one address must not both open it
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._fired_at: float | None = None
@@ -153,21 +154,24 @@ class IkeTransport:
     async def bind(
         self, address: str, ports: Iterable[int] = IKE_PORTS, *, freebind: bool = False
     ) -> None:
-        """Open a socket on ``address`` for each of ``ports`` (already bound ones are kept)."""
-        for port in ports:
-            local = normalize((address, port))
-            if local in self._sockets:
-                continue
-            sock = _open_socket(local, freebind)
-            if self._mark is not None:
-                mark_socket(sock, self._mark)
-            if self._kernel_esp and port == NAT_T_PORT:
-                _hand_esp_to_kernel(sock)
-            _, protocol = await self._loop.create_datagram_endpoint(
-                functools.partial(_IkeProtocol, self, local, sock), sock=sock
-            )
-            self._sockets[local] = protocol
-            log.debug("listening on %s", _text(local))
+        """Open a socket on ``address`` for each of ``ports`` (already bound ones are kept;
+        binds run one at a time, so that several set-ups from one address at once, such
+        as pre-authentications with several candidates, open each socket once)."""
+        async with self._binding:
+            for port in ports:
+                local = normalize((address, port))
+                if local in self._sockets:
+                    continue
+                sock = _open_socket(local, freebind)
+                if self._mark is not None:
+                    mark_socket(sock, self._mark)
+                if self._kernel_esp and port == NAT_T_PORT:
+                    _hand_esp_to_kernel(sock)
+                _, protocol = await self._loop.create_datagram_endpoint(
+                    functools.partial(_IkeProtocol, self, local, sock), sock=sock
+                )
+                self._sockets[local] = protocol
+                log.debug("listening on %s", _text(local))
 
     def mark_sockets(self, mark: int) -> None:
         """Mark what every socket, present and future, sends (policy routing by mark:

@@ -212,3 +212,28 @@ def test_preauth_auto_backs_off_and_gets_there(
     programs.reload("ngw")
     found = until(lambda: phts(programs).get("ngw"))
     assert found["ncoa"] and programs.status()["auto_preauth"]["ngw"]["failures"] == 0
+
+
+def test_after_a_move_the_other_candidate_is_pre_authenticated_through_the_new_network(
+    bed_for: Callable[..., tuple[Testbed, MpaPrograms]],
+) -> None:
+    """Both candidates pre-authenticated by themselves through A; A goes, the node
+    moves to ngw on B by itself and deletes gwc's PHT, then makes it anew through B, from
+    the node's own address there (as DHCP would give it; B routes C's gateway)."""
+    bed, programs = bed_for(gateways=("ngw", "gwc"), preauth_mode="auto", handover="auto")
+    # B's routes count only once B has link (the PHTs run through A until then).
+    bed.exec("mn", ["sysctl", "-qw", "net.ipv4.conf.mn-b.ignore_routes_with_linkdown=1"])
+    bed.ip("mn", "addr", "add", "10.2.0.80/24", "dev", "mn-b")
+    bed.ip("mn", "route", "add", "10.3.0.0/24", "via", "10.2.0.1", "src", "10.2.0.80")
+    before = until(lambda: (p := phts(programs)) and set(p) == {"ngw", "gwc"} and p)
+    through_a = [programs.ike_sa(gateway) for gateway in before]
+    assert all(sa is not None and sa["local"].startswith("10.1.0.100[") for sa in through_a)
+    bed.link("b").set_up()
+    bed.link("a").set_down()
+    until(lambda: programs.status()["handovers"])
+    again = until(
+        lambda: (p := phts(programs).get("gwc")) and p["ike_sa"] != before["gwc"]["ike_sa"] and p
+    )
+    sa = programs.ike_sa("gwc")
+    assert sa is not None and sa["local"].startswith("10.2.0.80[")  # through B
+    assert again["ncoa"] and phts(programs)["ngw"]["moved_to"] == "mn-b"
