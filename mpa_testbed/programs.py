@@ -262,8 +262,11 @@ class MpaPrograms:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if gateway in self.status()["waiting_for_link"]:
-                return proc
+            try:
+                if gateway in self.status()["waiting_for_link"]:
+                    return proc
+            except ProgramError:  # a daemon slow to answer (a loaded machine): ask again
+                pass
             time.sleep(0.02)
         return proc  # it ended already (the link was up, or it failed)
 

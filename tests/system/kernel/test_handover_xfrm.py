@@ -21,7 +21,7 @@ import struct
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mpa_testbed.probe import analyse
@@ -53,23 +53,31 @@ def preauth(programs: MpaPrograms) -> None:
 
 
 @contextlib.contextmanager
-def outgoing(bed: Testbed, node: str, dev: str, path: Path) -> Iterator[Path]:
-    """Every frame ``dev`` in ``node`` sends (tcpdump -Q out) into ``path``."""
-    cmd = ["tcpdump", "-i", dev, "-Q", "out", "-n", "-U", "--immediate-mode", "-Z", "root"]
-    proc = bed.popen(node, [*cmd, "-s", "0", "-w", str(path)], stderr=subprocess.PIPE)
+def outgoing(bed: Testbed, where: Sequence[tuple[str, str]], workdir: Path) -> Iterator[list[Path]]:
+    """Every frame each (node, device) of ``where`` sends (tcpdump -Q out), one file
+    each; the captures start together (tcpdump is slow to start under UML)."""
+    cmd = ["tcpdump", "-Q", "out", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
+    paths = [workdir / f"{node}-{dev}.pcap" for node, dev in where]
+    procs = [
+        bed.popen(node, [*cmd, "-i", dev, "-w", str(path)], stderr=subprocess.PIPE)
+        for (node, dev), path in zip(where, paths, strict=True)
+    ]
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline().decode(errors="replace")
-        assert "listening on" in line, f"tcpdump on {node} {dev}: {line}"
-        yield path
-        time.sleep(0.2)  # the last frames into the file
+        for proc, (node, dev) in zip(procs, where, strict=True):
+            assert proc.stderr is not None
+            line = proc.stderr.readline().decode(errors="replace")
+            assert "listening on" in line, f"tcpdump on {node} {dev}: {line}"
+        yield paths
+        time.sleep(0.2)  # the last frames into the files
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def ip_packets(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
@@ -118,13 +126,8 @@ def test_handover_moves_kernel_sas_in_place(tmp_path: Path) -> None:
         flow = bed.probe("cn", "mn", ncoa, duration=FLOW_LIMIT).start()
         time.sleep(1.0)
         before = parse_sa_counters(bed.ip("ngw", "-s", "xfrm", "state"))
-        with contextlib.ExitStack() as captures:
-            files = {
-                (node, dev): captures.enter_context(
-                    outgoing(bed, node, dev, tmp_path / f"{node}-{dev}.pcap")
-                )
-                for node, dev in WATCHED
-            }
+        with outgoing(bed, WATCHED, tmp_path) as paths:
+            files = dict(zip(WATCHED, paths, strict=True))
             time.sleep(0.3)  # the flow on A into the captures
             proc = programs.begin_handover("ngw", timeout=40)
             down = bed.handover("a", "b")
