@@ -263,13 +263,14 @@ class Mobike:
     def follow_nat_mapping(self, new_remote: Address) -> bool:
         """The peer's NAT maps it to a new address or port, seen on its authenticated ESP
         in UDP (the kernel's XFRM_MSG_MAPPING): the IKE SA and its CHILD SAs follow, if
-        the peer is behind a NAT and we are not (RFC 7296 §2.23; as
-        strongSwan's update_sa_job). Anything else is a path for MOBIKE to decide
-        (RFC 4555 §3.12). Whether it moved."""
+        the peer is behind a NAT and we are not (RFC 7296 §2.23; as strongSwan's
+        update_sa_job). With MOBIKE only a new port of the same address is followed (the
+        NAT's rebinding): a new address is a path for MOBIKE and the address policy to
+        decide (RFC 4555 §3.12). Whether it moved."""
         sa = self._sa
         if sa.state != IkeSaState.ESTABLISHED or not sa.nat_remote or sa.nat_local:
             return False
-        if new_remote == sa.remote:
+        if new_remote == sa.remote or (sa.mobike and new_remote[0] != sa.remote[0]):
             return False
         sa.remote = new_remote
         sa.counters["nat_mappings_followed"] += 1

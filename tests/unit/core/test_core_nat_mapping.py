@@ -23,10 +23,10 @@ PSK = b"a pre-shared key for the gateway"
 NEW = (NAT_PUBLIC, 31000)
 
 
-def connect(pool: AddressPool[object], *, nat: bool) -> Link:
+def connect(pool: AddressPool[object], *, nat: bool, mobike: bool = True) -> Link:
     gateway = Endpoint(random=seeded(2), responder=responder_config(pool, psk=PSK))
     link = Link(Endpoint(random=seeded(1)), gateway, nat=nat)
-    link.mobile.initiate(initiator_config(psk=PSK), MOBILE, GATEWAY, 0.0)
+    link.mobile.initiate(initiator_config(psk=PSK, mobike=mobike), MOBILE, GATEWAY, 0.0)
     link.run(until=10.0)
     assert link.of_type(IkeSaEstablished, "gateway")
     link.mobile_events.clear()
@@ -69,3 +69,22 @@ def test_no_move_behind_our_own_nat_or_without_one(pool: AddressPool[object]) ->
     plain.gateway.nat_mapping(spi, ("192.0.2.99", 4500), plain.now)  # a path for MOBIKE
     plain.run(until=plain.now)
     assert sa.remote == before and not plain.gateway_events
+
+
+def test_a_new_address_only_without_mobike(pool: AddressPool[object]) -> None:
+    elsewhere = ("198.51.100.9", 4500)
+    with_mobike = connect(pool, nat=True)
+    ((spi, sa),) = with_mobike.gateway.sas.items()
+    assert sa.mobike
+    before = sa.remote
+    with_mobike.gateway.nat_mapping(spi, elsewhere, with_mobike.now)  # MOBIKE's to decide
+    with_mobike.run(until=with_mobike.now)
+    assert sa.remote == before and not with_mobike.gateway_events
+
+    without = connect(pool, nat=True, mobike=False)
+    ((spi, sa),) = without.gateway.sas.items()
+    assert not sa.mobike
+    without.gateway.nat_mapping(spi, elsewhere, without.now)
+    without.run(until=without.now)
+    assert sa.remote == elsewhere
+    assert without.of_type(ChildSaAddressesUpdated, "gateway")
