@@ -64,9 +64,10 @@ class AdmissionLimits:
     ``cookie_grace``: how long COOKIEs of the previous secret stay good after a change.
     ``init_rate``, ``init_burst``: IKE_SA_INIT requests a second per source address
     (a token bucket; 0: no limit), in a table of ``rate_sources`` addresses.
-    ``ike_sas_per_identity``: IKE SAs of one peer identity (IDi) at most, counted when
-    the peer has authenticated (0: no limit); beyond, IKE_AUTH gets
-    AUTHENTICATION_FAILED (§2.21.2: the one notify that refuses an IKE SA there).
+    ``ike_sas_per_identity``: IKE SAs of one peer identity (the one EAP authenticated,
+    else IDi) at most, counted when the peer has authenticated (0: no limit); beyond,
+    IKE_AUTH gets AUTHENTICATION_FAILED (§2.21.2: the one notify that refuses an IKE SA
+    there).
     """
 
     half_open_limit: int = DEFAULT_HALF_OPEN_LIMIT
