@@ -11,7 +11,9 @@ after the link event to the answer that ended the handover) and the timeline of 
 handover (link up, first IKE message, answer, first probe back), each time from the
 link event; then, per method, the outage's parts (medians; every sample's in the JSON):
 the link (carrier), address acquisition, AAA/EAP round trips (IKE_AUTH), the other IKE
-round trips and processing (:mod:`mpa_bench.handover_parts`). The methods are described
+round trips and processing (:mod:`mpa_bench.handover_parts`), and ``idle``, the flow's
+longest silence in the seconds before the link event (no handover going on: on a
+loaded machine the floor under every outage). The methods are described
 in :mod:`mpa_bench.handover_methods`.
 
 Methods: mpa (pre-authenticated: the handover request waits in the daemon, one
@@ -310,10 +312,12 @@ def table(label: str, summaries: dict[str, dict[str, Any]], notes: dict[str, str
 
 def parts_table(summaries: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
     """The outage's parts per method (medians, ms; round trips counted): each median
-    is its own, so a row's parts need not add up to its outage median."""
+    is its own, so a row's parts need not add up to its outage median. ``idle``: the
+    flow's longest silence in the seconds before the link event, with no handover going
+    on: the floor the machine's load puts under every outage."""
     titles = [PART_TITLES[p] for p in PARTS]
     head = f"{'parts (median)':<14} {'outage':>7} " + " ".join(f"{t:>10}" for t in titles)
-    head += f" {'AAA n':>6} {'IKE n':>6}"
+    head += f" {'AAA n':>6} {'IKE n':>6} {'idle':>6}"
     lines = [head, "-" * len(head)]
     for method, summary in summaries.items():
         if method in notes or summary.get("part_link") is None:
@@ -322,6 +326,7 @@ def parts_table(summaries: dict[str, dict[str, Any]], notes: dict[str, str]) -> 
         lines.append(
             f"{method:<14} {_ms(summary.get('outage')):>7} {cells}"
             f" {_n(summary.get('aaa_round_trips')):>6} {_n(summary.get('ike_round_trips')):>6}"
+            f" {_ms(summary.get('idle')):>6}"
         )
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ flows and captures (``tests/unit/bench``):
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -179,6 +180,16 @@ def silence_after(timeline: Sequence[Arrival], t0: float) -> tuple[float, Arriva
     return best
 
 
+def silence_before(timeline: Sequence[Arrival], t0: float) -> float | None:
+    """The longest silence between arrivals before ``t0``: the flow with no handover
+    going on, the floor the machine's load puts under any outage (None: fewer than two
+    arrivals)."""
+    received = sorted(a.received for a in timeline if a.received < t0)
+    if len(received) < 2:
+        return None
+    return max(b - a for a, b in itertools.pairwise(received))
+
+
 def first_after_gap(timeline: Sequence[Arrival], t0: float) -> Arrival | None:
     """The arrival that ends the handover's silence (see ``silence_after``)."""
     return silence_after(timeline, t0)[1]
@@ -280,6 +291,7 @@ class Sample:
     ike: list[IkeMessage] = field(default_factory=list)
     addressing: list[AddressMessage] = field(default_factory=list)
     breakdown: Breakdown | None = None
+    idle: float | None = None  # the flow's longest silence before the link event
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -304,6 +316,7 @@ class Sample:
             "ike": [asdict(m) for m in self.ike],
             "addressing": [asdict(m) for m in self.addressing],
             "breakdown": None if self.breakdown is None else self.breakdown.to_json(),
+            "idle_s": self.idle,
             "flow": self.flow.to_json() if self.flow is not None else None,
             "extra": self.extra,
         }
@@ -365,6 +378,17 @@ def measure(
         ike=list(messages),
         addressing=list(addressing),
         breakdown=parts,
+        idle=max(
+            (
+                v
+                for v in (
+                    silence_before(report.forward.timeline, t0),
+                    silence_before(report.reverse.timeline, t0),
+                )
+                if v is not None
+            ),
+            default=None,
+        ),
     )
 
 
@@ -408,6 +432,7 @@ def summarise(samples: Sequence[Sample]) -> dict[str, Any]:
         "lost_reverse": Stats.of(s.lost_reverse for s in good),
         "signalling": Stats.of(s.timeline.signalling for s in good),
         "ike_sent": Stats.of(s.timeline.ike_sent for s in good),
+        "idle": Stats.of(s.idle for s in good),
     }
     for name in TIMELINE_FIELDS:
         figures[name] = Stats.of(getattr(s.timeline, name) for s in good)

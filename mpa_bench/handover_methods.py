@@ -361,6 +361,7 @@ class ConnectionManager:
             ["ip", "-o", "-force", "-n", ctx.bed.ns("mn"), "-batch", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a route already gone; the answer is what counts
             text=True,
         )
 

@@ -370,3 +370,14 @@ def test_the_heartbeat_tells_when_the_flow_works_both_ways() -> None:
         assert silent.last_echo() is None
         log = echoing.stop()
     assert any(abs(a.received - told) < 1e-9 for a in log.reverse)
+
+
+def test_idle_is_the_longest_silence_before_the_event() -> None:
+    # 30 probes lost half a second before the event (a stalled machine), 20 at it: the
+    # handover's outage is its own, the stall before it is the idle figure.
+    sent, forward, reverse = _flow(2000, set(range(500, 530)) | set(range(1000, 1020)))
+    sample = measure("x", 0, FlowLog(INTERVAL, sent, forward, reverse), 100.0, None, [])
+    assert sample.outage_forward == pytest.approx(0.021, abs=1e-9)
+    assert sample.idle == pytest.approx(0.031, abs=1e-9)
+    assert sample.to_json()["idle_s"] == sample.idle
+    assert summarise([sample])["idle"]["median"] == pytest.approx(0.031, abs=1e-9)
