@@ -118,9 +118,23 @@ def _lifetimes(ike: dict[str, Any], child: dict[str, Any], path: str) -> Lifetim
     try:
         return Lifetimes(**values)
     except ConfigError as error:
-        raise ConfigError(str(error), key=path or "(top level)") from None
+        raise ConfigError(str(error), key=_relation_key(str(error), path)) from None
     except TypeError:  # a value that was INVALID: its problem is reported already
         return Lifetimes()
+
+
+_RELATION = re.compile(r"(?:(CHILD|IKE) SA )?(\w+) must")
+
+
+def _relation_key(message: str, path: str) -> str:
+    """The key a broken relation is reported against: the one the core's message names
+    first (``CHILD SA rekey_bytes must be below life_bytes``: ``children.rekey_bytes``)."""
+    match = _RELATION.match(message)
+    parts = [path] if path else []
+    if match is not None:
+        parts += ["children"] if match[1] == "CHILD" else []
+        parts.append(match[2])
+    return ".".join(parts) or "(top level)"
 
 
 _NULLABLE = {"ike_rekey_time", "child_rekey_time", "dpd_delay", "dpd_timeout", "keep_alive"}

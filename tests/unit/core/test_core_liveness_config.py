@@ -84,7 +84,15 @@ def test_mobile_keys_per_gateway(mobile_data: dict[str, Any]) -> None:
         ({"children": {"rekey_time": "1h", "life_time": "30m"}}, "life_time must be above"),
         ({"children": {"rekey_bytes": "1.5"}}, "children.rekey_bytes: expected a whole"),
         ({"children": {"rekey_tim": "1h"}}, "children.rekey_tim: unknown key"),
-        ({"rand_time": "5h"}, "rand_time must be below rekey_time"),
+        ({"rand_time": "5h"}, "^rand_time: IKE SA rand_time must be below rekey_time"),
+        (
+            {"children": {"rekey_bytes": "20k", "life_bytes": "10k"}},
+            "^children.rekey_bytes: CHILD SA rekey_bytes must be below life_bytes",
+        ),
+        (
+            {"children": {"rekey_time": "1h", "life_time": "1h"}},
+            "^children.life_time: CHILD SA life_time must be above rekey_time",
+        ),
     ],
 )
 def test_bad_values_name_their_key(
