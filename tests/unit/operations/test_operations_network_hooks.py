@@ -69,3 +69,14 @@ def test_without_a_map_the_hook_does_nothing(recorder: tuple[dict[str, str], Pat
     env, log = recorder
     run([str(HOOKS / "mpa-mobile-hook"), "eth1", "up"], {**env, "MPA_HOOKS_CONF": "/nonexistent"})
     assert ran(log) == []
+
+
+def test_the_socket_is_named_not_read_from_a_file(recorder: tuple[dict[str, str], Path]) -> None:
+    env, log = recorder
+    env = {**env, "MPA_MOBILE_SOCKET": "/run/mpa-ike/other.sock"}
+    run([str(HOOKS / "mpa-mobile-hook"), "eth1", "up"], env)
+    assert ran(log) == [
+        "--socket /run/mpa-ike/other.sock handover ngw",
+        "--socket /run/mpa-ike/other.sock preauth bad",
+        "--socket /run/mpa-ike/other.sock preauth cgw",
+    ]
