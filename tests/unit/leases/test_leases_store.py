@@ -445,6 +445,44 @@ def test_rows_read_back_as_written(file: Path) -> None:
         store.close()
 
 
+def test_allocations_are_fsynced_and_releases_ride_on_the_next(file: Path) -> None:
+    """Each commit's ``synchronous`` level: FULL for an allocation (on disk before
+    CFG_REPLY), NORMAL for a release or reclaim (one lost to a power cut is reclaimed
+    after the grace time), and FULL again after either, even a failed one."""
+    LeaseStore.open(file).close()
+    db = sqlite3.connect(file, isolation_level=None)
+    db.execute("PRAGMA synchronous=FULL")
+    levels: list[str] = []
+    level = ["FULL"]
+
+    def trace(statement: str) -> None:
+        if statement.startswith("PRAGMA synchronous="):
+            level[0] = statement.removeprefix("PRAGMA synchronous=")
+        elif statement == "COMMIT":
+            levels.append(level[0])
+
+    db.set_trace_callback(trace)
+    store = LeaseStore(db, file)
+    try:
+        held = LeaseRow(V4[2], CAROL, owner_key(spi(1)), LeaseState.ACTIVE, 5.0, 5.0)
+        store.allocate(held)
+        store.release(held.ike_sa, [V4[2]], 6.0)
+        store.allocate(held)
+        store.reclaim([(V4[2], held.ike_sa)], 7.0)
+        store.mark_seen([(V4[2], held.ike_sa)], 8.0)
+        assert levels == ["FULL", "NORMAL", "FULL", "NORMAL", "FULL"]
+        store.allocate(held)
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON leases BEGIN SELECT RAISE(ABORT, 'x'); END"
+        )
+        with pytest.raises(sqlite3.Error):
+            store.release(held.ike_sa, [V4[2]], 9.0)
+        assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert level[0] == "FULL"
+    finally:
+        store.close()
+
+
 def test_held_leases_are_shown_by_whom_they_wait_for() -> None:
     held = HeldLease(V4[1], None, "00ff", 0.0)
     assert str(held) == "held for an unknown peer (IKE SA 00ff of an earlier run)"
