@@ -342,10 +342,12 @@ class Exchanges:
         self.last_heard = now
         outstanding.on_response(message, now)
 
-    def _open(self, data: bytes, reassembler: Reassembler) -> Message | None:
+    def _open(
+        self, data: bytes, reassembler: Reassembler, outer: Message | None = None
+    ) -> Message | None:
         if self._ciphers is None:
             raise IntegrityError("no keys yet")
-        return reassembler.add(data, self._ciphers.inbound(self._sa.is_initiator))
+        return reassembler.add(data, self._ciphers.inbound(self._sa.is_initiator), outer)
 
     def receive_request(
         self,
@@ -369,9 +371,9 @@ class Exchanges:
         if header.message_id != self._peer_next_id:
             self._sa.counters["dropped_message_id"] += 1
             return
-        check_outer(data)
+        outer = check_outer(data)
         try:
-            message = self._open(data, self._request_reassembler)
+            message = self._open(data, self._request_reassembler, outer)
         except CodecError as error:
             # Authentic but malformed (§2.21.2): answer with the error.
             self.respond(header, [NotifyPayload(error.notify, data=error.data)])
@@ -410,8 +412,9 @@ class Exchanges:
         self._outbox.extend(Datagram(d, dst, src) for d in self._cached_response[1])
 
 
-def check_outer(data: bytes) -> None:
-    """Reject, before any ICV check, what would fail outside the SK payload.
+def check_outer(data: bytes) -> Message:
+    """Reject, before any ICV check, what would fail outside the SK payload; return
+    the outer message (header, payloads before SK, the SK or SKF payload).
 
     Only a CodecError raised after the ICV was verified may be answered
     (§2.21.2); one about the unprotected part is the peer's or a forger's
@@ -424,3 +427,4 @@ def check_outer(data: bytes) -> None:
     last = outer.payloads[-1] if outer.payloads else None
     if not isinstance(last, EncryptedPayload | EncryptedFragmentPayload):
         raise IntegrityError("request without SK payload")
+    return outer

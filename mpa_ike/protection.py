@@ -124,9 +124,13 @@ def _seal_fragments(
 # Receiving
 
 
-def _open_protected(data: bytes, cipher: SkCipher) -> tuple[Message, ProtectedPayload, bytes]:
-    """Parse the outer message, check the ICV of its SK/SKF payload, return the plaintext."""
-    outer = parse_message(data)
+def _open_protected(
+    data: bytes, cipher: SkCipher, outer: Message | None = None
+) -> tuple[Message, ProtectedPayload, bytes]:
+    """Parse the outer message (unless given: ``data`` parsed already), check the ICV
+    of its SK/SKF payload, return the plaintext."""
+    if outer is None:
+        outer = parse_message(data)
     if not outer.payloads or not isinstance(outer.payloads[-1], ProtectedPayload):
         raise syntax_error("no SK or SKF payload")
     associated, body = split_protected(data)
@@ -202,16 +206,18 @@ class Reassembler:
         """Forget a message in progress (e.g. once its exchange is done)."""
         self._partials.pop(message_id, None)
 
-    def add(self, data: bytes, cipher: SkCipher) -> Message | None:
+    def add(self, data: bytes, cipher: SkCipher, outer: Message | None = None) -> Message | None:
         """Take one received SK or SKF datagram.
 
         Returns the decrypted message when it is complete (at once for an
         unfragmented SK message), None while fragments are missing or when
         the fragment was dropped. Raises :class:`IntegrityError` for a
         fragment that fails its ICV and :class:`CodecError` for a malformed one.
+        ``outer`` is ``parse_message(data)`` when the caller has it already (its
+        checks before the ICV parsed the datagram), so that it is not parsed twice.
         """
         try:
-            outer, protected, plaintext = _open_protected(data, cipher)
+            outer, protected, plaintext = _open_protected(data, cipher, outer)
             if isinstance(protected, EncryptedPayload):
                 inner = parse_payload_chain(protected.inner_type, plaintext)
                 return Message(outer.header, (*outer.payloads[:-1], *inner))

@@ -176,6 +176,34 @@ def test_fragmentation_at_1280_with_unprotected_payloads() -> None:
     assert list(message.payloads) == before + large_chain()
 
 
+def test_reassembler_takes_the_outer_message_parsed_already() -> None:
+    """The exchange engine's checks before the ICV parse the datagram; handing that
+    parse to the reassembler gives the same message, and the ICV is still checked."""
+    before = [NotifyPayload(NotifyType.COOKIE, data=b"c" * 16)]
+    datagrams = seal_message(
+        HEADER,
+        large_chain(),
+        make_cipher("aes128-sha256"),
+        max_message_size=1280,
+        unprotected=before,
+    )
+    reassembler = Reassembler()
+    results = [
+        reassembler.add(d, make_cipher("aes128-sha256"), parse_message(d)) for d in datagrams
+    ]
+    assert results[-1] is not None and list(results[-1].payloads) == before + large_chain()
+    (datagram,) = seal_message(HEADER, small_chain(), make_cipher("aes128gcm16"))
+    message = Reassembler().add(datagram, make_cipher("aes128gcm16"), parse_message(datagram))
+    assert message is not None and message.header == parse_message(datagram).header
+    assert list(message.payloads) == small_chain()
+    tampered = bytearray(datagram)
+    tampered[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        Reassembler().add(
+            bytes(tampered), make_cipher("aes128gcm16"), parse_message(bytes(tampered))
+        )
+
+
 def test_fragment_size_too_small() -> None:
     with pytest.raises(LocalProtocolError):
         seal_message(HEADER, large_chain(), make_cipher("aes128-sha256"), max_message_size=60)
