@@ -23,7 +23,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT
@@ -92,18 +92,19 @@ class _IkeProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
-        for _ in range(DRAIN_BATCH):
-            if self.transport is None or self.transport.is_closing():
-                return
-            try:
-                data, addr = self.sock.recvfrom(RECEIVE_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self.error_received(error)
-                return
+        with self.owner.batch():
             self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
+            for _ in range(DRAIN_BATCH):
+                if self.transport is None or self.transport.is_closing():
+                    return
+                try:
+                    data, addr = self.sock.recvfrom(RECEIVE_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as error:
+                    self.error_received(error)
+                    return
+                self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: IKE retransmits, nothing to do here.
@@ -130,6 +131,8 @@ class IkeTransport:
         self._timer_at: float | None = None
         self._fired_at: float | None = None
         self._kernel_esp = False
+        self._batching = False  # process() once after a batch of datagrams
+        self._deferred = False
         self._mark: int | None = None
         self.counters: dict[str, int] = {
             "esp_dropped": 0,
@@ -240,8 +243,27 @@ class IkeTransport:
     # ------------------------------------------------------------------
     # Output
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Datagrams read in one wake-up: what they make the endpoint send, its timer and
+        its events are handled once, after the last (in their order)."""
+        if self._batching:
+            yield
+            return
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            if self._deferred:
+                self._deferred = False
+                self.process()
+
     def process(self) -> None:
         """Send what the endpoint has to send, re-arm the timer, dispatch its events."""
+        if self._batching:
+            self._deferred = True
+            return
         for datagram in self.endpoint.datagrams_to_send(self.now()):
             self._send(datagram)
         self._arm_timer()

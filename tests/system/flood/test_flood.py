@@ -23,7 +23,8 @@ from mpa_harness import guards
 pytestmark = [pytest.mark.netns]
 
 SECONDS = 5.0
-ANSWERED_RATE = 2000.0  # IKE_SA_INIT a second: a flood, well under the gateway's capacity
+ANSWERED_RATE = 1000.0  # IKE_SA_INIT a second: a flood (COOKIEs throughout), well under
+# what the gateway answers even on a machine busy with other tests
 
 
 def run(rate: float) -> flood.Report:
