@@ -11,6 +11,7 @@ time is passed in: the core reads no clock.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Sequence
@@ -42,8 +43,15 @@ class CertificateCredential:
     chain: tuple[x509.Certificate, ...]
 
     def cert_payloads(self) -> list[CertPayload]:
+        return list(self._cert_payloads)
+
+    @functools.cached_property
+    def _cert_payloads(self) -> tuple[CertPayload, ...]:
+        """Encoded once: every IKE_AUTH response of the gateway carries them."""
         der = serialization.Encoding.DER
-        return [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(der)) for c in self.chain]
+        return tuple(
+            CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(der)) for c in self.chain
+        )
 
 
 def ca_key_hash(ca: x509.Certificate) -> bytes:

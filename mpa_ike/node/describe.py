@@ -13,6 +13,7 @@ JSON object (:class:`JsonFormatter`), an event's with its fields.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import re
@@ -42,6 +43,9 @@ from mpa_ike.events import (
     PeerAddressesAnnounced,
     PeerForgotIkeSa,
 )
+
+_CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 # The attribute of a logging.LogRecord that carries an event's fields.
 EVENT_FIELDS = "mpa_event"
@@ -105,14 +109,15 @@ def with_notify(reason: str, notify: NotifyType | None) -> str:
     return f"{reason} ({notify.name})"
 
 
+@functools.cache  # one per event class
 def snake(name: str) -> str:
     """``IkeSaEstablished`` -> ``ike_sa_established``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return _CAPITAL.sub("_", name).lower()
 
 
 def quoted(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if not text or re.search(r'[\s"=]', text) else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def at(address: Address) -> str:

@@ -8,11 +8,12 @@ from typing import Any
 
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
 from core_pki import Pki
+from cryptography.hazmat.primitives import serialization
 
 from gateway.pool import AddressPool
 from mpa_ike.certificates import certificate_names, verify_peer_certificate
 from mpa_ike.config_payload import build_reply, build_request, parse_reply, parse_request
-from mpa_ike.constants import IdType, NotifyType
+from mpa_ike.constants import CertEncoding, IdType, NotifyType
 from mpa_ike.datapath import RecordingDatapath
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import RemoteProtocolError
@@ -142,6 +143,17 @@ def test_certificate_checks(pki: Pki) -> None:
             assert error.notify == NotifyType.AUTHENTICATION_FAILED
         else:
             raise AssertionError("an untrusted or expired chain was accepted")
+
+
+def test_cert_payloads_are_the_chain_in_der_each_time_a_new_list(pki: Pki) -> None:
+    """Encoded once per credential (every IKE_AUTH response carries them); each call
+    still hands out a list of its own, end entity first."""
+    der = serialization.Encoding.DER
+    first = pki.chain.cert_payloads()
+    assert [p.data for p in first] == [c.public_bytes(der) for c in pki.chain.chain]
+    assert all(p.encoding == CertEncoding.X509_SIGNATURE for p in first)
+    first.append(first[0])
+    assert pki.chain.cert_payloads() == first[:-1]
 
 
 def test_ts_unacceptable_fails_child_only(pki: Pki, pool: AddressPool[Any]) -> None:
