@@ -644,18 +644,21 @@ def run_mpa(ctx: Context, run: int) -> Sample:
         ncoa = programs.ncoa("ngw")
         request = Background(lambda: _ask(programs, "handover", ctx.timeout + 5))
 
+        before: list[dict[str, Any]] = []
+
         def arm() -> None:
+            if ctx.datapath == "xfrm":  # the states carrying the flow on A, before the move
+                before.extend(xfrm_states(ctx.bed, "ngw"))
             request.start()
             time.sleep(0.2)  # the request is in the daemon, waiting for mn-b's link
 
-        before = xfrm_states(ctx.bed, "ngw") if ctx.datapath == "xfrm" else None
         sample = handover(
             ctx, "mpa", run, [ncoa], arm=arm, done=lambda event: request.wait(event.deadline)
         )
         sample.extra.update(ncoa=ncoa, answer=request.answer)
         if request.answered is not None:
             sample.extra["command_answered_s"] = request.answered - sample.t0
-        if before is not None:
+        if ctx.datapath == "xfrm":
             sample.extra["xfrm_states"] = {"before": before, "after": xfrm_states(ctx.bed, "ngw")}
         return sample
 

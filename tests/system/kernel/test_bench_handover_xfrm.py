@@ -36,6 +36,7 @@ def test_bench_handover_with_the_xfrm_datapath(tmp_path: Path) -> None:
     before = {s["spi"]: s for s in states["before"]}
     after = {s["spi"]: s for s in states["after"]}
     assert len(before) == 2 and set(after) == set(before), states
+    assert all(state["packets"] > 0 for state in before.values()), states  # the flow on A
     for spi, state in after.items():
         assert ncoa in (state["src"], state["dst"]), state
         assert ncoa not in (before[spi]["src"], before[spi]["dst"]), before[spi]
