@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=float, default=35.0, help="s after the flood (35)")
     parser.add_argument("--rss-margin", type=float, default=0.10, help="RSS growth (0.10)")
     parser.add_argument("--gateway-cpu", type=int, default=0, help="(0)")
+    parser.add_argument(
+        "--gateway-nice",
+        type=int,
+        default=0,
+        help="the gateway's nice value (0; below 0 it takes its core from other load)",
+    )
     parser.add_argument("--sender-cpus", default="1", help="list for taskset (1)")
     parser.add_argument("--workdir", type=Path, help="keep the gateway's files there")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
@@ -184,7 +190,7 @@ def password_of(k: int) -> str:
 
 
 @contextlib.contextmanager
-def rig(workdir: Path, users: int, subnet: str, gateway_cpu: int) -> Iterator[Rig]:
+def rig(workdir: Path, users: int, subnet: str, gateway_cpu: int, nice: int = 0) -> Iterator[Rig]:
     from mpa_harness.netns import two_hosts
     from mpa_harness.pki import make_ca, make_cert
 
@@ -221,7 +227,7 @@ def rig(workdir: Path, users: int, subnet: str, gateway_cpu: int) -> Iterator[Ri
             )
         )
         control = workdir / "gw.sock"
-        argv = ["taskset", "-c", str(gateway_cpu)]
+        argv = ["nice", "-n", str(nice), "taskset", "-c", str(gateway_cpu)]
         argv += gw.exec_args(daemon.command("gateway.cli", config))
         with daemon.running(argv, control, workdir / "gateway.log") as process:
             found = Rig(mn, gw, workdir, control, process, workdir / "ca.pem")
@@ -444,7 +450,7 @@ def run(args: argparse.Namespace) -> Report:
         workdir = Path(tempfile.mkdtemp(prefix="mpa-flood-"))
     users = 2 + int(args.seconds / max(args.mobile_every, 0.1)) + 2
     try:
-        with rig(workdir, users, args.subnet, args.gateway_cpu) as found:
+        with rig(workdir, users, args.subnet, args.gateway_cpu, args.gateway_nice) as found:
             campaign(found, args, report)
     finally:
         if args.workdir is None:
