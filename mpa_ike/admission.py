@@ -137,6 +137,21 @@ class SourceRateLimiter:
             self._buckets.popitem(last=False)
         return allowed
 
+    def forget_full(self, now: float, limits: AdmissionLimits) -> None:
+        """Drop the buckets that have filled up again: a full bucket is what an address
+        never heard from gets, so the table shrinks back once a flood is over. The
+        table is in order of last use, so the sweep stops at the first bucket still
+        refilling."""
+        if limits.init_rate <= 0:
+            self._buckets.clear()
+            return
+        refill = limits.init_burst / limits.init_rate
+        while self._buckets:
+            _, then = next(iter(self._buckets.values()))
+            if now - then < refill:
+                break
+            self._buckets.popitem(last=False)
+
 
 class IdentityIndex(Generic[S]):
     """The admitted responder IKE SAs of each peer identity (and the IKE SAs that rekeyed

@@ -517,6 +517,10 @@ class Endpoint:
         self._reauthenticating &= set(self._replacing)
         self._init_packets = {k: sa for k, sa in self._init_packets.items() if _half_open(sa)}
         self._init_nonces = {k: sa for k, sa in self._init_nonces.items() if _half_open(sa)}
+        second = int(now)
+        self._invalid_spi_sent = {k: v for k, v in self._invalid_spi_sent.items() if v[0] == second}
+        if self.responder is not None:
+            self._init_rate.forget_full(now, self.responder.limits)
 
     def _keep_last_response(self, sa: IkeSa, now: float) -> None:
         """§2.1: the answer that closed an SA (to DELETE, to a failed AUTH) may be lost;

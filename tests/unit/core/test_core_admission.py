@@ -223,6 +223,19 @@ def test_rate_table_is_bounded_least_recent_first() -> None:
     assert len(table) == 2
 
 
+def test_rate_table_forgets_buckets_that_filled_up_again() -> None:
+    limits = AdmissionLimits(init_rate=10.0, init_burst=20, rate_sources=4096)
+    table = SourceRateLimiter()
+    for n in range(1000):
+        table.allow(f"10.0.{n // 256}.{n % 256}", n / 1000, limits)
+    table.forget_full(1.5, limits)  # 2 s to refill: none full yet
+    assert len(table) == 1000
+    table.forget_full(2.5, limits)  # those last heard from at 0.5 s or before are full
+    assert len(table) == 499
+    table.forget_full(10.0, limits)
+    assert len(table) == 0
+
+
 def test_rate_limit_off() -> None:
     limits = AdmissionLimits(init_rate=0)
     table = SourceRateLimiter()
