@@ -11,9 +11,9 @@ deleted then and made anew through the new network), and when a PHT's IKE SA end
 without the user asking (deleted by the gateway, rekeying failed, lifetime reached):
 the core rekeys a PHT's IKE and CHILD SAs in place like any others, so a PHT is made
 anew only when that did not keep it. A failed attempt is tried again after a pause
-that doubles up to a minute; a link or address event starts the pauses over, since the
-network it failed through may be gone. Several candidates are pre-authenticated at
-once, each by a task of its own.
+that doubles up to a minute; a link coming up or an address added starts the pauses
+over, since a new path may have opened (a link or address going opens none). Several
+candidates are pre-authenticated at once, each by a task of its own.
 
 ``disconnect NAME`` holds a gateway's automatic pre-authentication until ``preauth
 NAME`` or ``connect NAME`` is asked for again.

@@ -443,7 +443,9 @@ class Mpa:
         has none, or the PHT's path going down while a candidate's link is up, moves
         to that candidate; a link coming up while the current one still works does
         not (the node stays where it is until that one goes)."""
-        self.service.autopreauth.kick(f"{interface} {'up' if up else 'down'}", network_changed=True)
+        # Only a link that came may open a path: a pause after a failure goes on when
+        # one goes.
+        self.service.autopreauth.kick(f"{interface} {'up' if up else 'down'}", network_changed=up)
         self.service.announcer.changed()
         if up:
             for entry, pht in self._auto_candidates():
@@ -454,10 +456,13 @@ class Mpa:
 
     def _address_changed(self, interface: str, address: str, added: bool) -> None:
         """An address lost is a path lost when a PHT runs from it; any change may make
-        a candidate reachable (automatic pre-authentication looks again)."""
+        a candidate reachable (automatic pre-authentication looks again). Link-local
+        addresses do neither (the kernel's own come and finish DAD as links come up)."""
+        if ipaddress.ip_address(address).is_link_local:
+            return
         self.service.autopreauth.kick(
             f"{address} {'added to' if added else 'removed from'} {interface}",
-            network_changed=True,
+            network_changed=added,
         )
         self.service.announcer.changed()
         if not added:

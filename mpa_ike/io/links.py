@@ -82,6 +82,11 @@ class LinkWatcher:
         self._state: dict[int, bool] = {}
         self.up_since: dict[int, float] = {}
         """Loop time each interface last came up, as reported."""
+        # What the interfaces are now (read after subscribing, so that nothing is
+        # missed): a later message that repeats it is no change (the kernel sends
+        # RTM_NEWLINK for much besides carrier and operstate).
+        for index, name in socket.if_nameindex():
+            self._state[index] = link_is_up(name)
         self.loop.add_reader(self.netlink.fileno(), self._readable)
 
     async def wait_up(self, name: str, timeout: float) -> float:
