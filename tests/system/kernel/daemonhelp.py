@@ -283,16 +283,23 @@ def echo_server(ns: Netns, address: str) -> Iterator[None]:
 
 
 def echo(
-    ns: Netns, src: str, dst: str, count: int, size: int = 100, retries: int = 0
+    ns: Netns,
+    src: str,
+    dst: str,
+    count: int,
+    size: int = 100,
+    retries: int = 0,
+    wait: float = 1.0,
 ) -> tuple[int, int]:
     """``count`` datagrams from ``src`` to the echo at ``dst``, one at a time: (answered,
-    sent). ``retries``: sends again what got no answer (a rekey under way)."""
+    sent). ``retries``: sends again what got no answer (a rekey under way); ``wait``:
+    seconds an answer may take."""
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     sock = ns_socket(ns, family)
     sent = answered = 0
     try:
         sock.bind((src, 0))
-        sock.settimeout(1.0)
+        sock.settimeout(wait)
         for i in range(count):
             payload = (b"%06d " % i).ljust(size, b"e")
             for _ in range(retries + 1):
