@@ -136,3 +136,30 @@ def test_no_import_cycle_in_mpa_ike() -> None:
 def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def sys_path_edits(tree: ast.AST) -> Iterator[int]:
+    """Lines that change ``sys.path`` (``sys.path.insert``, ``.append``, assignment)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "sys.path":
+            yield node.lineno
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(ast.unparse(t) == "sys.path" for t in targets):
+                yield node.lineno
+
+
+def test_nothing_edits_sys_path() -> None:
+    """Tests and shipped code import the installed packages, never a path of their own."""
+    paths = [p for d in (*SHIPPED, "tests") for p in sorted((ROOT / d).rglob("*.py"))]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in paths
+        for line in sys_path_edits(ast.parse(path.read_text(), str(path)))
+    ]
+    assert not bad, bad
+
+
+def test_sys_path_scan_finds_what_it_should() -> None:
+    tree = ast.parse("import sys\nsys.path.insert(0, 'x')\nsys.path += ['y']\n")
+    assert sorted(sys_path_edits(tree)) == [2, 3]

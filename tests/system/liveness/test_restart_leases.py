@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ import pytest
 from mpa_ike.retransmit import RetransmitPolicy
 from tests.system.interop.test_mobile_vs_gateway import wait_until
 from tests.system.liveness.test_liveness import DPD_DELAY, USERS, Node, connect, site
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "leases"))
-from leasehelp import fill
+from tests.unit.leases.leasehelp import fill
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("netns_env")]
 
