@@ -21,14 +21,15 @@ from mpa_ike.ike_config import (
     AdmissionLimits,
     Lifetimes,
 )
-from mpa_ike.io.policy_routing import Routing
 from mpa_ike.mobike import AddressPolicy, AddressPolicyMode
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
+    EAP_METHODS,
+    FULL_TUNNEL,
+    DaemonConfig,
     Endpoint,
     IPAddress,
     IPNetwork,
-    MetricsConfig,
     Report,
     Secret,
     Section,
@@ -54,12 +55,9 @@ from mpa_ike.node.config import (
 )
 from mpa_ike.node.lifetimes import duration, read_lifetimes
 
-EAP_METHODS = ("md5", "mschapv2")
-DEFAULT_ROUTING = Routing.derived(str(DEFAULT_CONTROL_SOCKET))
 RADIUS = "radius"  # eap.method: every EAP message relayed to eap.radius (gateway/aaa.py)
 # strongSwan's charon.cookie_threshold.
 DEFAULT_HALF_OPEN_THRESHOLD = 30
-FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
 DEFAULT_LEASES = Path("/var/lib/mpa-ike/leases.sqlite3")  # the pool's leases, kept across restarts
 DEFAULT_LEASE_GRACE = 300  # seconds the leases of the last run stay held for their peers
 
@@ -79,7 +77,7 @@ class EapServerConfig:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(DaemonConfig):
     listen: tuple[Endpoint, ...]
     id: str
     eap: EapServerConfig
@@ -93,20 +91,10 @@ class GatewayConfig:
     pool_reserved: tuple[IPAddress, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     local_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
-    control_socket: Path = DEFAULT_CONTROL_SOCKET
-    datapath: str = "auto"
     mobike: MobikeConfig = MobikeConfig()
     half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD
     leases: Path = DEFAULT_LEASES
     lease_grace: int = DEFAULT_LEASE_GRACE
-    log_level: str = "info"
-    log_format: str = "text"  # text or json lines
-    metrics: MetricsConfig | None = None  # Prometheus metrics over HTTP; off without it
-    user: str | None = None  # whom to run as once the sockets are open
-    group: str | None = None
-    control_group: str | None = None
-    routing: Routing = DEFAULT_ROUTING  # its own tables, rules and mark
-    keylog: Path | None = None  # Wireshark's key tables written there; off without it
     dae: DaeConfig | None = field(default=None, repr=False)  # RFC 5176 Disconnect-Requests
     lifetimes: Lifetimes = field(default_factory=Lifetimes)  # rekey_time, dpd_delay, children
     unique: str = "replace"  # strongSwan's unique: no, never, keep or replace

@@ -15,12 +15,13 @@ from types import MappingProxyType
 from mobile.cli import DEFAULT_CONTROL_SOCKET
 from mpa_ike.errors import ConfigError
 from mpa_ike.ike_config import Lifetimes
-from mpa_ike.io.policy_routing import Routing
 from mpa_ike.node.config import (
     DEFAULT_PROPOSALS,
+    EAP_METHODS,
+    FULL_TUNNEL,
+    DaemonConfig,
     Endpoint,
     IPNetwork,
-    MetricsConfig,
     Report,
     Secret,
     Section,
@@ -44,13 +45,10 @@ from mpa_ike.node.config import (
 )
 from mpa_ike.node.lifetimes import read_lifetimes
 
-EAP_METHODS = ("md5", "mschapv2")
-DEFAULT_ROUTING = Routing.derived(str(DEFAULT_CONTROL_SOCKET))
 HANDOVER_MODES = ("auto", "manual")
 PREAUTH_MODES = ("auto", "manual")
 DNS_MODES = ("auto", "resolvectl", "resolvconf", "file", "none")
 DEFAULT_DNS_FILE = Path("/etc/resolv.conf")
-FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
 # Gateway names are typed on the command line and appear in status output.
 _GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -86,20 +84,10 @@ class GatewayEntry:
 
 
 @dataclass(frozen=True)
-class MobileConfig:
+class MobileConfig(DaemonConfig):
     identity: str
     eap: EapPeerConfig
     gateways: Mapping[str, GatewayEntry]
-    control_socket: Path = DEFAULT_CONTROL_SOCKET
-    datapath: str = "auto"
-    log_level: str = "info"
-    log_format: str = "text"  # text or json lines
-    metrics: MetricsConfig | None = None  # Prometheus metrics over HTTP; off without it
-    user: str | None = None  # whom to run as once the sockets are open
-    group: str | None = None
-    control_group: str | None = None
-    routing: Routing = DEFAULT_ROUTING  # its own tables, rules and mark
-    keylog: Path | None = None  # Wireshark's key tables written there; off without it
     dns: str = "auto"  # one of DNS_MODES: how CP's DNS servers reach the resolver
     dns_file: Path = DEFAULT_DNS_FILE  # dns: file: the resolv.conf to add them to
     preauth: str = "manual"  # one of PREAUTH_MODES: the default of gateways with interface

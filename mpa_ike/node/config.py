@@ -80,6 +80,23 @@ class MetricsConfig:
     listen: Endpoint  # with a port
 
 
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """The keys every daemon's file has (:func:`daemon_keys`); each daemon's
+    configuration adds its own."""
+
+    control_socket: Path
+    routing: Routing  # its own tables, rules and mark
+    datapath: str = "auto"
+    log_level: str = "info"
+    log_format: str = "text"  # text or json lines
+    metrics: MetricsConfig | None = None  # Prometheus metrics over HTTP; off without it
+    user: str | None = None  # whom to run as once the sockets are open
+    group: str | None = None
+    control_group: str | None = None
+    keylog: Path | None = None  # Wireshark's key tables written there; off without it
+
+
 def join(path: str, key: object) -> str:
     """The key path of ``key`` inside the mapping at ``path``."""
     return f"{path}.{key}" if path else str(key)
@@ -399,6 +416,10 @@ DEFAULT_PROPOSALS = {
     "esp": ("aes128gcm16-aes256gcm16", "aes128-aes256-sha256-sha384"),
 }
 _PROTOCOLS = {"ike": ProtocolId.IKE, "esp": ProtocolId.ESP}
+# The EAP methods both daemons speak themselves (``eap.method``).
+EAP_METHODS = ("md5", "mschapv2")
+# Traffic selectors of everything (the gateway's local_ts, a gateway entry's remote_ts).
+FULL_TUNNEL = (network("0.0.0.0/0", ""), network("::/0", ""))
 
 
 def validate_proposal(text: str, protocol: str) -> str:

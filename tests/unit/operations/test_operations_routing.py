@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import DEFAULT_ROUTING
+from gateway.cli import DEFAULT_CONTROL_SOCKET
 from gateway.config import check_config as check_gateway
 from gateway.config import load_config as load_gateway
 from mobile.config import load_config as load_mobile
@@ -163,7 +163,8 @@ def test_defaults_follow_the_control_socket(tmp_path: Path) -> None:
     c = load_gateway(write(tmp_path, GATEWAY | {"routing": explicit}))
     assert c.routing == Routing(5000, 4000, 77)
     partial = load_gateway(write(tmp_path, GATEWAY | {"routing": {"table": 6000}}))
-    assert partial.routing == Routing(6000, DEFAULT_ROUTING.priority, DEFAULT_ROUTING.mark)
+    derived = Routing.derived(str(DEFAULT_CONTROL_SOCKET))
+    assert partial.routing == Routing(6000, derived.priority, derived.mark)
     mobile = {
         "identity": "alice",
         "eap": {"method": "md5", "password": "p"},
