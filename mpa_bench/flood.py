@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -35,28 +34,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mpa_bench.fuzz_mobile import MobileNode, pump_once, pump_until
-from mpa_harness import daemon
-from mpa_ike.node.control_client import ControlError, call
+from mpa_bench import gateway_rig
+from mpa_bench.fuzz_mobile import pump_once, pump_until
+from mpa_bench.gateway_rig import GW, Check, Rig, mobile_node
+from mpa_ike.node.control_client import ControlError
 
 PROG = "mpa-bench flood"
-MN_NET = "192.0.2.0/24"
-MN_SIDE = "192.0.2.1"
-GW = "192.0.2.2"
-MN_FIRST = 10
-GW_LAN = "10.1.0.1"
-PROTECTED_NET = "10.1.0.0/24"
-POOL = "10.3.0.0/24"
-GATEWAY_ID = "gw.mpa-ike.test"
-IKE = "aes128-sha256-x25519"
-ESP = "aes128gcm16"
 SUBNET = "198.18.0.0/15"  # RFC 2544's benchmarking addresses
 SAMPLE_EVERY = 0.5
 HALF_OPEN_THRESHOLD = 30  # gateway.config's default half_open_threshold
@@ -93,13 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         "set-up holds the gateway's loop (mpa_bench.flood_blocking)"
     )
     return parser
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str = ""
 
 
 @dataclass
@@ -140,139 +121,17 @@ class Report:
         return data
 
 
-@dataclass
-class Rig:
-    mn: Any  # mpa_harness.netns.Netns
-    gw: Any
-    workdir: Path
-    control: Path
-    process: Any  # subprocess.Popen[bytes]
-    ca_file: Path
-
-    def status(self) -> dict[str, Any]:
-        found: dict[str, Any] = call(self.control, "status", timeout=10)
-        return found
-
-    def rss_kib(self) -> int:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the gateway, every thread (``/proc/PID/stat``)."""
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return 0.0
-
-    def run_queue_wait(self) -> float:
-        """Seconds the gateway's main thread waited runnable for a core (schedstat): on a
-        busy machine it answers less of the flood than its CPU time would."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int(Path(f"/proc/{self.process.pid}/schedstat").read_text().split()[1]) / 1e9
-        return 0.0
-
-    def rcvbuf_errors(self) -> int:
-        text = self.gw.run(["cat", "/proc/net/snmp"]).stdout
-        rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Udp:")]
-        counts: dict[str, int] = dict(zip(rows[0], map(int, rows[1]), strict=True))
-        return counts.get("RcvbufErrors", 0)
-
-
-def user_of(k: int) -> str:
-    return f"mn{k}"
-
-
-def password_of(k: int) -> str:
-    return f"flood-Pw-{k}!"
-
-
 @contextlib.contextmanager
 def rig(workdir: Path, users: int, subnet: str, gateway_cpu: int, nice: int = 0) -> Iterator[Rig]:
-    from mpa_harness.netns import two_hosts
-    from mpa_harness.pki import make_ca, make_cert
-
-    with two_hosts(left_addrs=(f"{MN_SIDE}/24",), right_addrs=(f"{GW}/24",)) as hosts:
-        mn, gw = hosts.left, hosts.right
-        gw.add_addr("lo", f"{GW_LAN}/32")
-        gw.add_route(subnet, via=MN_SIDE)  # the COOKIEs to the flood's sources leave
-        ca = make_ca(key_type="ecdsa")
-        make_cert(ca, GATEWAY_ID, "ecdsa", san_ip=[GW]).write(
-            workdir / "gw.pem", workdir / "gw.key"
-        )
-        ca.write(workdir / "ca.pem")
-        config = workdir / "gateway.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": [GW],
-                    "id": GATEWAY_ID,
-                    "certificate": "gw.pem",
-                    "private_key": "gw.key",
-                    "ike": [IKE],
-                    "esp": [ESP],
-                    "pool": [POOL],
-                    "local_ts": [PROTECTED_NET],
-                    "eap": {
-                        "method": "mschapv2",
-                        "users": {user_of(k): password_of(k) for k in range(users)},
-                    },
-                    "control_socket": "gw.sock",
-                    "leases": str(workdir / "leases.sqlite3"),
-                    "datapath": "userspace",
-                    "log_level": "warning",
-                }
-            )
-        )
-        control = workdir / "gw.sock"
-        argv = ["nice", "-n", str(nice), "taskset", "-c", str(gateway_cpu)]
-        argv += gw.exec_args(daemon.command("gateway.cli", config))
-        with daemon.running(argv, control, workdir / "gateway.log") as process:
-            found = Rig(mn, gw, workdir, control, process, workdir / "ca.pem")
-            wait(lambda: bool(found.status().get("listening")), 10, "the gateway never listened")
-            yield found
+    """The gateway pinned to ``gateway_cpu`` at ``nice``, routing ``subnet`` (the flood's
+    sources) back over the link: its COOKIEs to them leave and are dropped."""
+    launcher = ["nice", "-n", str(nice), "taskset", "-c", str(gateway_cpu)]
+    with gateway_rig.rig(workdir, users, route=subnet, launcher=launcher) as found:
+        yield found
 
 
-def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ControlError, OSError):
-            if condition():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(what)
-
-
-def mobile_node(rig: Rig, k: int) -> MobileNode:
-    from mpa_ike.child_sa import ChildSaConfig
-    from mpa_ike.constants import ProtocolId
-    from mpa_ike.eap import EapType
-    from mpa_ike.ike_config import InitiatorConfig
-    from mpa_ike.node.credentials import load_certificates
-    from mpa_ike.node.service import proposal_specs, wall_clock
-
-    address = str(ipaddress.ip_network(MN_NET)[MN_FIRST + k])
-    rig.mn.add_addr(rig.mn.links[0], f"{address}/32")
-    config = InitiatorConfig(
-        name=f"mn{k}",
-        identity=f"{user_of(k)}@mpa-ike.test",
-        eap_password=password_of(k),
-        remote_id=GATEWAY_ID,
-        ike_proposals=proposal_specs([IKE], ProtocolId.IKE),
-        child=ChildSaConfig(
-            proposal_specs([ESP], ProtocolId.ESP),
-            remote_ts=(ipaddress.ip_network(PROTECTED_NET),),
-        ),
-        ca=load_certificates(rig.ca_file, "ca"),
-        wall_clock=wall_clock,
-        eap_methods=(EapType.MSCHAPV2,),
-        eap_identity=user_of(k),
-    )
-    node = MobileNode(f"mn{k}", address, GW, config)
-    node.open(rig.mn.name)
-    return node
+def rcvbuf_errors(rig: Rig) -> int:
+    return rig.udp_counters().get("RcvbufErrors", 0)
 
 
 def set_up(rig: Rig, k: int, timeout: float) -> float:
@@ -331,7 +190,7 @@ def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
     time.sleep(1.0)
     report.rss_start = report.rss_peak = rig.rss_kib()
     report.counters_before = dict(rig.status()["counters"])
-    rcvbuf, cpu, waited = rig.rcvbuf_errors(), rig.cpu_seconds(), rig.run_queue_wait()
+    rcvbuf, cpu, waited = rcvbuf_errors(rig), rig.cpu_seconds(), rig.run_queue_wait()
     started = time.monotonic()
     sampler = Sampler(rig, report, started)
     sampler.start()
@@ -358,7 +217,7 @@ def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
                 report.sent += int(result["sent"])
                 report.send_errors += int(result["errors"])
                 report.flood_seconds = max(report.flood_seconds, float(result["seconds"]))
-    report.udp_rcvbuf_errors = rig.rcvbuf_errors() - rcvbuf
+    report.udp_rcvbuf_errors = rcvbuf_errors(rig) - rcvbuf
     report.gateway_cpu_seconds = round(rig.cpu_seconds() - cpu, 2)
     report.gateway_wait_seconds = round(rig.run_queue_wait() - waited, 2)
     print(f"{PROG}: flood over, {report.sent} sent; settling {args.settle:g} s", flush=True)

@@ -53,26 +53,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mpa_bench import fuzz_mutators as mutators
+from mpa_bench import gateway_rig
 from mpa_bench.fuzz_mobile import MobileNode, Pump, inside, pump_until
-from mpa_harness import daemon
-from mpa_ike.node.control_client import ControlError, call
+from mpa_bench.gateway_rig import GW, GW_LAN, MN_NET, Check, Rig, mobile_node
+from mpa_ike.node.control_client import ControlError
 
 PROG = "mpa-bench fuzz"
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "tests" / "vectors" / "charon"
-MN_NET = "192.0.2.0/24"
-GW = "192.0.2.2"
-MN_FIRST = 10  # the mobile nodes: 192.0.2.10, .11, ...
 SOURCE_FIRST = 64  # the fuzzer's sources: 192.0.2.64, .65, ...
-GW_LAN = "10.1.0.1"
-PROTECTED_NET = "10.1.0.0/24"
-POOL = "10.3.0.0/24"
-GATEWAY_ID = "gw.mpa-ike.test"
-IKE = "aes128-sha256-x25519"
-ESP = "aes128gcm16"
 MTU = 9000
 HALF_OPEN_TIMEOUT = 30.0  # mpa_ike.ike_config.DEFAULT_HALF_OPEN_TIMEOUT
 HALF_OPEN_STATES = {"INIT-DONE", "EAP"}
@@ -121,13 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class Check:
-    name: str
-    passed: bool
-    detail: str = ""
-
-
-@dataclass
 class Report:
     """What a campaign found; :meth:`verdict` is true when every check passed."""
 
@@ -172,134 +155,31 @@ class Report:
 # --------------------------------------------------------------------------- set-up
 
 
-@dataclass
-class Rig:
-    """The namespaces, the gateway and its files."""
-
-    mn: Any  # mpa_harness.netns.Netns
-    gw: Any
-    workdir: Path
-    control: Path
-    log_file: Path
-    process: Any  # subprocess.Popen[bytes]
-    ca_file: Path
-
-    def status(self) -> dict[str, Any]:
-        found: dict[str, Any] = call(self.control, "status", timeout=10)
-        return found
-
-    def counters(self, status: dict[str, Any]) -> dict[str, int]:
-        """The core's and sockets' counters, and the datapath's ESP drops by reason."""
-        found = dict(status["counters"])
-        for reason, count in status.get("datapath", {}).get("drops", {}).items():
-            found[f"esp_{reason}"] = count
-        return found
-
-    def alive(self) -> bool:
-        return bool(self.process.poll() is None)
-
-    def rss_kib(self) -> int:
-        """VmRSS of the gateway process (``ip netns exec`` execs it: same pid)."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def udp_counters(self) -> dict[str, int]:
-        """The gateway namespace's UDP counters (/proc/net/snmp): RcvbufErrors are
-        datagrams the gateway did not read in time."""
-        text = self.gw.run(["cat", "/proc/net/snmp"]).stdout
-        rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Udp:")]
-        return {k: int(v) for k, v in zip(rows[0], rows[1], strict=True)} if rows else {}
-
-
 @contextlib.contextmanager
 def rig(workdir: Path, mobiles: int) -> Iterator[Rig]:
-    from mpa_harness.netns import two_hosts
-    from mpa_harness.pki import make_ca, make_cert
-
-    with two_hosts(left_addrs=("192.0.2.1/24",), right_addrs=(f"{GW}/24",)) as hosts:
-        mn, gw = hosts.left, hosts.right
-        for end in (hosts.link.a, hosts.link.b):
-            end.ns.ip("link", "set", end.dev, "mtu", str(MTU))
-        gw.add_addr("lo", f"{GW_LAN}/32")
-        ca = make_ca(key_type="ecdsa")
-        make_cert(ca, GATEWAY_ID, "ecdsa", san_ip=[GW]).write(
-            workdir / "gw.pem", workdir / "gw.key"
-        )
-        ca.write(workdir / "ca.pem")
-        users = {user_of(k): password_of(k) for k in range(mobiles)}
-        config = workdir / "gateway.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": [GW],
-                    "id": GATEWAY_ID,
-                    "certificate": "gw.pem",
-                    "private_key": "gw.key",
-                    "ike": [IKE],
-                    "esp": [ESP],
-                    "pool": [POOL],
-                    "local_ts": [PROTECTED_NET],
-                    "eap": {"method": "mschapv2", "users": users},
-                    "control_socket": "gw.sock",
-                    "leases": str(workdir / "leases.sqlite3"),
-                    "datapath": "userspace",
-                    "log_level": "info",
-                    # Every mutated IKE_SA_INIT to the parser: the campaign sends from
-                    # one address, faster than the per-source rate limit lets through.
-                    "limits": {"init_rate": 0},
-                }
-            )
-        )
-        control, log_file = workdir / "gw.sock", workdir / "gateway.log"
-        argv = gw.exec_args(daemon.command("gateway.cli", config))
-        with daemon.running(argv, control, log_file) as process:
-            found = Rig(mn, gw, workdir, control, log_file, process, workdir / "ca.pem")
-            wait(lambda: bool(found.status().get("listening")), 10, "the gateway never listened")
-            yield found
+    """The gateway on a link of MTU 9000 (kilobyte datagrams travel whole), logging at
+    info."""
+    settings = {
+        "log_level": "info",
+        # Every mutated IKE_SA_INIT to the parser: the campaign sends from one address,
+        # faster than the per-source rate limit lets through.
+        "limits": {"init_rate": 0},
+    }
+    with gateway_rig.rig(workdir, mobiles, settings=settings, mtu=MTU) as found:
+        yield found
 
 
-def user_of(k: int) -> str:
-    return f"mn{k}"
-
-
-def password_of(k: int) -> str:
-    return f"fuzz-Pw-{k}!"
+def counters(status: dict[str, Any]) -> dict[str, int]:
+    """The core's and sockets' counters, and the datapath's ESP drops by reason."""
+    found = dict(status["counters"])
+    for reason, count in status.get("datapath", {}).get("drops", {}).items():
+        found[f"esp_{reason}"] = count
+    return found
 
 
 def mobile_nodes(rig: Rig, count: int) -> list[MobileNode]:
     """``count`` initiators, each on its own address, connected with a CHILD SA."""
-    from mpa_ike.child_sa import ChildSaConfig
-    from mpa_ike.constants import ProtocolId
-    from mpa_ike.eap import EapType
-    from mpa_ike.ike_config import InitiatorConfig
-    from mpa_ike.node.credentials import load_certificates
-    from mpa_ike.node.service import proposal_specs, wall_clock
-
-    nodes = []
-    for k in range(count):
-        address = str(ipaddress.ip_network(MN_NET)[MN_FIRST + k])
-        rig.mn.add_addr(rig.mn.links[0], f"{address}/32")
-        config = InitiatorConfig(
-            name=f"mn{k}",
-            identity=f"{user_of(k)}@mpa-ike.test",
-            eap_password=password_of(k),
-            remote_id=GATEWAY_ID,
-            ike_proposals=proposal_specs([IKE], ProtocolId.IKE),
-            child=ChildSaConfig(
-                proposal_specs([ESP], ProtocolId.ESP),
-                remote_ts=(ipaddress.ip_network(PROTECTED_NET),),
-            ),
-            ca=load_certificates(rig.ca_file, "ca"),
-            wall_clock=wall_clock,
-            eap_methods=(EapType.MSCHAPV2,),
-            eap_identity=user_of(k),
-        )
-        node = MobileNode(f"mn{k}", address, GW, config)
-        node.open(rig.mn.name)
-        nodes.append(node)
+    nodes = [mobile_node(rig, k) for k in range(count)]
     now = time.monotonic()
     for node in nodes:
         node.start(now)
@@ -502,7 +382,7 @@ def echo_round(nodes: list[MobileNode], pump: Pump, timeout: float = ECHO_WAIT) 
 
 def judge(report: Report, rig: Rig, nodes: list[MobileNode], before: dict[str, Any]) -> None:
     after = rig.status()
-    report.counters_after = rig.counters(after)
+    report.counters_after = counters(after)
     report.udp_after = rig.udp_counters()
     report.check("gateway alive", rig.alive())
     templates, tracebacks = read_log(rig.log_file)
@@ -565,7 +445,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
         try:
             report.check("echo through every mobile node before", echo_round(nodes, pump))
             before = found.status()
-            report.counters_before = found.counters(before)
+            report.counters_before = counters(before)
             report.udp_before = found.udp_counters()
             start = time.monotonic()
 
@@ -617,14 +497,6 @@ def settle(rig: Rig, report: Report, limit: float, sample: Callable[[], None]) -
         report.half_open_end_after is not None,
         f"after {report.half_open_end_after} s (peak {report.half_open_peak})",
     )
-
-
-def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(what)
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- output

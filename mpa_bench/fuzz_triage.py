@@ -61,23 +61,23 @@ def bench(mobiles: int, now: float = 0.0) -> Bench:
     certificate, and ``mobiles`` initiators connected to it in memory (EAP-MSCHAPv2)."""
     import ipaddress
 
-    from mpa_bench.fuzz import (
+    from mpa_bench.gateway_rig import (
         ESP,
         GATEWAY_ID,
         GW,
         IKE,
         MN_FIRST,
         PROTECTED_NET,
+        initiator_config,
         password_of,
         user_of,
     )
     from mpa_harness.pki import make_ca, make_cert
     from mpa_ike.child_sa import ChildSaConfig
     from mpa_ike.constants import ProtocolId
-    from mpa_ike.eap import EapType
-    from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
+    from mpa_ike.ike_config import ResponderConfig
     from mpa_ike.node.credentials import credential, load_certificates
-    from mpa_ike.node.service import proposal_specs, wall_clock
+    from mpa_ike.node.service import proposal_specs
 
     users = {user_of(k): password_of(k) for k in range(mobiles)}
     with tempfile.TemporaryDirectory(prefix="mpa-fuzz-triage-") as directory:
@@ -100,19 +100,7 @@ def bench(mobiles: int, now: float = 0.0) -> Bench:
     for k in range(mobiles):
         node = Endpoint()
         address = (f"192.0.2.{MN_FIRST + k}", 500)
-        initiator = InitiatorConfig(
-            name=f"mn{k}",
-            identity=f"{user_of(k)}@mpa-ike.test",
-            eap_password=password_of(k),
-            remote_id=GATEWAY_ID,
-            ike_proposals=proposal_specs([IKE], ProtocolId.IKE),
-            child=ChildSaConfig(esp, remote_ts=(ipaddress.ip_network(PROTECTED_NET),)),
-            ca=cas,
-            wall_clock=wall_clock,
-            eap_methods=(EapType.MSCHAPV2,),
-            eap_identity=user_of(k),
-        )
-        sa = node.initiate(initiator, address, (GW, 500), now)
+        sa = node.initiate(initiator_config(k, cas), address, (GW, 500), now)
         for _ in range(20):  # IKE_SA_INIT, IKE_AUTH and the EAP rounds
             for datagram in node.datagrams_to_send(now):
                 sent.append((f"mobile:mn{k}", datagram.data))
@@ -134,7 +122,7 @@ def triage(
 ) -> Triage:
     """Replay ``count`` probes of ``seed`` (``seeds`` plus what the in-memory mobile
     nodes sent) at an in-memory gateway; keep up to ``keep`` failures in full."""
-    from mpa_bench.fuzz import GW
+    from mpa_bench.gateway_rig import GW
 
     found_bench = bench(mobiles)
     endpoint = found_bench.gateway

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mpa_bench import fuzz
+from mpa_bench import fuzz, gateway_rig
 from mpa_bench import fuzz_mutators as mutators
 from mpa_bench.fuzz_mobile import inside
 from mpa_harness import guards
@@ -130,7 +130,7 @@ def test_odd_signature_hash_algorithms_is_answered_invalid_syntax(workdir: Path)
         datagram = odd_signature_hash_algorithms(node.sent[0])
         before = rig.status()["counters"]
         with contextlib.closing(source(rig)) as sock:
-            sock.sendto(datagram, (fuzz.GW, 500))
+            sock.sendto(datagram, (gateway_rig.GW, 500))
             answer = receive(sock)
         after = rig.status()["counters"]
         node.close()
@@ -139,7 +139,7 @@ def test_odd_signature_hash_algorithms_is_answered_invalid_syntax(workdir: Path)
     assert struct.pack("!H", NotifyType.INVALID_SYNTAX) in answer[28:]
 
 
-def source(rig: fuzz.Rig) -> socket.socket:
+def source(rig: gateway_rig.Rig) -> socket.socket:
     with inside(rig.mn.name):
         rig.mn.add_addr(rig.mn.links[0], "192.0.2.200/32")
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
