@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from mpa_ike.constants import TransformType
 from mpa_ike.crypto.prf import Prf
@@ -77,6 +78,22 @@ class ChildSa:
             "local_ts": [str(r) for r in ranges(self.local_ts)],
             "remote_ts": [str(r) for r in ranges(self.remote_ts)],
         }
+
+
+class ChildInstaller(Protocol):
+    """The IKE SA as the exchange that negotiated a CHILD SA (IKE_AUTH's or
+    CREATE_CHILD_SA's) sees it: it derives the KEYMAT and installs the SA."""
+
+    def install_child(
+        self,
+        child: ChildSa,
+        spec: ProposalSpec,
+        *,
+        initiator: bool,
+        now: float,
+        nonces: tuple[bytes, bytes],
+        shared_secret: bytes | None = None,
+    ) -> None: ...
 
 
 def child_sa_params(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mpa_ike.child_negotiation import Selectors, accept_child
-from mpa_ike.child_sa import ChildSa, ChildSaState
+from mpa_ike.child_sa import ChildInstaller, ChildSa, ChildSaState
 from mpa_ike.constants import DhGroup, ExchangeType, NotifyType, ProtocolId, TransformType
 from mpa_ike.crypto.dh import KeyExchange, generate_key_exchange
 from mpa_ike.crypto.proposal import ProposalSpec
@@ -88,7 +88,7 @@ class Successor(Protocol):
     def resume_address_update(self, now: float) -> None: ...
 
 
-class RekeyHost(Protocol):
+class RekeyHost(ChildInstaller, Protocol):
     """What CREATE_CHILD_SA reads and changes of its IKE SA."""
 
     name: str
@@ -112,17 +112,6 @@ class RekeyHost(Protocol):
     def new_ike_spi(self) -> bytes: ...
 
     def child_selectors(self) -> tuple[Selectors, Selectors]: ...
-
-    def install_child(
-        self,
-        child: ChildSa,
-        spec: ProposalSpec,
-        *,
-        initiator: bool,
-        now: float,
-        nonces: tuple[bytes, bytes],
-        shared_secret: bytes | None = None,
-    ) -> None: ...
 
     def delete_child(self, child: ChildSa, now: float) -> None: ...
 
