@@ -91,6 +91,7 @@ class GatewayConfig(DaemonConfig):
     pool_reserved: tuple[IPAddress, ...] = ()
     dns: tuple[IPAddress, ...] = ()
     local_ts: tuple[IPNetwork, ...] = FULL_TUNNEL
+    subnets: tuple[IPNetwork, ...] = ()  # sent as INTERNAL_IP4/6_SUBNET (RFC 7296 §3.15.2)
     mobike: MobikeConfig = MobikeConfig()
     half_open_threshold: int = DEFAULT_HALF_OPEN_THRESHOLD
     leases: Path = DEFAULT_LEASES
@@ -150,6 +151,7 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         pool_reserved=top.optional("pool_reserved", list_of(address, non_empty=False), ()),
         dns=top.optional("dns", list_of(address, non_empty=False), ()),
         local_ts=top.optional("local_ts", list_of(network), FULL_TUNNEL),
+        subnets=top.optional("subnets", list_of(network, non_empty=False), ()),
         eap=top.required("eap", _eap),
         mobike=top.optional("mobike", _mobike, MobikeConfig()),
         half_open_threshold=top.optional(
@@ -163,8 +165,18 @@ def parse_config(data: object, base_dir: Path) -> GatewayConfig:
         limits=top.optional("limits", _limits, AdmissionLimits()),
         **daemon_keys(top, base_dir, DEFAULT_CONTROL_SOCKET),
     )
+    guarded(lambda: _subnets_within_local_ts(config))
     top.check_unknown()
     return config
+
+
+def _subnets_within_local_ts(config: GatewayConfig) -> None:
+    """A subnet the CHILD SA does not carry would be routed into a tunnel that drops it."""
+    if not isinstance(config.subnets, tuple) or not isinstance(config.local_ts, tuple):
+        return  # already reported
+    for index, subnet in enumerate(config.subnets):
+        if not any(s.version == subnet.version and subnet.subnet_of(s) for s in config.local_ts):  # type: ignore[arg-type]
+            raise ConfigError(f"{subnet} is not within local_ts", key=f"subnets[{index}]")
 
 
 def _authentication(top: Section, base_dir: Path) -> tuple[Path | None, Path | None, bytes | None]:

@@ -35,9 +35,10 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, TypeVar, cast
 
 from gateway.leases import LeaseRow, LeaseState, LeaseStore, owner_key
+from mpa_ike.config_payload import LeaseRequest
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -48,23 +49,6 @@ FAMILIES: tuple[Family, ...] = (4, 6)
 DEFAULT_GRACE = 300.0
 
 log = logging.getLogger(__name__)
-
-
-class IdentifiedAllocator(Protocol):
-    """The core's :class:`mpa_ike.config_payload.AddressAllocator`, told who the peer
-    is: with the identity, a peer coming back after a restart gets its address again.
-    :class:`AddressPool` takes either call."""
-
-    def acquire(
-        self,
-        owner: Hashable,
-        family: Family,
-        requested: IPAddress | None = None,
-        *,
-        identity: str | None = None,
-    ) -> IPAddress | None: ...
-
-    def release(self, owner: Hashable) -> tuple[IPAddress, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +246,7 @@ class AddressPool(Generic[OwnerT]):
         a clock; LeaseStoreError if the store cannot be read.
         """
         networks = list(networks)
+        self.networks = tuple(networks)
         reserved_ints = {4: set[int](), 6: set[int]()}
         for address in reserved:
             reserved_ints[address.version].add(int(address))
@@ -289,6 +274,16 @@ class AddressPool(Generic[OwnerT]):
             self._store.close()
 
     # ------------------------------------------------------------------ leases
+
+    def lease(self, request: LeaseRequest) -> IPAddress | None:
+        """The core's :class:`mpa_ike.config_payload.AddressAllocator` call: with the
+        identity, a peer coming back after a restart gets its address again."""
+        owner = cast(OwnerT, request.owner)  # the core's owners are what it files SAs by
+        return self.acquire(owner, request.family, request.requested, identity=request.identity)
+
+    def network_of(self, address: IPAddress) -> IPNetwork | None:
+        """The pool network holding ``address`` (its netmask goes with the lease)."""
+        return next((n for n in self.networks if address in n), None)
 
     def acquire(
         self,

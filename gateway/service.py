@@ -29,6 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.leases import LeaseState, LeaseStore, open_pool, peer_identity
 from gateway.pool import AddressPool, Family, HeldLease, IPAddress, IPNetwork
 from mpa_ike.child_sa import ChildSaConfig
+from mpa_ike.config_payload import LeaseRequest
 from mpa_ike.constants import ProtocolId
 from mpa_ike.datapath import Datapath
 from mpa_ike.endpoint import Endpoint
@@ -84,6 +85,7 @@ class GatewayService(NodeService):
             eap_authenticator=eap_authenticator(config.eap),
             allocator=self.pool,
             dns=tuple(config.dns),
+            subnets=tuple(config.subnets),
             address_policy=config.mobike.address_policy,
             return_routability=config.mobike.return_routability,
             max_refused_updates=config.mobike.max_refused_updates,
@@ -312,6 +314,7 @@ LIVE_KEYS = frozenset(
         "pool_reserved",
         "dns",
         "local_ts",
+        "subnets",
         "eap",
         "mobike",
         "half_open_threshold",
@@ -361,27 +364,23 @@ class GrowingPool:
 
     # What the core needs (mpa_ike.config_payload.AddressAllocator), and status.
 
-    def acquire(
-        self,
-        owner: Hashable,
-        family: Family,
-        requested: IPAddress | None = None,
-        *,
-        identity: str | None = None,
-    ) -> IPAddress | None:
+    def lease(self, request: LeaseRequest) -> IPAddress | None:
         for _, part in self.parts:
-            held = part.lease_of(owner, family)
+            held = part.lease_of(request.owner, request.family)
             if held is not None:
                 return held
         # The part holding the requested address first: the others would lend another.
-        ordered = sorted(
-            self.parts, key=lambda p: not (requested is not None and requested in p[1])
-        )
+        wanted = request.requested
+        ordered = sorted(self.parts, key=lambda p: not (wanted is not None and wanted in p[1]))
         for _, part in ordered:
-            got = part.acquire(owner, family, requested, identity=identity)
+            got = part.lease(request)
             if got is not None:
                 return got
         return None
+
+    def network_of(self, address: IPAddress) -> IPNetwork | None:
+        found = (part.network_of(address) for _, part in self.parts)
+        return next((network for network in found if network is not None), None)
 
     def release(self, owner: Hashable) -> tuple[IPAddress, ...]:
         return tuple(itertools.chain.from_iterable(p.release(owner) for _, p in self.parts))

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from mobile.config import GatewayEntry
 from mobile.waits import ANSWER_WAIT, LINK_WAIT
+from mpa_ike.config_payload import prefix_length
 from mpa_ike.events import (
     AddressUpdateAccepted,
     AddressUpdateRefused,
@@ -67,6 +68,7 @@ class Pht:
     ike_sa: bytes
     table: int
     addresses: list[str] = field(default_factory=list)
+    prefixes: dict[str, int] = field(default_factory=dict)  # CP's netmask, per address
     interface: str | None = None  # where the nCoA lives once moved
     gateway: str | None = None  # the gateway's address it was routed to there
     moving: bool = False
@@ -217,7 +219,7 @@ class Mpa:
         address = pht.addresses[0]
         remote = self._remote_for(sa, address)
         if pht.prepared != (interface, remote[0]):
-            self.mover.attach(interface, address, remote[0])
+            self.mover.attach(interface, address, remote[0], pht.prefixes.get(address))
         pht.interface, pht.gateway = interface, remote[0]
         local = (address, sa.local[1])
         await transport.bind(address, (local[1],))
@@ -328,7 +330,7 @@ class Mpa:
             gateway = self._remote_for(sa, address)[0]
             self.mover.ignore_routes_while_down(interface)
             self.mover.quick_neighbour_retries(interface)
-            self.mover.prepare(interface, address)
+            self.mover.prepare(interface, address, pht.prefixes.get(address))
             self.mover.route_gateway(interface, address, gateway)
             pht.prepared = (interface, gateway)
         except Exception as error:  # done again at the move, with the error reported
@@ -338,11 +340,13 @@ class Mpa:
         """A handover that did not happen leaves no nCoA or route on the interface."""
         prepared, pht.prepared = pht.prepared, None
         if prepared is not None and not pht.moved and self.mover is not None:
-            self.mover.detach(prepared[0], pht.addresses[0], prepared[1])
+            address = pht.addresses[0]
+            self.mover.detach(prepared[0], address, prepared[1], pht.prefixes.get(address))
 
     def _undo_move(self, pht: Pht) -> None:
         if self.mover is not None and pht.interface is not None:
-            self.mover.detach(pht.interface, pht.addresses[0], pht.gateway)
+            address = pht.addresses[0]
+            self.mover.detach(pht.interface, address, pht.gateway, pht.prefixes.get(address))
         pht.interface = pht.gateway = None
 
     def _refusal_text(self, event: Event | None) -> str:
@@ -396,6 +400,11 @@ class Mpa:
         if isinstance(event, IkeSaEstablished) and event.ike_sa in self.service.preauthenticating:
             pht = Pht(event.name, event.ike_sa, self._free_table())
             pht.addresses = [str(a) for a in event.assigned_addresses]
+            # The nCoA with its network's prefix on the target's interface: the on-link
+            # route of network B comes with it at the move.
+            pht.prefixes = {
+                str(a): prefix_length(a, event.netmask) for a in event.assigned_addresses
+            }
             self._path_of(pht)  # now, not on the link event that may move it
             self.phts[event.name] = pht
             userspace = self.service.glue.userspace

@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mpa_ike.child_sa import ChildSaConfig
+from mpa_ike.config_payload import LeaseRequest
 from mpa_ike.constants import ExchangeType, ProtocolId
 from mpa_ike.datagram import Datagram
 from mpa_ike.eap import EapType
@@ -51,20 +52,16 @@ class Pool:
         self.next = 1
         self.owners: dict[object, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
 
-    def acquire(
-        self,
-        owner: object,
-        family: int,
-        requested: object = None,
-        *,
-        identity: str | None = None,
-    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        if family != 4:
+    def lease(self, request: LeaseRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        if request.family != 4:
             return None
         address = self.network[self.next % (self.network.num_addresses - 2) + 1]
         self.next += 1
-        self.owners[owner] = address
+        self.owners[request.owner] = address
         return address
+
+    def network_of(self, address: object) -> ipaddress.IPv4Network | None:
+        return None
 
     def release(self, owner: object) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
         found = self.owners.pop(owner, None)

@@ -8,6 +8,7 @@ connection name (the gateway names a responder SA after its peer's identity).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from mpa_ike.constants import NotifyType
 from mpa_ike.datagram import Address
@@ -32,6 +33,10 @@ class IkeSaEstablished(Event):
     dns: tuple[IPAddress, ...]
     mobike: bool
     nat_detected: bool
+    # RFC 7296 §3.15.1, §3.15.2: the IPv4 address's netmask and the subnets behind the
+    # gateway (CP-assigned on the initiator, sent on the responder).
+    netmask: IPv4Address | None = None
+    subnets: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from mpa_ike.child_sa import ChildSa
+from mpa_ike.config_payload import IPNetwork
 from mpa_ike.constants import HashAlgorithm, NotifyType
 from mpa_ike.crypto.auth import SUPPORTED_HASH_ALGORITHMS, auth_octets
 from mpa_ike.crypto.keys import IkeKeys
@@ -44,6 +46,8 @@ class HandshakeHost(Protocol):
     children: dict[bytes, ChildSa]
     assigned_addresses: tuple[IPAddress, ...]
     dns: tuple[IPAddress, ...]
+    netmask: IPv4Address | None  # §3.15.1, with the IPv4 address
+    subnets: tuple[IPNetwork, ...]  # §3.15.2: the networks behind the responder
     peer_identity: Identity | None
     eap_identity: str | None  # responder: the identity EAP authenticated
     peer_fragmentation: bool

@@ -407,6 +407,7 @@ class InitiatorHandshake:
         if cp is not None and cp.cfg_type == CfgType.CFG_REPLY:
             reply = parse_reply(cp)
             sa.assigned_addresses, sa.dns = reply.addresses, reply.dns
+            sa.netmask, sa.subnets = reply.netmask, reply.subnets
         sa.peer_mobike = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
         sa.mobike = self._config.mobike and sa.peer_mobike
         self._schedule_reauthentication(message.notify(NotifyType.AUTH_LIFETIME), now)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
 
 from mpa_ike.certificates import signature_method
 from mpa_ike.child_negotiation import Selectors, accept_child
@@ -441,11 +442,22 @@ class ResponderHandshake:
         rest = {f: a for f, a in wanted.addresses.items() if f not in given}
         leased = self._sa.lease_addresses(rest) if rest else ()
         addresses = tuple(sorted([*given.values(), *leased], key=lambda a: a.version))
-        self._sa.assigned_addresses = addresses
+        sa, config = self._sa, self._config
+        sa.assigned_addresses = addresses
         if not addresses:
             return None
-        dns = self._config.dns if wanted.dns else ()
-        return build_reply(addresses, dns, sorted(wanted.addresses))
+        dns = config.dns if wanted.dns else ()
+        families = sorted(wanted.addresses)
+        sa.netmask = self._netmask(addresses)
+        sa.subnets = tuple(s for s in config.subnets if s.version in families)
+        return build_reply(addresses, dns, families, netmask=sa.netmask, subnets=sa.subnets)
+
+    def _netmask(self, addresses: tuple[IPAddress, ...]) -> IPv4Address | None:
+        """§3.15.1: the netmask of the pool network the IPv4 address lies in."""
+        allocator = self._config.allocator
+        v4 = next((a for a in addresses if isinstance(a, IPv4Address)), None)
+        network = allocator.network_of(v4) if allocator is not None and v4 is not None else None
+        return network.netmask if isinstance(network, IPv4Network) else None
 
     def _first_child(
         self, request: AuthRequest, reply: ConfigurationPayload | None, now: float

@@ -17,7 +17,7 @@ from cryptography import x509
 from mpa_ike.address_policy import AddressCheck, AddressPolicy
 from mpa_ike.certificates import CertificateCredential
 from mpa_ike.child_sa import ChildSaConfig
-from mpa_ike.config_payload import AddressAllocator
+from mpa_ike.config_payload import AddressAllocator, IPNetwork
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.eap import EapType
 from mpa_ike.errors import ConfigError
@@ -261,6 +261,9 @@ class ResponderConfig:
     ask_eap_identity: bool = True
     allocator: AddressAllocator | None = None
     dns: tuple[IPAddress, ...] = ()
+    # §3.15.2: the networks behind the gateway, sent in every CFG_REPLY (INTERNAL_IP4_SUBNET,
+    # INTERNAL_IP6_SUBNET) for the families the peer asked an address of.
+    subnets: tuple[IPNetwork, ...] = ()
     mobike: bool = True
     fragmentation: bool = True
     fragment_size: int = DEFAULT_FRAGMENT_SIZE

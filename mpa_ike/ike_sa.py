@@ -55,11 +55,12 @@ import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
+from ipaddress import IPv4Address
 
 from mpa_ike.address_policy import IkeSaInfo
 from mpa_ike.child_negotiation import Selectors, initiator_local_selectors
 from mpa_ike.child_sa import ChildSa, ChildSaState, child_sa_params
-from mpa_ike.config_payload import AddressAllocator, Family
+from mpa_ike.config_payload import AddressAllocator, Family, IPNetwork, LeaseRequest
 from mpa_ike.constants import (
     IKE_PORT,
     ExchangeType,
@@ -197,6 +198,8 @@ class IkeSa:
         self.children: dict[bytes, ChildSa] = {}
         self.assigned_addresses: tuple[IPAddress, ...] = ()
         self.dns: tuple[IPAddress, ...] = ()
+        self.netmask: IPv4Address | None = None
+        self.subnets: tuple[IPNetwork, ...] = ()
         self.peer_identity: Identity | None = None
         # Responder: the identity EAP authenticated (the gateway's EAP server's, or the
         # User-Name the AAA accepted), if EAP ran.
@@ -360,6 +363,8 @@ class IkeSa:
             "peer_id": self._peer_name() or None,
             "address": str(self.assigned_addresses[0]) if self.assigned_addresses else None,
             "addresses": [str(a) for a in self.assigned_addresses],
+            "netmask": str(self.netmask) if self.netmask is not None else None,
+            "subnets": [str(s) for s in self.subnets],
             "mobike": self.mobike,
             "nat": self.encap,
             "peer_addresses": [str(a) for a in self.peer_additional_addresses],
@@ -581,8 +586,9 @@ class IkeSa:
         self._lease_owner = self.local_spi
         leased: list[IPAddress] = []
         for family, address in sorted(wanted.items()):
-            got = allocator.acquire(
-                self._lease_owner, 4 if family == 4 else 6, address, identity=self.unique_identity
+            asked: Family = 4 if family == 4 else 6
+            got = allocator.lease(
+                LeaseRequest(self._lease_owner, asked, address, self.unique_identity)
             )
             if got is not None:
                 leased.append(got)
@@ -727,6 +733,8 @@ class IkeSa:
                 self.dns,
                 self.mobike,
                 self.encap,
+                self.netmask,
+                self.subnets,
             )
         )
 
@@ -968,6 +976,7 @@ class IkeSa:
         self.peer_identity, self.assigned_addresses = old.peer_identity, old.assigned_addresses
         self.eap_identity = old.eap_identity
         self.dns, self.nat_local, self.nat_remote = old.dns, old.nat_local, old.nat_remote
+        self.netmask, self.subnets = old.netmask, old.subnets
         self.peer_fragmentation, self.peer_mobike = old.peer_fragmentation, old.peer_mobike
         self.mobike, self.session_end = old.mobike, old.session_end
         self.reauth_at, self.reauth_deadline = old.reauth_at, old.reauth_deadline
@@ -1015,7 +1024,7 @@ class IkeSa:
         self._lease_owner = self.local_spi
         for address in lease:
             family: Family = 4 if address.version == 4 else 6
-            allocator.acquire(self.local_spi, family, address, identity=self.unique_identity)
+            allocator.lease(LeaseRequest(self.local_spi, family, address, self.unique_identity))
 
     def resume_address_update(self, now: float) -> None:
         """A MOBIKE update pending on the replaced IKE SA is sent on this one."""

@@ -160,22 +160,24 @@ class AddressMover:
     def __init__(self, netlink: Netlink) -> None:
         self.netlink = netlink
 
-    def attach(self, interface: str, address: str, gateway: str) -> None:
-        """``address`` on ``interface`` as a host address; ``gateway`` on-link through it
-        from ``address``; failed neighbour entries of the interface cleared."""
-        self.prepare(interface, address)
+    def attach(
+        self, interface: str, address: str, gateway: str, prefix_length: int | None = None
+    ) -> None:
+        """``address`` on ``interface``; ``gateway`` on-link through it from ``address``;
+        failed neighbour entries of the interface cleared."""
+        self.prepare(interface, address, prefix_length)
         self.route_gateway(interface, address, gateway)
 
-    def prepare(self, interface: str, address: str) -> None:
-        """What can be done before the link is up: the address (a host address, no
-        DAD), and no failed neighbour entries left to wait out."""
+    def prepare(self, interface: str, address: str, prefix_length: int | None = None) -> None:
+        """What can be done before the link is up: the address (no DAD), a host address
+        or, with ``prefix_length`` (CP's netmask, the target network's prefix), with the
+        on-link route of its network, and no failed neighbour entries left to wait out."""
         index = self._index(interface)
         self.flush_failed_neighbours(index)
         ip = ipaddress.ip_address(address)
         extra: dict[str, Any] = {"flags": IFA_F_NODAD} if ip.version == 6 else {}
-        self._call_tolerant(
-            "addr", "add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, **extra
-        )
+        length = prefix_length or ip.max_prefixlen
+        self._call_tolerant("addr", "add", index=index, address=str(ip), prefixlen=length, **extra)
 
     def ignore_routes_while_down(self, interface: str) -> None:
         """Routes through ``interface`` count only while it has link (the kernel's
@@ -211,7 +213,13 @@ class AddressMover:
             table=MAIN_TABLE,
         )
 
-    def detach(self, interface: str, address: str, gateway: str | None = None) -> None:
+    def detach(
+        self,
+        interface: str,
+        address: str,
+        gateway: str | None = None,
+        prefix_length: int | None = None,
+    ) -> None:
         """Undo :meth:`attach` (what is already gone is fine)."""
         if gateway is not None:
             self.unroute_gateway(interface, address, gateway)
@@ -222,7 +230,7 @@ class AddressMover:
                 "del",
                 index=self._index(interface),
                 address=str(ip),
-                prefixlen=ip.max_prefixlen,
+                prefixlen=prefix_length or ip.max_prefixlen,
             )
 
     def unroute_gateway(self, interface: str, address: str, gateway: str) -> None:

@@ -59,7 +59,7 @@ MSG_NAMES = {
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_PREFSRC, RTA_TABLE = 1, 4, 7, 15
 FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 2, 6, 10, 15, 16
 IFLA_MTU, IFLA_TXQLEN = 4, 13
@@ -311,8 +311,10 @@ def address_request(command: str, **kw: Any) -> Request:
     index, prefixlen = kw.pop("index"), kw.pop("prefixlen")
     flags = kw.pop("flags", 0)
     _no_more(kw)
-    body = IfAddrMsg(_family(ip), prefixlen, flags, RT_SCOPE_UNIVERSE, index).push()
+    body = IfAddrMsg(_family(ip), prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index).push()
     body += push_attribute(IFA_LOCAL, ip.packed) + push_attribute(IFA_ADDRESS, ip.packed)
+    if flags > 0xFF:  # IFA_F_NOPREFIXROUTE and beyond fit only the 32-bit attribute
+        body += push_attribute(IFA_FLAGS, struct.pack("=I", flags))
     return Request(RTM_DELADDR if command == "del" else RTM_NEWADDR, _FLAGS[command], body)
 
 

@@ -31,12 +31,13 @@ from typing import Any
 
 from mpa_ike.io.rtnl import MAIN_TABLE, Neighbour, Rtnl, Unsupported
 
-__all__ = ["IFA_F_NODAD", "MAIN_TABLE", "Netlink", "TunDevice"]
+__all__ = ["IFA_F_NODAD", "IFA_F_NOPREFIXROUTE", "MAIN_TABLE", "Netlink", "TunDevice"]
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
 MAX_PACKET = 65535
 
 
@@ -158,9 +159,14 @@ class TunDevice:
         self.netlink.call("link", "set", index=self.index, txqlen=txqlen)
 
     def add_address(self, cidr: str) -> None:
-        """Add an address (``10.3.0.1/32``); IPv6 without duplicate address detection."""
+        """Add an address (``10.3.0.1/32``); IPv6 without duplicate address detection.
+        A shorter prefix (CP's netmask) gets no prefix route: what goes into the device
+        is the tunnel's routes' to decide."""
         iface = ipaddress.ip_interface(cidr)
-        extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+        flags = IFA_F_NODAD if iface.version == 6 else 0
+        if iface.network.prefixlen < iface.max_prefixlen:
+            flags |= IFA_F_NOPREFIXROUTE
+        extra = {"flags": flags} if flags else {}
         self.netlink.call(
             "addr",
             "add",

@@ -23,9 +23,10 @@ import contextlib
 import ipaddress
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
+from mpa_ike.config_payload import IPNetwork
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams
 from mpa_ike.errors import LocalProtocolError
@@ -88,6 +89,9 @@ class UserspaceDatapath:
         self.source_tables: dict[str, int] = {}
         """Routes preferring one of these sources go to its table instead (the mobile
         node's pre-authentication tunnels, reached by a ``from`` rule)."""
+        self.subnets: dict[str, tuple[IPNetwork, ...]] = {}
+        """Routes preferring one of these sources go only to these networks of the peer's
+        selectors (CP's INTERNAL_IP4/6_SUBNET, RFC 7296 §3.15.2); set before the SAs."""
         self._routes: Counter[tuple[str, str | None]] = Counter()
         self._route_tables: dict[tuple[str, str | None], int] = {}
         self.tun_write_errors = 0
@@ -183,18 +187,19 @@ class UserspaceDatapath:
     def counters(self, spi_in: bytes) -> ChildSaCounters:
         return self.tunnels.counters(spi_in)
 
-    def add_inner_address(self, address: str) -> None:
-        """Put an inner address (the CP address) on the device, as a host address.
+    def add_inner_address(self, address: str, prefix_length: int | None = None) -> None:
+        """Put an inner address (the CP address) on the device, a host address unless
+        ``prefix_length`` (CP's netmask) is given.
 
         Add it before installing the SA whose local selector it is, so that the
         routes to the peer's selectors can prefer it as their source.
         """
         ip = ipaddress.ip_address(address)
-        self.tun.add_address(f"{ip}/{ip.max_prefixlen}")
+        self.tun.add_address(f"{ip}/{prefix_length or ip.max_prefixlen}")
 
-    def del_inner_address(self, address: str) -> None:
+    def del_inner_address(self, address: str, prefix_length: int | None = None) -> None:
         ip = ipaddress.ip_address(address)
-        self.tun.del_address(f"{ip}/{ip.max_prefixlen}")
+        self.tun.del_address(f"{ip}/{prefix_length or ip.max_prefixlen}")
 
     def drops(self, spi_in: bytes | None = None) -> dict[str, int]:
         """Drop counts by reason: of one SA (both directions), or not tied to an SA."""
@@ -309,7 +314,8 @@ class UserspaceDatapath:
                 None,
             )
             first, last = ipaddress.ip_address(sel.start), ipaddress.ip_address(sel.end)
-            for net in ipaddress.summarize_address_range(first, last):
+            networks = ipaddress.summarize_address_range(first, last)
+            for net in inside_subnets(networks, self.subnets.get(src or "", ())):
                 if outer.version == net.version and outer in net:
                     # Route everything but the peer itself (RFC 4301 §4.4.1's
                     # bypass of IKE/ESP to the peer, done by routing).
@@ -365,6 +371,22 @@ class UserspaceDatapath:
 def _moved(src: Address, remote: Address) -> bool:
     """ESP from elsewhere than the SA's remote (port 0: plain ESP, which has none)."""
     return src[0] != remote[0] or (src[1] != 0 and src[1] != remote[1])
+
+
+def inside_subnets(
+    networks: Iterable[IPNetwork], subnets: Sequence[IPNetwork]
+) -> Iterator[IPNetwork]:
+    """Of the peer's selectors' ``networks``, what lies in the ``subnets`` of their family
+    (what the gateway said it protects), or all of them where it named none."""
+    for net in networks:
+        ours = [s for s in subnets if s.version == net.version]
+        if not ours:
+            yield net
+        for subnet in ours:
+            if subnet.subnet_of(net):  # type: ignore[arg-type]  # same version
+                yield subnet
+            elif net.subnet_of(subnet):  # type: ignore[arg-type]
+                yield net
 
 
 def _exclude(

@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from mpa_ike.config_payload import IPNetwork, prefix_length
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaParams, Datapath, RecordingDatapath
 from mpa_ike.errors import LocalProtocolError
@@ -40,8 +43,8 @@ from mpa_ike.io.policy_routing import (
 )
 from mpa_ike.io.raw_esp import RawEspSockets
 from mpa_ike.io.rtnl import Rtnl
-from mpa_ike.io.tun import IFA_F_NODAD, MAIN_TABLE
-from mpa_ike.io.userspace import UserspaceDatapath
+from mpa_ike.io.tun import IFA_F_NODAD, IFA_F_NOPREFIXROUTE, MAIN_TABLE
+from mpa_ike.io.userspace import UserspaceDatapath, inside_subnets
 from mpa_ike.io.xfrm import (
     InstanceSlot,
     StateExpired,
@@ -77,9 +80,11 @@ class DatapathGlue:
     shutdown leaves no SA, route or address behind.
 
     ``inner_addresses`` (the mobile node): the CP-assigned addresses go on the TUN
-    device, as charon puts a virtual IP there. ``forward`` (the gateway): IP forwarding
-    is turned on with the first CHILD SA of a family, since decrypted traffic goes on to
-    the LAN, and back to what it was on close.
+    device, as charon puts a virtual IP there, with CP's netmask (RFC 7296 §3.15.1) as
+    their prefix but no prefix route; where the gateway named the subnets it protects
+    (§3.15.2), only those of the peer's selectors are routed into the tunnel.
+    ``forward`` (the gateway): IP forwarding is turned on with the first CHILD SA of a
+    family, since decrypted traffic goes on to the LAN, and back to what it was on close.
 
     With XFRM the routes the TUN device's SAs get are :class:`XfrmRoutes`: the peer's
     selectors out of the interface towards the peer, in a table of their own behind a
@@ -114,6 +119,8 @@ class DatapathGlue:
         self._rekeying: set[bytes] = set()  # inbound SPIs rekeyed for their sequence numbers
         self._children: dict[bytes, dict[bytes, bytes]] = {}  # IKE SA -> spi_in -> spi_out
         self._inner: dict[bytes, list[str]] = {}  # IKE SA -> addresses on the device
+        self.prefixes: dict[str, int] = {}  # inner address -> CP netmask's prefix length
+        self.subnets: dict[str, tuple[IPNetwork, ...]] = {}  # inner address -> CP subnets
         self._forwarding_was: dict[int, str] = {}
         self.slot: InstanceSlot | None = None
         self.events: XfrmEvents | None = None
@@ -316,7 +323,7 @@ class DatapathGlue:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, IkeSaEstablished) and self.inner_addresses:
-            self._add_inner(event.ike_sa, [str(a) for a in event.assigned_addresses])
+            self._add_inner(event)
         elif isinstance(event, ChildSaEstablished):
             self._install(event.ike_sa, event.params)
         elif isinstance(event, ChildSaDeleted):
@@ -334,11 +341,17 @@ class DatapathGlue:
         elif isinstance(event, IkeSaDeleted | IkeSaFailed):
             self._forget(event.ike_sa)
 
-    def _add_inner(self, ike_sa: bytes, addresses: list[str]) -> None:
+    def _add_inner(self, event: IkeSaEstablished) -> None:
         if self.userspace is None and self.kind != "xfrm":
             return
-        added = self._inner.setdefault(ike_sa, [])
-        for address in addresses:
+        added = self._inner.setdefault(event.ike_sa, [])
+        for ip in event.assigned_addresses:
+            address = str(ip)
+            self.prefixes[address] = prefix_length(ip, event.netmask)
+            if event.subnets:  # before the CHILD SAs: their routes go by them
+                self.subnets[address] = event.subnets
+                if self.userspace is not None:
+                    self.userspace.subnets[address] = event.subnets
             self._inner_address("add", address)
             added.append(address)
 
@@ -352,23 +365,22 @@ class DatapathGlue:
     def _inner_address(self, command: str, address: str) -> None:
         """An inner address on the TUN device, or with XFRM on lo (as charon puts a
         virtual IP on a device): the kernel's policies take what leaves from it."""
+        ip = ipaddress.ip_address(address)
+        length = self.prefixes.get(address, ip.max_prefixlen)
         if self.userspace is not None:
             if command == "add":
-                self.userspace.add_inner_address(address)
+                self.userspace.add_inner_address(address, length)
             else:
-                self.userspace.del_inner_address(address)
+                self.userspace.del_inner_address(address, length)
             return
         if self.rtnl is None:
             self.rtnl = Rtnl()
-        ip = ipaddress.ip_address(address)
-        flags = {"flags": IFA_F_NODAD} if ip.version == 6 and command == "add" else {}
+        flags = IFA_F_NODAD if ip.version == 6 else 0
+        if length < ip.max_prefixlen:  # on lo, a prefix route would swallow the prefix
+            flags |= IFA_F_NOPREFIXROUTE
+        extra = {"flags": flags} if flags and command == "add" else {}
         self.rtnl.request(
-            "addr",
-            command,
-            index=LOOPBACK_INDEX,
-            address=str(ip),
-            prefixlen=ip.max_prefixlen,
-            **flags,
+            "addr", command, index=LOOPBACK_INDEX, address=str(ip), prefixlen=length, **extra
         )
 
     def _install(self, ike_sa: bytes, params: ChildSaParams) -> None:
@@ -397,7 +409,7 @@ class DatapathGlue:
         hop = self._next_hop(params.local, params.remote)
         if hop is None:
             return
-        routes = selector_routes(params, with_source=self.inner_addresses)
+        routes = selector_routes(params, with_source=self.inner_addresses, subnets=self.subnets)
         try:
             self.routes.add(params.spi_in, routes, hop)
         except OSError as error:
@@ -437,6 +449,10 @@ class DatapathGlue:
                 self._inner_address("del", address)
             except DATAPATH_ERRORS as error:
                 log.error("datapath: removing address %s: %s", address, error)
+            self.prefixes.pop(address, None)
+            self.subnets.pop(address, None)
+            if self.userspace is not None:
+                self.userspace.subnets.pop(address, None)
 
     def ike_sa_of(self, spi_in: bytes) -> bytes | None:
         return next((sa for sa, children in self._children.items() if spi_in in children), None)
@@ -618,11 +634,17 @@ class DatapathGlue:
             self.claim = None
 
 
-def selector_routes(params: ChildSaParams, *, with_source: bool) -> list[tuple[str, str | None]]:
+def selector_routes(
+    params: ChildSaParams,
+    *,
+    with_source: bool,
+    subnets: Mapping[str, tuple[IPNetwork, ...]] = MappingProxyType({}),
+) -> list[tuple[str, str | None]]:
     """The networks of the peer's selectors, as the userspace datapath routes them into
-    its device: a network covering the peer's outer address split around it (routing
-    the ESP itself there would loop it), each with our single inner address of its
-    family as the preferred source when ``with_source``."""
+    its device: only those in the ``subnets`` of their source (CP's), a network covering
+    the peer's outer address split around it (routing the ESP itself there would loop
+    it), each with our single inner address of its family as the preferred source when
+    ``with_source``."""
     outer = ipaddress.ip_address(params.remote[0])
     routes: list[tuple[str, str | None]] = []
     for ts in params.remote_ts:
@@ -637,7 +659,8 @@ def selector_routes(params: ChildSaParams, *, with_source: bool) -> list[tuple[s
                 ),
                 None,
             )
-        for net in ipaddress.summarize_address_range(first, last):
+        networks = ipaddress.summarize_address_range(first, last)
+        for net in inside_subnets(networks, subnets.get(src or "", ())):
             if outer.version == net.version and outer in net:
                 host = ipaddress.ip_network(outer)
                 routes.extend((str(n), src) for n in sorted(net.address_exclude(host)))  # type: ignore[arg-type]

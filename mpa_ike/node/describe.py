@@ -129,12 +129,18 @@ def at(address: Address) -> str:
 
 def _ike_established(event: IkeSaEstablished) -> tuple[str, Fields]:
     addresses = ", ".join(str(a) for a in event.assigned_addresses) or "none"
+    netmask = f", netmask {event.netmask}" if event.netmask is not None else ""
+    subnets = ", subnets " + ", ".join(map(str, event.subnets)) if event.subnets else ""
     nat = ", NAT" if event.nat_detected else ""
     text = (
         f"IKE SA established {at(event.local)} === {at(event.remote)}, "
-        f"peer {event.peer_identity}, address {addresses}{nat}"
+        f"peer {event.peer_identity}, address {addresses}{netmask}{subnets}{nat}"
     )
+    cp: Fields = {"netmask": str(event.netmask)} if event.netmask is not None else {}
+    if event.subnets:
+        cp["subnets"] = [str(s) for s in event.subnets]
     return text, {
+        **cp,
         "local": at(event.local),
         "remote": at(event.remote),
         "peer": event.peer_identity,

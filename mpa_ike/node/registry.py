@@ -45,6 +45,8 @@ class IkeSaEntry:
     remote_id: str = ""
     child_sas: tuple[ChildSaEntry, ...] = ()
     peer_addresses: tuple[str, ...] = ()  # the peer's other addresses (RFC 4555 §3.6)
+    netmask: str | None = None  # CP's INTERNAL_IP4_NETMASK of ``address``
+    subnets: tuple[str, ...] = ()  # CP's INTERNAL_IP4/6_SUBNET: what the tunnel carries
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,8 @@ class IkeSaEntry:
             "remote_id": self.remote_id,
             "child_sas": [child.to_json() for child in self.child_sas],
             "peer_addresses": list(self.peer_addresses),
+            "netmask": self.netmask,
+            "subnets": list(self.subnets),
         }
 
 
@@ -125,4 +129,6 @@ def entry_from_snapshot(snapshot: Mapping[str, Any]) -> IkeSaEntry:
         remote_id=str(snapshot.get("peer_id") or ""),
         child_sas=children,
         peer_addresses=tuple(map(str, snapshot.get("peer_addresses", ()))),
+        netmask=snapshot.get("netmask"),
+        subnets=tuple(map(str, snapshot.get("subnets", ()))),
     )

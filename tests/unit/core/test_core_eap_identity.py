@@ -10,7 +10,8 @@ from typing import Any
 
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
 
-from gateway.pool import AddressPool, Family, IPAddress
+from gateway.pool import AddressPool, IPAddress, IPNetwork
+from mpa_ike.config_payload import LeaseRequest
 from mpa_ike.datagram import Address
 from mpa_ike.eap import EapAnswer, EapResult
 from mpa_ike.endpoint import Endpoint
@@ -31,16 +32,12 @@ class RecordingAllocator:
         self.pool: AddressPool[Hashable] = AddressPool([ip_network("10.10.0.0/28")])
         self.identities: list[str | None] = []
 
-    def acquire(
-        self,
-        owner: Hashable,
-        family: Family,
-        requested: IPAddress | None = None,
-        *,
-        identity: str | None = None,
-    ) -> IPAddress | None:
-        self.identities.append(identity)
-        return self.pool.acquire(owner, family, requested, identity=identity)
+    def lease(self, request: LeaseRequest) -> IPAddress | None:
+        self.identities.append(request.identity)
+        return self.pool.lease(request)
+
+    def network_of(self, address: IPAddress) -> IPNetwork | None:
+        return self.pool.network_of(address)
 
     def release(self, owner: Hashable) -> tuple[IPAddress, ...]:
         return self.pool.release(owner)

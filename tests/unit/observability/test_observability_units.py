@@ -17,6 +17,7 @@ from servicehelp import REPO, edited
 from gateway.config import GatewayConfig, parse_config
 from gateway.leases import open_pool
 from gateway.service import GatewayService, GrowingPool
+from mpa_ike.config_payload import LeaseRequest
 from mpa_ike.constants import NotifyType
 from mpa_ike.errors import ConfigError
 from mpa_ike.events import AddressUpdateRefused, IkeSaEstablished
@@ -145,14 +146,14 @@ def test_pool_grows_and_lends_from_the_new_part(
 ) -> None:
     data = edited(gateway_data, "pool", ["10.9.0.0/30"])
     old, pool = opened(data, short_dir)
-    assert pool.acquire(b"a", 4) == ip_address("10.9.0.1")
-    assert pool.acquire(b"b", 4) == ip_address("10.9.0.2")
-    assert pool.acquire(b"c", 4) is None
+    assert pool.lease(LeaseRequest(b"a", 4)) == ip_address("10.9.0.1")
+    assert pool.lease(LeaseRequest(b"b", 4)) == ip_address("10.9.0.2")
+    assert pool.lease(LeaseRequest(b"c", 4)) is None
     new = gateway(edited(data, "pool", ["10.9.0.0/30", "10.9.1.0/30"]), short_dir)
     pool.change(old, new, lambda owner: None).apply()
     assert (pool.size(4), pool.available(4)) == (4, 2)
-    assert pool.acquire(b"c", 4) == ip_address("10.9.1.1")
-    assert pool.acquire(b"a", 4) == ip_address("10.9.0.1")  # what it holds
+    assert pool.lease(LeaseRequest(b"c", 4)) == ip_address("10.9.1.1")
+    assert pool.lease(LeaseRequest(b"a", 4)) == ip_address("10.9.0.1")  # what it holds
     assert pool.release(b"c") == (ip_address("10.9.1.1"),)
     pool.close()
 
@@ -164,7 +165,7 @@ def test_pool_shrinks_only_where_nothing_is_leased(
     old, pool = opened(data, short_dir)
     grown = gateway(edited(data, "pool", ["10.9.0.0/30", "10.9.1.0/30"]), short_dir)
     pool.change(old, grown, lambda owner: None).apply()
-    pool.acquire(b"a", 4)
+    pool.lease(LeaseRequest(b"a", 4))
     shrunk = gateway(edited(data, "pool", ["10.9.1.0/30"]), short_dir)
     with pytest.raises(ConfigError, match=r"10.9.0.0/30 cannot leave the pool: 10.9.0.1"):
         pool.change(grown, shrunk, lambda owner: None)

@@ -154,6 +154,7 @@ BAD_CASES: list[tuple[str, object, str]] = [
     ("pool_reserved", ["10.9.0.x"], "pool_reserved[0]: not an IP address: '10.9.0.x'"),
     ("dns", ["10.9.0.300"], "dns[0]: not an IP address: '10.9.0.300'"),
     ("local_ts", ["10.0.0.0/33"], "local_ts[0]: not a CIDR prefix: '10.0.0.0/33'"),
+    ("subnets", ["10.1.0.0/33"], "subnets[0]: not a CIDR prefix: '10.1.0.0/33'"),
     ("eap", DELETE, "eap: required"),
     ("eap", "md5", "eap: expected a mapping, got a string"),
     ("eap.method", "tls", "eap.method: expected one of md5, mschapv2, got 'tls'"),
@@ -189,6 +190,15 @@ def test_bad_values_name_their_key(
     text = str(caught.value)
     assert text.startswith(message)
     assert "\n" not in text
+
+
+def test_subnets_lie_within_local_ts(gateway_data: dict[str, Any]) -> None:
+    narrow = edited(gateway_data, "local_ts", ["10.1.0.0/16", "2001:db8:1::/48"])
+    config = parse(edited(narrow, "subnets", ["10.1.2.0/24", "2001:db8:1::/64"]))
+    assert config.subnets == (ip_network("10.1.2.0/24"), ip_network("2001:db8:1::/64"))
+    assert parse(gateway_data).subnets == ()
+    with pytest.raises(ConfigError, match=r"^subnets\[1\]: 10.2.0.0/24 is not within local_ts$"):
+        parse(edited(narrow, "subnets", ["10.1.2.0/24", "10.2.0.0/24"]))
 
 
 def test_certificate_needs_its_key(tmp_path: Path, gateway_data: dict[str, Any]) -> None:

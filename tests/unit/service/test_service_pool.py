@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.pool import AddressPool, Family, IdentifiedAllocator, IPAddress, IPNetwork
-from mpa_ike.config_payload import AddressAllocator
+from gateway.pool import AddressPool, Family, IPAddress, IPNetwork
+from mpa_ike.config_payload import AddressAllocator, LeaseRequest
 
 
 def pool(*cidrs: str, reserved: tuple[str, ...] = ()) -> AddressPool[str]:
@@ -123,10 +123,14 @@ def test_a_successor_ike_sa_keeps_the_identity_of_the_lease_it_takes_over() -> N
     assert addresses.acquire("y", 4, identity="carol") == lease
 
 
-def test_the_pool_is_an_identified_allocator() -> None:
-    allocator: IdentifiedAllocator = AddressPool([ip_network("10.0.0.0/30")])
-    core_view: AddressAllocator = AddressPool([ip_network("10.0.0.0/30")])
-    assert allocator.acquire(b"sa", 4, identity="carol") == core_view.acquire(b"sa", 4)
+def test_the_pool_is_the_cores_allocator() -> None:
+    pool: AddressPool[bytes] = AddressPool([ip_network("10.0.0.0/30"), ip_network("fd00::/120")])
+    allocator: AddressAllocator = AddressPool([ip_network("10.0.0.0/30")])
+    leased = allocator.lease(LeaseRequest(b"sa", 4, identity="carol"))
+    assert leased == pool.acquire(b"sa", 4)
+    assert allocator.network_of(IPv4Address("10.0.0.2")) == ip_network("10.0.0.0/30")
+    assert pool.network_of(IPv6Address("fd00::7")) == ip_network("fd00::/120")
+    assert pool.network_of(IPv4Address("10.0.1.1")) is None
 
 
 def test_one_lease_per_family_per_owner() -> None:
