@@ -27,6 +27,7 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mobile.gateway_tasks import GatewayTasks
 from mpa_ike.constants import IKE_PORT
 from mpa_ike.ike_sa_common import IkeSaState
 from mpa_ike.io.links import link_is_up
@@ -56,7 +57,7 @@ class AutoPreauth:
 
     def __init__(self, service: MobileService) -> None:
         self.service = service
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = GatewayTasks()
         self._wake: dict[str, asyncio.Event] = {}
         self._fresh: set[str] = set()  # woken by the network changing: no pause
         self.held: set[str] = set()
@@ -69,15 +70,12 @@ class AutoPreauth:
         return [e for e in self.service.config.gateways.values() if e.auto_preauth]
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for entry in self.gateways():
             self._wake[entry.name] = asyncio.Event()
-            self._tasks[entry.name] = loop.create_task(self._keep(entry))
+            self._tasks.start(entry.name, self._keep(entry))
 
     def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        self._tasks.clear()
+        self._tasks.close()
 
     def hold(self, name: str) -> None:
         self.held.add(name)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mobile.gateway_tasks import GatewayTasks
 from mpa_ike.events import Event, ReauthenticationDue
 from mpa_ike.node.control import CommandError
 
@@ -38,19 +39,15 @@ class Reauthentication:
 
     def __init__(self, service: MobileService) -> None:
         self.service = service
-        self._tasks: dict[str, asyncio.Task[Any]] = {}  # gateway name -> its re-auth
+        self._tasks = GatewayTasks()  # gateway name -> its re-authentication
         self.done: list[dict[str, Any]] = []  # for status: gateway, seconds, SPIs, when
 
     def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        self._tasks.clear()
+        self._tasks.close()
 
     def cancel(self, name: str) -> None:
         """The user disconnected ``name``: no re-authentication."""
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.cancel(name)
 
     def busy(self, name: str) -> bool:
         return name in self._tasks
@@ -64,8 +61,7 @@ class Reauthentication:
             "%s: re-authenticating (RFC 4478) with a new IKE SA; the old one goes once it is up",
             event.name,
         )
-        task = asyncio.get_running_loop().create_task(self._run(event))
-        self._tasks[event.name] = task
+        self._tasks.start(event.name, self._run(event))
 
     async def _run(self, due: ReauthenticationDue) -> None:
         transport = self.service.live_transport()
@@ -87,7 +83,7 @@ class Reauthentication:
                     )
                     await asyncio.sleep(RETRY_DELAY)
         finally:
-            self._tasks.pop(due.name, None)
+            self._tasks.done(due.name)
         seconds = transport.now() - started
         new = [sa.local_spi.hex() for sa in self.service.endpoint.find(due.name) if sa.established]
         self.done.append(

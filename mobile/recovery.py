@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mobile.gateway_tasks import GatewayTasks
 from mpa_ike.events import Event, IkeSaFailed, IkeSaReplaced, PeerForgotIkeSa
 from mpa_ike.liveness import PEER_DEAD
 from mpa_ike.node.control import CommandError
@@ -40,19 +41,15 @@ class Recovery:
 
     def __init__(self, service: MobileService) -> None:
         self.service = service
-        self._tasks: dict[str, asyncio.Task[Any]] = {}  # gateway name -> its recovery
+        self._tasks = GatewayTasks()  # gateway name -> its recovery
         self.recovered: list[dict[str, Any]] = []  # for status: name, why, seconds
 
     def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        self._tasks.clear()
+        self._tasks.close()
 
     def cancel(self, name: str) -> None:
         """The user disconnected ``name``: no more attempts."""
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.cancel(name)
 
     def busy(self, name: str) -> bool:
         """Gateway ``name``'s IKE SA is being set up again."""
@@ -79,8 +76,7 @@ class Recovery:
             self._start(event.name, self._reconnect(event.name, pht), "DPD")
 
     def _start(self, name: str, work: Any, why: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(name, work, why))
-        self._tasks[name] = task
+        self._tasks.start(name, self._run(name, work, why))
 
     async def _run(self, name: str, work: Any, why: str) -> None:
         started = self.service.live_transport().now()
@@ -90,7 +86,7 @@ class Recovery:
             log.error("%s: not re-established: %s", name, error)
             return
         finally:
-            self._tasks.pop(name, None)
+            self._tasks.done(name)
         seconds = self.service.live_transport().now() - started
         self.recovered.append(
             # started: when the sign came, on the loop's (monotonic) clock
