@@ -23,9 +23,9 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from mpa_bench.handover_parts import PARTS, AddressMessage, Breakdown, breakdown
+from mpa_bench.handover_parts import PARTS, AddressMessage, Breakdown, Datagram, breakdown
 from mpa_ike.constants import ExchangeType
 from mpa_ike.wire import HEADER_LENGTH, parse_header
 from mpa_testbed.probe import Arrival, FlowLog, FlowReport, analyse
@@ -34,23 +34,6 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 TRAILING_OK = 0.05  # a flow whose last probes were lost at random still came back
 NAT_T_PORT = 4500
 IKE_PORT = 500
-
-
-class Datagram(Protocol):
-    """A captured UDP datagram (``mpa_harness.pcap.UdpDatagram`` has this shape)."""
-
-    @property
-    def time(self) -> float: ...
-    @property
-    def src(self) -> str: ...
-    @property
-    def sport(self) -> int: ...
-    @property
-    def dst(self) -> str: ...
-    @property
-    def dport(self) -> int: ...
-    @property
-    def payload(self) -> bytes: ...
 
 
 def clock_offset(tries: int = 7) -> float:

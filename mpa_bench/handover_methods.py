@@ -77,7 +77,6 @@ import ipaddress
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -542,35 +541,12 @@ def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool
 @contextlib.contextmanager
 def capture(bed: Testbed, node: str, path: Path, what: str = CAPTURE_FILTER) -> Iterator[Path]:
     """``what`` (IKE, DHCP and ND) on every interface of ``node`` (``tcpdump -i any``)
-    into ``path``, flushed on exit.
+    into ``path``, flushed on exit."""
+    from mpa_harness.pcap import tcpdump_argv, tcpdump_listening
 
-    Like ``mpa_harness.pcap.capture`` but on ``any``, for which tcpdump first names the
-    link type before it says it is listening.
-    """
-    cmd = ["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
-    proc = bed.popen(node, [*cmd, "-w", str(path), what], stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        seen = []
-        while True:  # tcpdump either says it listens or exits (end of file)
-            line = proc.stderr.readline().decode(errors="replace")
-            seen.append(line)
-            if "listening on" in line:
-                break
-            if not line:
-                raise RuntimeError(f"tcpdump did not start: {''.join(seen)}")
+    proc = bed.popen(node, tcpdump_argv("any", path, what), stderr=subprocess.PIPE)
+    with tcpdump_listening(proc):
         yield path
-        time.sleep(0.1)  # the last packets into the capture buffer
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 # -- our programs ----------------------------------------------------------------------

@@ -211,7 +211,7 @@ def slaac_interval(
 
 
 class Datagram(Protocol):
-    """A UDP datagram as ``mpa_harness.pcap.UdpDatagram`` has it."""
+    """A captured UDP datagram as ``mpa_harness.pcap.UdpDatagram`` has it."""
 
     @property
     def time(self) -> float: ...

@@ -127,17 +127,35 @@ def classify(dgram: UdpDatagram) -> tuple[Kind, bytes, bool]:
 @contextlib.contextmanager
 def capture(ns: Netns, dev: str, path: Path, bpf: str = "udp") -> Iterator[Path]:
     """tcpdump on ``dev`` inside ``ns`` writing ``path``; stopped (SIGINT) and flushed on exit."""
+    proc = ns.popen(tcpdump_argv(dev, path, bpf), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with tcpdump_listening(proc):
+        yield path
+
+
+def tcpdump_argv(dev: str, path: Path, bpf: str) -> list[str]:
+    """tcpdump writing what ``bpf`` passes on ``dev`` (``any``: every interface) to
+    ``path``, each packet as it comes."""
     # --immediate-mode: with TPACKET_V3 buffering, tcpdump 4.99/libpcap 1.10 on this kernel
     # counted packets "received by filter" but wrote none to the file.
     cmd = ["tcpdump", "-i", dev, "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0"]
-    cmd += ["-w", str(path), bpf]
-    proc = ns.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return [*cmd, "-w", str(path), bpf]
+
+
+@contextlib.contextmanager
+def tcpdump_listening(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Once the tcpdump ``proc`` (its stderr a pipe) says it listens (on ``any`` it first
+    names the link type); on exit the last packets are flushed and it is stopped."""
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline().decode(errors="replace")
-        if "listening on" not in line:
-            raise RuntimeError(f"tcpdump did not start: {line}")
-        yield path
+        seen = []
+        while True:  # tcpdump either says it listens or exits (end of file)
+            line = proc.stderr.readline().decode(errors="replace")
+            seen.append(line)
+            if "listening on" in line:
+                break
+            if not line:
+                raise RuntimeError(f"tcpdump did not start: {''.join(seen)}")
+        yield
         time.sleep(0.1)  # let the last packets reach the capture buffer
     finally:
         if proc.poll() is None:
