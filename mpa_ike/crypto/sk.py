@@ -14,6 +14,15 @@ The protected body that follows the payload header is
 For SKF the associated data includes the fragment number and total (RFC 7383
 §2.5.3). :meth:`SkCipher.open` lets nothing but :class:`IntegrityError`
 escape: RFC 7296 §2.21.1 has such messages dropped without an answer.
+
+AES-CBC keeps a cipher context per direction (the one this side uses) for the life of
+the keys rather than building a cipher per message. In CBC any ciphertext block is the
+IV of the block after it, so a running context serves every message: sealing feeds a
+fresh random block ahead of the plaintext and sends the block it encrypts to as the IV,
+``IV = E_K(R xor previous block)``, unpredictable as R is (NIST SP 800-38A Appendix C's
+encrypted nonce; RFC 7296 §3.14 wants an unpredictable IV, not the last block of the
+previous message). Opening feeds ``IV | ciphertext`` and drops the first block
+decrypted, the one chained to the previous message.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from mpa_ike.constants import EncrId
@@ -60,6 +69,10 @@ class SkCipher:
             )
         else:
             self._aes = algorithms.AES(encr_key)
+            # Running contexts over a chain of blocks (see the module's docstring), each
+            # made on first use: a side only seals or only opens with one direction.
+            self._encryptor: CipherContext | None = None
+            self._decryptor: CipherContext | None = None
 
     def _check_keys(self, key_bits: int | None, encr_key: bytes, integ_key: bytes) -> None:
         if self.encr.is_aead == (self.integ is not None):
@@ -92,18 +105,26 @@ class SkCipher:
 
         ``associated`` is the message before the IV with its final lengths. The
         padding is zeros, as short as the block allows (RFC 7296 §3.14).
+        ``iv`` (for known answers) is used as given; without it, an AEAD cipher's IV is
+        drawn from the random source, a CBC one encrypted from a random block.
         """
-        if iv is None:
-            iv = self._random(self.encr.iv_size)
-        elif len(iv) != self.encr.iv_size:
-            raise LocalProtocolError(f"IV of {len(iv)} bytes, expected {self.encr.iv_size}")
+        iv_size = self.encr.iv_size
+        if iv is not None and len(iv) != iv_size:
+            raise LocalProtocolError(f"IV of {len(iv)} bytes, expected {iv_size}")
         pad = self._padded_length(len(plaintext)) - len(plaintext) - 1
         padded = plaintext + bytes(pad) + bytes((pad,))
         if self.encr.is_aead:
+            if iv is None:
+                iv = self._random(iv_size)
             return iv + self._aead.encrypt(self._salt + iv, padded, associated)
-        encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
-        ciphertext = encryptor.update(padded) + encryptor.finalize()
-        return iv + ciphertext + self._icv(associated + iv + ciphertext)
+        if iv is None:
+            if self._encryptor is None:
+                self._encryptor = Cipher(self._aes, modes.CBC(bytes(iv_size))).encryptor()
+            signed = self._encryptor.update(self._random(iv_size) + padded)
+        else:
+            encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
+            signed = iv + encryptor.update(padded) + encryptor.finalize()
+        return signed + self._icv(associated + signed)
 
     def _icv(self, data: bytes) -> bytes:
         assert self.integ is not None
@@ -142,8 +163,10 @@ class SkCipher:
         signed, icv = body[: len(body) - icv_size], body[len(body) - icv_size :]
         if not hmac.compare_digest(self._icv(associated + signed), icv):
             raise IntegrityError("SK payload ICV mismatch")
-        decryptor = Cipher(self._aes, modes.CBC(body[:iv_size])).decryptor()
-        return decryptor.update(signed[iv_size:]) + decryptor.finalize()
+        if self._decryptor is None:
+            self._decryptor = Cipher(self._aes, modes.CBC(bytes(iv_size))).decryptor()
+        # The first block decrypted is chained to the previous message: dropped.
+        return self._decryptor.update(signed)[iv_size:]
 
 
 @dataclass(frozen=True, slots=True)
