@@ -171,22 +171,23 @@ def challenge_hash(peer_challenge: bytes, authenticator_challenge: bytes, user: 
     return _sha1(peer_challenge, authenticator_challenge, user)[:8]
 
 
+# Each 7-bit key group shifted left, with the odd parity bit at the bottom.
+_DES_KEY_OCTETS = bytes(
+    (septet << 1) | (bin(septet << 1).count("1") + 1) % 2 for septet in range(128)
+)
+_ECB = modes.ECB()  # stateless: one for every DES key
+
+
 def _expand_des_key(key56: bytes) -> bytes:
     """Spread 56 key bits over 8 octets and set odd parity (RFC 2759 §8.6 DesEncrypt)."""
     bits = int.from_bytes(key56, "big")
-    out = bytearray()
-    for index in range(8):
-        septet = (bits >> (49 - 7 * index)) & 0x7F
-        octet = septet << 1
-        out.append(octet | (bin(octet).count("1") + 1) % 2)
-    return bytes(out)
+    return bytes(_DES_KEY_OCTETS[(bits >> shift) & 0x7F] for shift in range(49, -1, -7))
 
 
 def des_encrypt(clear: bytes, key56: bytes) -> bytes:
     """Single DES-ECB of one block as 3DES with K1 = K2 = K3."""
     key = _expand_des_key(key56)
-    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
-    return encryptor.update(clear) + encryptor.finalize()
+    return Cipher(TripleDES(key * 3), _ECB).encryptor().update(clear)
 
 
 def challenge_response(challenge: bytes, password_hash: bytes) -> bytes:
