@@ -128,8 +128,9 @@ class NodeService:
     def on_event(self, event: Event) -> None:
         """Log the event (one line), count it, hand it to the key log and the datapath."""
         subject = self.subject_of(event)
-        record = describe(event, subject)
-        log.info("%s", record.text_line(), extra={EVENT_FIELDS: record.json_fields()})
+        if log.isEnabledFor(logging.INFO):  # the line is built only to be logged
+            record = describe(event, subject)
+            log.info("%s", record.text_line(), extra={EVENT_FIELDS: record.json_fields()})
         if self.metrics is not None:
             self.metrics.on_event(event, subject)
         if self.keylog is not None:
