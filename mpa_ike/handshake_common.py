@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from mpa_ike.child_sa import ChildSa
+from mpa_ike.child_sa import ChildInstaller, ChildSa
 from mpa_ike.config_payload import IPNetwork
 from mpa_ike.constants import HashAlgorithm, NotifyType
 from mpa_ike.crypto.auth import SUPPORTED_HASH_ALGORITHMS, auth_octets
 from mpa_ike.crypto.keys import IkeKeys
-from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.datagram import Address
 from mpa_ike.events import Event
@@ -32,7 +31,7 @@ from mpa_ike.wire.notify import read_signature_hash_algorithms, signature_hash_a
 AUTH_LIFETIME_SIZE = 4
 
 
-class HandshakeHost(Protocol):
+class HandshakeHost(ChildInstaller, Protocol):
     """What a handshake reads and sets of its IKE SA: the path, the SPIs, what was
     negotiated (identity, addresses, capabilities), and the SA's life cycle."""
 
@@ -87,17 +86,6 @@ class HandshakeHost(Protocol):
     def establish(self, now: float) -> None: ...
 
     def read_address_list(self, message: Message) -> None: ...
-
-    def install_child(
-        self,
-        child: ChildSa,
-        spec: ProposalSpec,
-        *,
-        initiator: bool,
-        now: float,
-        nonces: tuple[bytes, bytes],
-        shared_secret: bytes | None = None,
-    ) -> None: ...
 
     def fail(self, reason: str, now: float, notify: NotifyType | None = None) -> None: ...
 
