@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mobile.service import MobileService
 
 
 class GatewayTasks:
@@ -37,3 +40,26 @@ class GatewayTasks:
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
+
+
+class GatewayWork:
+    """What the mobile node does by itself for a gateway, one task at a time per
+    gateway (a re-authentication, a recovery): the user's disconnect cancels it."""
+
+    def __init__(self, service: MobileService) -> None:
+        self.service = service
+        self._tasks = GatewayTasks()
+
+    def close(self) -> None:
+        self._tasks.close()
+
+    def cancel(self, name: str) -> None:
+        """The user disconnected ``name``: no more of this work for it."""
+        self._tasks.cancel(name)
+
+    def busy(self, name: str) -> bool:
+        return name in self._tasks
+
+    def _free(self, name: str) -> bool:
+        """``name`` is a gateway of the configuration with no such work under way."""
+        return name not in self._tasks and name in self.service.config.gateways

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mobile.gateway_tasks import GatewayTasks
+from mobile.gateway_tasks import GatewayWork
 from mpa_ike.events import Event, ReauthenticationDue
 from mpa_ike.node.control import CommandError
 
@@ -34,28 +34,15 @@ log = logging.getLogger(__name__)
 RETRY_DELAY = 2.0
 
 
-class Reauthentication:
+class Reauthentication(GatewayWork):
     """Re-authentication of the IKE SAs of one :class:`mobile.service.MobileService`."""
 
     def __init__(self, service: MobileService) -> None:
-        self.service = service
-        self._tasks = GatewayTasks()  # gateway name -> its re-authentication
+        super().__init__(service)
         self.done: list[dict[str, Any]] = []  # for status: gateway, seconds, SPIs, when
 
-    def close(self) -> None:
-        self._tasks.close()
-
-    def cancel(self, name: str) -> None:
-        """The user disconnected ``name``: no re-authentication."""
-        self._tasks.cancel(name)
-
-    def busy(self, name: str) -> bool:
-        return name in self._tasks
-
     def on_event(self, event: Event) -> None:
-        if not isinstance(event, ReauthenticationDue):
-            return
-        if event.name in self._tasks or event.name not in self.service.config.gateways:
+        if not isinstance(event, ReauthenticationDue) or not self._free(event.name):
             return
         log.info(
             "%s: re-authenticating (RFC 4478) with a new IKE SA; the old one goes once it is up",

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mobile.gateway_tasks import GatewayTasks
+from mobile.gateway_tasks import GatewayWork
 from mpa_ike.events import Event, IkeSaFailed, IkeSaReplaced, PeerForgotIkeSa
 from mpa_ike.liveness import PEER_DEAD
 from mpa_ike.node.control import CommandError
@@ -36,27 +36,15 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
-class Recovery:
+class Recovery(GatewayWork):
     """Re-establishment of the IKE SAs of one :class:`mobile.service.MobileService`."""
 
     def __init__(self, service: MobileService) -> None:
-        self.service = service
-        self._tasks = GatewayTasks()  # gateway name -> its recovery
+        super().__init__(service)
         self.recovered: list[dict[str, Any]] = []  # for status: name, why, seconds
 
-    def close(self) -> None:
-        self._tasks.close()
-
-    def cancel(self, name: str) -> None:
-        """The user disconnected ``name``: no more attempts."""
-        self._tasks.cancel(name)
-
-    def busy(self, name: str) -> bool:
-        """Gateway ``name``'s IKE SA is being set up again."""
-        return name in self._tasks
-
     def on_event(self, event: Event) -> None:
-        if event.name in self._tasks or event.name not in self.service.config.gateways:
+        if not self._free(event.name):
             return
         if isinstance(event, PeerForgotIkeSa):
             log.warning(
