@@ -10,6 +10,7 @@ the same SAs. Outage figures come from ``mpa-bench handover``; here the bound is
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,6 +98,11 @@ def test_flow_keeps_running_through_preauth_and_handover(
     device = programs.status()["datapath"]["device"]
     assert ncoa not in bed.ip("mn", "addr", "show", "dev", device)
     assert ncoa in bed.ip("mn", "addr", "show", "dev", "mn-b")
+    if programs.inner_version == 4:  # with CP's netmask: the pool's prefix, on-link on B
+        assert f"{ncoa}/{ipaddress.ip_network(pool).prefixlen} " in bed.ip(
+            "mn", "addr", "show", "dev", "mn-b"
+        )
+        assert pool in bed.ip("mn", "-4", "route", "show", "dev", "mn-b")
 
 
 @pytest.mark.parametrize("target", ["ngw", "gwc"])
