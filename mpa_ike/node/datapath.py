@@ -449,6 +449,8 @@ class DatapathGlue:
                 self._inner_address("del", address)
             except DATAPATH_ERRORS as error:
                 log.error("datapath: removing address %s: %s", address, error)
+            if any(address in held for held in self._inner.values()):
+                continue  # a new IKE SA has it too (re-authentication): its CP stays
             self.prefixes.pop(address, None)
             self.subnets.pop(address, None)
             if self.userspace is not None:
