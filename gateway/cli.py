@@ -2,45 +2,21 @@
 table, or to terminate or re-authenticate a peer's IKE SAs.
 
 Only ``run`` imports the gateway itself (:mod:`gateway.service`); the other commands
-talk to the daemon over its control socket with the standard library alone.
+talk to the daemon over its control socket with the standard library alone
+(:mod:`mpa_ike.node.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from mpa_ike.node import cli
 
-DEFAULT_CONFIG = Path("/etc/mpa-ike/gateway.yaml")
-DEFAULT_CONTROL_SOCKET = Path("/run/mpa-ike/gateway.sock")
-
-
-def run(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.service import GatewayService
-
-    return cli.run_daemon(args, DEFAULT_CONFIG, load_config, GatewayService)
-
-
-def check_config(file: Path) -> tuple[list[str], list[str]]:
-    from gateway.config import check_config
-
-    return check_config(file)
-
-
-def format_status(result: dict[str, Any]) -> list[str]:
-    lines = cli.format_ike_sas(result.get("ike_sas", []))
-    leases = result.get("leases", [])
-    lines.append("leases:" if leases else "no leases")
-    lines.extend(f"  {lease['address']} {lease['ike_sa']}" for lease in leases)
-    for family, usage in result.get("pool", {}).items():
-        if usage["size"]:
-            lines.append(f"pool {family}: {usage['available']} of {usage['size']} available")
-    return lines
+TYPE_CHECKING = False  # typing and pathlib are not imported by a command to the daemon
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+    from typing import Any
 
 
 def format_leases(rows: list[dict[str, Any]]) -> list[str]:
@@ -80,20 +56,37 @@ COMMANDS = {
 }
 
 
-PROGRAM = cli.Program(
-    prog="mpa-gateway",
-    description="IKEv2/MOBIKE gateway with pre-authentication handover support.",
-    default_config=DEFAULT_CONFIG,
-    default_socket=DEFAULT_CONTROL_SOCKET,
-    run=run,
-    check_config=check_config,
-    format_status=format_status,
-    commands=COMMANDS,
-)
+class Gateway(cli.Program):
+    name = "gateway"
+    description = "IKEv2/MOBIKE gateway with pre-authentication handover support."
+    commands = COMMANDS
+
+    def run(self, args: argparse.Namespace) -> int:
+        from gateway.config import load_config
+        from gateway.service import GatewayService
+        from mpa_ike.node.cli_parser import run_daemon
+
+        return run_daemon(args, self.default_config, load_config, GatewayService)
+
+    def check_config(self, file: Path) -> tuple[list[str], list[str]]:
+        from gateway.config import check_config
+
+        return check_config(file)
+
+    def format_status(self, result: dict[str, Any]) -> list[str]:
+        lines = super().format_status(result)
+        leases = result.get("leases", [])
+        lines.append("leases:" if leases else "no leases")
+        lines.extend(f"  {lease['address']} {lease['ike_sa']}" for lease in leases)
+        for family, usage in result.get("pool", {}).items():
+            if usage["size"]:
+                lines.append(f"pool {family}: {usage['available']} of {usage['size']} available")
+        return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli.main(PROGRAM, argv)
+PROGRAM = Gateway()
+main = cli.entry(PROGRAM)
+__getattr__ = cli.module_paths(PROGRAM, __name__)  # DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET
 
 
 if __name__ == "__main__":

@@ -1,321 +1,165 @@
 """The command line both daemons share: ``run``, ``check-config``, ``status`` and
 commands to a daemon.
 
-A :class:`Program` describes one command line (``mpa-gateway``, ``mpa-mobile``): its
-defaults, how to run the daemon and check its configuration, and the commands it sends
-to a running one. :func:`main` parses the arguments and runs the command.
-
-Everything a command that only talks to a daemon needs is imported here, and only the
-standard library is (and of it only what starts fast: no dataclasses, no asyncio):
-``run`` imports the daemon when it is asked for, ``check-config`` the configuration
-modules. A handover triggered from a shell pays the interpreter's start-up and little
-more.
-
-Failures end with one line on stderr and a non-zero exit, never a traceback:
-:data:`EXIT_USAGE` for bad arguments, :data:`EXIT_FAILURE` for a bad configuration, an
-unreachable daemon or a refused command.
+:func:`main` runs a :class:`~mpa_ike.node.cli_program.Program`'s command line. A command
+that only talks to the daemon (``status``, ``handover NAME``, ...) with the socket by its
+default path or ``--socket PATH`` is read here, by hand (:func:`quick_request`), and sent
+by :mod:`mpa_ike.node.control_client`: on that path nothing is imported that the
+interpreter has not loaded at start-up but ``_socket``, until the request is on the
+wire. A handover triggered from a shell pays the interpreter's start-up and little more.
+Every other command line (``run``, ``check-config``, ``-c FILE``, ``--help``, a mistake)
+goes to argparse, in :mod:`mpa_ike.node.cli_parser`, which accepts the same syntax and
+says what is wrong; ``run`` imports the daemon when it is asked for, ``check-config``
+the configuration modules.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, NoReturn, Protocol, TypeVar
 
-from mpa_ike.node.control_client import DEFAULT_TIMEOUT, ControlError, call
+from mpa_ike.node.cli_program import (
+    CHECK_CONFIG,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RUN,
+    STATUS,
+    CliError,
+    DaemonCommand,
+    Program,
+    execute,
+    format_ike_sas,
+    send,
+)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing and collections.abc are not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+    from typing import Any, Protocol
 
+    from mpa_ike.node.cli_parser import Parser
 
-class CliError(Exception):
-    """Ends the command with this one-line message and exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line, not the whole usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
-
-
-class DaemonCommand(NamedTuple):
-    """A command sent to the running daemon, with one ``NAME`` argument or none.
-
-    ``format`` turns its result into lines (the command then has ``--json`` too);
-    without it a result is printed as it is."""
-
-    help: str
-    argument: str | None = None  # the help of its NAME argument
-    timeout: float = DEFAULT_TIMEOUT
-    format: Callable[[Any], list[str]] | None = None
+    class Main(Protocol):
+        def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
-class Program(NamedTuple):
-    """One daemon's command line.
+__all__ = [
+    "CHECK_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "RUN",
+    "STATUS",
+    "CliError",
+    "DaemonCommand",
+    "Parser",
+    "Program",
+    "entry",
+    "execute",
+    "format_ike_sas",
+    "main",
+    "module_paths",
+    "quick_request",
+]
 
-    ``run`` starts the daemon from the parsed arguments (and imports it: nothing else
-    does); ``check_config`` reads a configuration file and returns its problems and
-    warnings (one line each, naming the key); ``format_status`` turns a ``status``
-    result into lines.
-    """
 
-    prog: str
-    description: str
-    default_config: Path
-    default_socket: Path
-    run: Callable[[argparse.Namespace], int]
-    check_config: Callable[[Path], tuple[Sequence[str], Sequence[str]]]
-    format_status: Callable[[dict[str, Any]], list[str]]
-    commands: Mapping[str, DaemonCommand] = {}
+def __getattr__(name: str) -> Any:
+    """:class:`~mpa_ike.node.cli_parser.Parser` is imported when asked for (PEP 562):
+    it is argparse's, which a command to a running daemon does not import."""
+    if name == "Parser":
+        from mpa_ike.node.cli_parser import Parser
 
-
-def build_parser(program: Program) -> Parser:
-    common = location_options()
-    parser = Parser(prog=program.prog, parents=[common], description=program.description)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "run", parents=[common], help=f"run the daemon (default config {program.default_config})"
-    )
-    commands.add_parser(
-        "check-config",
-        parents=[common],
-        help="check the configuration file, every problem on a line of its own",
-    )
-    status = commands.add_parser("status", parents=[common], help="show the daemon's SAs")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-    for name, command in program.commands.items():
-        sub = commands.add_parser(name, parents=[common], help=command.help)
-        if command.argument is not None:
-            sub.add_argument("name", metavar="NAME", help=command.argument)
-        if command.format is not None:
-            sub.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser
+        return Parser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(program: Program, argv: Sequence[str] | None = None) -> int:
-    args = build_parser(program).parse_args(argv)
-    if args.command == "run":
-        return execute(program.prog, lambda: program.run(args))
-    if args.command == "check-config":
-        return execute(program.prog, lambda: check_config(program, args))
-    if args.command == "status":
-        return execute(program.prog, lambda: status(program, args))
-    return execute(program.prog, lambda: daemon_command(program, args))
+    words = sys.argv[1:] if argv is None else list(argv)
+    request = quick_request(program, words)
+    if request is None:
+        from mpa_ike.node import cli_parser
+
+        return cli_parser.main(program, words)
+    socket, command, name, as_json = request
+    return execute(program.prog, lambda: send(program, socket, command, name, as_json))
 
 
-def location_options() -> Parser:
-    """``-c FILE`` and ``--socket PATH``, for the main parser and every subcommand alike,
-    so that they work before or after the subcommand. SUPPRESS keeps a subcommand's
-    parser from overwriting a value given before it with its default."""
-    parent = Parser(add_help=False)
-    parent.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="configuration file (the control socket is its control_socket)",
-    )
-    parent.add_argument(
-        "--socket",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="PATH",
-        help="control socket of the daemon (overrides the configuration)",
-    )
-    return parent
+def quick_request(
+    program: Program, words: Sequence[str]
+) -> tuple[str, str, str | None, bool] | None:
+    """``(socket, command, NAME or None, --json)`` of a command line that only talks to
+    the daemon, read as :mod:`mpa_ike.node.cli_parser` reads it; None for anything else,
+    which that parser then takes: ``run``, ``check-config``, ``-c`` (the socket is in the
+    file), ``--help``, an abbreviated option, ``--``, a word after the command's own,
+    and every mistake (argparse words the error).
+
+    ``--socket PATH`` (or ``--socket=PATH``) may stand before or after the command and
+    its NAME, the last one counting; ``--json`` after the command if it has it."""
+    socket = program.default_socket
+    command: str | None = None
+    positionals: list[str] = []
+    as_json = False
+    rest = iter(words)
+    for word in rest:
+        if not word.startswith("-"):
+            positionals.append(word)
+            command = positionals[0]
+        elif word == "--socket" or word.startswith("--socket="):
+            value = word[len("--socket=") :] if "=" in word else next(rest, "-")
+            if value.startswith("-") and "=" not in word:
+                return None  # argparse: expected one argument
+            if not plain_path(value):
+                return None  # pathlib would write it otherwise in messages
+            socket = value
+        elif word == "--json" and command is not None:
+            as_json = True
+        else:
+            return None
+    daemon_command = None if command is None else program.daemon_command(command)
+    if command is None or daemon_command is None:
+        return None
+    if as_json and daemon_command.format is None:
+        return None
+    if len(positionals) != (1 if daemon_command.argument is None else 2):
+        return None
+    name = positionals[1] if daemon_command.argument is not None else None
+    return socket, command, name, as_json
 
 
-def config_file(args: argparse.Namespace, default: Path) -> Path:
-    path: Path = getattr(args, "config", default)
-    return path
+def plain_path(text: str) -> bool:
+    """Whether ``str(Path(text)) == text``: no empty or ``.`` part, no ``/`` at the end
+    (argparse's ``type=Path`` path writes the socket as pathlib does)."""
+    head, *parts = text.split("/")
+    return text != "" and head != "." and all(part not in ("", ".") for part in parts)
 
 
-def socket_override(args: argparse.Namespace) -> Path | None:
-    path: Path | None = getattr(args, "socket", None)
-    return path
+def entry(program: Program) -> Main:
+    """The ``main`` of a program's module (its console script's entry point)."""
+
+    def run(argv: Sequence[str] | None = None) -> int:
+        return main(program, argv)
+
+    return run
 
 
-def control_socket(args: argparse.Namespace, default: Path) -> Path:
-    """Where the daemon listens: ``--socket``, else ``-c``'s control_socket, else default."""
-    override = socket_override(args)
-    if override is not None:
-        return override
-    config: Path | None = getattr(args, "config", None)
-    if config is None:
-        return default
-    from mpa_ike.node.config import read_control_socket  # YAML, only when -c is given
+def module_paths(program: Program, module: str) -> Callable[[str], Path]:
+    """The ``__getattr__`` (PEP 562) of a program's module: its ``DEFAULT_CONFIG`` and
+    ``DEFAULT_CONTROL_SOCKET`` as paths, made when asked for (pathlib is not imported by
+    a command to the daemon)."""
 
-    return load(config, lambda file: read_control_socket(file, default))
+    defaults = {
+        "DEFAULT_CONFIG": program.default_config,
+        "DEFAULT_CONTROL_SOCKET": program.default_socket,
+    }
 
+    def paths(name: str) -> Path:
+        if name not in defaults:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        from pathlib import Path
 
-def load(file: Path, loader: Callable[[Path], T]) -> T:
-    """Load a configuration file; a ConfigError becomes a CliError naming the file."""
-    from mpa_ike.errors import ConfigError
+        return Path(defaults[name])
 
-    try:
-        return loader(file)
-    except ConfigError as error:
-        raise CliError(f"{file}: {error}") from None
-
-
-def ask(
-    socket: Path, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
-) -> Any:
-    try:
-        return call(socket, cmd, args, timeout=timeout)
-    except ControlError as error:
-        raise CliError(str(error)) from None
-
-
-def check_config(program: Program, args: argparse.Namespace) -> int:
-    """``check-config``: each warning and problem on a line starting with the file, then
-    ``FILE: OK`` and exit 0, or exit 1 if there was a problem."""
-    file = config_file(args, program.default_config)
-    problems, warnings = program.check_config(file)
-    for warning in warnings:
-        print(f"{file}: warning: {warning}")
-    for problem in problems:
-        print(f"{file}: {problem}")
-    if problems:
-        return EXIT_FAILURE
-    print(f"{file}: OK")
-    return EXIT_OK
-
-
-def status(program: Program, args: argparse.Namespace) -> int:
-    result = ask(control_socket(args, program.default_socket), "status")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\n".join(program.format_status(result)))
-    return EXIT_OK
-
-
-def daemon_command(program: Program, args: argparse.Namespace) -> int:
-    command = program.commands[args.command]
-    arguments = {"name": args.name} if command.argument is not None else {}
-    socket = control_socket(args, program.default_socket)
-    result = ask(socket, args.command, arguments, command.timeout)
-    if command.format is not None:
-        print(json.dumps(result, indent=2) if args.json else "\n".join(command.format(result)))
-    elif result is not None:
-        print(result)
-    return EXIT_OK
-
-
-class Configured(Protocol):
-    """What a daemon's configuration (a dataclass) holds for :func:`run_daemon`."""
-
-    __dataclass_fields__: ClassVar[dict[str, Any]]
-
-    @property
-    def control_socket(self) -> Path: ...
-
-    @property
-    def log_level(self) -> str: ...
-
-    @property
-    def log_format(self) -> str: ...
-
-    @property
-    def metrics(self) -> Any: ...  # a MetricsConfig, or None
-
-    @property
-    def user(self) -> str | None: ...
-
-    @property
-    def group(self) -> str | None: ...
-
-    @property
-    def control_group(self) -> str | None: ...
-
-
-C = TypeVar("C", bound=Configured)
-
-
-def run_daemon(
-    args: argparse.Namespace,
-    default_config: Path,
-    load_config: Callable[[Path], C],
-    make_service: Callable[[C], Any],
-    capabilities: Sequence[int] = (),
-) -> int:
-    """``run``: load the configuration, serve until SIGTERM or SIGINT, then exit 0.
-
-    ``capabilities`` are kept after becoming the configured ``user`` whatever the
-    datapath (:func:`mpa_ike.node.daemon.needed_capabilities` adds the datapath's).
-    With ``metrics:`` the metrics server runs beside the service (only then is
-    prometheus_client imported); a service with a ``reload`` method is given the file
-    again on SIGHUP."""
-    import dataclasses
-
-    from mpa_ike.node import daemon
-
-    file = config_file(args, default_config)
-    override = socket_override(args)
-
-    def adjust(config: C) -> C:
-        if override is not None:
-            config = dataclasses.replace(config, control_socket=override)
-        return config
-
-    config = adjust(load(file, load_config))
-    daemon.configure_logging(config.log_level, config.log_format)
-    run_as = daemon.RunAs(config.user, config.group, config.control_group, tuple(capabilities))
-    service = make_service(config)
-    companions = []
-    if config.metrics is not None:
-        from mpa_ike.node.metrics import attach
-
-        listen = config.metrics.listen
-        companions.append(attach(service, (str(listen.address), listen.port)))
-    reload = None
-    if hasattr(service, "reload"):
-        from mpa_ike.node.reload import reloader
-
-        reload = reloader(service, file, load_config, adjust)
-    try:
-        daemon.run(service, config.control_socket, run_as, companions=companions, reload=reload)
-    except ControlError as error:
-        raise CliError(str(error)) from None
-    return EXIT_OK
-
-
-def execute(prog: str, command: Callable[[], int]) -> int:
-    """Run a subcommand, turning failures into one line on stderr and an exit code."""
-    try:
-        return command()
-    except CliError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return error.code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
-def format_ike_sas(ike_sas: list[dict[str, Any]]) -> list[str]:
-    """Human-readable lines for the ``ike_sas`` of a status result."""
-    if not ike_sas:
-        return ["no IKE SAs"]
-    lines = []
-    for sa in ike_sas:
-        address = f", address {sa['address']}" if sa.get("address") else ""
-        lines.append(f"{sa['name']}: {sa['state']}, {sa['local']} === {sa['remote']}{address}")
-        for child in sa.get("child_sas", []):
-            lines.append(
-                f"  {child['name']}: {child['state']}, "
-                f"SPIs {child['spi_in']}_i {child['spi_out']}_o, "
-                f"{' '.join(child['local_ts'])} === {' '.join(child['remote_ts'])}"
-            )
-    return lines
+    return paths
