@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from core_harness import GATEWAY, MOBILE, Link, initiator_config, responder_config, seeded
 from core_pki import Pki
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.pool import AddressPool
 from mpa_ike.config_payload import CfgReply, build_reply, build_request, parse_reply
@@ -167,3 +169,27 @@ def test_a_rekeyed_ike_sa_keeps_them(pki: Pki) -> None:
     (new,) = [s for s in link.mobile.sas.values() if not s.closed]
     assert new.local_spi != sa.local_spi
     assert (new.netmask, new.subnets) == (V4_POOL.netmask, SUBNETS[:1])
+
+
+ATTRIBUTE_TYPES = st.sampled_from(
+    [
+        CfgAttrType.INTERNAL_IP4_ADDRESS,
+        CfgAttrType.INTERNAL_IP4_NETMASK,
+        CfgAttrType.INTERNAL_IP4_DNS,
+        CfgAttrType.INTERNAL_IP4_SUBNET,
+        CfgAttrType.INTERNAL_IP6_ADDRESS,
+        CfgAttrType.INTERNAL_IP6_DNS,
+        CfgAttrType.INTERNAL_IP6_SUBNET,
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(ATTRIBUTE_TYPES, st.binary(max_size=20)), max_size=8))
+def test_any_reply_parses(attributes: list[tuple[CfgAttrType, bytes]]) -> None:
+    """Whatever a CFG_REPLY holds, parse_reply skips what it cannot read."""
+    reply = reply_of(*(CfgAttribute(kind, value) for kind, value in attributes))
+    if reply.netmask is not None:
+        assert any(isinstance(a, IPv4Address) for a in reply.addresses)
+        assert 0 < reply.prefix_length(IPv4Address("10.0.0.1")) <= 32
+    assert len(set(reply.subnets)) == len(reply.subnets)
