@@ -157,6 +157,10 @@ class Buffer:
     def push_uint8(self, value: int) -> None:
         self._out.append(value)
 
+    def push_struct(self, layout: struct.Struct, *values: Any) -> None:
+        """Fixed fields in one go (what :meth:`pull_struct` reads)."""
+        self._out += layout.pack(*values)
+
     def push_uint16(self, value: int) -> None:
         self._out += _U16.pack(value)
 

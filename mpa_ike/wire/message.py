@@ -323,9 +323,9 @@ def _push_chain(
 ) -> None:
     for index, payload in enumerate(payloads):
         start = buf.written
-        buf.push_uint8(_next_type_field(payloads, index))
-        buf.push_uint8(CRITICAL_FLAG if payload.critical else 0)
-        buf.push_uint16(0)  # length, patched below
+        flags = CRITICAL_FLAG if payload.critical else 0
+        # The length patched below.
+        buf.push_struct(_GENERIC_HEADER, _next_type_field(payloads, index), flags, 0)
         if protected_body_length is not None and isinstance(payload, ProtectedPayload):
             push_protected_header(buf, payload)
             length = buf.written - start + protected_body_length

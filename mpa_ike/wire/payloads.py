@@ -159,6 +159,8 @@ _LAST_TRANSFORM, _MORE_TRANSFORMS = 0, 3
 # Last Substruc, RESERVED, Length, then the fixed fields of the substructure.
 _TRANSFORM_FIXED = struct.Struct("!BxHBxH")
 _PROPOSAL_FIXED = struct.Struct("!BxHBBBB")
+_NOTIFY_FIXED = struct.Struct("!BBH")
+_SELECTOR_FIXED = struct.Struct("!BBHHH")  # an address range's, before the addresses
 
 
 def _check_substructure(marker: int, more_marker: int, length: int, fixed: int) -> int:
@@ -231,12 +233,9 @@ def _push_transform_attribute(buf: Buffer, attr: TransformAttribute) -> None:
 
 def _push_transform(buf: Buffer, transform: Transform, is_last: bool) -> None:
     start = buf.written
-    buf.push_uint8(_LAST_TRANSFORM if is_last else _MORE_TRANSFORMS)
-    buf.push_uint8(0)
-    buf.push_uint16(0)  # length, patched below
-    buf.push_uint8(transform.type)
-    buf.push_uint8(0)
-    buf.push_uint16(transform.id)
+    marker = _LAST_TRANSFORM if is_last else _MORE_TRANSFORMS
+    # The length patched below.
+    buf.push_struct(_TRANSFORM_FIXED, marker, 0, transform.type, transform.id)
     for attr in transform.attributes:
         _push_transform_attribute(buf, attr)
     buf.patch_uint16(start + 2, buf.written - start)
@@ -244,13 +243,16 @@ def _push_transform(buf: Buffer, transform: Transform, is_last: bool) -> None:
 
 def _push_proposal(buf: Buffer, proposal: Proposal, is_last: bool) -> None:
     start = buf.written
-    buf.push_uint8(_LAST_PROPOSAL if is_last else _MORE_PROPOSALS)
-    buf.push_uint8(0)
-    buf.push_uint16(0)  # length, patched below
-    buf.push_uint8(proposal.number)
-    buf.push_uint8(proposal.protocol_id)
-    buf.push_uint8(len(proposal.spi))
-    buf.push_uint8(len(proposal.transforms))
+    marker = _LAST_PROPOSAL if is_last else _MORE_PROPOSALS
+    buf.push_struct(  # the length patched below
+        _PROPOSAL_FIXED,
+        marker,
+        0,
+        proposal.number,
+        proposal.protocol_id,
+        len(proposal.spi),
+        len(proposal.transforms),
+    )
     buf.push_bytes(proposal.spi)
     last_index = len(proposal.transforms) - 1
     for index, transform in enumerate(proposal.transforms):
@@ -456,9 +458,7 @@ def _pull_notify(buf: Buffer, critical: bool) -> NotifyPayload:
 
 
 def _push_notify(buf: Buffer, payload: NotifyPayload) -> None:
-    buf.push_uint8(payload.protocol_id)
-    buf.push_uint8(len(payload.spi))
-    buf.push_uint16(payload.notify_type)
+    buf.push_struct(_NOTIFY_FIXED, payload.protocol_id, len(payload.spi), payload.notify_type)
     buf.push_bytes(payload.spi)
     buf.push_bytes(payload.data)
 
@@ -647,11 +647,14 @@ def _push_traffic_selector(buf: Buffer, selector: AnyTrafficSelector) -> None:
     start, end = selector.start_addr.packed, selector.end_addr.packed
     if not len(start) == len(end) == _TS_ADDRESS_LENGTHS.get(selector.ts_type):
         raise LocalProtocolError(f"addresses do not match TS type {selector.ts_type!r}")
-    buf.push_uint8(selector.ts_type)
-    buf.push_uint8(selector.ip_protocol)
-    buf.push_uint16(8 + 2 * len(start))
-    buf.push_uint16(selector.start_port)
-    buf.push_uint16(selector.end_port)
+    buf.push_struct(
+        _SELECTOR_FIXED,
+        selector.ts_type,
+        selector.ip_protocol,
+        8 + 2 * len(start),
+        selector.start_port,
+        selector.end_port,
+    )
     buf.push_bytes(start)
     buf.push_bytes(end)
 
