@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from servicehelp import cli
 
-from mpa_harness.charon import PLUGINS, Charon
+from mpa_harness import guards
+from mpa_harness.charon import PLUGIN_DIR, PLUGINS, Charon
 from mpa_harness.pki import make_ca, make_cert
 from mpa_harness.scenarios import CHILD, Scenario, responder_config
 from tests.system.interop.test_mobile_vs_gateway import (
@@ -49,8 +50,6 @@ NETMASK = "255.255.255.0"  # POOL's
 
 @pytest.fixture
 def traffic_env() -> None:
-    from mpa_harness import guards
-
     guards.require(guards.namespaces_unavailable(), "the CP subnet tests")
 
 
@@ -107,6 +106,9 @@ def test_mobile_honours_our_gateways_netmask_and_subnet(short_tmp: Path) -> None
 def charon_gateway(net: Net, workdir: Path) -> Iterator[Charon]:
     """charon in gw with kernel-libipsec, its pool POOL and the attr plugin's netmask and
     subnet (strongswan.conf ``charon.plugins.attr``)."""
+    plugin = PLUGIN_DIR / "libstrongswan-attr.so"
+    missing = None if plugin.exists() else f"{plugin} missing (Debian's libstrongswan)"
+    guards.require(missing, "charon's attr plugin")
     net.gw.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     gw_ip = net.hosts.link.b.addr(4)
     attr = {"load": f"{PLUGINS} attr", "plugins": {"attr": {"netmask": NETMASK, "subnet": SUBNET}}}
