@@ -141,7 +141,10 @@ def read_capabilities(sa: HandshakeHost, message: Message) -> None:
     """The peer's capability notifies of IKE_SA_INIT, kept on the IKE SA."""
     sa.peer_fragmentation = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
     hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
-    sa.peer_hash_algorithms = read_signature_hash_algorithms(hashes) if hashes else ()
+    listed = read_signature_hash_algorithms(hashes) if hashes else ()
+    # Only what the signature choice can use, each once: a half-open SA must not hold
+    # a datagram's worth of a peer's unknown or repeated values.
+    sa.peer_hash_algorithms = tuple(dict.fromkeys(a for a in listed if a.known))
 
 
 def auth_failure_in(message: Message) -> NotifyType | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from core_harness import (
 from core_pki import Pki
 
 from gateway.pool import AddressPool
-from mpa_ike.constants import AuthMethod, NotifyType
+from mpa_ike.constants import AuthMethod, ExchangeType, HashAlgorithm, NotifyType
 from mpa_ike.eap import EapType
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import (
@@ -28,7 +29,10 @@ from mpa_ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
+from mpa_ike.handshake_common import read_capabilities
 from mpa_ike.ike_sa import IkeSaState
+from mpa_ike.wire import IkeHeader, Message
+from mpa_ike.wire.notify import signature_hash_algorithms_notify
 
 
 def connect(
@@ -193,3 +197,17 @@ def test_auth_method_is_rfc7427_when_announced(pki: Pki, pool: AddressPool[objec
     assert signature_method(pki.rsa.key, [HashAlgorithm.SHA2_256]) == AuthMethod.DIGITAL_SIGNATURE
     assert signature_method(pki.rsa.key, []) == AuthMethod.RSA_SIG
     assert signature_method(pki.ecdsa.key, []) == AuthMethod.ECDSA_SHA256_P256
+
+
+def test_peer_hash_algorithms_keep_known_values_once() -> None:
+    """A SIGNATURE_HASH_ALGORITHMS notify full of unknown and repeated values leaves the
+    half-open IKE SA holding only the algorithms it can use, each once."""
+    listed = [HashAlgorithm.SHA2_384, *(HashAlgorithm(v) for v in range(100, 900))]
+    listed += [HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_256]
+    message = Message(
+        IkeHeader(bytes(8), bytes(8), ExchangeType.IKE_SA_INIT, 0, 0),
+        (signature_hash_algorithms_notify(listed),),
+    )
+    host = SimpleNamespace(peer_fragmentation=False, peer_hash_algorithms=())
+    read_capabilities(host, message)
+    assert host.peer_hash_algorithms == (HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_256)
