@@ -7,7 +7,8 @@ servers. The responder leases addresses through an injected
 :class:`AddressAllocator`, keyed by the IKE SA; the lease lasts until the IKE SA
 ends (§2.19), when the responder releases it. The netmask is that of the pool
 network the address lies in; the protected subnets (INTERNAL_IP4_SUBNET,
-INTERNAL_IP6_SUBNET, §3.15.2) are sent unasked, as §3.15.1 lets the responder.
+INTERNAL_IP6_SUBNET, §3.15.2) go in every reply, asked for or not (§3.15.1: "the
+responder MAY respond with zero or more sub-network attributes").
 """
 
 from __future__ import annotations
