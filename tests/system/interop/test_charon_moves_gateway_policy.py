@@ -12,20 +12,13 @@ test_gateway_mobike_checks.py shows the checks with our own initiator core.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
-from mpa_harness.charon import Charon
-from mpa_harness.scenarios import CHILD, Scenario, initiator_config
-from tests.system.interop.test_mobile_vs_gateway import (
-    gateway_yaml,
-    start_daemon,
-    status,
-    wait_listening,
-)
-from tests.system.interop.test_traffic import IKE, KEY, METHOD, three_hosts, traffic_env, wait_for
+from mpa_harness.scenarios import CHILD
+from tests.system.interop.test_mobile_vs_gateway import status
+from tests.system.interop.test_traffic import charon_that_moves, three_hosts, traffic_env, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 __all__ = ["traffic_env"]  # the fixture, imported to be found here
@@ -37,28 +30,10 @@ def test_charon_moving_elsewhere_is_refused(short_tmp: Path) -> None:
     """charon's address changes to one outside the gateway's allocation: refused with
     UNACCEPTABLE_ADDRESSES, nothing moves on the gateway; charon's rekey from the
     refused address ends the IKE SA and its lease."""
-    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
-    with three_hosts() as net, contextlib.ExitStack() as stack:
+    with three_hosts() as net:
         link = net.hosts.link
-        (short_tmp / "gw").mkdir()
-        gw_config, ca = gateway_yaml(
-            short_tmp / "gw",
-            [link.b.addr(4)],
-            METHOD,
-            IKE,
-            KEY,
-            datapath="userspace",
-            mobike={"address_policy": "allocated"},
-        )
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(gw_config)
-        charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
-        charon.add_cacert(ca)
-        charon.configure(initiator_config(sc, "%any", link.b.addr(4)))
-        charon.start()
-        charon.load()
-        try:
+        with charon_that_moves(short_tmp, net, "allocated") as setup:
+            charon, gw_config = setup.charon, setup.gateway_config
             charon.initiate(CHILD, timeout=5)
             [vip] = charon.wait_established(CHILD).local_vips
             before = status("gateway.cli", gw_config)
@@ -85,6 +60,3 @@ def test_charon_moving_elsewhere_is_refused(short_tmp: Path) -> None:
             assert "updates_accepted" not in after["counters"]
             assert after["counters"]["updates_refused"] >= 1
             assert not after["leases"]
-        except BaseException:
-            print(charon.diagnostics())
-            raise

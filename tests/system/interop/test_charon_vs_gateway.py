@@ -12,41 +12,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servicehelp import Daemon
 
-from mpa_harness.charon import Charon
-from mpa_harness.netns import TwoHosts, two_hosts
+from mpa_harness.netns import two_hosts
 from mpa_harness.pki import KeyType
-from mpa_harness.scenarios import CHILD, CONN, PROTECTED_NET, Scenario, initiator_config
-from tests.system.interop.test_mobile_vs_gateway import (
-    POOL,
-    gateway_yaml,
-    start_daemon,
-    status,
-    wait_listening,
-    wait_until,
-)
+from mpa_harness.scenarios import CHILD, CONN, PROTECTED_NET
+from tests.system.interop.charon_setup import MATRIX, CharonAndGateway, charon_and_gateway
+from tests.system.interop.test_mobile_vs_gateway import POOL, status, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon, pytest.mark.usefixtures("charon_env")]
-
-MATRIX = [
-    ("eap-md5", "aes128-sha256-modp2048", "rsa"),
-    ("eap-md5", "aes256gcm16-prfsha384-x25519", "ecdsa"),
-    ("eap-mschapv2", "aes128-sha256-modp2048", "ecdsa"),
-    ("eap-mschapv2", "aes256gcm16-prfsha384-x25519", "rsa"),
-]
-
-
-@dataclass
-class Setup:
-    hosts: TwoHosts
-    charon: Charon
-    gateway: Daemon
-    gateway_config: Path
 
 
 @contextlib.contextmanager
@@ -59,29 +35,22 @@ def charon_against_gateway(
     family: int = 4,
     charon_ike: str | None = None,
     **gateway_extra: object,
-) -> Iterator[Setup]:
-    sc = Scenario(method, ike_proposal=charon_ike or ike, gateway_key=key, encap=True)
-    with two_hosts() as hosts, contextlib.ExitStack() as stack:
-        mn_ip, gw_ip = hosts.link.a.addr(family), hosts.link.b.addr(family)
-        listen = [hosts.link.b.addr(4), hosts.link.b.addr(6)]
-        (workdir / "gw").mkdir()
-        config, ca = gateway_yaml(workdir / "gw", listen, method, ike, key, **gateway_extra)
-        gateway = start_daemon("gateway.cli", config, hosts.right.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(config)
-        charon = stack.enter_context(Charon(hosts.left, workdir / "charon"))
-        charon.add_cacert(ca)
-        swanctl = initiator_config(sc, mn_ip, gw_ip)
-        if password is not None:
-            swanctl.secrets[0].secret = password
-        charon.configure(swanctl)
-        charon.start()
-        charon.load()
-        try:
-            yield Setup(hosts, charon, gateway, config)
-        except BaseException:
-            print(charon.diagnostics())
-            raise
+) -> Iterator[CharonAndGateway]:
+    with (
+        two_hosts() as hosts,
+        charon_and_gateway(
+            workdir,
+            hosts,
+            method,
+            ike,
+            key,
+            family=family,
+            charon_ike=charon_ike,
+            password=password,
+            **gateway_extra,
+        ) as setup,
+    ):
+        yield setup
 
 
 @pytest.mark.parametrize(("method", "ike", "key"), MATRIX)

@@ -30,6 +30,7 @@ from mpa_harness.scenarios import (
     Scenario,
     responder_config,
 )
+from tests.system.interop.charon_setup import MATRIX, diagnosed
 from tests.system.interop.test_mobile_vs_gateway import (
     EAP_PASSWORD,
     mobile_yaml,
@@ -39,13 +40,6 @@ from tests.system.interop.test_mobile_vs_gateway import (
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.charon, pytest.mark.usefixtures("charon_env")]
-
-MATRIX = [
-    ("eap-md5", "aes128-sha256-modp2048", "rsa"),
-    ("eap-md5", "aes256gcm16-prfsha384-x25519", "ecdsa"),
-    ("eap-mschapv2", "aes128-sha256-modp2048", "ecdsa"),
-    ("eap-mschapv2", "aes256gcm16-prfsha384-x25519", "rsa"),
-]
 
 
 @dataclass
@@ -82,11 +76,8 @@ def mobile_against_charon(
         config = mobile_yaml(workdir, gw_ip, method, mn_ike, ca=ca_file, password=password)
         mobile = start_daemon("mobile.cli", config, hosts.left.name)
         stack.callback(lambda: print(mobile.stop()))
-        try:
+        with diagnosed(charon):
             yield Setup(hosts, charon, mobile, config)
-        except BaseException:
-            print(charon.diagnostics())
-            raise
 
 
 @pytest.mark.parametrize(("method", "ike", "key"), MATRIX)

@@ -32,7 +32,8 @@ from mpa_harness.charon import Charon, ChildSa
 from mpa_harness.netns import Netns, TwoHosts, add_veth, netns, two_hosts
 from mpa_harness.pcap import capture, classify, read_udp
 from mpa_harness.pki import KeyType, make_ca, make_cert
-from mpa_harness.scenarios import CHILD, CONN, Scenario, initiator_config, responder_config
+from mpa_harness.scenarios import CHILD, CONN, Scenario, responder_config
+from tests.system.interop.charon_setup import CharonAndGateway, charon_and_gateway, diagnosed
 from tests.system.interop.test_mobile_vs_gateway import (
     GATEWAY_ID,
     POOL,
@@ -96,6 +97,29 @@ def three_hosts() -> Iterator[Net]:
         lan.ip("route", "add", "default", "via", GW_LAN)
         lan.ip("-6", "route", "add", "default", "via", GW_LAN6)
         yield Net(hosts, lan)
+
+
+@contextlib.contextmanager
+def charon_that_moves(
+    workdir: Path, net: Net, address_policy: str, **options: Any
+) -> Iterator[CharonAndGateway]:
+    """charon from ``%any`` (free to move) to the gateway's IPv4 address, the gateway
+    on the userspace datapath with ``mobike: {address_policy: ...}``."""
+    link = net.hosts.link
+    with charon_and_gateway(
+        workdir,
+        net.hosts,
+        METHOD,
+        IKE,
+        KEY,
+        listen=[link.b.addr(4)],
+        charon_local="%any",
+        charon_remote=link.b.addr(4),
+        datapath="userspace",
+        mobike={"address_policy": address_policy},
+        **options,
+    ) as setup:
+        yield setup
 
 
 # --------------------------------------------------------------------------- echo
@@ -180,6 +204,41 @@ def with_settings(config: Path, **settings: object) -> Path:
 
 
 @dataclass
+class OurDaemons:
+    gateway: Daemon
+    gateway_config: Path
+    mobile: Daemon
+    mobile_config: Path
+
+
+@contextlib.contextmanager
+def our_daemons(
+    workdir: Path,
+    gw: Netns,
+    mn: Netns,
+    listen: list[str],
+    gateway_address: str,
+    *,
+    gateway: dict[str, object],
+    mobile: dict[str, object],
+) -> Iterator[OurDaemons]:
+    """mpa-gateway in ``gw`` listening on ``listen``, and mpa-mobile in ``mn`` with its
+    gateway ``gw`` at ``gateway_address``, not yet connected;
+    ``gateway`` and ``mobile`` set keys of their files (``a__b`` for ``a.b``). Each
+    daemon's log is printed when it stops."""
+    with contextlib.ExitStack() as stack:
+        gw_config, _ = gateway_yaml(workdir, listen, METHOD, IKE, KEY, **gateway)
+        gateway_daemon = start_daemon("gateway.cli", gw_config, gw.name)
+        stack.callback(lambda: print(gateway_daemon.stop()))
+        wait_listening(gw_config)
+        mn_config = mobile_yaml(workdir, gateway_address, METHOD, IKE, ca=workdir / "ca.pem")
+        with_settings(mn_config, **mobile)
+        mobile_daemon = start_daemon("mobile.cli", mn_config, mn.name)
+        stack.callback(lambda: print(mobile_daemon.stop()))
+        yield OurDaemons(gateway_daemon, gw_config, mobile_daemon, mn_config)
+
+
+@dataclass
 class OurPair:
     net: Net
     gateway: Daemon
@@ -200,25 +259,21 @@ def mobile_and_gateway(
 
     ``dual_stack``: an IPv4 and an IPv6 CP address, the LAN's IPv4 and IPv6 networks.
     """
-    with three_hosts() as net, contextlib.ExitStack() as stack:
+    with three_hosts() as net:
         link = net.hosts.link
         listen = [link.b.addr(4), link.b.addr(6)]
         extra: dict[str, object] = {"datapath": gw_datapath}
+        mobile: dict[str, object] = {"datapath": "userspace", "gateways__gw__encap": encap}
         if dual_stack:
             extra.update(pool=[POOL, POOL6], local_ts=[PROTECTED_NET, LAN_NET6])
-        gw_config, _ = gateway_yaml(workdir, listen, METHOD, IKE, KEY, **extra)
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(gw_config)
-        mn_config = mobile_yaml(workdir, link.b.addr(family), METHOD, IKE, ca=workdir / "ca.pem")
-        with_settings(mn_config, datapath="userspace", gateways__gw__encap=encap)
-        if dual_stack:
-            with_settings(mn_config, gateways__gw__remote_ts=[PROTECTED_NET, LAN_NET6])
-        mobile = start_daemon("mobile.cli", mn_config, net.mn.name)
-        stack.callback(lambda: print(mobile.stop()))
-        result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
-        assert result.returncode == 0, result.stderr
-        yield OurPair(net, gateway, gw_config, mobile, mn_config)
+            mobile.update(gateways__gw__remote_ts=[PROTECTED_NET, LAN_NET6])
+        address = link.b.addr(family)
+        with our_daemons(
+            workdir, net.gw, net.mn, listen, address, gateway=extra, mobile=mobile
+        ) as ours:
+            result = cli("mobile.cli", "connect", "gw", "-c", ours.mobile_config)
+            assert result.returncode == 0, result.stderr
+            yield OurPair(net, ours.gateway, ours.gateway_config, ours.mobile, ours.mobile_config)
 
 
 def cp_address(pair: OurPair) -> str:
@@ -317,7 +372,7 @@ def test_echo_through_mobile_and_charon_gateway(family: int, short_tmp: Path) ->
         with_settings(config, datapath="userspace", gateways__gw__encap=True)
         mobile = start_daemon("mobile.cli", config, net.mn.name)
         stack.callback(lambda: print(mobile.stop()))
-        try:
+        with diagnosed(charon):
             result = cli("mobile.cli", "connect", "gw", "-c", config)
             assert result.returncode == 0, result.stderr
             [vip] = charon.wait_established(CHILD).remote_vips
@@ -328,9 +383,6 @@ def test_echo_through_mobile_and_charon_gateway(family: int, short_tmp: Path) ->
             theirs = charon_counts(charon_child(charon, ours))
             assert_counts_match(ours, theirs)
             assert ours["drops"] == {}
-        except BaseException:
-            print(charon.diagnostics())
-            raise
 
 
 # --------------------------------------------------------------------------- (c)
@@ -340,62 +392,49 @@ def test_echo_through_mobile_and_charon_gateway(family: int, short_tmp: Path) ->
 @pytest.mark.usefixtures("charon_env")
 @pytest.mark.parametrize("family", [4, 6], ids=["outer-ipv4", "outer-ipv6"])
 def test_echo_through_charon_initiator_and_gateway(family: int, short_tmp: Path) -> None:
-    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
-    with three_hosts() as net, contextlib.ExitStack() as stack:
-        link = net.hosts.link
-        (short_tmp / "gw").mkdir()
-        listen = [link.b.addr(4), link.b.addr(6)]
-        gw_config, ca = gateway_yaml(
-            short_tmp / "gw", listen, METHOD, IKE, KEY, datapath="userspace"
-        )
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(gw_config)
-        charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
-        charon.add_cacert(ca)
-        charon.configure(initiator_config(sc, link.a.addr(family), link.b.addr(family)))
-        charon.start()
-        charon.load()
-        try:
-            charon.initiate(CHILD, timeout=5)
-            [vip] = charon.wait_established(CHILD).local_vips
+    with (
+        three_hosts() as net,
+        charon_and_gateway(
+            short_tmp, net.hosts, METHOD, IKE, KEY, family=family, datapath="userspace"
+        ) as setup,
+    ):
+        charon, gw_config = setup.charon, setup.gateway_config
+        charon.initiate(CHILD, timeout=5)
+        [vip] = charon.wait_established(CHILD).local_vips
 
-            echo_both_ways(net, vip)
+        echo_both_ways(net, vip)
 
-            ours = our_child("gateway.cli", gw_config)
-            theirs = charon_counts(charon_child(charon, ours))
-            assert_counts_match(ours, theirs)
-            assert ours["drops"] == {}
+        ours = our_child("gateway.cli", gw_config)
+        theirs = charon_counts(charon_child(charon, ours))
+        assert_counts_match(ours, theirs)
+        assert ours["drops"] == {}
 
-            # charon rekeys the CHILD SA: the new pair carries the traffic, the old is gone.
-            old_spi = ours["spi_in"]
-            charon.rekey(child=CHILD)
+        # charon rekeys the CHILD SA: the new pair carries the traffic, the old is gone.
+        old_spi = ours["spi_in"]
+        charon.rekey(child=CHILD)
 
-            def rekeyed() -> bool:
-                children = status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]
-                return [child["spi_in"] for child in children] not in ([], [old_spi])
+        def rekeyed() -> bool:
+            children = status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]
+            return [child["spi_in"] for child in children] not in ([], [old_spi])
 
-            wait_for(rekeyed)
-            wait_for(lambda: len(status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]) == 1)
-            assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 1
-            echo_both_ways(net, vip)
-            ours = our_child("gateway.cli", gw_config)
-            assert ours["spi_in"] != old_spi
-            assert_counts_match(ours, charon_counts(charon_child(charon, ours)))
+        wait_for(rekeyed)
+        wait_for(lambda: len(status("gateway.cli", gw_config)["ike_sas"][0]["child_sas"]) == 1)
+        assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 1
+        echo_both_ways(net, vip)
+        ours = our_child("gateway.cli", gw_config)
+        assert ours["spi_in"] != old_spi
+        assert_counts_match(ours, charon_counts(charon_child(charon, ours)))
 
-            # An IKE SA rekey hands the CHILD SA to the new IKE SA, whose deletion
-            # then takes it out of the datapath.
-            old_ike = charon.wait_established(CHILD).initiator_spi
-            charon.rekey(ike=CONN)
-            charon.wait_for(lambda sas: bool(sas) and sas[0].initiator_spi != old_ike)
-            echo_both_ways(net, vip)
-            charon.terminate(ike=CONN, timeout=5)
-            wait_for(lambda: not status("gateway.cli", gw_config)["ike_sas"])
-            assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 0
-            assert vip not in net.gw.ip("route", "show").stdout
-        except BaseException:
-            print(charon.diagnostics())
-            raise
+        # An IKE SA rekey hands the CHILD SA to the new IKE SA, whose deletion
+        # then takes it out of the datapath.
+        old_ike = charon.wait_established(CHILD).initiator_spi
+        charon.rekey(ike=CONN)
+        charon.wait_for(lambda sas: bool(sas) and sas[0].initiator_spi != old_ike)
+        echo_both_ways(net, vip)
+        charon.terminate(ike=CONN, timeout=5)
+        wait_for(lambda: not status("gateway.cli", gw_config)["ike_sas"])
+        assert status("gateway.cli", gw_config)["datapath"]["child_sas"] == 0
+        assert vip not in net.gw.ip("route", "show").stdout
 
 
 # --------------------------------------------------------------------------- injection
@@ -492,29 +531,11 @@ def test_xfrm_gateway_still_gets_ike_on_4500(short_tmp: Path) -> None:
 def test_echo_goes_on_after_charon_moves(short_tmp: Path) -> None:
     """charon's address changes; after its UPDATE_SA_ADDRESSES (and the CHILD SA rekey
     kernel-libipsec does after a move) the gateway sends to the new address."""
-    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
-    with three_hosts() as net, contextlib.ExitStack() as stack:
+    with three_hosts() as net:
         link = net.hosts.link
-        (short_tmp / "gw").mkdir()
-        gw_config, ca = gateway_yaml(
-            short_tmp / "gw",
-            [link.b.addr(4)],
-            METHOD,
-            IKE,
-            KEY,
-            datapath="userspace",
-            mobike={"address_policy": "any"},  # as strongSwan: not an address we allocated
-        )
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(gw_config)
-        charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
-        charon.add_cacert(ca)
-        swanctl = initiator_config(sc, "%any", link.b.addr(4))
-        charon.configure(swanctl)
-        charon.start()
-        charon.load()
-        try:
+        # "any", as strongSwan: the new address is not one we allocated.
+        with charon_that_moves(short_tmp, net, "any") as setup:
+            charon, gw_config = setup.charon, setup.gateway_config
             charon.initiate(CHILD, timeout=5)
             [vip] = charon.wait_established(CHILD).local_vips
             echo_both_ways(net, vip)
@@ -535,6 +556,3 @@ def test_echo_goes_on_after_charon_moves(short_tmp: Path) -> None:
             theirs = charon_counts(charon_child(charon, ours))
             assert ours["bytes_out"] == theirs["bytes_in"] and ours["drops"] == {}
             assert ours["packets_out"] == theirs["packets_in"] >= COUNT
-        except BaseException:
-            print(charon.diagnostics())
-            raise

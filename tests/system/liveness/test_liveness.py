@@ -216,27 +216,26 @@ def test_mobile_nodes_come_back_after_a_gateway_crash(short_tmp: Path) -> None:
 
 
 def test_charon_with_dpd_stays_up(short_tmp: Path) -> None:
-    pytest.importorskip("mpa_harness.charon")
-    from mpa_harness.charon import Charon, require_charon
+    from mpa_harness.charon import require_charon
     from mpa_harness.netns import two_hosts
-    from mpa_harness.scenarios import CHILD, CONN, Scenario, initiator_config
+    from mpa_harness.scenarios import CHILD
+    from tests.system.interop.charon_setup import charon_and_gateway
 
     require_charon()
-    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
-    with two_hosts() as hosts, contextlib.ExitStack() as stack:
-        mn_ip, gw_ip = hosts.link.a.addr(4), hosts.link.b.addr(4)
-        (short_tmp / "gw").mkdir()
-        config, ca = gateway_yaml(short_tmp / "gw", [gw_ip], METHOD, IKE, KEY, dpd_delay=DPD_DELAY)
-        gateway = start_daemon("gateway.cli", config, hosts.right.name)
-        stack.callback(lambda: print(gateway.stop()))
-        wait_listening(config)
-        charon = stack.enter_context(Charon(hosts.left, short_tmp / "charon"))
-        charon.add_cacert(ca)
-        swanctl = initiator_config(sc, mn_ip, gw_ip)
-        swanctl.connections[CONN].extra["dpd_delay"] = "3s"
-        charon.configure(swanctl)
-        charon.start()
-        charon.load()
+    with (
+        two_hosts() as hosts,
+        charon_and_gateway(
+            short_tmp,
+            hosts,
+            METHOD,
+            IKE,
+            KEY,
+            listen=[hosts.link.b.addr(4)],
+            connection={"dpd_delay": "3s"},
+            dpd_delay=DPD_DELAY,
+        ) as found,
+    ):
+        charon, config = found.charon, found.gateway_config
         charon.initiate(CHILD, timeout=5)
         first = charon.wait_established(CHILD)
         time.sleep(30.0)

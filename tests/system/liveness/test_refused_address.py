@@ -10,20 +10,13 @@ lease (RFC 4555 §3.5 leaves the policy to the responder).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
-from mpa_harness.charon import Charon
-from mpa_harness.scenarios import CHILD, Scenario, initiator_config
-from tests.system.interop.test_mobile_vs_gateway import (
-    gateway_yaml,
-    start_daemon,
-    status,
-    wait_listening,
-)
-from tests.system.interop.test_traffic import IKE, KEY, METHOD, three_hosts, traffic_env, wait_for
+from mpa_harness.scenarios import CHILD
+from tests.system.interop.test_mobile_vs_gateway import status
+from tests.system.interop.test_traffic import charon_that_moves, three_hosts, traffic_env, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
 __all__ = ["traffic_env"]  # the fixture, imported to be found here
@@ -34,29 +27,11 @@ def test_rekey_from_a_refused_address_deletes_the_ike_sa(short_tmp: Path) -> Non
     from mpa_harness.charon import require_charon
 
     require_charon()
-    sc = Scenario(METHOD, ike_proposal=IKE, gateway_key=KEY, encap=True)
     logs: list[str] = []
-    with three_hosts() as net, contextlib.ExitStack() as stack:
+    with three_hosts() as net:
         link = net.hosts.link
-        (short_tmp / "gw").mkdir()
-        gw_config, ca = gateway_yaml(
-            short_tmp / "gw",
-            [link.b.addr(4)],
-            METHOD,
-            IKE,
-            KEY,
-            datapath="userspace",
-            mobike={"address_policy": "allocated"},
-        )
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(lambda: logs.append(gateway.stop()))
-        wait_listening(gw_config)
-        charon = stack.enter_context(Charon(net.mn, short_tmp / "charon"))
-        charon.add_cacert(ca)
-        charon.configure(initiator_config(sc, "%any", link.b.addr(4)))
-        charon.start()
-        charon.load()
-        try:
+        with charon_that_moves(short_tmp, net, "allocated", gateway_log=logs.append) as setup:
+            charon, gw_config = setup.charon, setup.gateway_config
             charon.initiate(CHILD, timeout=5)
             charon.wait_established(CHILD)
             assert status("gateway.cli", gw_config)["leases"]
@@ -69,8 +44,5 @@ def test_rekey_from_a_refused_address_deletes_the_ike_sa(short_tmp: Path) -> Non
             assert after["counters"]["deleted_refused_address"] == 1
             # charon got the DELETE where it is now, or finds out by itself.
             charon.wait_for(lambda sas: not sas, timeout=10)
-        except BaseException:
-            print(charon.diagnostics())
-            raise
     print(logs[0])
     assert "rekey request from 192.0.2.3, an address we refused" in logs[0]

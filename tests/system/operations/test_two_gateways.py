@@ -23,7 +23,6 @@ from mpa_harness.netns import Netns, add_veth, netns
 from mpa_ike.io.policy_routing import Routing
 from tests.system.interop.test_mobile_vs_gateway import (
     gateway_yaml,
-    mobile_yaml,
     start_daemon,
     status,
     wait_listening,
@@ -37,6 +36,7 @@ from tests.system.interop.test_traffic import (
     METHOD,
     echo_server,
     echoes,
+    our_daemons,
     traffic_env,
     with_settings,
 )
@@ -81,22 +81,17 @@ def has_rules(text: str, routing: Routing) -> bool:
 def instance(workdir: Path, gw: Netns, subnet: str, pool: str, port: int) -> Iterator[Instance]:
     """mpa-gateway on ``subnet``.2 in ``gw``, mpa-mobile on ``subnet``.1, connected."""
     workdir.mkdir()
-    with netns("mn") as mn, contextlib.ExitStack() as stack:
+    with netns("mn") as mn:
         add_veth(mn, gw, [f"{subnet}.1/24"], [f"{subnet}.2/24"])
         listen = f"{subnet}.2"
-        config, _ = gateway_yaml(workdir, [listen], METHOD, IKE, KEY, pool=[pool])
-        with_settings(config, datapath="userspace", log_level="info")
-        gateway = start_daemon("gateway.cli", config, gw.name)
-        stack.callback(gateway.stop)
-        wait_listening(config)
-        mn_config = mobile_yaml(workdir, listen, METHOD, IKE, ca=workdir / "ca.pem")
-        with_settings(mn_config, datapath="userspace", log_level="info")
-        mobile = start_daemon("mobile.cli", mn_config, mn.name)
-        stack.callback(mobile.stop)
-        result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
-        assert result.returncode == 0, result.stderr
-        [sa] = status("mobile.cli", mn_config)["ike_sas"]
-        yield Instance(workdir, gateway, mobile, mn, str(sa["address"]), port)
+        settings = {"datapath": "userspace", "log_level": "info"}
+        with our_daemons(
+            workdir, gw, mn, [listen], listen, gateway={"pool": [pool], **settings}, mobile=settings
+        ) as ours:
+            result = cli("mobile.cli", "connect", "gw", "-c", ours.mobile_config)
+            assert result.returncode == 0, result.stderr
+            [sa] = status("mobile.cli", ours.mobile_config)["ike_sas"]
+            yield Instance(workdir, ours.gateway, ours.mobile, mn, str(sa["address"]), port)
 
 
 def test_stopping_one_gateway_leaves_the_others_traffic_flowing(short_dir: Path) -> None:

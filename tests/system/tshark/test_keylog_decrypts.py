@@ -11,7 +11,6 @@ node's; without the tables it shows neither. The tables are mode 0600.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -25,23 +24,16 @@ from mpa_harness import guards
 from mpa_harness.pcap import capture
 from tests.system.interop.test_mobile_vs_gateway import (
     CLIENT_ID,
-    gateway_yaml,
-    mobile_yaml,
-    start_daemon,
     status,
-    wait_listening,
 )
 from tests.system.interop.test_traffic import (
     COUNT,
-    IKE,
-    KEY,
     LAN_HOST,
-    METHOD,
     echo_server,
     echoes,
+    our_daemons,
     three_hosts,
     traffic_env,
-    with_settings,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("traffic_env")]
@@ -76,19 +68,22 @@ def test_tshark_decrypts_ike_auth_and_esp_with_the_exported_keys(
 ) -> None:
     keys = short_dir / "keys"
     pcap = short_dir / "gw.pcap"
-    with three_hosts() as net, contextlib.ExitStack() as stack:
+    with three_hosts() as net:
         link = net.hosts.link
-        gw_config, _ = gateway_yaml(
-            short_dir, [link.b.addr(4)], METHOD, IKE, KEY, datapath="userspace", keylog="keys"
-        )
-        gateway = start_daemon("gateway.cli", gw_config, net.gw.name)
-        stack.callback(gateway.stop)
-        wait_listening(gw_config)
-        mn_config = mobile_yaml(short_dir, link.b.addr(4), METHOD, IKE, ca=short_dir / "ca.pem")
-        with_settings(mn_config, datapath="userspace", keylog="mn-keys")
-        mobile = start_daemon("mobile.cli", mn_config, net.mn.name)
-        stack.callback(mobile.stop)
-        with capture(net.gw, link.b.dev, pcap, "udp or esp"):
+        address = link.b.addr(4)
+        with (
+            our_daemons(
+                short_dir,
+                net.gw,
+                net.mn,
+                [address],
+                address,
+                gateway={"datapath": "userspace", "keylog": "keys"},
+                mobile={"datapath": "userspace", "keylog": "mn-keys"},
+            ) as ours,
+            capture(net.gw, link.b.dev, pcap, "udp or esp"),
+        ):
+            mn_config = ours.mobile_config
             result = cli("mobile.cli", "connect", "gw", "-c", mn_config)
             assert result.returncode == 0, result.stderr
             [sa] = status("mobile.cli", mn_config)["ike_sas"]
