@@ -96,6 +96,25 @@ def test_gateway_commands_with_json() -> None:
     assert cli.quick_request(program, ["handover", "ngw"]) is None
 
 
+WORDS = ["handover", "status", "ngw", "run", "--socket", "--socket=/s", "/s", "-c", "x", "--json"]
+WORDS += ["--", "-h", "--so", "", "-1", "./s", "/s/", "a b"]
+
+
+@given(st.lists(st.sampled_from(WORDS), max_size=6))
+def test_any_command_line_read_by_hand_is_read_alike_by_argparse(argv: list[str]) -> None:
+    """What is read by hand parses with argparse to the same request (a line argparse
+    refuses is never read by hand)."""
+    quick = cli.quick_request(mobile_cli.PROGRAM, argv)
+    if quick is not None:
+        assert quick == parsed(argv)
+
+
+@given(st.text(alphabet="/.a", max_size=8))
+def test_a_plain_path_is_written_by_pathlib_as_it_is(text: str) -> None:
+    if cli.plain_path(text):
+        assert str(Path(text)) == text
+
+
 @given(st.text(), st.text())
 def test_a_request_line_is_what_json_writes(cmd: str, name: str) -> None:
     assert request_line(cmd, {"name": name}) == encode({"cmd": cmd, "args": {"name": name}})
