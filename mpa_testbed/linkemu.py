@@ -8,6 +8,9 @@ loss (seeded), and rate (serialization delay behind a byte-limited tail-drop que
 A link can be taken down and up at run time: frames in flight are dropped and the TAP
 carrier goes off, so the namespace side sees NO-CARRIER and a netlink link event while
 the interface stays administratively UP with its addresses: a layer-2 handover.
+``switch`` takes one link down and another up in the same turn of the loop, and says
+when: a handover with no pause between the two links has none, however busy the
+machine (two requests would put two control round trips between them).
 
 One ``Emulator`` carries any number of links in a single ``select`` loop with a heap of
 due times on ``time.monotonic``; with no impairment a frame is written as soon as it is
@@ -386,6 +389,14 @@ class Emulator:
         """Carry frames again; carrier on at both ends."""
         self._call(lambda: self._set_up(self.links[name]))
 
+    def switch(self, old: str, new: str, carrier: Carrier = "both") -> tuple[float, float]:
+        """``old`` down (carrier off at ``carrier``) and ``new`` up at once: the
+        monotonic times ``old`` stopped carrying and ``new``'s carrier came."""
+        times: tuple[float, float] = self._call(
+            lambda: self._switch(self.links[old], self.links[new], carrier)
+        )
+        return times
+
     def configure(self, name: str, direction: Direction = "both", **changes: Any) -> None:
         """Change impairments (``delay="20ms"``, ``loss=0.1``, ``rate="1mbit"``...)."""
 
@@ -422,6 +433,12 @@ class Emulator:
         for fd in (link.fd_a, link.fd_b):
             set_carrier(fd, True)
         link.up = True
+
+    def _switch(self, old: EmuLink, new: EmuLink, carrier: Carrier) -> tuple[float, float]:
+        down = time.monotonic()
+        self._set_down(old, carrier)
+        self._set_up(new)
+        return down, time.monotonic()
 
     # the loop
 
@@ -595,6 +612,10 @@ class Emulator:
                 self._set_down(self.links[req["link"]], req.get("carrier", "both"))
             elif cmd == "up":
                 self._set_up(self.links[req["link"]])
+            elif cmd == "switch":
+                old, new = self.links[req["old"]], self.links[req["new"]]
+                down, up = self._switch(old, new, req.get("carrier", "both"))
+                return {"ok": True, "down": down, "up": up}
             elif cmd == "set":
                 name, direction = req.pop("link"), req.pop("dir", "both")
                 for d in self.links[name].directions(direction):
@@ -664,6 +685,11 @@ class Control:
 
     def set_up(self, link: str) -> None:
         self.request(cmd="up", link=link)
+
+    def switch(self, old: str, new: str, carrier: Carrier = "both") -> tuple[float, float]:
+        """``Emulator.switch`` in the emulator's process (the same monotonic clock)."""
+        answer = self.request(cmd="switch", old=old, new=new, carrier=carrier)
+        return float(answer["down"]), float(answer["up"])
 
     def configure(self, link: str, direction: Direction = "both", **changes: Any) -> None:
         self.request(cmd="set", link=link, dir=direction, **changes)

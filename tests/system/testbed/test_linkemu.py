@@ -230,6 +230,31 @@ def test_embedded_emulator(netns_env: None) -> None:
         teardown(prefix)
 
 
+def test_switch_cuts_one_link_and_raises_the_other_at_once(netns_env: None) -> None:
+    """A handover with no pause: one request, one turn of the loop, both times told."""
+    prefix = new_prefix()
+    try:
+        x, y = _namespaces(prefix)
+        specs = [LinkSpec("a", x, "e0", y, "e0"), LinkSpec("b", x, "e1", y, "e1", up=False)]
+        with emulator(specs) as emu:
+            assert "LOWER_UP" not in _link_flags(x, "e1")[0]
+            before = time.monotonic()
+            down, up = emu.switch("a", "b", carrier="a")
+            assert before <= down <= up <= time.monotonic()
+            assert up - down < 0.005  # a few system calls, however busy the machine
+            assert "LOWER_UP" not in _link_flags(x, "e0")[0]
+            assert "LOWER_UP" in _link_flags(y, "e0")[0]  # the router's end keeps it
+            assert "LOWER_UP" in _link_flags(x, "e1")[0]
+            assert not emu.stats()["a"]["up"] and emu.stats()["b"]["up"]
+    finally:
+        teardown(prefix)
+
+
+def test_switch_through_the_control_socket(link: Pair) -> None:
+    down, up = link.control.switch("l", "l")  # down and at once up again: one link will do
+    assert down <= up and "LOWER_UP" in _link_flags(link.x, "e0")[0]
+
+
 def test_an_outage_is_measured_as_a_gap(link: Pair) -> None:
     # Down without a carrier change: the link drops everything for 100 ms, nothing else.
     flow = ProbeFlow(
