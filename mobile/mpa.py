@@ -259,6 +259,7 @@ class Mpa:
         own, gateway = target
         moving = Pht(entry.name, sa.local_spi, table=0, addresses=[own])
         self.mover.quick_neighbour_retries(interface)
+        self.mover.ask_from_own_address(interface)
         self.mover.route_gateway(interface, own, gateway)  # the address is the OS's
         moving.prepared = (interface, gateway)
         try:
@@ -296,19 +297,31 @@ class Mpa:
     async def _settle(self, pht: Pht) -> None:
         """After the gateway's yes: the nCoA off the TUN device (only now: until the
         answer, the old path must still deliver), the tunnel's routes for everyone (as
-        after connect), the other candidates' PHTs deleted. The kernel calls take some
-        tens of microseconds in all (:mod:`mpa_ike.io.rtnl`): traffic on the new path
-        is not held up."""
+        after connect), the other candidates' PHTs deleted.
+
+        The flow on the new path does not wait for this: each kernel call (a tenth of
+        a millisecond on a busy host, an address removal more, as the kernel tells
+        every rtnetlink listener) comes in a turn of the loop of its own, after the
+        packets that arrived meanwhile (the first ESP from the new path comes within a
+        millisecond or two of the answer)."""
         userspace = self.service.glue.userspace
         for address in pht.addresses:
+            if not await self._next_turn(pht):
+                return
             with contextlib.suppress(Exception):
                 self.service.glue.take_inner_address(pht.ike_sa, address)
             # Only with the address off the device: removing it takes the routes
             # through the device that prefer it along.
             if userspace is not None:
+                if not await self._next_turn(pht):
+                    return
                 userspace.move_routes(address, None)
             if pht.table:
+                if not await self._next_turn(pht):
+                    return
                 self._drop_rule(address, pht.table)
+        if not await self._next_turn(pht):
+            return
         for other in [p for p in self.phts.values() if p is not pht and not p.moved]:
             log.info("%s: deleting the unused PHT", other.name)
             with contextlib.suppress(Exception):
@@ -318,6 +331,14 @@ class Mpa:
         if sa is not None and pht.interface is not None:
             self.service.resolver.apply(pht.ike_sa, pht.name, pht.interface, sa.dns)
         self.service.autopreauth.kick(f"moved to {pht.name}", network_changed=True)
+
+    async def _next_turn(self, pht: Pht) -> bool:
+        """One turn of the loop (what arrived meanwhile is handled first); whether the
+        moved IKE SA still lives (it may have ended meanwhile: then its release has
+        undone the move)."""
+        await asyncio.sleep(0)
+        sa = self.service.endpoint.sas.get(pht.ike_sa)
+        return sa is not None and not sa.closed
 
     def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
         """While waiting for the link: the nCoA on the interface (it stays on the TUN
@@ -330,6 +351,7 @@ class Mpa:
             gateway = self._remote_for(sa, address)[0]
             self.mover.ignore_routes_while_down(interface)
             self.mover.quick_neighbour_retries(interface)
+            self.mover.ask_from_own_address(interface)
             self.mover.prepare(interface, address, pht.prefixes.get(address))
             self.mover.route_gateway(interface, address, gateway)
             pht.prepared = (interface, gateway)

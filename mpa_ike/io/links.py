@@ -49,6 +49,7 @@ SIOCGIFFLAGS = 0x8913
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
 QUICK_NEIGHBOUR_RETRY_MS = 100
+ARP_ANNOUNCE_OWN = 2  # the best local address for the target, never the packet's
 
 LinkListener = Callable[[str, bool], object]
 """``listener(interface_name, up)`` on every link change the kernel reports."""
@@ -199,6 +200,19 @@ class AddressMover:
             with contextlib.suppress(OSError, ValueError):
                 if int(knob.read_text()) > QUICK_NEIGHBOUR_RETRY_MS:
                     knob.write_text(f"{QUICK_NEIGHBOUR_RETRY_MS}\n")
+
+    def ask_from_own_address(self, interface: str) -> None:
+        """ARP requests on ``interface`` name an address of its own (``arp_announce``
+        2), whatever packet set them off. The first packet out on the new link may be
+        ESP still on the old path's addresses (the datapath's, routed over the new link
+        the moment the gateway's route there counts): a request naming the old address
+        would teach the gateway that one, and it would have to ask for the nCoA itself
+        before its answer to the update could leave. IPv6 needs nothing: a solicitation
+        names the packet's source only if it is an address of the interface."""
+        knob = Path(f"/proc/sys/net/ipv4/conf/{interface}/arp_announce")
+        with contextlib.suppress(OSError, ValueError):
+            if int(knob.read_text()) < ARP_ANNOUNCE_OWN:
+                knob.write_text(f"{ARP_ANNOUNCE_OWN}\n")
 
     def route_gateway(self, interface: str, address: str, gateway: str) -> None:
         """The gateway on-link through ``interface``, from ``address`` (once the link is
