@@ -278,10 +278,13 @@ class Mobike:
         return True
 
     def _announce_move(self, *, children: bool) -> None:
+        """The move's events: the CHILD SAs' first, as they carry the traffic (the
+        datapath moves them before whatever the IKE SA's event sets off is done: a log
+        line, an accounting update), then the IKE SA's."""
         sa = self._sa
-        sa.emit(IkeSaAddressesUpdated(sa.local_spi, sa.name, sa.local, sa.remote, sa.encap))
         if children:
             self._move_children()
+        sa.emit(IkeSaAddressesUpdated(sa.local_spi, sa.name, sa.local, sa.remote, sa.encap))
 
     def _move_children(self) -> None:
         sa = self._sa
