@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# After the gateway's answer, the clean-up waits for the first packets on the new path.
+CLEAN_UP_AFTER = 0.01
+TURN = 1e-6  # a timer's minimum: the next round of the loop, after its I/O
+
 
 @dataclass
 class Pht:
@@ -299,15 +303,18 @@ class Mpa:
         answer, the old path must still deliver), the tunnel's routes for everyone (as
         after connect), the other candidates' PHTs deleted.
 
-        The flow on the new path does not wait for this: each kernel call (a tenth of
-        a millisecond on a busy host, an address removal more, as the kernel tells
-        every rtnetlink listener) comes in a turn of the loop of its own, after the
-        packets that arrived meanwhile (the first ESP from the new path comes within a
-        millisecond or two of the answer)."""
+        The flow on the new path does not wait for this. Its first packets come within
+        a millisecond or two of the answer (the gateway moves as it answers); the
+        kernel calls (a tenth of a millisecond or more each on a busy host, an address
+        removal more, as the kernel tells every rtnetlink listener) start
+        ``CLEAN_UP_AFTER`` later, each in a turn of the loop of its own after the
+        packets that arrived meanwhile."""
         userspace = self.service.glue.userspace
+        wait = CLEAN_UP_AFTER
         for address in pht.addresses:
-            if not await self._next_turn(pht):
+            if not await self._next_turn(pht, wait):
                 return
+            wait = TURN
             with contextlib.suppress(Exception):
                 self.service.glue.take_inner_address(pht.ike_sa, address)
             # Only with the address off the device: removing it takes the routes
@@ -332,11 +339,12 @@ class Mpa:
             self.service.resolver.apply(pht.ike_sa, pht.name, pht.interface, sa.dns)
         self.service.autopreauth.kick(f"moved to {pht.name}", network_changed=True)
 
-    async def _next_turn(self, pht: Pht) -> bool:
-        """One turn of the loop (what arrived meanwhile is handled first); whether the
-        moved IKE SA still lives (it may have ended meanwhile: then its release has
-        undone the move)."""
-        await asyncio.sleep(0)
+    async def _next_turn(self, pht: Pht, delay: float = TURN) -> bool:
+        """A turn of the loop, on a timer: it comes after the packets that arrived
+        meanwhile (the loop runs a timer after the sockets' callbacks of its round);
+        whether the moved IKE SA still lives (it may have ended meanwhile: then its
+        release has undone the move)."""
+        await asyncio.sleep(delay)
         sa = self.service.endpoint.sas.get(pht.ike_sa)
         return sa is not None and not sa.closed
 
