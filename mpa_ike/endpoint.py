@@ -157,8 +157,10 @@ class Endpoint:
         # the SAs touched since the last drain (the only ones that can have something to
         # send, a new timer, or have closed), and a heap of timers checked lazily.
         self._touched: dict[int, IkeSa] = {}
-        self._timers: list[tuple[float, int, IkeSa]] = []
-        self._armed: dict[int, float] = {}  # id(sa) -> the deadline on the heap
+        # The heap holds (deadline, id(sa)) only, so that a stale entry keeps no closed
+        # SA alive until its deadline; _armed maps id(sa) to the current one and the SA.
+        self._timers: list[tuple[float, int]] = []
+        self._armed: dict[int, tuple[float, IkeSa]] = {}
         self._next_prune = 0.0
         self.counters: Counter[str] = Counter()
 
@@ -181,13 +183,14 @@ class Endpoint:
         for sa in self._touched.values():
             self._arm(sa)
         while self._timers:
-            deadline, _, sa = self._timers[0]
-            current = self._armed.get(id(sa)) == deadline
-            if current and not sa.closed:
+            deadline, key = self._timers[0]
+            armed = self._armed.get(key)
+            current = armed is not None and armed[0] == deadline
+            if armed is not None and current and not armed[1].closed:
                 return deadline
             heapq.heappop(self._timers)
             if current:
-                del self._armed[id(sa)]
+                del self._armed[key]
         return None
 
     def _arm(self, sa: IkeSa) -> None:
@@ -195,9 +198,11 @@ class Endpoint:
         deadline = None if sa.closed else sa.get_timer()
         if deadline is None:
             self._armed.pop(id(sa), None)
-        elif self._armed.get(id(sa)) != deadline:
-            self._armed[id(sa)] = deadline
-            heapq.heappush(self._timers, (deadline, id(sa), sa))
+            return
+        armed = self._armed.get(id(sa))
+        if armed is None or armed[0] != deadline:
+            self._armed[id(sa)] = (deadline, sa)
+            heapq.heappush(self._timers, (deadline, id(sa)))
 
     # ------------------------------------------------------------------
     # SAs and status
@@ -357,13 +362,14 @@ class Endpoint:
             self._arm(sa)
         due = []
         while self._timers and self._timers[0][0] <= now:
-            deadline, _, sa = heapq.heappop(self._timers)
-            if self._armed.get(id(sa)) == deadline:
-                del self._armed[id(sa)]
-                due.append(sa)
+            deadline, key = heapq.heappop(self._timers)
+            armed = self._armed.get(key)
+            if armed is not None and armed[0] == deadline:
+                del self._armed[key]
+                due.append(armed[1])
         for sa in due:
-            timer = sa.get_timer()
-            if timer is not None and timer <= now and not sa.closed:
+            timer = None if sa.closed else sa.get_timer()
+            if timer is not None and timer <= now:
                 sa.handle_timer(now)
             self._collect(sa)
 
@@ -503,6 +509,7 @@ class Endpoint:
                 del self._sas[sa.local_spi]
                 self._keep_last_response(sa, now)
                 self._closed_sa_counters.update(sa.counters)
+                sa.release()
         if now >= self._next_prune:
             self._prune(now)
 
@@ -559,7 +566,7 @@ class Endpoint:
             return
         digest = hashlib.sha256(data).digest()
         known = self._init_packets.get(digest)
-        if known is not None:
+        if known is not None and not known.closed:
             known.resend_init_response(src, dst)
             self._touched[id(known)] = known
             return
@@ -628,6 +635,8 @@ class Endpoint:
         if sa.state != IkeSaState.INIT_DONE:
             self._outbox.extend(sa.datagrams_to_send(now))
             self._drop_events_of_refused(sa)
+            self._touched.pop(id(sa), None)
+            sa.release()
             return
         self._sas[sa.local_spi] = sa
         self._half_open[id(sa)] = sa

@@ -478,6 +478,20 @@ class IkeSa:
     # ------------------------------------------------------------------
     # Closing
 
+    def release(self) -> None:
+        """Let go of this closed IKE SA's parts once the endpoint has forgotten it.
+
+        The parts (the exchanges, MOBIKE, rekey, liveness, the handshake) refer back to
+        the SA, so that without this a closed SA and all it holds (keys, messages, the
+        peer's payloads) waits for Python's cycle collector; under a flood of
+        IKE_SA_INIT that is thousands of them, and the process's memory stays grown.
+        What remains answers ``state``, ``closed``, ``counters`` and events only."""
+        if not self.closed:
+            raise LocalProtocolError("only a closed IKE SA lets go of its parts")
+        self._handlers.clear()
+        self._initiator_handshake = self._responder_handshake = None
+        del self._exchanges, self._mobike, self._rekey, self._liveness
+
     def _close(self, final: Event, by_peer: bool) -> None:
         for child in self.children.values():
             if child.state in CHILD_IN_DATAPATH:
