@@ -49,6 +49,19 @@ _ZERO_IV = modes.CBC(bytes(16))  # AES-CBC's, the IV sent being encrypted ahead
 class SkCipher:
     """One direction of SK payload protection (initiator->responder or back)."""
 
+    # Two per IKE SA held: slots rather than a dictionary each.
+    __slots__ = (
+        "_aead",
+        "_aes",
+        "_cbc",
+        "_integ_key",
+        "_overhead",
+        "_random",
+        "_salt",
+        "encr",
+        "integ",
+    )
+
     def __init__(
         self,
         encr_id: int,
