@@ -307,6 +307,14 @@ class Endpoint:
         ``new_local`` (and ``new_remote``) and send UPDATE_SA_ADDRESSES from there."""
         self._command(spi, lambda sa: sa.update_addresses(new_local, now, new_remote))
 
+    def prepare_update(
+        self, spi: bytes, new_local: Address, new_remote: Address | None = None
+    ) -> None:
+        """MOBIKE, mobile node: build the UPDATE_SA_ADDRESSES of a move to ``new_local``
+        (and ``new_remote``) ahead of it, so that :meth:`update_addresses` to there sends
+        it without building it (the link it goes over is not up yet)."""
+        self._command(spi, lambda sa: sa.prepare_update(new_local, new_remote))
+
     def nat_mapping(self, spi: bytes, new_remote: Address, now: float) -> None:
         """The datapath saw the peer's authenticated ESP in UDP come from ``new_remote``
         (a NAT's new mapping): the IKE SA and its CHILD SAs follow where RFC 7296 §2.23

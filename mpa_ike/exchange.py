@@ -198,6 +198,32 @@ class Exchanges:
             exchange, self._my_next_id, datagrams, on_response, now, on_give_up, retransmit
         )
 
+    def seal_request(
+        self, exchange: ExchangeType, payloads: Sequence[Payload]
+    ) -> tuple[int, list[bytes]]:
+        """A protected request with the next Message ID, built but not sent: (Message ID,
+        datagrams) for :meth:`send_sealed` later."""
+        message_id = self._my_next_id
+        return message_id, self._seal(self.header(exchange, message_id, False), payloads)
+
+    def send_sealed(
+        self,
+        exchange: ExchangeType,
+        sealed: tuple[int, list[bytes]],
+        on_response: OnResponse,
+        now: float,
+        retransmit: RetransmitPolicy | None = None,
+    ) -> bool:
+        """Send a request :meth:`seal_request` built, if its Message ID is still the next
+        one and none is outstanding; False if not (it is stale: build it anew). A
+        Message ID is only left unused after a request with it went out when the IKE
+        SA gives up, so a request still numbered next never went out."""
+        message_id, datagrams = sealed
+        if self._outstanding is not None or message_id != self._my_next_id:
+            return False
+        self.send_request(exchange, message_id, datagrams, on_response, now, None, retransmit)
+        return True
+
     def send_request(
         self,
         exchange: ExchangeType,

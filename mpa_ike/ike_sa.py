@@ -626,17 +626,19 @@ class IkeSa:
     def _force_encap(self) -> bool:
         return isinstance(self._config, InitiatorConfig) and self._config.force_encap
 
-    def natd_notifies(self) -> list[NotifyPayload]:
-        """§2.23: NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for the present path."""
+    def natd_notifies(self, path: tuple[Address, Address] | None = None) -> list[NotifyPayload]:
+        """§2.23: NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for the present path, or
+        for ``path`` (local, remote)."""
+        local, remote = path if path is not None else (self.local, self.remote)
         spi_r = self.spi_r
-        source = natd(self.spi_i, spi_r, self.local)
+        source = natd(self.spi_i, spi_r, local)
         if self._force_encap:
             # strongSwan's encap=yes: a source hash that cannot match claims a NAT.
             source = self._random(len(source))
         return [
             NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=source),
             NotifyPayload(
-                NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd(self.spi_i, spi_r, self.remote)
+                NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd(self.spi_i, spi_r, remote)
             ),
         ]
 
@@ -906,6 +908,11 @@ class IkeSa:
         """Command (mobile node): UPDATE_SA_ADDRESSES from our new address (RFC 4555
         §3.5), see :meth:`mpa_ike.mobike.Mobike.move_to`."""
         self._mobike.move_to(new_local, now, new_remote)
+
+    def prepare_update(self, new_local: Address, new_remote: Address | None = None) -> None:
+        """Command (mobile node): the UPDATE_SA_ADDRESSES of a coming move, built ahead,
+        see :meth:`mpa_ike.mobike.Mobike.prepare_update`."""
+        self._mobike.prepare_update(new_local, new_remote)
 
     def follow_nat_mapping(self, new_remote: Address) -> bool:
         """The datapath saw the peer's ESP in UDP from ``new_remote``: see

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from mpa_ike.address_policy import AddressCheck, AddressPolicy, AddressPolicyMode, IkeSaInfo
@@ -62,6 +63,16 @@ COOKIE2_SIZE = 16  # §3.7: 8 to 64 octets
 Random = Callable[[int], bytes]
 
 
+@dataclass(frozen=True)
+class PreparedUpdate:
+    """An UPDATE_SA_ADDRESSES built ahead of the move it announces: the path it is for,
+    its COOKIE2, and the request as ``Exchanges.seal_request`` made it."""
+
+    path: tuple[Address, Address]
+    cookie: bytes
+    sealed: tuple[int, list[bytes]]
+
+
 class MobikeHost(Protocol):
     """What MOBIKE reads and moves of its IKE SA."""
 
@@ -86,7 +97,7 @@ class MobikeHost(Protocol):
 
     def emit(self, event: Event) -> None: ...
 
-    def natd_notifies(self) -> list[NotifyPayload]: ...
+    def natd_notifies(self, path: tuple[Address, Address] | None = None) -> list[NotifyPayload]: ...
 
     def detect_nat(self, message: Message, src: Address, dst: Address) -> None: ...
 
@@ -147,6 +158,7 @@ class Mobike:
         self._refusals = 0
         self._update_queued = False
         self._update_again = False
+        self._prepared: PreparedUpdate | None = None
         self.peer_addresses: tuple[IPAddress, ...] = ()
 
     @property
@@ -187,8 +199,26 @@ class Mobike:
         if not self._update_queued:
             self.send_update(now)
 
+    def prepare_update(self, new_local: Address, new_remote: Address | None = None) -> None:
+        """Command (mobile node): build the UPDATE_SA_ADDRESSES of a move to
+        ``new_local`` (and ``new_remote``) ahead of it, while the link it will go over
+        is not up: the move then sends it at once. It is built anew at the move if the
+        move goes elsewhere or another request went out meanwhile (its Message ID is
+        taken)."""
+        sa, config = self._sa, self._sa.config
+        self._prepared = None
+        if not isinstance(config, InitiatorConfig) or not sa.mobike:
+            return
+        if sa.state != IkeSaState.ESTABLISHED or self._exchanges.busy or self.update_pending:
+            return
+        path = (new_local, new_remote or sa.remote)
+        cookie, payloads = self._update_payloads(path)
+        sealed = self._exchanges.seal_request(ExchangeType.INFORMATIONAL, payloads)
+        self._prepared = PreparedUpdate(path, cookie, sealed)
+
     def send_update(self, now: float) -> None:
-        """Built when it leaves, so that it describes the addresses of that moment."""
+        """Built when it leaves, so that it describes the addresses of that moment (or
+        built ahead for them by :meth:`prepare_update`)."""
         sa, exchanges, config = self._sa, self._exchanges, self._sa.config
         if sa.state != IkeSaState.ESTABLISHED or not isinstance(config, InitiatorConfig):
             self._update_queued = False
@@ -200,24 +230,30 @@ class Mobike:
             return
         self._update_queued = False
         self._update_again = False
+        sa.counters["updates_sent"] += 1
+        retransmit = config.update_retransmit
+        exchange, answered = ExchangeType.INFORMATIONAL, self._on_update_response
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.path == (sa.local, sa.remote):
+            self._update_cookie = prepared.cookie
+            if exchanges.send_sealed(exchange, prepared.sealed, answered, now, retransmit):
+                return
+        self._update_cookie, payloads = self._update_payloads((sa.local, sa.remote))
+        exchanges.request(exchange, payloads, answered, now, retransmit=retransmit)
+
+    def _update_payloads(self, path: tuple[Address, Address]) -> tuple[bytes, list[Payload]]:
+        """(COOKIE2, payloads) of an UPDATE_SA_ADDRESSES sent over ``path``."""
+        sa, config = self._sa, self._sa.config
         cookie = self._random(COOKIE2_SIZE)
         payloads: list[Payload] = [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES)]
-        payloads += sa.natd_notifies()
-        if config.no_nats_allowed:
-            local, remote = sa.local, sa.remote
+        payloads += sa.natd_notifies(path)
+        if isinstance(config, InitiatorConfig) and config.no_nats_allowed:
+            local, remote = path
             payloads.append(
                 no_nats_allowed_notify(ip_of(local), ip_of(remote), local[1], remote[1])
             )
         payloads.append(cookie2_notify(cookie))
-        self._update_cookie = cookie
-        sa.counters["updates_sent"] += 1
-        exchanges.request(
-            ExchangeType.INFORMATIONAL,
-            payloads,
-            self._on_update_response,
-            now,
-            retransmit=config.update_retransmit,
-        )
+        return cookie, payloads
 
     def _on_update_response(self, message: Message, now: float) -> None:
         """§3.5/§3.7: the answer must echo our COOKIE2, else the SA is closed."""

@@ -496,3 +496,45 @@ def test_address_list_in_ike_auth(
     assert gateway.peer_additional_addresses == (extra,)
     names = [type(e).__name__ for e in link.gateway_events]
     assert names.index("PeerAddressesAnnounced") > names.index("IkeSaEstablished")
+
+
+def _updates(link: Link) -> list[bytes]:
+    return [t.datagram.data for t in link.log if t.direction == "m->g"]
+
+
+def test_a_prepared_update_leaves_as_built(pool: AddressPool[object]) -> None:
+    """Built while the new link is down, the update leaves at the move without being
+    built again (the same bytes), and the gateway accepts it."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    link.mobile.prepare_update(mobile.local_spi, LEASE)
+    assert not link.mobile.datagrams_to_send(link.now)  # nothing goes out yet
+    (prepared,) = [mobile._mobike._prepared]
+    assert prepared is not None
+    before = len(_updates(link))
+    move(link, LEASE)
+    assert _updates(link)[before] == prepared.sealed[1][0]
+    assert gateway.remote == LEASE and gateway.counters["updates_accepted"] == 1
+    assert mobile.counters["updates_sent"] == 1
+
+
+def test_a_prepared_update_is_built_anew_when_stale(pool: AddressPool[object]) -> None:
+    """Another request went out after it was built (its Message ID is taken), or the
+    move goes elsewhere: the update is built anew, and accepted."""
+    link = up(pool)
+    mobile, gateway = sas(link)
+    link.mobile.prepare_update(mobile.local_spi, LEASE)
+    prepared = mobile._mobike._prepared
+    assert prepared is not None
+    link.mobile.send_additional_addresses(mobile.local_spi, [], link.now)
+    link.run(until=link.now + 10)
+    move(link, LEASE)
+    assert prepared.sealed[1][0] not in _updates(link)
+    assert gateway.remote == LEASE and gateway.counters["updates_accepted"] == 1
+    # Prepared for one path, moved along another: built for the path taken.
+    link.mobile.prepare_update(mobile.local_spi, ELSEWHERE)
+    prepared = mobile._mobike._prepared
+    assert prepared is not None
+    move(link, (LEASE[0], 500))
+    assert prepared.sealed[1][0] not in _updates(link)
+    assert gateway.remote == (LEASE[0], 500)
