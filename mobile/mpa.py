@@ -351,18 +351,21 @@ class Mpa:
     def _prepare(self, pht: Pht, sa: IkeSa, interface: str) -> None:
         """While waiting for the link: the nCoA on the interface (it stays on the TUN
         device too, so the tunnel still delivers it) and the route to the gateway
-        through it, ignored by the kernel until the link is up. At link up only the
-        update is left to send."""
+        through it, ignored by the kernel until the link is up, and the update built
+        (:meth:`mpa_ike.mobike.Mobike.prepare_update`). At link up only the update is
+        left to send."""
         assert self.mover is not None
         address = pht.addresses[0]
         try:
-            gateway = self._remote_for(sa, address)[0]
+            remote = self._remote_for(sa, address)
+            gateway = remote[0]
             self.mover.ignore_routes_while_down(interface)
             self.mover.quick_neighbour_retries(interface)
             self.mover.ask_from_own_address(interface)
             self.mover.prepare(interface, address, pht.prefixes.get(address))
             self.mover.route_gateway(interface, address, gateway)
             pht.prepared = (interface, gateway)
+            self.service.endpoint.prepare_update(sa.local_spi, (address, sa.local[1]), remote)
         except Exception as error:  # done again at the move, with the error reported
             log.warning("%s: preparing %s: %s", pht.name, interface, error)
 
