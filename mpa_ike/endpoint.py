@@ -74,6 +74,7 @@ from mpa_ike.admission import (
     InitScan,
     SourceRateLimiter,
     cookie_response,
+    read_new_init_request,
     scan_init_request,
 )
 from mpa_ike.constants import (
@@ -392,6 +393,8 @@ class Endpoint:
         if len(data) < HEADER_LENGTH:
             self.counters["dropped_short"] += 1
             return
+        if self._answered_with_cookie(data, src, dst, now):
+            return
         header = parse_header(data)
         if self._is_new_init_request(header):
             self._on_init_request(data, header, src, dst, now)
@@ -694,10 +697,45 @@ class Endpoint:
             if self._cookies.check(scan.cookie, material, now, limits):
                 return True
             self.counters["cookies_refused"] += 1
-        self.counters["cookies_sent"] += 1
-        cookie = self._cookies.make(material, now, limits)
-        self._outbox.append(Datagram(cookie_response(header.spi_i, cookie), dst, src))
+        self._send_cookie(header.spi_i, material, src, dst, now)
         return False
+
+    def _send_cookie(
+        self, spi_i: bytes, material: bytes, src: Address, dst: Address, now: float
+    ) -> None:
+        assert self.responder is not None
+        self.counters["cookies_sent"] += 1
+        cookie = self._cookies.make(material, now, self.responder.limits)
+        self._outbox.append(Datagram(cookie_response(spi_i, cookie), dst, src))
+
+    def _answered_with_cookie(self, data: bytes, src: Address, dst: Address, now: float) -> bool:
+        """Under load, a new IKE_SA_INIT request without a COOKIE is answered from its
+        octets: the checks of :meth:`_on_init_request` in its order, on what
+        :func:`read_new_init_request` reads, without the header's dataclass or the
+        parser, for a flood's answer costs what the intake costs (§2.6). False, having
+        changed nothing, for what the full intake must decide."""
+        if self.responder is None:
+            return False
+        request = read_new_init_request(data)
+        if request is None or request.scan.cookie is not None:
+            return False
+        limits = self.responder.limits
+        half_open = self.half_open_count()
+        if half_open < self.half_open_threshold or half_open >= limits.half_open_limit:
+            return False
+        if not self._init_rate.allow(src[0], now, limits):
+            self.counters["dropped_init_rate"] += 1
+            return True
+        known = self._init_packets.get(hashlib.sha256(data).digest())
+        if known is None or known.closed:
+            spi_i, nonce = request.spi_i, request.scan.nonce
+            known = self._init_nonces.get((src[0], spi_i, nonce))
+            if known is None or known.closed:
+                self._send_cookie(spi_i, nonce + src[0].encode() + spi_i, src, dst, now)
+                return True
+        known.resend_init_response(src, dst)
+        self._touched[id(known)] = known
+        return True
 
 
 def _half_open(sa: IkeSa) -> bool:
