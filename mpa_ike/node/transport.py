@@ -13,6 +13,11 @@ its ``listen`` addresses with IP_FREEBIND, so it may start before they are confi
 Port 4500 carries IKE behind the non-ESP marker, NAT keepalives (one 0xFF octet, ignored)
 and ESP in UDP (RFC 3948), which goes to ``esp_handler`` for the datapath;
 :meth:`IkeTransport.send_raw` sends the datapath's ESP from the same socket.
+
+A responder's endpoint faces IKE_SA_INIT from anyone: each of its addresses and ports
+gets two receive queues (:mod:`mpa_ike.node.lanes`), and every wake-up reads the
+priority lane (messages of handshakes under way, ESP) before the bulk lane's batch, so
+that under a flood only the first message of a handshake waits in the flood's queue.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mpa_ike.datagram import Address, Datagram, frame_for_socket, unframe_from_s
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.events import Event
 from mpa_ike.io.policy_routing import mark_socket
+from mpa_ike.node.lanes import open_lanes
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +93,32 @@ class _IkeProtocol(asyncio.DatagramProtocol):
         self.local = local
         self.sock = sock
         self.transport: asyncio.DatagramTransport | None = None
+        self.priority: _IkeProtocol | None = None  # the lane read before this one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         with self.owner.batch():
-            self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
-            for _ in range(DRAIN_BATCH):
-                if self.transport is None or self.transport.is_closing():
-                    return
-                try:
-                    data, addr = self.sock.recvfrom(RECEIVE_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as error:
-                    self.error_received(error)
-                    return
-                self.owner.datagram_received(data, (str(addr[0]), int(addr[1])), self.local)
+            if self.priority is not None:
+                self.priority.drain()
+            self.owner.datagram_received(data, _peer(addr), self.local)
+            self.drain()
+
+    def drain(self) -> None:
+        """Read what the socket holds, up to DRAIN_BATCH datagrams."""
+        received, local = self.owner.datagram_received, self.local
+        for _ in range(DRAIN_BATCH):
+            if self.transport is None or self.transport.is_closing():
+                return
+            try:
+                data, addr = self.sock.recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.error_received(error)
+                return
+            received(data, _peer(addr), local)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable and the like: IKE retransmits, nothing to do here.
@@ -125,7 +139,8 @@ class IkeTransport:
         self.on_event = on_event
         self.esp_handler = esp_handler
         self._loop = asyncio.get_running_loop()
-        self._sockets: dict[Address, _IkeProtocol] = {}
+        self._sockets: dict[Address, _IkeProtocol] = {}  # the bulk lane's, or the only
+        self._priority: dict[Address, _IkeProtocol] = {}
         self._binding = asyncio.Lock()  # two binds of one address must not both open it
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -165,22 +180,41 @@ class IkeTransport:
                 local = normalize((address, port))
                 if local in self._sockets:
                     continue
-                sock = _open_socket(local, freebind)
-                if self._mark is not None:
-                    mark_socket(sock, self._mark)
-                if self._kernel_esp and port == NAT_T_PORT:
-                    _hand_esp_to_kernel(sock)
-                _, protocol = await self._loop.create_datagram_endpoint(
-                    functools.partial(_IkeProtocol, self, local, sock), sock=sock
-                )
-                self._sockets[local] = protocol
+                bulk, priority = self._open(local, freebind)
+                self._sockets[local] = await self._serve(local, bulk)
+                if priority is not None:
+                    self._priority[local] = await self._serve(local, priority)
+                    self._sockets[local].priority = self._priority[local]
                 log.debug("listening on %s", _text(local))
+
+    def _open(self, local: Address, freebind: bool) -> tuple[socket.socket, socket.socket | None]:
+        """A responder's two lanes, anything else's one socket."""
+        prepare = functools.partial(_prepare, local, freebind)
+        if self.endpoint.responder is None:
+            sock = socket.socket(_family(local), socket.SOCK_DGRAM)
+            return _bound(sock, local, prepare), None
+        try:
+            lanes = open_lanes(local, _family(local), prepare)
+        except OSError as error:
+            raise TransportError(f"cannot listen on {_text(local)}: {error.strerror}") from None
+        return lanes.bulk, lanes.priority
+
+    async def _serve(self, local: Address, sock: socket.socket) -> _IkeProtocol:
+        sock.setblocking(False)
+        if self._mark is not None:
+            mark_socket(sock, self._mark)
+        if self._kernel_esp and local[1] == NAT_T_PORT:
+            _hand_esp_to_kernel(sock)
+        _, protocol = await self._loop.create_datagram_endpoint(
+            functools.partial(_IkeProtocol, self, local, sock), sock=sock
+        )
+        return protocol
 
     def mark_sockets(self, mark: int) -> None:
         """Mark what every socket, present and future, sends (policy routing by mark:
         see :mod:`mpa_ike.io.policy_routing`)."""
         self._mark = mark
-        for protocol in self._sockets.values():
+        for protocol in self._protocols():
             if protocol.transport is not None:
                 mark_socket(protocol.transport.get_extra_info("socket"), mark)
 
@@ -188,18 +222,22 @@ class IkeTransport:
         """The XFRM datapath: ESP in UDP on our 4500 sockets goes to the kernel's SAs,
         as charon sets UDP_ENCAP on its socket; IKE behind the marker still comes here."""
         self._kernel_esp = True
-        for local, protocol in self._sockets.items():
-            if local[1] == NAT_T_PORT and protocol.transport is not None:
+        for protocol in self._protocols():
+            if protocol.local[1] == NAT_T_PORT and protocol.transport is not None:
                 _hand_esp_to_kernel(protocol.transport.get_extra_info("socket"))
+
+    def _protocols(self) -> list[_IkeProtocol]:
+        return [*self._sockets.values(), *self._priority.values()]
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for protocol in self._sockets.values():
+        for protocol in self._protocols():
             if protocol.transport is not None:
                 protocol.transport.close()
         self._sockets.clear()
+        self._priority.clear()
 
     # ------------------------------------------------------------------
     # Input
@@ -212,9 +250,10 @@ class IkeTransport:
             else:
                 self._esp_received(payload, src, local)
             return
-        errors = self.endpoint.counters["internal_errors"]
-        self.endpoint.receive_datagram(message, src, local, self.now())
-        failures = self.endpoint.counters["internal_errors"]
+        counters = self.endpoint.counters
+        errors = counters.get("internal_errors", 0)
+        self.endpoint.receive_datagram(message, src, local, self._loop.time())
+        failures = counters.get("internal_errors", 0)
         if failures != errors and _worth_logging(failures):
             log.error(
                 "the IKE core failed on a datagram from %s (dropped; %d so far)",
@@ -304,27 +343,39 @@ class IkeTransport:
         self._timer = self._loop.call_at(when, self._on_timer)
 
 
-def _open_socket(local: Address, freebind: bool) -> socket.socket:
-    version = ipaddress.ip_address(local[0]).version
-    family = socket.AF_INET6 if version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+def _family(local: Address) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(local[0]).version == 6 else socket.AF_INET
+
+
+def _prepare(local: Address, freebind: bool, sock: socket.socket) -> None:
+    """A socket's options before its bind."""
+    if _family(local) == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if freebind:
+        level, option = (
+            (socket.IPPROTO_IPV6, IPV6_FREEBIND)
+            if _family(local) == socket.AF_INET6
+            else (socket.IPPROTO_IP, IP_FREEBIND)
+        )
+        with contextlib.suppress(OSError):  # an old kernel: bind fails clearly below
+            sock.setsockopt(level, option, 1)
+
+
+def _bound(
+    sock: socket.socket, local: Address, prepare: Callable[[socket.socket], None]
+) -> socket.socket:
     try:
-        if version == 6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if freebind:
-            level, option = (
-                (socket.IPPROTO_IPV6, IPV6_FREEBIND)
-                if version == 6
-                else (socket.IPPROTO_IP, IP_FREEBIND)
-            )
-            with contextlib.suppress(OSError):  # an old kernel: bind fails clearly below
-                sock.setsockopt(level, option, 1)
-        sock.setblocking(False)
+        prepare(sock)
         sock.bind(local)
     except OSError as error:
         sock.close()
         raise TransportError(f"cannot listen on {_text(local)}: {error.strerror}") from None
     return sock
+
+
+def _peer(addr: tuple[Any, ...]) -> Address:
+    """The sender as the core names addresses: an IPv6 one without flow and scope ids."""
+    return addr if len(addr) == 2 else (addr[0], addr[1])
 
 
 def _hand_esp_to_kernel(sock: Any) -> None:
