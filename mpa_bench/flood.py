@@ -49,6 +49,7 @@ SUBNET = "198.18.0.0/15"  # RFC 2544's benchmarking addresses
 SAMPLE_EVERY = 0.5
 HALF_OPEN_THRESHOLD = 30  # gateway.config's default half_open_threshold
 HALF_OPEN_TIMEOUT = 30.0  # mpa_ike.ike_config.DEFAULT_HALF_OPEN_TIMEOUT
+REFILL = 0.05  # s after a mobile node's own work before its first IKE_SA_INIT leaves
 CONNECT_TIMEOUT = 15.0  # beyond the initiator's second retransmission (4 s, 11.2 s)
 
 
@@ -91,6 +92,7 @@ class Report:
     flood_seconds: float = 0.0
     setups: list[float] = field(default_factory=list)  # seconds, each mobile node
     setup_failures: list[str] = field(default_factory=list)
+    retransmissions: list[int] = field(default_factory=list)  # each mobile node up
     counters_before: dict[str, int] = field(default_factory=dict)
     counters_after: dict[str, int] = field(default_factory=dict)
     udp_rcvbuf_errors: int = 0
@@ -134,14 +136,25 @@ def rcvbuf_errors(rig: Rig) -> int:
     return rig.udp_counters().get("RcvbufErrors", 0)
 
 
-def set_up(rig: Rig, k: int, timeout: float) -> float:
-    """One mobile node from its first IKE_SA_INIT to its CHILD SA; then deleted."""
+def set_up(rig: Rig, k: int, timeout: float, report: Report | None = None) -> float:
+    """One mobile node from its first IKE_SA_INIT to its CHILD SA; then deleted.
+
+    The mobile nodes share the senders' core: while one works (its address added by a
+    subprocess, its request built), the flood stops and the gateway's queue empties,
+    and a request sent right after would find room that a flood from elsewhere does not
+    leave. So each step is followed by REFILL seconds for the flood to fill the queue
+    again before the request leaves, and the time counts from there."""
     node = mobile_node(rig, k)
     try:
+        time.sleep(REFILL)
+        node.start(time.monotonic())
+        time.sleep(REFILL)
         start = time.monotonic()
-        node.start(start)
         pump_until([node], lambda: node.up, timeout)
         took = time.monotonic() - start
+        sa = node.endpoint.sas.get(node.spi)
+        if report is not None and sa is not None:
+            report.retransmissions.append(sa.counters.get("retransmitted", 0))
         node.endpoint.delete(node.spi, time.monotonic())
         end = time.monotonic() + 1.0
         while time.monotonic() < end and any(not sa.closed for sa in node.endpoint):
@@ -200,7 +213,7 @@ def campaign(rig: Rig, args: argparse.Namespace, report: Report) -> None:
         time.sleep(min(0.5, args.seconds / 4))  # the flood is on
         while time.monotonic() - started < args.seconds - args.setup_limit:
             try:
-                took = set_up(rig, k, CONNECT_TIMEOUT)
+                took = set_up(rig, k, CONNECT_TIMEOUT, report)
                 report.setups.append(round(took, 4))
                 print(f"{PROG}: mobile node {k} up in {took * 1000:.0f} ms", flush=True)
             except TimeoutError:
@@ -277,6 +290,8 @@ def print_report(report: Report) -> None:
     median = setups[len(setups) // 2] if setups else 0.0
     print(f"flood: {report.sent} IKE_SA_INIT in {report.flood_seconds:.1f} s", end="")
     print(f" = {report.rate:,.0f}/s sent ({report.send_errors} send errors)")
+    answered = report.counter("cookies_sent") / report.sent if report.sent else 0.0
+    print(f"  answered: {answered:.1%} of the flood (a new initiator's first request's chance)")
     cpu = report.gateway_cpu_seconds
     cookies = report.counter("cookies_sent")
     print(
@@ -290,7 +305,8 @@ def print_report(report: Report) -> None:
     print(f"  half-open SAs: peak {report.half_open_peak}, at the end {report.half_open_end}")
     print(
         f"mobile nodes: {len(setups)} set-ups during the flood, median {median * 1000:.0f} ms,"
-        f" max {max(setups, default=0) * 1000:.0f} ms, {len(report.setup_failures)} failed"
+        f" max {max(setups, default=0) * 1000:.0f} ms, {len(report.setup_failures)} failed;"
+        f" retransmissions each: {report.retransmissions}"
     )
     print(
         f"RSS: before {report.rss_start} KiB, peak {report.rss_peak} KiB, "
