@@ -38,7 +38,12 @@ The phases, for each gateway:
    reported: a gateway far from 100 % means the initiators were the limit;
 4. latency: open loop at half the saturation rate, evenly spaced, for
    ``--latency-duration`` seconds; p50 and p99 of the time from the scheduled start to
-   the IKE_AUTH response that brings the CHILD SA, as the initiator sees it.
+   the IKE_AUTH response that brings the CHILD SA, as the initiator sees it;
+5. mpa-gateway only (not with ``--no-traced``): the gateway started again under
+   ``python -X tracemalloc``, ``--hold`` IKE SAs set up and kept, and the growth of
+   what Python's allocator traces (the control socket's ``memory``) divided by their
+   number: the objects an IKE SA keeps, without the free lists and arenas RSS counts.
+   Tracing slows the gateway, so no other figure is taken from that run.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from mpa_bench.setup_rate_stats import (
     GatewayResult,
     Phase,
     cpu_seconds,
+    kib_per_sa,
     report,
     result,
     run_queue_wait,
@@ -112,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency-duration", type=float, default=10.0, help="latency window, seconds (10)"
     )
-    parser.add_argument("--hold", type=int, default=2000, help="IKE SAs held for memory (2000)")
+    parser.add_argument("--hold", type=int, default=10_000, help="IKE SAs held for memory (10000)")
+    parser.add_argument(
+        "--no-traced",
+        action="store_true",
+        help="skip mpa-gateway's second memory phase under tracemalloc",
+    )
     parser.add_argument(
         "--hold-time",
         type=float,
@@ -147,6 +158,7 @@ class Settings:
     key: str
     gateway_cpus: frozenset[int]
     initiator_cpus: frozenset[int]
+    traced: bool = True
 
     @property
     def block(self) -> int:
@@ -172,6 +184,7 @@ def settings(args: argparse.Namespace) -> Settings:
         key=key,
         gateway_cpus=cpus(args.gateway_cpu),
         initiator_cpus=cpus(args.initiator_cpus),
+        traced=not args.no_traced,
     )
 
 
@@ -281,20 +294,51 @@ def measure(name: str, setup: Settings, pki: Pki, workdir: Path) -> GatewayResul
 
     workdir.mkdir(parents=True)
     say = progress(name)
-    with two_hosts((LEFT,), (RIGHT,)) as hosts, contextlib.ExitStack() as stack:
+    with two_hosts((LEFT,), (RIGHT,)) as hosts:
         hosts.right.add_addr("lo", f"{PROTECTED_ADDR}/32")
         for n in range(setup.initiators):
             hosts.left.add_addr(hosts.link.a.dev, f"192.0.2.{10 + n}/24")
         gateway_ip = RIGHT.split("/")[0]
         starter = start_mpa_gateway if name == "mpa-gateway" else start_charon
-        say("starting the gateway")
-        with pinned(setup.gateway_cpus):
-            pid = stack.enter_context(starter(hosts.right, workdir, setup, pki, gateway_ip))
-        say(f"gateway pid {pid} on cores {sorted(os.sched_getaffinity(pid))}")
-        workers = stack.enter_context(
-            initiators(hosts.left.name, setup, pki, gateway_ip, workdir, say)
-        )
-        return phases(workers, pid, setup, say)
+        with initiators(hosts.left.name, setup, pki, gateway_ip, workdir, say) as workers:
+            say("starting the gateway")
+            with (
+                pinned(setup.gateway_cpus),
+                starter(hosts.right, workdir, setup, pki, gateway_ip) as pid,
+            ):
+                say(f"gateway pid {pid} on cores {sorted(os.sched_getaffinity(pid))}")
+                figures = phases(workers, pid, setup, say)
+            if name == "mpa-gateway" and setup.traced:
+                traced = workdir / "traced"
+                traced.mkdir()
+                say("memory traced: the gateway again, under -X tracemalloc")
+                with (
+                    pinned(setup.gateway_cpus),
+                    start_mpa_gateway(hosts.right, traced, setup, pki, gateway_ip, traced=True),
+                ):
+                    figures.traced_kib_per_sa = traced_hold(workers, traced / "gw.sock", setup, say)
+        return figures
+
+
+def traced_hold(
+    workers: Workers, socket: Path, setup: Settings, say: Callable[[str], None]
+) -> float:
+    """KiB that Python's allocator holds per IKE SA, ``--hold`` of them up (tracemalloc:
+    what the objects take, without the allocator's free lists and arenas)."""
+    from mpa_ike.node.control_client import call
+
+    warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
+    workers.command(warm)
+    workers.command({"cmd": "release"})
+    time.sleep(0.5)
+    before = call(socket, "memory")["traced_kib"]
+    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time * 3}
+    held = workers.command(hold, per_worker={"count": split(setup.hold, setup.initiators)})
+    time.sleep(1.0)
+    with_them = call(socket, "memory")["traced_kib"]
+    say(f"memory traced: {held['kept']} held, {before / 1024:.1f} -> {with_them / 1024:.1f} MiB")
+    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
+    return kib_per_sa(before, with_them, held["kept"])
 
 
 def phases(
@@ -438,7 +482,7 @@ def pinned(cores: frozenset[int]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def start_mpa_gateway(
-    ns: Any, workdir: Path, setup: Settings, pki: Pki, gateway_ip: str
+    ns: Any, workdir: Path, setup: Settings, pki: Pki, gateway_ip: str, *, traced: bool = False
 ) -> Iterator[int]:
     from mpa_harness import daemon
     from mpa_ike.node.control_client import call
@@ -446,7 +490,8 @@ def start_mpa_gateway(
     pki.cert.write(workdir / "gw.pem", workdir / "gw.key")
     config = workdir / "gateway.yaml"
     config.write_text(yaml.safe_dump(mpa_gateway_config(setup, gateway_ip)))
-    argv = ns.exec_args(daemon.command("gateway.cli", config))
+    python = ("-X", "tracemalloc") if traced else ()
+    argv = ns.exec_args(daemon.command("gateway.cli", config, python))
     socket = workdir / "gw.sock"
     with daemon.running(argv, socket, workdir / "gateway.log") as process:
         deadline = time.monotonic() + 10

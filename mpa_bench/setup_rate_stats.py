@@ -129,6 +129,7 @@ class GatewayResult:
     failed: int  # IKE SAs that did not come up, all phases
     latency_samples: int
     hold_seconds: float = math.nan  # how long the held SAs took to come up
+    traced_kib_per_sa: float = math.nan  # tracemalloc's growth per held SA (mpa-gateway)
 
     @property
     def saturated(self) -> bool:
@@ -219,6 +220,7 @@ def table(gateways: Mapping[str, GatewayResult]) -> str:
         ("IKE SAs/s at saturation", "sa_per_second", "{:.1f}"),
         ("gateway CPU ms per SA", "cpu_s_per_sa", "{:.3f}"),
         ("KiB per held SA (RSS)", "kib_per_sa", "{:.1f}"),
+        ("KiB per held SA (tracemalloc)", "traced_kib_per_sa", "{:.1f}"),
         ("p50 set-up at half rate, ms", "p50_ms", "{:.1f}"),
         ("p99 set-up at half rate, ms", "p99_ms", "{:.1f}"),
     ]

@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -73,7 +74,7 @@ class NodeService:
         return self.glue.datapath
 
     def handlers(self) -> Mapping[str, Handler]:
-        return {"status": self.status}
+        return {"status": self.status, "memory": self.memory}
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """What every daemon's status shows: IKE SAs with counters, drops, the datapath."""
@@ -83,6 +84,12 @@ class NodeService:
             "counters": counters(self.endpoint, self.transport),
             "datapath": self.glue.status(),
         }
+
+    async def memory(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The process's resident memory and, when Python traces its allocations
+        (``-X tracemalloc``), what they hold now and at most: cheap whatever the number
+        of SAs, for a benchmark's memory per SA."""
+        return process_memory()
 
     def new_transport(self) -> IkeTransport:
         if self.metrics is not None:
@@ -259,3 +266,16 @@ async def delete_all_and_wait(transport: IkeTransport, grace: float = DELETE_GRA
     while any(not sa.closed for sa in endpoint) and transport.now() < deadline:
         await asyncio.sleep(0.01)
     transport.process()
+
+
+def process_memory() -> dict[str, Any]:
+    """RSS in KiB (``/proc/self/statm``); traced and peak KiB, or None when not tracing."""
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    traced: tuple[int, int] | None = None
+    if tracemalloc.is_tracing():
+        traced = tracemalloc.get_traced_memory()
+    return {
+        "rss_kib": resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
+        "traced_kib": traced[0] // 1024 if traced else None,
+        "traced_peak_kib": traced[1] // 1024 if traced else None,
+    }

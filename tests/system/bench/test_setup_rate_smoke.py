@@ -1,6 +1,6 @@
 """mpa-bench setup-rate, small: two initiators against mpa-gateway and charon.
 
-Every phase runs (memory, saturation, latency) for a second or two, with a few IKE SAs
+Every phase runs (memory, saturation, latency, mpa-gateway's traced memory) for a second or two, with a few IKE SAs
 each; the JSON holds both gateways' figures and their ratios, nothing failed, and no
 namespace of the run is left.
 """
@@ -53,6 +53,8 @@ def test_small_run_against_both_gateways(tmp_path: Path) -> None:
         assert figures["latency_samples"] > 0
         assert figures["p50_ms"] <= figures["p99_ms"]
         assert figures["failed"] == 0
+    assert document["gateways"]["mpa-gateway"]["traced_kib_per_sa"] > 1
+    assert document["gateways"]["charon"]["traced_kib_per_sa"] is None
     assert document["ratio_to_charon"]["charon"]["sa_per_second"] == 1.0
     assert document["ratio_to_charon"]["mpa-gateway"]["cpu_s_per_sa"] > 0
     assert document["setup"]["datapaths"] == {

@@ -147,11 +147,12 @@ def test_the_command_is_listed_and_its_defaults_fit_the_issue() -> None:
     args = setup_rate.build_parser().parse_args([])
     assert (args.proposal, args.hold, args.gateway_cpu, args.initiator_cpus) == (
         "x25519-ecdsa",
-        2000,
+        10000,
         "0",
         "1",
     )
-    assert setup_rate.build_parser().parse_args(["--hold", "10000"]).hold == 10000
+    assert setup_rate.settings(args).traced
+    assert not setup_rate.settings(setup_rate.build_parser().parse_args(["--no-traced"])).traced
 
 
 def test_users_cover_the_held_sas_and_the_loops() -> None:
