@@ -1,8 +1,8 @@
 """mpa-bench setup-rate, small: two initiators against mpa-gateway and charon.
 
-Every phase runs (memory, saturation, latency, mpa-gateway's traced memory) for a second or two, with a few IKE SAs
-each; the JSON holds both gateways' figures and their ratios, nothing failed, and no
-namespace of the run is left.
+Every phase runs (memory, saturation, latency, mpa-gateway's traced memory) for a second
+or two, with a few IKE SAs each; the JSON holds both gateways' figures and their ratios,
+nothing failed, and no namespace of the run is left.
 """
 
 from __future__ import annotations
