@@ -18,6 +18,8 @@ IKE_SA_INIT request (SPIr zero) goes through:
   creates nothing;
 - the per-source rate limit (``ResponderConfig.limits``, a token bucket per source
   address, :mod:`mpa_ike.admission`): beyond it the request is dropped and counted;
+  under load (COOKIEs demanded) only a request that returns a valid COOKIE takes a
+  token, so that a spoofed flood, answered without state, never fills the table;
 - the hard cap: with ``limits.half_open_limit`` half-open SAs, a new request is
   dropped and counted;
 - the COOKIE check (§2.6): with ``half_open_threshold`` or more half-open SAs,
@@ -571,9 +573,7 @@ class Endpoint:
         if self.responder is None:
             self.counters["dropped_not_responder"] += 1
             return
-        limits = self.responder.limits
-        if not self._init_rate.allow(src[0], now, limits):
-            self.counters["dropped_init_rate"] += 1
+        if not self._demanding_cookies() and not self._within_rate(src, now):
             return
         digest = hashlib.sha256(data).digest()
         known = self._init_packets.get(digest)
@@ -686,8 +686,9 @@ class Endpoint:
         self, header: IkeHeader, scan: InitScan, src: Address, dst: Address, now: float
     ) -> bool:
         """Under load, demand a COOKIE as the first payload; answer one statelessly:
-        ``<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)`` (§2.6)."""
-        if self.half_open_count() < self.half_open_threshold:
+        ``<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)`` (§2.6); a request
+        that returns a valid one takes a token of its source's bucket."""
+        if not self._demanding_cookies():
             return True
         assert self.responder is not None
         limits = self.responder.limits
@@ -695,9 +696,19 @@ class Endpoint:
         material = scan.nonce + src[0].encode() + header.spi_i
         if scan.cookie is not None:
             if self._cookies.check(scan.cookie, material, now, limits):
-                return True
+                return self._within_rate(src, now)
             self.counters["cookies_refused"] += 1
         self._send_cookie(header.spi_i, material, src, dst, now)
+        return False
+
+    def _demanding_cookies(self) -> bool:
+        return self.half_open_count() >= self.half_open_threshold
+
+    def _within_rate(self, src: Address, now: float) -> bool:
+        assert self.responder is not None
+        if self._init_rate.allow(src[0], now, self.responder.limits):
+            return True
+        self.counters["dropped_init_rate"] += 1
         return False
 
     def _send_cookie(
@@ -723,9 +734,6 @@ class Endpoint:
         half_open = self.half_open_count()
         if half_open < self.half_open_threshold or half_open >= limits.half_open_limit:
             return False
-        if not self._init_rate.allow(src[0], now, limits):
-            self.counters["dropped_init_rate"] += 1
-            return True
         known = self._init_packets.get(hashlib.sha256(data).digest())
         if known is None or known.closed:
             spi_i, nonce = request.spi_i, request.scan.nonce

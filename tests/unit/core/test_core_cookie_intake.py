@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.pool import AddressPool
 from mpa_ike.admission import read_new_init_request
+from mpa_ike.constants import NotifyType
 from mpa_ike.datagram import Address, Datagram
 from mpa_ike.endpoint import Endpoint
 from mpa_ike.errors import CodecError
@@ -142,3 +143,27 @@ def test_a_request_again_with_its_nonce_gets_its_answer_again() -> None:
         assert gateway.counters["cookies_sent"] == 0
     quick, full = answers
     assert quick == full and len(quick) == 2 and quick[0] == quick[1]
+
+
+def test_under_load_only_a_valid_cookie_takes_a_token() -> None:
+    """A spoofed flood is answered without state and leaves the rate table empty; the
+    requests that return their COOKIE are limited per source."""
+    quick, _ = gateways(threshold=0, limit=10, burst=1)
+    for n in range(50):
+        data = bytes([n]) * 8 + serialize_message(TEMPLATES[0])[8:]
+        quick.receive_datagram(data, (f"198.18.0.{n}", 500), GATEWAY, 1.0)
+    assert len(quick.datagrams_to_send(1.0)) == 50
+    assert len(quick._init_rate) == 0 and quick.counters["dropped_init_rate"] == 0
+    for attempt in range(2):
+        first = serialize_message(TEMPLATES[attempt])
+        quick.receive_datagram(first, ("192.0.2.7", 500), GATEWAY, 1.0)
+        (answer,) = quick.datagrams_to_send(1.0)
+        notify = parse_message(answer.data).notify(NotifyType.COOKIE)
+        assert notify is not None
+        cookie = notify.data
+        message = parse_message(first)
+        again = Message(message.header, (cookie_notify(cookie), *message.payloads))
+        quick.receive_datagram(serialize_message(again), ("192.0.2.7", 500), GATEWAY, 1.0)
+        quick.datagrams_to_send(1.0)
+    assert len(quick._init_rate) == 1 and quick.counters["dropped_init_rate"] == 1
+    assert quick.half_open_count() == 1
