@@ -8,6 +8,7 @@ and anything else an FQDN.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ class Identity:
         return self.data.hex()
 
 
+# A handshake reads its configured identities on every exchange that names them; the
+# failed address parse of a name is the dear part. Identity is immutable, so shared.
+@functools.lru_cache(maxsize=256)
 def parse_identity(text: str) -> Identity:
     """An identity from its configuration string (see the module docstring)."""
     if not text:

@@ -284,3 +284,27 @@ def test_becoming_a_user_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     who = privileges.Identity("root", 0, 0, ())
     with pytest.raises(privileges.PrivilegeError, match="not started as root"):
         privileges.become(who, [])
+
+
+def test_a_started_daemon_leaves_its_start_up_objects_out_of_collections() -> None:
+    """In a process of its own: settling freezes what exists and raises the youngest
+    generation's threshold, and later garbage is still collected."""
+    import subprocess
+    import sys
+
+    program = """
+import gc
+from mpa_ike.node import daemon
+assert gc.get_freeze_count() == 0
+daemon.settle_heap()
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+assert gc.get_threshold()[0] == daemon.YOUNG_COLLECTION_THRESHOLD
+class Node:
+    pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+del a, b
+assert gc.collect() >= 2
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
