@@ -35,6 +35,7 @@ CLONE_NEWNET = 0x40000000
 NAT_T = 4500
 RAW_ESP = 0  # the "port" of the raw ESP socket in MobileNode.sockets
 ICMP_ECHO, ICMP_ECHO_REPLY = 8, 0
+Outgoing = tuple[socket.socket, bytes, Address]  # a framed datagram, its socket, where to
 
 
 @contextlib.contextmanager
@@ -110,16 +111,26 @@ class MobileNode:
 
     def step(self, now: float) -> None:
         """Timers, then what to send, then the events."""
+        self.transmit(self.prepare(now))
+
+    def prepare(self, now: float) -> list[Outgoing]:
+        """Timers and events; what there is to send, framed, not sent yet."""
         timer = self.endpoint.get_timer()
         if timer is not None and timer <= now:
             self.endpoint.handle_timer(now)
+        outgoing = []
         for datagram in self.endpoint.datagrams_to_send(now):
             self.sent.append(datagram.data)
-            sock = self.sockets[datagram.src]
-            with contextlib.suppress(OSError):
-                sock.sendto(frame_for_socket(datagram), datagram.dst)
+            outgoing.append((self.sockets[datagram.src], frame_for_socket(datagram), datagram.dst))
         while (event := self.endpoint.next_event()) is not None:
             self._on_event(event)
+        return outgoing
+
+    @staticmethod
+    def transmit(outgoing: list[Outgoing]) -> None:
+        for sock, payload, destination in outgoing:
+            with contextlib.suppress(OSError):
+                sock.sendto(payload, destination)
 
     def _on_event(self, event: Event) -> None:
         self.events.append(event)
