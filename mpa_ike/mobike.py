@@ -143,6 +143,20 @@ class Mobike:
     """MOBIKE's state on one IKE SA: our update in flight (its COOKIE2), whether
     another must follow, and the peer's additional addresses."""
 
+    # One per IKE SA held: slots rather than a dictionary each.
+    __slots__ = (
+        "_exchanges",
+        "_prepared",
+        "_random",
+        "_refusals",
+        "_refused",
+        "_sa",
+        "_update_again",
+        "_update_cookie",
+        "_update_queued",
+        "peer_addresses",
+    )
+
     def __init__(
         self,
         sa: MobikeHost,
