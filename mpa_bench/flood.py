@@ -15,7 +15,9 @@ other side. The gateway is pinned to ``--gateway-cpu``, the senders and this pro
 Measured: the flood's rate as sent, the gateway's counters (COOKIEs sent, IKE_SA_INIT
 dropped by the per-source rate or the half-open cap), the namespace's UDP receive
 buffer drops, the time each mobile node started every ``--mobile-every`` seconds during
-the flood takes from its first IKE_SA_INIT to its CHILD SA (each deleted again), and the
+the flood takes from its first IKE_SA_INIT to its CHILD SA (each deleted again; each of
+its datagrams leaves once the flood has refilled the gateway's queue, see
+:func:`set_up`), its retransmissions, the share of the flood answered, and the
 gateway's RSS before the flood, at its peak and ``--settle`` seconds after (half-open
 SAs expire after 30 s). Checked, each a line of the verdict: every mobile node up within
 ``--setup-limit`` (1 s), COOKIEs sent, the RSS after within ``--rss-margin`` of the
