@@ -53,6 +53,7 @@ COMMANDS = {
     "reauth": cli.DaemonCommand(
         "make a peer authenticate again (IKEv2 lets a gateway only delete its IKE SA)", PEER
     ),
+    "memory": cli.MEMORY,
 }
 
 

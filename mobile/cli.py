@@ -28,6 +28,7 @@ COMMANDS = {
     "handover": cli.DaemonCommand(
         "move to a pre-authenticated gateway's network", GATEWAY, HANDOVER_TIMEOUT
     ),
+    "memory": cli.MEMORY,
 }
 
 

@@ -100,6 +100,7 @@ class MobileService(NodeService):
 
     def handlers(self) -> Mapping[str, Handler]:
         handlers: dict[str, Handler] = {
+            **super().handlers(),
             "status": self.status,
             "connect": self.connect,
             "disconnect": self.disconnect,

@@ -167,3 +167,22 @@ def format_ike_sas(ike_sas: list[dict[str, Any]]) -> list[str]:
                 f"{' '.join(child['local_ts'])} === {' '.join(child['remote_ts'])}"
             )
     return lines
+
+
+def format_memory(result: dict[str, Any]) -> list[str]:
+    """The lines of a ``memory`` result."""
+    lines = [f"resident {result['rss_kib'] / 1024:.1f} MiB"]
+    if result.get("traced_kib") is None:
+        lines.append("allocations not traced (the daemon runs without python -X tracemalloc)")
+    else:
+        lines.append(
+            f"traced {result['traced_kib'] / 1024:.1f} MiB"
+            f" (peak {result['traced_peak_kib'] / 1024:.1f} MiB)"
+        )
+    return lines
+
+
+MEMORY = DaemonCommand(
+    "show the daemon's memory (and its traced allocations under python -X tracemalloc)",
+    format=format_memory,
+)

@@ -212,3 +212,15 @@ def test_a_command_to_the_daemon_imports_little(short_dir: Path) -> None:
     ours = {m for m in loaded if m.split(".")[0] in ("mobile", "mpa_ike")}
     assert loaded - ours <= {"_socket", "__future__", *SITE}, sorted(loaded - ours)
     assert "is it running?" in ran.stderr
+
+
+def test_memory_is_a_command_of_both_daemons_with_its_lines() -> None:
+    assert gateway_cli.COMMANDS["memory"] is mobile_cli.COMMANDS["memory"] is cli.MEMORY
+    format_memory = cli.MEMORY.format
+    assert format_memory is not None
+    assert format_memory({"rss_kib": 46080, "traced_kib": None, "traced_peak_kib": None}) == [
+        "resident 45.0 MiB",
+        "allocations not traced (the daemon runs without python -X tracemalloc)",
+    ]
+    traced = {"rss_kib": 46080, "traced_kib": 19456, "traced_peak_kib": 20480}
+    assert format_memory(traced) == ["resident 45.0 MiB", "traced 19.0 MiB (peak 20.0 MiB)"]

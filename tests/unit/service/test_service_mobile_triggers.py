@@ -214,3 +214,12 @@ def test_link_events_read_carrier_and_dormancy(flags: int, up: bool) -> None:
     assert link_events([link, address]) == [LinkEvent(3, up)]
     (event,) = address_events([link, address, Message(RTM_NEWADDR, body=b"\x02")])
     assert (event.index, event.address, event.added) == (3, "10.2.0.70", True)
+
+
+def test_the_mobile_node_answers_memory_and_its_own_commands(
+    mobile_data: dict[str, Any],
+) -> None:
+    from mobile.service import MobileService
+
+    handlers = MobileService(parse_config(mobile_data, Path("/"))).handlers()
+    assert {"status", "memory", "connect", "disconnect", "preauth", "handover"} <= set(handlers)
