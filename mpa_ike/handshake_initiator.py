@@ -149,7 +149,6 @@ class InitiatorHandshake:
             [self._transcript.init_request],
             self._unused_handler,
             now,
-            retransmit=self._config.init_retransmit,
         )
 
     def _unused_handler(self, message: Message, now: float) -> None:

@@ -44,14 +44,6 @@ link may drop the update, so the first retransmission comes after 0.2 s rather t
 4 s (then 0.4, 0.8 ... s; about 51 s in all before giving up)."""
 
 
-INIT_RETRANSMIT = RetransmitPolicy(timeout=0.1, base=1.5, tries=15)
-"""For IKE_SA_INIT: a repeat costs neither side state (the responder answers it with what
-it sent, §2.1), and under a flood of IKE_SA_INIT (§2.6) the responder's socket drops a
-legitimate request as often as a flooding one, so each transmission is a draw: 0.1 s,
-then 1.5 times longer each time (five sends within 0.85 s; 16 in all, giving up after
-about 131 s, as strongSwan's 165 s)."""
-
-
 class TimerAction(Enum):
     NONE = "none"
     RETRANSMIT = "retransmit"

@@ -27,7 +27,6 @@ from mpa_ike.errors import CodecError, ConfigError
 from mpa_ike.events import IkeSaEstablished, IkeSaFailed
 from mpa_ike.ike_config import AdmissionLimits, Lifetimes
 from mpa_ike.ike_sa import IkeSa
-from mpa_ike.retransmit import RetransmitPolicy
 from mpa_ike.wire import (
     IkeHeader,
     Message,
@@ -58,8 +57,8 @@ def gateway(
     return Endpoint(random=seeded(2), responder=config, half_open_threshold=threshold)
 
 
-def initiate(link: Link, local: Address = MOBILE, **options: Any) -> IkeSa:
-    config = initiator_config(psk=PSK, lifetimes=QUIET, **options)
+def initiate(link: Link, local: Address = MOBILE) -> IkeSa:
+    config = initiator_config(psk=PSK, lifetimes=QUIET)
     return link.mobile.initiate(config, local, GATEWAY, link.now)
 
 
@@ -142,7 +141,7 @@ def test_cookie_across_a_secret_change(
 
     link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
     link.tamper = hold_cookie
-    initiate(link, init_retransmit=RetransmitPolicy())  # no repeat before the answer
+    initiate(link)
     link.run(until=0.5)
     assert len(held) == 1 and link.gateway.counters["cookies_sent"] == 1
     link.now = answered_at

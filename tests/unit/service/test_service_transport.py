@@ -48,7 +48,6 @@ def initiator(retransmit: RetransmitPolicy | None = None) -> InitiatorConfig:
         ),
         psk=PSK,
         retransmit=retransmit or RetransmitPolicy(),
-        init_retransmit=retransmit or RetransmitPolicy(),
     )
 
 
