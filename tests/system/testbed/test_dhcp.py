@@ -63,8 +63,10 @@ def test_dhcp_and_slaac_on_b(tmp_path: Path, optimistic: bool) -> None:
             # answers the RS, which the kernel sends after the link-local address's DAD.
             assert "optimistic" in v6.flags and v6.time - t0 < 2.0
         else:
-            # DAD: a random delay up to a second, then a second's wait for an answer.
-            assert 1.0 <= v6.time - t0 < 3.0
+            # DAD of the global address: a random delay up to a second, then a second's
+            # wait for an answer; before it the link-local address's own DAD (the same
+            # again) and the RS/RA exchange it waits for. Seen: 1.1 to 3.1 s.
+            assert 1.0 <= v6.time - t0 < 4.5
         route = bed.ip("mn", "-4", "route", "show", "default")
         assert "via 10.2.0.1 dev mn-b" in route
         assert "10.2.0." in (tmp_path / "dnsmasq-ngw.leases").read_text()
