@@ -26,19 +26,20 @@ same proposals (x25519, ECDSA P-256 gateway certificate, EAP-MSCHAPv2 with local
 The phases, for each gateway:
 
 1. warm-up: a few IKE SAs set up and deleted;
-2. memory: ``--hold`` IKE SAs (each with its CHILD SA) set up and kept; the gateway's
-   RSS (``/proc/PID/status``) before and with them held, the growth divided by their
-   number (RSS only: the gateway runs unmodified in its own process; Python's allocator
-   may keep memory it freed, so this is what the machine pays); then all deleted;
-3. saturation: closed loop, ``--concurrency`` set-ups in flight per initiator, each
+2. saturation: closed loop, ``--concurrency`` set-ups in flight per initiator, each
    IKE SA deleted as soon as it is up and another started; over ``--duration`` seconds
    after ``--warmup``: IKE SAs up per second, and the gateway's CPU seconds (utime +
    stime of ``/proc/PID/stat``, every thread) divided by them. The CPU per SA includes
    the DELETE exchange of each. The gateway's and the initiators' core usage are
    reported: a gateway far from 100 % means the initiators were the limit;
-4. latency: open loop at half the saturation rate, evenly spaced, for
+3. latency: open loop at half the saturation rate, evenly spaced, for
    ``--latency-duration`` seconds; p50 and p99 of the time from the scheduled start to
    the IKE_AUTH response that brings the CHILD SA, as the initiator sees it;
+4. memory, last (a gateway still deleting thousands of IKE SAs would slow the phases
+   after it): ``--hold`` IKE SAs (each with its CHILD SA) set up and kept; the
+   gateway's RSS (``/proc/PID/status``) before and with them held, the growth divided
+   by their number (Python's allocator may keep memory it freed, so this is what the
+   machine pays); then all deleted;
 5. mpa-gateway only (not with ``--no-traced``): the gateway started again under
    ``python -X tracemalloc``, ``--hold`` IKE SAs set up and kept, and the growth of
    what Python's allocator traces (the control socket's ``memory``) divided by their
@@ -349,23 +350,6 @@ def phases(
     warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
     failed += workers.command(warm)["failed"]
     workers.command({"cmd": "release"})
-    time.sleep(0.5)
-    before = rss(pid)
-    say(f"memory: holding {setup.hold} IKE SAs (RSS {before / 1024:.1f} MiB)")
-    shares = split(setup.hold, setup.initiators)
-    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time}
-    started = time.monotonic()
-    answers = workers.command(hold, per_worker={"count": shares})
-    hold_seconds = time.monotonic() - started
-    failed += answers["failed"]
-    held = answers["kept"]
-    time.sleep(1.0)
-    held_rss = rss(pid)
-    say(
-        f"memory: {held} held after {hold_seconds:.1f} s, RSS {held_rss / 1024:.1f} MiB; "
-        "deleting them"
-    )
-    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
     say(f"saturation: closed loop, {setup.initiators} x {setup.concurrency} in flight")
     saturated = timed_phase(
         workers, pid, setup.warmup, setup.duration, {"mode": "closed"}, setup, say
@@ -383,6 +367,23 @@ def phases(
         say,
     )
     failed += latency.failed
+    time.sleep(0.5)
+    before = rss(pid)
+    say(f"memory: holding {setup.hold} IKE SAs (RSS {before / 1024:.1f} MiB)")
+    shares = split(setup.hold, setup.initiators)
+    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time}
+    started = time.monotonic()
+    answers = workers.command(hold, per_worker={"count": shares})
+    hold_seconds = time.monotonic() - started
+    failed += answers["failed"]
+    held = answers["kept"]
+    time.sleep(1.0)
+    held_rss = rss(pid)
+    say(
+        f"memory: {held} held after {hold_seconds:.1f} s, RSS {held_rss / 1024:.1f} MiB; "
+        "deleting them"
+    )
+    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
     figures = result(saturated, latency, half, (before, held_rss, held), failed)
     figures.hold_seconds = hold_seconds
     return figures
