@@ -328,28 +328,40 @@ def traced_hold(
     what the objects take, without the allocator's free lists and arenas)."""
     from mpa_ike.node.control_client import call
 
-    warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
-    workers.command(warm)
-    workers.command({"cmd": "release"})
+    warm_up(workers)
     time.sleep(0.5)
     before = call(socket, "memory")["traced_kib"]
-    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time * 3}
-    held = workers.command(hold, per_worker={"count": split(setup.hold, setup.initiators)})
+    held = hold(workers, setup, setup.hold_time * 3)
     time.sleep(1.0)
     with_them = call(socket, "memory")["traced_kib"]
     say(f"memory traced: {held['kept']} held, {before / 1024:.1f} -> {with_them / 1024:.1f} MiB")
-    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
+    release(workers, setup)
     return kib_per_sa(before, with_them, held["kept"])
+
+
+def warm_up(workers: Workers) -> int:
+    """A few IKE SAs set up and deleted; how many failed."""
+    warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
+    failed: int = workers.command(warm)["failed"]
+    workers.command({"cmd": "release"})
+    return failed
+
+
+def hold(workers: Workers, setup: Settings, seconds: float) -> dict[str, Any]:
+    """``--hold`` IKE SAs up and kept, none started after ``seconds``."""
+    command = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": seconds}
+    return workers.command(command, per_worker={"count": split(setup.hold, setup.initiators)})
+
+
+def release(workers: Workers, setup: Settings) -> None:
+    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
 
 
 def phases(
     workers: Workers, pid: int, setup: Settings, say: Callable[[str], None]
 ) -> GatewayResult:
-    failed = 0
     say("warm-up")
-    warm = {"cmd": "hold", "count": WARM_UP_SAS, "concurrency": 2, "seconds": 10}
-    failed += workers.command(warm)["failed"]
-    workers.command({"cmd": "release"})
+    failed = warm_up(workers)
     say(f"saturation: closed loop, {setup.initiators} x {setup.concurrency} in flight")
     saturated = timed_phase(
         workers, pid, setup.warmup, setup.duration, {"mode": "closed"}, setup, say
@@ -370,10 +382,8 @@ def phases(
     time.sleep(0.5)
     before = rss(pid)
     say(f"memory: holding {setup.hold} IKE SAs (RSS {before / 1024:.1f} MiB)")
-    shares = split(setup.hold, setup.initiators)
-    hold = {"cmd": "hold", "concurrency": setup.concurrency, "seconds": setup.hold_time}
     started = time.monotonic()
-    answers = workers.command(hold, per_worker={"count": shares})
+    answers = hold(workers, setup, setup.hold_time)
     hold_seconds = time.monotonic() - started
     failed += answers["failed"]
     held = answers["kept"]
@@ -383,7 +393,7 @@ def phases(
         f"memory: {held} held after {hold_seconds:.1f} s, RSS {held_rss / 1024:.1f} MiB; "
         "deleting them"
     )
-    workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
+    release(workers, setup)
     figures = result(saturated, latency, half, (before, held_rss, held), failed)
     figures.hold_seconds = hold_seconds
     return figures
