@@ -32,6 +32,7 @@ from mobile.recovery import Recovery
 from mobile.resolver import Resolver
 from mpa_ike.child_sa import ChildSaConfig
 from mpa_ike.constants import IKE_PORT, NAT_T_PORT, NotifyType, ProtocolId
+from mpa_ike.datagram import Address
 from mpa_ike.datapath import Datapath
 from mpa_ike.errors import ConfigError as CoreConfigError
 from mpa_ike.events import (
@@ -73,6 +74,11 @@ class _Attempt:
     done: asyncio.Future[str]
     address: str | None = None
     children: list[str] = field(default_factory=list)
+    may_retry: bool = False  # a connect whose IKE SA may be set up once more
+
+
+class _SetUpAgain(Exception):
+    """The IKE SA failed in a way that another set-up at once may well not (IkeSaFailed.retry)."""
 
 
 class MobileService(NodeService):
@@ -166,30 +172,55 @@ class MobileService(NodeService):
             local, remote = await self._addresses(transport, entry, source)
         except (CoreConfigError, TransportError) as error:
             raise CommandError(f"{command} {name}: {error}") from None
-        attempt = _Attempt(asyncio.get_running_loop().create_future())
-        sa = self.endpoint.initiate(
-            config,
-            local,
-            remote,
-            transport.now(),
-            replaces=replaces,
-            reauthenticates=reauthenticates,
-        )
-        log.info("%s: initiating %s[%d] -> %s[%d]", name, *local, *remote)
-        self._connecting[sa.local_spi] = attempt
-        if preauth:
-            self.preauthenticating.add(sa.local_spi)
-        transport.process()
         try:
             async with asyncio.timeout(wait):
-                return await attempt.done
+                return await self._set_up(
+                    config,
+                    (local, remote),
+                    preauth=preauth,
+                    replaces=replaces,
+                    reauthenticates=reauthenticates,
+                )
         except TimeoutError:
             raise CommandError(
                 f"{command} {name}: no answer from {remote[0]} yet (still trying)"
             ) from None
-        finally:
-            _forget(self._connecting, attempt)
-            self.preauthenticating.discard(sa.local_spi)
+
+    async def _set_up(
+        self,
+        config: InitiatorConfig,
+        path: tuple[Address, Address],
+        *,
+        preauth: bool,
+        replaces: bytes | None,
+        reauthenticates: bytes | None,
+    ) -> str:
+        """One IKE SA set up, once more if its failure says that may help."""
+        transport = self.live_transport()
+        local, remote = path
+        for may_retry in (True, False):
+            attempt = _Attempt(asyncio.get_running_loop().create_future(), may_retry=may_retry)
+            sa = self.endpoint.initiate(
+                config,
+                local,
+                remote,
+                transport.now(),
+                replaces=replaces,
+                reauthenticates=reauthenticates,
+            )
+            log.info("%s: initiating %s[%d] -> %s[%d]", config.name, *local, *remote)
+            self._connecting[sa.local_spi] = attempt
+            if preauth:
+                self.preauthenticating.add(sa.local_spi)
+            transport.process()
+            try:
+                return await attempt.done
+            except _SetUpAgain as failure:
+                log.warning("%s: %s; setting the IKE SA up once more", config.name, failure)
+            finally:
+                _forget(self._connecting, attempt)
+                self.preauthenticating.discard(sa.local_spi)
+        raise AssertionError("the second set-up never asks for a third")
 
     async def disconnect(self, args: dict[str, Any]) -> str:
         name = self.gateway_name(args)
@@ -346,6 +377,9 @@ class MobileService(NodeService):
         elif isinstance(event, ChildSaFailed):
             reason = with_notify(event.reason, event.notify)
             _fail(attempt, f"connect {event.name}: CHILD SA failed: {reason}")
+        elif isinstance(event, IkeSaFailed) and event.retry and attempt.may_retry:
+            if not attempt.done.done():
+                attempt.done.set_exception(_SetUpAgain(_failure_text(event)))
         elif isinstance(event, IkeSaFailed):
             _fail(attempt, f"connect {event.name}: {_failure_text(event)}")
 

@@ -43,11 +43,14 @@ class IkeSaEstablished(Event):
 class IkeSaFailed(Event):
     """The IKE SA could not be set up or died (give-up, authentication failure, ...).
 
-    ``notify`` is the error notify received or sent, if any.
+    ``notify`` is the error notify received or sent, if any. ``retry``: a set-up that
+    may well succeed if made again at once (the initiator took an IKE_SA_INIT answer
+    that may have answered another of its requests, and the peer refused its AUTH).
     """
 
     reason: str
     notify: NotifyType | None = None
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)

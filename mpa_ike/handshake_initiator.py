@@ -113,6 +113,10 @@ class InitiatorHandshake:
         self._dh: KeyExchange | None = None
         self._cookie: bytes | None = None
         self._init_retries = 0
+        self._groups_sent: set[int] = set()
+        # Our KE went out without a COOKIE too: an answer without one may be to either.
+        self._sent_without_cookie = False
+        self._init_ambiguous = False
         self._eap_peer: EapPeer | None = None
         self._idi: IdiPayload | None = None
         self._child: ChildSa | None = None
@@ -143,12 +147,16 @@ class InitiatorHandshake:
         header = self._exchanges.header(ExchangeType.IKE_SA_INIT, 0, response=False)
         self._transcript.init_request = serialize_message(Message(header, tuple(payloads)))
         self._sa.state = IkeSaState.INIT_SENT
+        self._groups_sent.add(self._dh.group)
+        without_cookie = self._cookie is None
+        self._sent_without_cookie |= without_cookie
         self._exchanges.send_request(
             ExchangeType.IKE_SA_INIT,
             0,
             [self._transcript.init_request],
             self._unused_handler,
             now,
+            retransmit=self._config.init_retransmit if without_cookie else None,
         )
 
     def _unused_handler(self, message: Message, now: float) -> None:
@@ -157,16 +165,21 @@ class InitiatorHandshake:
     def on_init_response(
         self, message: Message, data: bytes, src: Address, dst: Address, now: float
     ) -> None:
-        """§1.2; §2.6 (COOKIE) and §1.3 (INVALID_KE_PAYLOAD) ask for the request again."""
+        """§1.2; §2.6 (COOKIE) and §1.3 (INVALID_KE_PAYLOAD) ask for the request again.
+        An answer to a copy sent before the request changed asks for what we have done
+        already: it is left alone."""
         if self._sa.state != IkeSaState.INIT_SENT:
             return
         cookie = message.notify(NotifyType.COOKIE)
         invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
         errors = error_notifies(message)
         if cookie is not None:
-            self._retry_init(now, cookie=cookie.data)
+            if cookie.data != self._cookie:
+                self._retry_init(now, cookie=cookie.data)
         elif invalid_ke is not None:
-            self._retry_with_group(read_invalid_ke_group(invalid_ke), now)
+            group = read_invalid_ke_group(invalid_ke)
+            if not self._asked_already(group):
+                self._retry_with_group(group, now)
         elif errors:
             self._sa.fail(f"IKE_SA_INIT refused: {errors[0].name}", now, errors[0])
         else:
@@ -182,6 +195,11 @@ class InitiatorHandshake:
         self._exchanges.abandon()
         self._send_init(now)
 
+    def _asked_already(self, group: int) -> bool:
+        """An INVALID_KE_PAYLOAD for the group we have switched to answers an earlier copy."""
+        assert self._dh is not None
+        return group == self._dh.group and len(self._groups_sent) > 1
+
     def _retry_with_group(self, group: int, now: float) -> None:
         """§1.3/§2.6: retry with the group the responder wants, if we proposed it."""
         proposed = {t.id for p in self._config.ike_proposals for t in p.of_type(TransformType.DH)}
@@ -194,6 +212,7 @@ class InitiatorHandshake:
             )
             return
         self._dh = generate_key_exchange(group, self._random)
+        self._sent_without_cookie = False
         self._retry_init(now)
 
     def _accept_init_response(
@@ -215,6 +234,8 @@ class InitiatorHandshake:
             sa.fail(f"bad KE from the responder: {error}", now, error.notify)
             return
         sa.spi_r = message.header.spi_r
+        # Our request with the COOKIE is the likelier one; the peer may hold a copy without.
+        self._init_ambiguous = self._cookie is not None and self._sent_without_cookie
         self._transcript.init_response, self._transcript.nonce_r = data, nonce.data
         suite = IkeSuite.from_proposal(spec)
         sa.use_keys(suite, self._transcript.derive(suite, sa.spi_i, sa.spi_r, shared))
@@ -291,9 +312,17 @@ class InitiatorHandshake:
     def _refused(self, message: Message, now: float) -> bool:
         """§2.21.2: an error notify in an IKE_AUTH response ends the SA."""
         error = auth_failure_in(message)
-        if error is not None:
+        if error is None:
+            return False
+        if error == NotifyType.AUTHENTICATION_FAILED and self._init_ambiguous:
+            reason = (
+                "IKE_AUTH refused: AUTHENTICATION_FAILED (the IKE_SA_INIT answer taken "
+                "may have answered our request without the COOKIE)"
+            )
+            self._sa.fail(reason, now, error, retry=True)
+        else:
             self._sa.fail(f"IKE_AUTH refused: {error.name}", now, error)
-        return error is not None
+        return True
 
     def _on_first_auth_response(self, message: Message, now: float) -> None:
         """The gateway's IDr, [CERT], AUTH and first EAP Request (§2.16)."""

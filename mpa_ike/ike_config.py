@@ -21,7 +21,7 @@ from mpa_ike.config_payload import AddressAllocator, IPNetwork
 from mpa_ike.crypto.proposal import ProposalSpec
 from mpa_ike.eap import EapType
 from mpa_ike.errors import ConfigError
-from mpa_ike.retransmit import UPDATE_RETRANSMIT, RetransmitPolicy
+from mpa_ike.retransmit import INIT_RETRANSMIT, UPDATE_RETRANSMIT, RetransmitPolicy
 from mpa_ike.wire import IPAddress
 
 DEFAULT_EAP_METHODS = (EapType.MSCHAPV2, EapType.MD5_CHALLENGE)
@@ -217,6 +217,8 @@ class InitiatorConfig:
     fragmentation: bool = True
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
     retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    # The schedule of IKE_SA_INIT without a COOKIE: sooner than other requests.
+    init_retransmit: RetransmitPolicy = INIT_RETRANSMIT
     # The schedule of our MOBIKE updates (RFC 4555 §3.5): sooner than other requests.
     update_retransmit: RetransmitPolicy = UPDATE_RETRANSMIT
     eap_identity: str | None = None  # strongSwan's eap_id; default: the IKE identity

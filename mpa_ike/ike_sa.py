@@ -565,7 +565,7 @@ class IkeSa:
         if tell:
             self._exchanges.send_once(ExchangeType.INFORMATIONAL, [DeletePayload.for_ike_sa()])
         self.counters["replaced"] += 1
-        event = IkeSaReplaced(self.local_spi, self.name, reason, None, new_ike_sa)
+        event = IkeSaReplaced(self.local_spi, self.name, reason, None, new_ike_sa=new_ike_sa)
         self._close(event, by_peer=False)
 
     def abandon(
@@ -589,13 +589,18 @@ class IkeSa:
         self._exchanges.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(notify)])
         self._close_failed(reason, notify, 0.0)
 
-    def _close_failed(self, reason: str, notify: NotifyType | None, now: float) -> None:
-        self._close(IkeSaFailed(self.local_spi, self.name, reason, notify), by_peer=False)
+    def _close_failed(
+        self, reason: str, notify: NotifyType | None, now: float, retry: bool = False
+    ) -> None:
+        failed = IkeSaFailed(self.local_spi, self.name, reason, notify, retry)
+        self._close(failed, by_peer=False)
 
-    def fail(self, reason: str, now: float, notify: NotifyType | None = None) -> None:
+    def fail(
+        self, reason: str, now: float, notify: NotifyType | None = None, retry: bool = False
+    ) -> None:
         """The IKE SA has failed (a part of it found the peer misbehaving, or refused it);
-        ``notify``: the error notify received or sent."""
-        self._close_failed(reason, notify, now)
+        ``notify``: the error notify received or sent; ``retry``: see IkeSaFailed."""
+        self._close_failed(reason, notify, now, retry)
 
     def _release_lease(self) -> None:
         allocator = self._allocator

@@ -27,6 +27,7 @@ from mpa_ike.errors import CodecError, ConfigError
 from mpa_ike.events import IkeSaEstablished, IkeSaFailed
 from mpa_ike.ike_config import AdmissionLimits, Lifetimes
 from mpa_ike.ike_sa import IkeSa
+from mpa_ike.retransmit import RetransmitPolicy
 from mpa_ike.wire import (
     IkeHeader,
     Message,
@@ -57,8 +58,8 @@ def gateway(
     return Endpoint(random=seeded(2), responder=config, half_open_threshold=threshold)
 
 
-def initiate(link: Link, local: Address = MOBILE) -> IkeSa:
-    config = initiator_config(psk=PSK, lifetimes=QUIET)
+def initiate(link: Link, local: Address = MOBILE, **options: Any) -> IkeSa:
+    config = initiator_config(psk=PSK, lifetimes=QUIET, **options)
     return link.mobile.initiate(config, local, GATEWAY, link.now)
 
 
@@ -141,7 +142,7 @@ def test_cookie_across_a_secret_change(
 
     link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
     link.tamper = hold_cookie
-    initiate(link)
+    initiate(link, init_retransmit=RetransmitPolicy())  # no repeat before the answer
     link.run(until=0.5)
     assert len(held) == 1 and link.gateway.counters["cookies_sent"] == 1
     link.now = answered_at
@@ -152,6 +153,62 @@ def test_cookie_across_a_secret_change(
     assert link.gateway.counters["cookies_refused"] == refused
     versions = [cookie[0] for cookie in cookies_in(link)]
     assert versions == ([0] if cookies_sent == 1 else [0, 1])
+
+
+def holding(held: list[Datagram], answers: set[int]) -> Any:
+    """A tamper that keeps the gateway's answers numbered ``answers`` in ``held``."""
+
+    def tamper(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        if way == "g->m" and n in answers:
+            held.append(datagram)
+            return []
+        return [datagram]
+
+    return tamper
+
+
+def deliver_to_mobile(link: Link, datagram: Datagram) -> None:
+    link.mobile.receive_datagram(datagram.data, datagram.src, datagram.dst, link.now)
+
+
+def requests_with_cookie(link: Link) -> int:
+    requests = [parse_message(t.datagram.data) for t in link.log if t.direction == "m->g"]
+    return sum(1 for m in requests if m.notify(NotifyType.COOKIE) is not None)
+
+
+def test_a_late_cookie_for_an_earlier_copy_is_left_alone(pool: AddressPool[object]) -> None:
+    """Two copies of IKE_SA_INIT, both answered with the same COOKIE: one retry."""
+    held: list[Datagram] = []
+    link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
+    link.tamper = holding(held, {0, 1})
+    initiate(link)
+    link.run(until=0.15)
+    assert len(held) == 2 and cookies_in(link)[0] == cookies_in(link)[1]
+    for datagram in held:
+        deliver_to_mobile(link, datagram)
+    link.run(until=5.0)
+    assert link.of_type(IkeSaEstablished, "gateway") and link.of_type(IkeSaEstablished)
+    assert requests_with_cookie(link) == 1
+
+
+def test_an_answer_that_may_be_to_the_copy_without_cookie(pool: AddressPool[object]) -> None:
+    """The gateway asks the first copy for a COOKIE, then falls below its threshold and
+    takes the second copy: the retry with the COOKIE gets that SA's answer again (same
+    nonce, §2.1), and its AUTH covers the request the gateway did not keep. The failure
+    says that a set-up at once may well succeed."""
+    held: list[Datagram] = []
+    link = Link(Endpoint(random=seeded(1)), gateway(pool, threshold=0))
+    link.tamper = holding(held, {0, 1})
+    initiate(link)
+    link.run(until=0.05)
+    link.gateway.half_open_threshold = 30
+    link.run(until=0.15)
+    assert len(held) == 2 and len(cookies_in(link)) == 1
+    deliver_to_mobile(link, held[0])
+    link.run(until=5.0)
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and failed.retry
+    assert failed.notify == NotifyType.AUTHENTICATION_FAILED and requests_with_cookie(link) == 1
 
 
 # ---------------------------------------------------------------------- half-open cap

@@ -26,7 +26,8 @@ from mpa_ike.events import (
     IkeSaFailed,
     LivenessConfirmed,
 )
-from mpa_ike.wire import IkeHeader, Message, parse_header, serialize_message
+from mpa_ike.retransmit import INIT_RETRANSMIT, RetransmitPolicy
+from mpa_ike.wire import IkeHeader, Message, parse_header, parse_message, serialize_message
 from mpa_ike.wire.notify import invalid_ke_notify
 
 # A successful EAP-MSCHAPv2 run has 6 requests and 6 responses (INIT, AUTH x5).
@@ -67,8 +68,10 @@ def test_lost_datagram_is_retransmitted(
     start(link, pki)
     link.run()
     assert_up(link)
-    assert link.now == 4.0  # one retransmission timeout
-    assert link.timer_fires == [4.0]
+    # One retransmission timeout: IKE_SA_INIT's own, or that of every other request.
+    timeout = INIT_RETRANSMIT.timeout if index == 0 else RetransmitPolicy().timeout
+    assert link.now == pytest.approx(timeout)
+    assert link.timer_fires == pytest.approx([timeout])
     # The retransmission is bit-identical (RFC 7296 §2.1).
     requests = [t.datagram.data for t in link.log if t.direction == "m->g"]
     assert requests.count(requests[index]) == 2
@@ -112,9 +115,10 @@ def test_corrupted_auth_request_is_dropped_silently(pki: Pki, pool: AddressPool[
 
 
 def test_give_up_after_five_retransmissions(pki: Pki, pool: AddressPool[object]) -> None:
+    """strongSwan's schedule, here given to IKE_SA_INIT too."""
     link = make_link(pki, pool)
     link.tamper = lambda datagram, way, n: []
-    start(link, pki)
+    start(link, pki, init_retransmit=RetransmitPolicy())
     assert link.mobile.get_timer() == 4.0
     link.run()
     assert link.timer_fires == pytest.approx(SCHEDULE)
@@ -123,6 +127,42 @@ def test_give_up_after_five_retransmissions(pki: Pki, pool: AddressPool[object])
     (failed,) = link.of_type(IkeSaFailed)
     assert isinstance(failed, IkeSaFailed) and "retransmissions" in failed.reason
     assert not list(link.mobile)
+
+
+def test_ike_sa_init_is_sent_again_sooner(pki: Pki, pool: AddressPool[object]) -> None:
+    """A repeat of IKE_SA_INIT costs no state: ten sends 0.1 s apart, then doubling."""
+    link = make_link(pki, pool)
+    link.tamper = lambda datagram, way, n: []
+    start(link, pki)
+    link.run()
+    sent = [t.time for t in link.log if t.direction == "m->g"]
+    assert len(sent) == INIT_RETRANSMIT.tries + 1 == 19
+    assert sent[:13] == pytest.approx([n / 10 for n in range(11)] + [1.2, 1.6])
+    assert link.timer_fires[-1] == pytest.approx(INIT_RETRANSMIT.total())
+    assert 100 < INIT_RETRANSMIT.total() < 165
+    (failed,) = link.of_type(IkeSaFailed)
+    assert isinstance(failed, IkeSaFailed) and "retransmissions" in failed.reason
+
+
+def is_init(datagram: Datagram) -> bool:
+    return parse_header(datagram.data).exchange_type == ExchangeType.IKE_SA_INIT
+
+
+def test_the_request_with_a_cookie_keeps_the_usual_schedule(
+    pki: Pki, pool: AddressPool[object]
+) -> None:
+    """Three first requests lost (a flood's draw); the fourth gets a COOKIE; the retry
+    with it is lost once and goes again after strongSwan's 4 s."""
+    link = make_link(pki, pool, half_open_threshold=0)
+    link.tamper = lambda datagram, way, n: [] if way == "m->g" and n in (0, 1, 2, 4) else [datagram]
+    start(link, pki)
+    link.run()
+    assert_up(link)
+    inits = [t for t in link.log if t.direction == "m->g" and is_init(t.datagram)]
+    with_cookie = [t for t in inits if parse_message(t.datagram.data).notify(NotifyType.COOKIE)]
+    assert [t.time for t in inits[:4]] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert [t.time for t in with_cookie] == pytest.approx([0.3, 4.3])
+    assert len(inits) == 6 and link.gateway.counters["cookies_sent"] == 1
 
 
 def test_give_up_during_ike_auth_releases_nothing(pki: Pki, pool: AddressPool[object]) -> None:
@@ -169,6 +209,31 @@ def test_invalid_ke_retry(pki: Pki, pool: AddressPool[object]) -> None:
     inits = [t for t in link.log if parse_header(t.datagram.data).exchange_type == 34]
     assert len(inits) == 4  # request, INVALID_KE, retried request, response
     assert link.gateway.counters["init_refused"] == 1
+
+
+def test_a_late_invalid_ke_for_an_earlier_copy_is_left_alone(
+    pki: Pki, pool: AddressPool[object]
+) -> None:
+    """Two copies with X25519 both get INVALID_KE_PAYLOAD(ECP-256): one retry."""
+    held: list[Datagram] = []
+
+    def hold_two(datagram: Datagram, way: str, n: int) -> list[Datagram]:
+        if way == "g->m" and n in (0, 1):
+            held.append(datagram)
+            return []
+        return [datagram]
+
+    link = make_link(pki, pool, ike_text="aes128gcm16-prfsha256-ecp256")
+    link.tamper = hold_two
+    start(link, pki, ike_text="aes128gcm16-prfsha256-x25519-ecp256")
+    link.run(until=0.15)
+    assert len(held) == 2
+    for datagram in held:
+        link.mobile.receive_datagram(datagram.data, datagram.src, datagram.dst, link.now)
+    link.run()
+    assert_up(link)
+    inits = [t for t in link.log if t.direction == "m->g" and is_init(t.datagram)]
+    assert len(inits) == 3 and link.gateway.counters["init_refused"] == 2
 
 
 def test_invalid_ke_for_a_group_never_proposed_is_refused(pki: Pki) -> None:

@@ -48,6 +48,7 @@ def initiator(retransmit: RetransmitPolicy | None = None) -> InitiatorConfig:
         ),
         psk=PSK,
         retransmit=retransmit or RetransmitPolicy(),
+        init_retransmit=retransmit or RetransmitPolicy(),
     )
 
 
