@@ -53,7 +53,7 @@ SAMPLE_EVERY = 0.5
 HALF_OPEN_THRESHOLD = 30  # gateway.config's default half_open_threshold
 HALF_OPEN_TIMEOUT = 30.0  # mpa_ike.ike_config.DEFAULT_HALF_OPEN_TIMEOUT
 REFILL = 0.02  # s after a mobile node's own work before it sends (see set_up)
-CONNECT_TIMEOUT = 15.0  # beyond the initiator's second retransmission (4 s, 11.2 s)
+CONNECT_TIMEOUT = 15.0  # IKE_SA_INIT sent 15 times by then (mpa_ike.retransmit.INIT_RETRANSMIT)
 
 
 def build_parser() -> argparse.ArgumentParser:
