@@ -1,8 +1,9 @@
 """``mpa-bench setup-rate``: IKE SA set-up rate, CPU and memory of mpa-gateway and charon.
 
 Both gateways in the same run, one after the other, each measured the same way, on the
-same proposals (x25519, ECDSA P-256 gateway certificate, EAP-MSCHAPv2 with local users;
-``--proposal modp2048-rsa``: MODP-2048 and an RSA-2048 certificate):
+same proposals (IKE with AES-GCM and x25519, ECDSA P-256 gateway certificate,
+EAP-MSCHAPv2 with local users; ``--proposal modp2048-rsa``: MODP-2048 and an RSA-2048
+certificate; ``x25519-ecdsa-cbc``: AES-CBC with HMAC-SHA-256 instead of AES-GCM):
 
 - Two namespaces on one veth link: the gateway in one, ``--initiators`` processes of
   our own initiator code (:mod:`mpa_bench.setup_rate_worker`, the sans-I/O core over
@@ -82,8 +83,9 @@ from mpa_bench.setup_rate_worker import SETUP_TIMEOUT
 
 GATEWAYS = ("mpa-gateway", "charon")
 PROPOSALS = {  # name -> (IKE proposal, gateway key type)
-    "x25519-ecdsa": ("aes128-sha256-x25519", "ecdsa"),
-    "modp2048-rsa": ("aes128-sha256-modp2048", "rsa"),
+    "x25519-ecdsa": ("aes128gcm16-prfsha256-x25519", "ecdsa"),
+    "x25519-ecdsa-cbc": ("aes128-sha256-x25519", "ecdsa"),
+    "modp2048-rsa": ("aes128gcm16-prfsha256-modp2048", "rsa"),
 }
 ESP = "aes128-sha256"
 GATEWAY_ID = "gw.setup-rate.mpa-ike.test"
