@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6
 from typing import Literal, Protocol
 
 from mpa_ike.constants import CfgAttrType, CfgType
+from mpa_ike.records import quick_init
 from mpa_ike.wire import CfgAttribute, ConfigurationPayload, IPAddress
 
 Family = Literal[4, 6]
@@ -27,6 +28,7 @@ IP6_PREFIX_LENGTH = 128
 SUBNET_TYPES = {4: CfgAttrType.INTERNAL_IP4_SUBNET, 6: CfgAttrType.INTERNAL_IP6_SUBNET}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
     """An address of ``family`` for the IKE SA ``owner`` of the peer ``identity`` (the
@@ -51,6 +53,7 @@ class AddressAllocator(Protocol):
         ...
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CfgRequest:
     """What a CFG_REQUEST asks for: families with an optional wanted address."""
@@ -59,6 +62,7 @@ class CfgRequest:
     dns: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CfgReply:
     """What a CFG_REPLY gives: the internal addresses, DNS servers, the IPv4 address's

@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpa_ike.constants import IKE_PORT, NAT_KEEPALIVE, NON_ESP_MARKER
+from mpa_ike.records import quick_init
 
 Address = tuple[str, int]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Datagram:
     """One IKE message to send from ``src`` (our address and port) to ``dst``."""

@@ -14,10 +14,12 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from mpa_ike.datagram import Address
+from mpa_ike.records import quick_init
 
 IPNetwork = IPv4Network | IPv6Network
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TsRange:
     """A traffic selector as the datapath sees it (RFC 7296 §3.13.1)."""
@@ -35,6 +37,7 @@ class TsRange:
         return text
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaLimits:
     """A CHILD SA's lifetimes for the datapath to count (RFC 7296 §2.8), strongSwan's
@@ -53,6 +56,7 @@ class ChildSaLimits:
 NO_LIMITS = ChildSaLimits()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaParams:
     """Everything a datapath needs to install one tunnel-mode ESP SA pair.
@@ -84,6 +88,7 @@ class ChildSaParams:
     limits: ChildSaLimits = NO_LIMITS
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaCounters:
     bytes_in: int = 0
@@ -107,6 +112,7 @@ class Datapath(Protocol):
     def counters(self, spi_in: bytes) -> ChildSaCounters: ...
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DatapathCall:
     method: str

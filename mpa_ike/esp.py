@@ -41,6 +41,7 @@ from mpa_ike.crypto.integ import get_integ
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaCounters, ChildSaParams, TsRange
 from mpa_ike.errors import LocalProtocolError
+from mpa_ike.records import quick_init
 
 NEXT_HEADER_IPV4 = 4
 NEXT_HEADER_IPV6 = 41
@@ -421,6 +422,7 @@ _PORT_PROTOCOLS = frozenset((6, 17, 132, 136))
 """TCP, UDP, SCTP, UDP-Lite: the protocols whose ports selectors can name."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Selector:
     """A :class:`TsRange` compiled to integers for matching packets."""
@@ -458,6 +460,7 @@ class Selector:
         return port is not None and self.start_port <= port <= self.end_port
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PacketKeys:
     """What selector matching reads from an inner IP header."""
@@ -630,6 +633,7 @@ class SaPair:
         ) and _covered(self.local_sel, keys.version, keys.dst, keys.protocol, keys.dst_port)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Expiry:
     """An outbound SA near (soft) or at (hard) the end of its sequence numbers.

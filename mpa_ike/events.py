@@ -13,15 +13,18 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from mpa_ike.constants import NotifyType
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import ChildSaParams
+from mpa_ike.records import quick_init
 from mpa_ike.wire import IPAddress
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Event:
     ike_sa: bytes
     name: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaEstablished(Event):
     """IKE_AUTH finished: both sides authenticated (RFC 7296 §1.2)."""
@@ -39,6 +42,7 @@ class IkeSaEstablished(Event):
     subnets: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaFailed(Event):
     """The IKE SA could not be set up or died (give-up, authentication failure, ...).
@@ -53,6 +57,7 @@ class IkeSaFailed(Event):
     retry: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaDeleted(Event):
     """An established IKE SA ended by DELETE (``by_peer`` tells who asked)."""
@@ -60,6 +65,7 @@ class IkeSaDeleted(Event):
     by_peer: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaEstablished(Event):
     """A CHILD SA is negotiated: install ``params`` in the datapath."""
@@ -67,6 +73,7 @@ class ChildSaEstablished(Event):
     params: ChildSaParams
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaFailed(Event):
     """The CHILD SA could not be created; the IKE SA survives (RFC 7296 §2.21)."""
@@ -75,6 +82,7 @@ class ChildSaFailed(Event):
     reason: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaDeleted(Event):
     """A CHILD SA is gone: remove it from the datapath."""
@@ -84,6 +92,7 @@ class ChildSaDeleted(Event):
     by_peer: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LeaseReleased(Event):
     """The responder gave the IKE SA's CP addresses back to the allocator."""
@@ -91,11 +100,13 @@ class LeaseReleased(Event):
     addresses: tuple[IPAddress, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LivenessConfirmed(Event):
     """The peer answered an empty INFORMATIONAL (RFC 7296 §1.4)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PeerForgotIkeSa(Event):
     """The peer answered our request with an unprotected INVALID_IKE_SPI (RFC 7296
@@ -106,6 +117,7 @@ class PeerForgotIkeSa(Event):
     peer: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ReauthenticationDue(Event):
     """The mobile node: the gateway limited the IKE SA's authentication (RFC 4478
@@ -117,6 +129,7 @@ class ReauthenticationDue(Event):
     deadline: float | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaReplaced(IkeSaFailed):
     """The IKE SA was closed locally, without DELETE, for the new IKE SA
@@ -129,6 +142,7 @@ class IkeSaReplaced(IkeSaFailed):
     new_ike_sa: bytes = b""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaRekeyed(Event):
     """A CHILD SA was replaced by a rekey (RFC 7296 §2.8).
@@ -144,6 +158,7 @@ class ChildSaRekeyed(Event):
     new_spi_out: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaRekeyed(Event):
     """The IKE SA ``ike_sa`` was rekeyed into ``new_ike_sa`` (RFC 7296 §2.18).
@@ -155,6 +170,7 @@ class IkeSaRekeyed(Event):
     new_ike_sa: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaAddressesUpdated(Event):
     """MOBIKE (RFC 4555 §3.5): the IKE SA now runs between ``local`` and ``remote``."""
@@ -164,6 +180,7 @@ class IkeSaAddressesUpdated(Event):
     nat_detected: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSaAddressesUpdated(Event):
     """MOBIKE: move the installed pair to new outer addresses
@@ -176,6 +193,7 @@ class ChildSaAddressesUpdated(Event):
     encap: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AddressUpdateRefused(Event):
     """An UPDATE_SA_ADDRESSES was refused (RFC 4555 §3.5, §3.9).
@@ -190,6 +208,7 @@ class AddressUpdateRefused(Event):
     by_peer: bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AddressUpdateAccepted(Event):
     """The mobile node: the gateway answered our UPDATE_SA_ADDRESSES without refusal;
@@ -199,6 +218,7 @@ class AddressUpdateAccepted(Event):
     remote: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PeerAddressesAnnounced(Event):
     """ADDITIONAL_IP4/IP6_ADDRESS (or NO_ADDITIONAL_ADDRESSES: empty) from the peer;
@@ -207,6 +227,7 @@ class PeerAddressesAnnounced(Event):
     addresses: tuple[IPAddress, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EapRequestForAaa(Event):
     """The gateway's EAP authenticator is external (``ResponderConfig(eap_authenticator=

@@ -17,9 +17,11 @@ from cryptography.x509.oid import NameOID
 
 from mpa_ike.constants import IdType
 from mpa_ike.errors import ConfigError
+from mpa_ike.records import quick_init
 from mpa_ike.wire import IdiPayload, IdPayload, IdrPayload
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Identity:
     id_type: IdType

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mpa_ike.crypto.prf import Prf
 from mpa_ike.errors import LocalProtocolError
+from mpa_ike.records import quick_init
 
 _PRF_PLUS_MAX_ROUNDS = 255
 
@@ -43,6 +44,7 @@ def rekey_skeyseed(
     return old_prf(old_sk_d, shared_secret + nonce_i + nonce_r)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeKeys:
     """The seven IKE SA keys of RFC 7296 §2.14, in derivation order.
@@ -60,6 +62,7 @@ class IkeKeys:
     sk_pr: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeKeyExport:
     """What decrypts an IKE SA's SK payloads in a capture (Wireshark's
@@ -104,6 +107,7 @@ def derive_ike_keys(
     return IkeKeys(*_split(stream, sizes))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildKeys:
     """CHILD SA KEYMAT split as RFC 7296 §2.17: encr_i, integ_i, encr_r, integ_r.

@@ -34,8 +34,10 @@ from mpa_ike.constants import (
     TransformType,
 )
 from mpa_ike.errors import ConfigError
+from mpa_ike.records import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransformSpec:
     """One transform: type, id, and the Key Length attribute in bits if any."""

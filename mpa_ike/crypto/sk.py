@@ -42,6 +42,7 @@ from mpa_ike.crypto.keys import IkeKeys
 from mpa_ike.crypto.randomness import Random
 from mpa_ike.crypto.suite import IkeSuite
 from mpa_ike.errors import IntegrityError, LocalProtocolError
+from mpa_ike.records import quick_init
 
 _ZERO_IV = modes.CBC(bytes(16))  # AES-CBC's, the IV sent being encrypted ahead
 
@@ -177,6 +178,7 @@ class SkCipher:
         return self._cbc.decryptor().update(signed)[iv_size:]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SkCipherPair:
     """Both directions of an IKE SA's SK protection."""

@@ -22,6 +22,7 @@ from mpa_ike.crypto.keys import (
 from mpa_ike.crypto.prf import Prf, get_prf
 from mpa_ike.crypto.proposal import ProposalSpec, TransformSpec
 from mpa_ike.errors import LocalProtocolError
+from mpa_ike.records import quick_init
 
 
 def _only(proposal: ProposalSpec, kind: TransformType) -> TransformSpec | None:
@@ -44,6 +45,7 @@ def _cipher(proposal: ProposalSpec) -> tuple[Encr, int | None, Integ | None]:
     return encr, encr_spec.key_length, integ
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSuite:
     encr: Encr
@@ -108,6 +110,7 @@ class IkeSuite:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ChildSuite:
     encr: Encr

@@ -22,6 +22,7 @@ from mpa_ike.constants import (
     PayloadType,
 )
 from mpa_ike.errors import CodecError, LocalProtocolError
+from mpa_ike.records import quick_init
 from mpa_ike.wire.buffer import Buffer
 from mpa_ike.wire.payloads import (
     BODY_DECODERS,
@@ -46,6 +47,7 @@ _GENERIC_HEADER = struct.Struct("!BBH")
 _PROTECTED_TYPES = (PayloadType.SK, PayloadType.SKF)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeHeader:
     """The IKE header (§3.1). ``flags`` is kept raw, reserved bits included.
@@ -77,6 +79,7 @@ class IkeHeader:
 P = TypeVar("P")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     header: IkeHeader

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from mpa_ike.constants import DhGroup, HashAlgorithm, NotifyType, ProtocolId
 from mpa_ike.errors import LocalProtocolError
+from mpa_ike.records import quick_init
 from mpa_ike.wire.payloads import IPAddress, NotifyPayload, syntax_error
 
 NAT_DETECTION_LENGTH = 20  # SHA-1 output
@@ -110,6 +111,7 @@ def read_additional_address(notify: NotifyPayload) -> IPAddress:
 # -- NO_NATS_ALLOWED (RFC 4555 §3.9) -----------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoNatsAllowed:
     """The addresses and ports the sender used, to compare with the IP header."""

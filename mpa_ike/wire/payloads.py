@@ -52,6 +52,7 @@ from mpa_ike.constants import (
     TsType,
 )
 from mpa_ike.errors import CodecError, LocalProtocolError
+from mpa_ike.records import quick_init
 from mpa_ike.wire.buffer import Buffer
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
@@ -67,6 +68,7 @@ def syntax_error(reason: str) -> CodecError:
 _TV_FLAG = 0x8000  # Attribute Format bit: Type/Value, 2-byte value in place of the length
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransformAttribute:
     """A transform attribute (§3.3.5): ``int`` value for TV format, ``bytes`` for TLV."""
@@ -88,6 +90,7 @@ _TRANSFORM_ID_ENUMS: dict[int, type[IntEnum]] = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Transform:
     """A transform substructure (§3.3.2). ``id`` is the raw Transform ID."""
@@ -111,6 +114,7 @@ class Transform:
         return enum(self.id) if enum is not None else self.id
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Proposal:
     """A proposal substructure (§3.3.1)."""
@@ -121,6 +125,7 @@ class Proposal:
     transforms: tuple[Transform, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SaPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.SA
@@ -270,6 +275,7 @@ def _push_sa(buf: Buffer, payload: SaPayload) -> None:
 # Key Exchange (§3.4)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class KePayload:
     payload_type: ClassVar[PayloadType] = PayloadType.KE
@@ -294,6 +300,7 @@ def _push_ke(buf: Buffer, payload: KePayload) -> None:
 # Identification (§3.5)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IdPayload:
     """Common body of IDi and IDr; use :class:`IdiPayload` or :class:`IdrPayload`.
@@ -311,11 +318,13 @@ class IdPayload:
         return bytes((self.id_type,)) + self.reserved.to_bytes(3, "big") + self.data
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IdiPayload(IdPayload):
     payload_type: ClassVar[PayloadType] = PayloadType.IDI
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IdrPayload(IdPayload):
     payload_type: ClassVar[PayloadType] = PayloadType.IDR
@@ -347,6 +356,7 @@ def _push_id(buf: Buffer, payload: IdPayload) -> None:
 SHA1_LENGTH = 20
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CertPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.CERT
@@ -355,6 +365,7 @@ class CertPayload:
     critical: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CertReqPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.CERTREQ
@@ -386,6 +397,7 @@ def _push_cert(buf: Buffer, payload: CertPayload | CertReqPayload) -> None:
 # Authentication (§3.8)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AuthPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.AUTH
@@ -413,6 +425,7 @@ NONCE_MIN_LENGTH = 16
 NONCE_MAX_LENGTH = 256
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoncePayload:
     payload_type: ClassVar[PayloadType] = PayloadType.NONCE
@@ -438,6 +451,7 @@ def _push_data_only(
 # mpa_ike.wire.notify.
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NotifyPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.NOTIFY
@@ -467,6 +481,7 @@ def _push_notify(buf: Buffer, payload: NotifyPayload) -> None:
 # Delete (§3.11)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeletePayload:
     """``spi_size`` is explicit because an empty SPI list does not imply it."""
@@ -516,6 +531,7 @@ def _push_delete(buf: Buffer, payload: DeletePayload) -> None:
 # Vendor ID (§3.12)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class VendorIdPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.VENDOR
@@ -533,6 +549,7 @@ def _pull_vendor(buf: Buffer, critical: bool) -> VendorIdPayload:
 _TS_ADDRESS_LENGTHS = {TsType.IPV4_ADDR_RANGE: 4, TsType.IPV6_ADDR_RANGE: 16}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """An address-range selector (§3.13.1); ``ip_protocol`` 0 means any protocol."""
@@ -563,6 +580,7 @@ class TrafficSelector:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RawTrafficSelector:
     """A selector of a type this codec does not decode, kept for round trip.
@@ -578,6 +596,7 @@ class RawTrafficSelector:
 AnyTrafficSelector: TypeAlias = TrafficSelector | RawTrafficSelector
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TsPayload:
     """Common body of TSi and TSr; use :class:`TsiPayload` or :class:`TsrPayload`."""
@@ -586,11 +605,13 @@ class TsPayload:
     critical: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TsiPayload(TsPayload):
     payload_type: ClassVar[PayloadType] = PayloadType.TSI
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TsrPayload(TsPayload):
     payload_type: ClassVar[PayloadType] = PayloadType.TSR
@@ -670,6 +691,7 @@ def _push_ts(buf: Buffer, payload: TsPayload) -> None:
 # Encrypted and Authenticated (§3.14) and Encrypted Fragment (RFC 7383 §2.5)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EncryptedPayload:
     """SK payload. ``inner_type`` is the type of the first payload inside (§3.14):
@@ -682,6 +704,7 @@ class EncryptedPayload:
     critical: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EncryptedFragmentPayload:
     """SKF payload (RFC 7383 §2.5). ``inner_type`` is NONE in all but fragment 1."""
@@ -727,6 +750,7 @@ def _push_protected(buf: Buffer, payload: ProtectedPayload) -> None:
 _CFG_TYPE_MASK = 0x7FFF  # the top bit is the reserved R bit (§3.15.1)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CfgAttribute:
     """A configuration attribute (§3.15.1); an empty value asks for one in a CFG_REQUEST."""
@@ -788,6 +812,7 @@ class CfgAttribute:
         return IPv6Interface((IPv6Address(self.value[:16]), self.value[16]))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConfigurationPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.CP
@@ -819,6 +844,7 @@ def _push_cp(buf: Buffer, payload: ConfigurationPayload) -> None:
 # EAP (§3.16), GSPM (RFC 6467 §3), unknown payloads
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class EapPayload:
     """A whole EAP message, opaque here (parsed by mpa_ike.eap)."""
@@ -828,6 +854,7 @@ class EapPayload:
     critical: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GspmPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.GSPM
@@ -835,6 +862,7 @@ class GspmPayload:
     critical: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UnknownPayload:
     """A payload of a type this codec does not know, without the critical bit (§2.5)."""
