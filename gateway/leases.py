@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpa_ike.errors import ConfigError
+from mpa_ike.records import quick_init
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -79,6 +80,7 @@ class LeaseStoreError(ConfigError):
         super().__init__(message, key="leases")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LeaseRow:
     """One row of the ``leases`` table."""

@@ -39,6 +39,7 @@ from typing import Generic, Literal, TypeVar, cast
 
 from gateway.leases import LeaseRow, LeaseState, LeaseStore, owner_key
 from mpa_ike.config_payload import LeaseRequest
+from mpa_ike.records import quick_init
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -51,6 +52,7 @@ DEFAULT_GRACE = 300.0
 log = logging.getLogger(__name__)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HeldLease:
     """A lease of an IKE SA of an earlier run, kept from everyone but its identity

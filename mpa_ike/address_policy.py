@@ -16,9 +16,11 @@ from enum import Enum
 
 from mpa_ike.datagram import Address
 from mpa_ike.datapath import IPNetwork
+from mpa_ike.records import quick_init
 from mpa_ike.wire import IPAddress
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IkeSaInfo:
     """What an address policy may look at of the IKE SA being moved."""

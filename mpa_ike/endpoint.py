@@ -91,6 +91,7 @@ from mpa_ike.errors import CodecError, IkeError
 from mpa_ike.events import Event, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed
 from mpa_ike.ike_config import InitiatorConfig, ResponderConfig
 from mpa_ike.ike_sa import HALF_OPEN_STATES, ZERO_SPI, IkeSa, IkeSaState, Random
+from mpa_ike.records import quick_init
 from mpa_ike.uniqueness import admit
 from mpa_ike.wire import (
     HEADER_LENGTH,
@@ -111,6 +112,7 @@ DEFAULT_HALF_OPEN_THRESHOLD = 30
 DEFAULT_INVALID_SPI_RATE = 5
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Tombstone:
     """The last response of a closed SA, resent to retransmissions until ``until``."""

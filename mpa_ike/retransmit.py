@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mpa_ike.records import quick_init
 
+
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RetransmitPolicy:
     timeout: float = 4.0

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from mpa_ike.constants import AuthMethod, HashAlgorithm, NotifyType
 from mpa_ike.crypto.prf import Prf
 from mpa_ike.errors import ConfigError, RemoteProtocolError
+from mpa_ike.records import quick_init
 
 KEY_PAD = b"Key Pad for IKEv2"
 
@@ -144,6 +145,7 @@ def _pss_identifier(hash_alg: HashAlgorithm, hash_null: bool) -> bytes:
     return _der(0x30, _oid(_PSS_OID) + params)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SignatureScheme:
     """What an RFC 7427 AlgorithmIdentifier stands for."""

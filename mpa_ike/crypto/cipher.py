@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from mpa_ike.constants import EncrId
 from mpa_ike.crypto.errors import UnsupportedAlgorithm
+from mpa_ike.records import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Encr:
     id: EncrId

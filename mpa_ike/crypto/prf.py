@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from mpa_ike.constants import PrfId
 from mpa_ike.crypto.errors import UnsupportedAlgorithm
+from mpa_ike.records import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Prf:
     """An HMAC PRF; ``key_size`` is its preferred key length (RFC 7296 §2.14)."""

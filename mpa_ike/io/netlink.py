@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mpa_ike.records import quick_init
+
 NLMSG_HEADER = struct.Struct("=IHHII")
 NLA_HEADER = struct.Struct("=HH")
 _I32 = struct.Struct("=i")
@@ -105,6 +107,7 @@ class NetlinkError(OSError):
 # --- messages ----------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     """One netlink message: the header's fields and the body after it."""
@@ -183,6 +186,7 @@ def push_nested(kind: int, parts: Iterable[bytes]) -> bytes:
     return push_attribute(kind | NLA_F_NESTED, b"".join(parts))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Attributes:
     """The attributes after a message's fixed part, in order (a type may repeat)."""

@@ -37,6 +37,7 @@ from mpa_ike.io.netlink import (
     push_attribute,
     push_u32,
 )
+from mpa_ike.records import quick_init
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -96,6 +97,7 @@ class Unsupported(LookupError):
 # --- fixed parts -------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IfAddrMsg:
     """``struct ifaddrmsg``."""
@@ -115,6 +117,7 @@ class IfAddrMsg:
         return cls(*pull_struct(cls.LAYOUT, data))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RtMsg:
     """``struct rtmsg``, and ``struct fib_rule_hdr`` which has the same layout (dst_len,
@@ -149,6 +152,7 @@ class RtMsg:
         return cls(*pull_struct(cls.LAYOUT, data))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IfInfoMsg:
     """``struct ifinfomsg``."""
@@ -176,6 +180,7 @@ class IfInfoMsg:
         return bool(flags & IFF_UP and flags & IFF_LOWER_UP and not flags & IFF_DORMANT)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NdMsg:
     """``struct ndmsg``."""
@@ -198,6 +203,7 @@ class NdMsg:
 # --- what the kernel tells ---------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AddressEntry:
     """One address of a dump (RTM_NEWADDR)."""
@@ -218,6 +224,7 @@ class AddressEntry:
         return cls(head.index, head.family, head.prefixlen, str(ipaddress.ip_address(raw)))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Neighbour:
     """One neighbour table entry (RTM_NEWNEIGH of a dump)."""
@@ -235,6 +242,7 @@ class Neighbour:
         return cls(head.index, head.family, head.state, dst)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LinkEvent:
     """An RTM_NEWLINK (an event of the link group, or an answer)."""
@@ -260,6 +268,7 @@ def link_events(messages: list[Message]) -> list[LinkEvent]:
     return found
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AddressEvent:
     """An RTM_NEWADDR or RTM_DELADDR of the address groups: ``address`` came or went
@@ -288,6 +297,7 @@ def address_events(messages: list[Message]) -> list[AddressEvent]:
 # --- requests ----------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """An rtnetlink request: message type, flags beyond NLM_F_REQUEST, body."""
