@@ -58,7 +58,7 @@ def test_bad_key_lengths() -> None:
 def _aead_encrypt(encr: EncrId, key_bits: int | None, case: dict[str, str]) -> bytes:
     # The raw AEAD, reached through SkCipher's key layout (key | salt, nonce salt | IV).
     cipher = SkCipher(encr, key_bits, None, bytes.fromhex(case["key"]))
-    return cipher._aead.encrypt(
+    return cipher._aead(cipher._aead_key).encrypt(
         cipher._salt + bytes.fromhex(case["iv"]),
         bytes.fromhex(case["plaintext"]),
         bytes.fromhex(case["aad"]),

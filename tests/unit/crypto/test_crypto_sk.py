@@ -94,7 +94,7 @@ def test_bad_pad_length_is_an_integrity_error() -> None:
     cipher = SkCipher(EncrId.AES_GCM_16, 256, None, key)
     # A correctly authenticated plaintext whose last byte claims too much padding.
     iv = bytes(8)
-    body = iv + cipher._aead.encrypt(cipher._salt + iv, b"ab\x05", ASSOCIATED)
+    body = iv + cipher._aead(cipher._aead_key).encrypt(cipher._salt + iv, b"ab\x05", ASSOCIATED)
     with pytest.raises(IntegrityError, match="pad length"):
         cipher.open(ASSOCIATED, body)
 
