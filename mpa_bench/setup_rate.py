@@ -46,12 +46,19 @@ The phases, for each gateway:
    what Python's allocator traces (the control socket's ``memory``) divided by their
    number: the objects an IKE SA keeps, without the free lists and arenas RSS counts.
    Tracing slows the gateway, so no other figure is taken from that run.
+
+This machine's speed may change by tens of percent within minutes, and the gateways are
+measured one after the other. So a fixed piece of Python work (:func:`reference_work`)
+runs on the gateway's core before its saturation phase and after its latency phase;
+its CPU milliseconds are reported, and the CPU per IKE SA divided by their mean: a
+figure that compares across gateways and runs where the machine's speed changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -82,6 +89,7 @@ from mpa_bench.setup_rate_stats import (
 from mpa_bench.setup_rate_worker import SETUP_TIMEOUT
 
 GATEWAYS = ("mpa-gateway", "charon")
+REFERENCE_ROUNDS = 200_000  # of reference_work
 PROPOSALS = {  # name -> (IKE proposal, gateway key type)
     "x25519-ecdsa": ("aes128gcm16-prfsha256-x25519", "ecdsa"),
     "x25519-ecdsa-cbc": ("aes128-sha256-x25519", "ecdsa"),
@@ -359,11 +367,35 @@ def release(workers: Workers, setup: Settings) -> None:
     workers.command({"cmd": "release", "concurrency": 4 * setup.concurrency})
 
 
+def reference_work() -> None:
+    """Python's own kind of work (a loop, dictionary and attribute traffic, small
+    objects, some hashing), about 0.1 s on this machine."""
+    table: dict[int, int] = {}
+    total = 0
+    for n in range(REFERENCE_ROUNDS):
+        table[n & 1023] = n
+        total += table.get(n & 511, 0) ^ len(str(n))
+    for _ in range(REFERENCE_ROUNDS // 100):
+        total += hashlib.sha256(total.to_bytes(32, "big")).digest()[0]
+
+
+def reference_ms(cores: frozenset[int]) -> float:
+    """CPU ms of :func:`reference_work` on ``cores`` (the least of three runs)."""
+    with pinned(cores):
+        runs = []
+        for _ in range(3):
+            started = time.thread_time()
+            reference_work()
+            runs.append((time.thread_time() - started) * 1000)
+    return min(runs)
+
+
 def phases(
     workers: Workers, pid: int, setup: Settings, say: Callable[[str], None]
 ) -> GatewayResult:
     say("warm-up")
     failed = warm_up(workers)
+    reference_before = reference_ms(setup.gateway_cpus)
     say(f"saturation: closed loop, {setup.initiators} x {setup.concurrency} in flight")
     saturated = timed_phase(
         workers, pid, setup.warmup, setup.duration, {"mode": "closed"}, setup, say
@@ -381,6 +413,8 @@ def phases(
         say,
     )
     failed += latency.failed
+    reference_after = reference_ms(setup.gateway_cpus)
+    say(f"reference work: {reference_before:.1f} ms before, {reference_after:.1f} ms after")
     time.sleep(0.5)
     before = rss(pid)
     say(f"memory: holding {setup.hold} IKE SAs (RSS {before / 1024:.1f} MiB)")
@@ -398,6 +432,7 @@ def phases(
     release(workers, setup)
     figures = result(saturated, latency, half, (before, held_rss, held), failed)
     figures.hold_seconds = hold_seconds
+    figures.reference_ms = (reference_before, reference_after)
     return figures
 
 

@@ -13,7 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # The keys the report holds for every gateway, and which way is better for each.
-FIGURES = ("sa_per_second", "cpu_s_per_sa", "kib_per_sa", "p50_ms", "p99_ms")
+FIGURES = (
+    "sa_per_second",
+    "cpu_s_per_sa",
+    "cpu_per_sa_in_reference",
+    "kib_per_sa",
+    "p50_ms",
+    "p99_ms",
+)
 REFERENCE = "charon"
 # Below this share of its core at saturation, the gateway was not the limit (the
 # initiators were): its rate is a lower bound, its CPU per SA still holds.
@@ -130,6 +137,15 @@ class GatewayResult:
     latency_samples: int
     hold_seconds: float = math.nan  # how long the held SAs took to come up
     traced_kib_per_sa: float = math.nan  # tracemalloc's growth per held SA (mpa-gateway)
+    # CPU ms of the reference work on the gateway's core before saturation, after latency
+    reference_ms: tuple[float, float] = (math.nan, math.nan)
+
+    @property
+    def cpu_per_sa_in_reference(self) -> float:
+        """CPU per IKE SA in units of the reference work (the mean of its two runs): a
+        figure that a machine's changes of speed between runs and gateways leave alone."""
+        reference = sum(self.reference_ms) / 2
+        return ratio(self.cpu_s_per_sa * 1000, reference)
 
     @property
     def saturated(self) -> bool:
@@ -200,6 +216,9 @@ def report(gateways: Mapping[str, GatewayResult], setup: Mapping[str, Any]) -> d
     for name, figures in gateways.items():
         out["gateways"][name] = {k: _json_number(v) for k, v in asdict(figures).items()}
         out["gateways"][name]["saturated"] = figures.saturated
+        out["gateways"][name]["cpu_per_sa_in_reference"] = _json_number(
+            figures.cpu_per_sa_in_reference
+        )
         if reference is not None:
             out["ratio_to_charon"][name] = {
                 k: _json_number(ratio(getattr(figures, k), getattr(reference, k))) for k in FIGURES
@@ -208,6 +227,8 @@ def report(gateways: Mapping[str, GatewayResult], setup: Mapping[str, Any]) -> d
 
 
 def _json_number(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_json_number(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -219,6 +240,7 @@ def table(gateways: Mapping[str, GatewayResult]) -> str:
     rows = [
         ("IKE SAs/s at saturation", "sa_per_second", "{:.1f}"),
         ("gateway CPU ms per SA", "cpu_s_per_sa", "{:.3f}"),
+        ("  in reference work units", "cpu_per_sa_in_reference", "{:.4f}"),
         ("KiB per held SA (RSS)", "kib_per_sa", "{:.1f}"),
         ("KiB per held SA (tracemalloc)", "traced_kib_per_sa", "{:.1f}"),
         ("p50 set-up at half rate, ms", "p50_ms", "{:.1f}"),
@@ -243,6 +265,7 @@ def table(gateways: Mapping[str, GatewayResult]) -> str:
         ("held SAs (memory)", "held", "{}"),
         ("seconds to set them up", "hold_seconds", "{:.1f}"),
         ("RSS before / held, MiB", None, ""),
+        ("reference work before/after, ms", "reference_ms", ""),
         ("failed set-ups", "failed", "{}"),
     ]
     limited = [n for n in names if not gateways[n].saturated]
@@ -252,6 +275,8 @@ def table(gateways: Mapping[str, GatewayResult]) -> str:
             figures = gateways[name]
             if attribute is None:
                 text = f"{figures.rss_before_kib / 1024:.1f}/{figures.rss_held_kib / 1024:.1f}"
+            elif attribute == "reference_ms":
+                text = "/".join(_fmt("{:.1f}", ms) for ms in figures.reference_ms)
             else:
                 text = _fmt(form, getattr(figures, attribute))
             line += f"{text:>14}{'':>10}"

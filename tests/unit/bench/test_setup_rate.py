@@ -142,6 +142,35 @@ def test_table_shows_ratios_and_who_was_not_saturated() -> None:
     assert "charon: its core was not the limit" in text
 
 
+def test_cpu_per_sa_in_units_of_the_reference_work() -> None:
+    """mpa-gateway took 8 ms per SA while the reference work took 100 ms; charon 2 ms on
+    a core that had become twice as slow (200 ms): 4x raw, 8x on the same footing."""
+    mpa = gateway(100, 8.0, (40_000, 60_000, 2000))
+    charon = gateway(200, 4.0, (10_000, 20_000, 2000))
+    mpa.reference_ms, charon.reference_ms = (90.0, 110.0), (200.0, 200.0)
+    assert mpa.cpu_per_sa_in_reference == pytest.approx(0.08)
+    document = json.loads(json.dumps(report({"mpa-gateway": mpa, "charon": charon}, {})))
+    assert document["ratio_to_charon"]["mpa-gateway"]["cpu_s_per_sa"] == 4.0
+    assert document["ratio_to_charon"]["mpa-gateway"]["cpu_per_sa_in_reference"] == 8.0
+    assert document["gateways"]["mpa-gateway"]["reference_ms"] == [90.0, 110.0]
+    text = table({"mpa-gateway": mpa, "charon": charon})
+    [row] = [line for line in text.splitlines() if line.startswith("  in reference work units")]
+    assert row.split()[-4:] == ["0.0800", "8.00", "0.0100", "1.00"]
+    [row] = [line for line in text.splitlines() if line.startswith("reference work before")]
+    assert row.split()[-2:] == ["90.0/110.0", "200.0/200.0"]
+
+
+def test_without_the_reference_work_its_figures_are_missing() -> None:
+    figures = gateway(100, 8.0, (40_000, 60_000, 2000))
+    assert math.isnan(figures.cpu_per_sa_in_reference)
+    document = json.loads(json.dumps(report({"charon": figures}, {}), allow_nan=False))
+    assert document["gateways"]["charon"]["reference_ms"] == [None, None]
+
+
+def test_the_reference_work_takes_cpu_on_the_cores_named() -> None:
+    assert 1.0 < setup_rate.reference_ms(frozenset({0})) < 5000.0
+
+
 def test_the_command_is_listed_and_its_defaults_fit_the_issue() -> None:
     assert bench.COMMANDS["setup-rate"][0] == "mpa_bench.setup_rate"
     args = setup_rate.build_parser().parse_args([])
