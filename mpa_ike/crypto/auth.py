@@ -200,7 +200,9 @@ def decode_hash_algorithms(data: bytes) -> list[HashAlgorithm]:
     """Parse SIGNATURE_HASH_ALGORITHMS data; unknown identifiers are kept."""
     if len(data) % 2:
         raise RemoteProtocolError("SIGNATURE_HASH_ALGORITHMS data of odd length")
-    return [HashAlgorithm(int.from_bytes(data[i : i + 2], "big")) for i in range(0, len(data), 2)]
+    return [
+        HashAlgorithm.of(int.from_bytes(data[i : i + 2], "big")) for i in range(0, len(data), 2)
+    ]
 
 
 # --- signing ---------------------------------------------------------------------
@@ -225,7 +227,7 @@ def sign_auth(
     ``hash_alg`` and ``pss`` only matter for method 14 (with Ed25519 the hash
     is implied). ECDSA signatures are randomised by the library.
     """
-    method = AuthMethod(method)
+    method = AuthMethod.of(method)
     if method == AuthMethod.RSA_SIG:
         return _sign_pkcs1(_rsa_private(key), octets, HashAlgorithm.SHA1)
     if method in _ECDSA_METHODS:
@@ -257,7 +259,7 @@ def _sign_digital(key: SigningKey, octets: bytes, hash_alg: HashAlgorithm, pss: 
 def _hash_for(hash_alg: HashAlgorithm, table: dict[HashAlgorithm, str]) -> HashAlgorithm:
     if hash_alg not in table:
         raise ConfigError(f"hash {HashAlgorithm(hash_alg).name} not usable for this key")
-    return HashAlgorithm(hash_alg)
+    return HashAlgorithm.of(hash_alg)
 
 
 def _pss_padding(hash_alg: HashAlgorithm) -> padding.PSS:
@@ -296,7 +298,7 @@ def _der_to_fixed(signature: bytes, curve: ec.EllipticCurve) -> bytes:
 
 def verify_auth(method: AuthMethod, key: VerifyingKey, octets: bytes, auth_data: bytes) -> None:
     """Verify AUTH payload data; raises RemoteProtocolError(AUTHENTICATION_FAILED)."""
-    method = AuthMethod(method)
+    method = AuthMethod.of(method)
     try:
         if method == AuthMethod.RSA_SIG:
             _verify_pkcs1(key, auth_data, octets, HashAlgorithm.SHA1)

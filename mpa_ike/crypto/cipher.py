@@ -65,6 +65,6 @@ ENCRS: dict[EncrId, Encr] = {
 def get_encr(encr_id: int) -> Encr:
     """The cipher descriptor for a transform id, or :class:`UnsupportedAlgorithm`."""
     try:
-        return ENCRS[EncrId(encr_id)]
+        return ENCRS[EncrId.of(encr_id)]
     except KeyError:
         raise UnsupportedAlgorithm(f"unsupported encryption {EncrId(encr_id).name}") from None

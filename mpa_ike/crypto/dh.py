@@ -275,7 +275,7 @@ SUPPORTED_GROUPS: tuple[DhGroup, ...] = (
 
 def private_key_size(group: int) -> int:
     """How many random bytes :func:`generate_key_exchange` draws for ``group``."""
-    group = DhGroup(group)
+    group = DhGroup.of(group)
     if group in _MODP_EXPONENT_SIZE:
         return _MODP_EXPONENT_SIZE[group]
     if group in ECP_CURVES:
@@ -293,7 +293,7 @@ def key_exchange_from_private(group: int, private: bytes) -> KeyExchange:
     MODP: the big-endian exponent; ECP: the big-endian scalar (1 <= d < n);
     Curve25519/448: the RFC 7748 scalar as is (clamped by the curve).
     """
-    group = DhGroup(group)
+    group = DhGroup.of(group)
     if group in MODP_PRIMES:
         return ModpKeyExchange(group, MODP_PRIMES[group], private)
     if group in ECP_CURVES:
@@ -309,7 +309,7 @@ def generate_key_exchange(group: int, random: Random = os.urandom) -> KeyExchang
     ECP scalars are masked to the bit length of the curve and redrawn while
     outside [1, n-1] (rejection sampling, FIPS 186-5 A.4.2).
     """
-    group = DhGroup(group)
+    group = DhGroup.of(group)
     size = private_key_size(group)
     while True:
         private = random(size)

@@ -37,6 +37,6 @@ INTEGS: dict[IntegId, Integ] = {
 def get_integ(integ_id: int) -> Integ:
     """The integrity algorithm for a transform id, or :class:`UnsupportedAlgorithm`."""
     try:
-        return INTEGS[IntegId(integ_id)]
+        return INTEGS[IntegId.of(integ_id)]
     except KeyError:
         raise UnsupportedAlgorithm(f"unsupported integrity {IntegId(integ_id).name}") from None

@@ -42,6 +42,6 @@ PRFS: dict[PrfId, Prf] = {
 def get_prf(prf_id: int) -> Prf:
     """The PRF for a transform id, or :class:`UnsupportedAlgorithm`."""
     try:
-        return PRFS[PrfId(prf_id)]
+        return PRFS[PrfId.of(prf_id)]
     except KeyError:
         raise UnsupportedAlgorithm(f"unsupported PRF {PrfId(prf_id).name}") from None

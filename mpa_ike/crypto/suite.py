@@ -64,7 +64,7 @@ class IkeSuite:
         dh_spec = _only(proposal, TransformType.DH)
         if prf_spec is None or dh_spec is None:
             raise LocalProtocolError("selected IKE proposal lacks a PRF or DH transform")
-        return cls(encr, key_bits, integ, get_prf(prf_spec.id), DhGroup(dh_spec.id))
+        return cls(encr, key_bits, integ, get_prf(prf_spec.id), DhGroup.of(dh_spec.id))
 
     @property
     def encr_key_size(self) -> int:
@@ -127,7 +127,7 @@ class ChildSuite:
         encr, key_bits, integ = _cipher(proposal)
         esn_spec = _only(proposal, TransformType.ESN)
         dh_spec = _only(proposal, TransformType.DH)
-        dh = None if dh_spec is None or dh_spec.id == 0 else DhGroup(dh_spec.id)
+        dh = None if dh_spec is None or dh_spec.id == 0 else DhGroup.of(dh_spec.id)
         esn = esn_spec is not None and esn_spec.id == EsnId.ESN
         return cls(encr, key_bits, integ, esn, dh)
 

@@ -113,7 +113,7 @@ def parse_mschapv2(data: bytes, *, from_peer: bool) -> MsChapPacket:
     """Parse EAP-MSCHAPv2 Type-Data; ``from_peer`` says it came in a Response."""
     if not data:
         raise CodecError("EAP-MSCHAPv2 without OpCode")
-    opcode = OpCode(data[0])
+    opcode = OpCode.of(data[0])
     if from_peer and opcode in (OpCode.SUCCESS, OpCode.FAILURE):
         return MsChapAck(opcode)
     if len(data) < 4:

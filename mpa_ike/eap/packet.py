@@ -95,7 +95,7 @@ def parse_packet(raw: bytes) -> EapPacket:
     code_value, identifier, length = struct.unpack_from("!BBH", raw)
     if length < HEADER_LENGTH or length > len(raw):
         raise CodecError(f"EAP length {length} does not fit {len(raw)} octets")
-    code = EapCode(code_value)
+    code = EapCode.of(code_value)
     if not code.known:
         raise CodecError(f"unknown EAP code {code_value}")
     body = raw[HEADER_LENGTH:length]
@@ -103,7 +103,7 @@ def parse_packet(raw: bytes) -> EapPacket:
         return _parse_result(code, identifier, body)
     if not body:
         raise CodecError(f"EAP {code.name} without a type")
-    return EapPacket(code, identifier, EapType(body[0]), bytes(body[1:]))
+    return EapPacket(code, identifier, EapType.of(body[0]), bytes(body[1:]))
 
 
 def _parse_result(code: EapCode, identifier: int, body: bytes) -> EapPacket:
@@ -121,4 +121,4 @@ def build_nak(identifier: int, acceptable: tuple[EapType, ...]) -> EapPacket:
 
 def parse_nak(packet: EapPacket) -> tuple[EapType, ...]:
     """The types a Nak proposes, in the peer's order of preference (§5.3.1)."""
-    return tuple(EapType(value) for value in packet.data if value != 0)
+    return tuple(EapType.of(value) for value in packet.data if value != 0)

@@ -56,7 +56,7 @@ def invalid_ke_notify(group: DhGroup) -> NotifyPayload:
 
 
 def read_invalid_ke_group(notify: NotifyPayload) -> DhGroup:
-    return DhGroup(_U16.unpack(_require_length(notify, (2,)))[0])
+    return DhGroup.of(_U16.unpack(_require_length(notify, (2,)))[0])
 
 
 # -- SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4): list of 2-octet identifiers ----
@@ -70,7 +70,7 @@ def signature_hash_algorithms_notify(algorithms: Iterable[HashAlgorithm]) -> Not
 def read_signature_hash_algorithms(notify: NotifyPayload) -> tuple[HashAlgorithm, ...]:
     if len(notify.data) % 2:
         raise syntax_error("SIGNATURE_HASH_ALGORITHMS data of odd length")
-    return tuple(HashAlgorithm(value) for (value,) in _U16.iter_unpack(notify.data))
+    return tuple(HashAlgorithm.of(value) for (value,) in _U16.iter_unpack(notify.data))
 
 
 # -- COOKIE (§2.6: 1 to 64 octets) and COOKIE2 (RFC 4555 §3.7: 8 to 64) ------

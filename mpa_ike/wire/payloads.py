@@ -180,8 +180,8 @@ def _check_substructure(marker: int, more_marker: int, length: int, fixed: int) 
 def _pull_transform_attribute(buf: Buffer) -> TransformAttribute:
     word = buf.pull_uint16()
     if word & _TV_FLAG:
-        return TransformAttribute(TransformAttrType(word & 0x7FFF), buf.pull_uint16())
-    return TransformAttribute(TransformAttrType(word), buf.pull_bytes(buf.pull_uint16()))
+        return TransformAttribute(TransformAttrType.of(word & 0x7FFF), buf.pull_uint16())
+    return TransformAttribute(TransformAttrType.of(word), buf.pull_bytes(buf.pull_uint16()))
 
 
 def _pull_transform(buf: Buffer) -> tuple[bool, Transform]:
@@ -285,7 +285,7 @@ class KePayload:
 
 
 def _pull_ke(buf: Buffer, critical: bool) -> KePayload:
-    group = DhGroup(buf.pull_uint16())
+    group = DhGroup.of(buf.pull_uint16())
     buf.skip(2)
     return KePayload(group, buf.pull_rest(), critical)
 
@@ -331,7 +331,7 @@ class IdrPayload(IdPayload):
 
 
 def _pull_id_fields(buf: Buffer) -> tuple[IdType, bytes, int]:
-    id_type = IdType(buf.pull_uint8())
+    id_type = IdType.of(buf.pull_uint8())
     reserved = int.from_bytes(buf.pull_bytes(3), "big")
     return id_type, buf.pull_rest(), reserved
 
@@ -381,11 +381,11 @@ class CertReqPayload:
 
 
 def _pull_cert(buf: Buffer, critical: bool) -> CertPayload:
-    return CertPayload(CertEncoding(buf.pull_uint8()), buf.pull_rest(), critical)
+    return CertPayload(CertEncoding.of(buf.pull_uint8()), buf.pull_rest(), critical)
 
 
 def _pull_certreq(buf: Buffer, critical: bool) -> CertReqPayload:
-    return CertReqPayload(CertEncoding(buf.pull_uint8()), buf.pull_rest(), critical)
+    return CertReqPayload(CertEncoding.of(buf.pull_uint8()), buf.pull_rest(), critical)
 
 
 def _push_cert(buf: Buffer, payload: CertPayload | CertReqPayload) -> None:
@@ -407,7 +407,7 @@ class AuthPayload:
 
 
 def _pull_auth(buf: Buffer, critical: bool) -> AuthPayload:
-    method = AuthMethod(buf.pull_uint8())
+    method = AuthMethod.of(buf.pull_uint8())
     buf.skip(3)
     return AuthPayload(method, buf.pull_rest(), critical)
 
@@ -623,7 +623,7 @@ def _pull_address(buf: Buffer, length: int) -> IPAddress:
 
 
 def _pull_traffic_selector(buf: Buffer) -> AnyTrafficSelector:
-    ts_type = TsType(buf.pull_uint8())
+    ts_type = TsType.of(buf.pull_uint8())
     octet1 = buf.pull_uint8()
     length = buf.pull_uint16()
     if length < 4:
@@ -822,11 +822,11 @@ class ConfigurationPayload:
 
 
 def _pull_cp(buf: Buffer, critical: bool) -> ConfigurationPayload:
-    cfg_type = CfgType(buf.pull_uint8())
+    cfg_type = CfgType.of(buf.pull_uint8())
     buf.skip(3)
     attributes: list[CfgAttribute] = []
     while not buf.eof():
-        attr_type = CfgAttrType(buf.pull_uint16() & _CFG_TYPE_MASK)
+        attr_type = CfgAttrType.of(buf.pull_uint16() & _CFG_TYPE_MASK)
         attributes.append(CfgAttribute(attr_type, buf.pull_bytes(buf.pull_uint16())))
     return ConfigurationPayload(cfg_type, tuple(attributes), critical)
 
