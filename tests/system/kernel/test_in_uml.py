@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mpa_harness import guards
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +34,8 @@ def uml_unavailable() -> str | None:
     return None
 
 
+# The suite's per-test limit (300 s) is shorter than the group may take in a slow kernel.
+@pytest.mark.timeout(INNER_TIMEOUT + 60)
 def test_kernel_group_in_uml() -> None:
     guards.require(uml_unavailable(), "the kernel group (user-mode-linux)")
     inner = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"]
