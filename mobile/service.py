@@ -366,7 +366,15 @@ class MobileService(NodeService):
             self.resolver.rekeyed(event.ike_sa, event.new_ike_sa)
         elif isinstance(event, IkeSaDeleted | IkeSaFailed):
             self.resolver.remove(event.ike_sa)
-            self.autopreauth.kick(f"an IKE SA with {event.name} ended")
+            if not self._set_up_again(event):
+                self.autopreauth.kick(f"an IKE SA with {event.name} ended")
+
+    def _set_up_again(self, event: Event) -> bool:
+        """A connect's IKE SA that failed in a way that has it set up once more at once
+        (IkeSaFailed.retry): the gateway is not left without one meanwhile."""
+        attempt = self._connecting.get(event.ike_sa)
+        retry = isinstance(event, IkeSaFailed) and event.retry
+        return retry and attempt is not None and attempt.may_retry
 
     def _settle_connect(self, attempt: _Attempt, event: Event) -> None:
         if isinstance(event, IkeSaEstablished):
@@ -377,7 +385,7 @@ class MobileService(NodeService):
         elif isinstance(event, ChildSaFailed):
             reason = with_notify(event.reason, event.notify)
             _fail(attempt, f"connect {event.name}: CHILD SA failed: {reason}")
-        elif isinstance(event, IkeSaFailed) and event.retry and attempt.may_retry:
+        elif isinstance(event, IkeSaFailed) and self._set_up_again(event):
             if not attempt.done.done():
                 attempt.done.set_exception(_SetUpAgain(_failure_text(event)))
         elif isinstance(event, IkeSaFailed):
