@@ -51,7 +51,8 @@ This machine's speed may change by tens of percent within minutes, and the gatew
 measured one after the other. So a fixed piece of Python work (:func:`reference_work`)
 runs on the gateway's core before its saturation phase and after its latency phase;
 its CPU milliseconds are reported, and the CPU per IKE SA divided by their mean: a
-figure that compares across gateways and runs where the machine's speed changed.
+second opinion where the machine's speed changed between gateways or runs (the work is
+a snapshot at two moments, not a gauge over the phases).
 """
 
 from __future__ import annotations
@@ -368,8 +369,8 @@ def release(workers: Workers, setup: Settings) -> None:
 
 
 def reference_work() -> None:
-    """Python's own kind of work (a loop, dictionary and attribute traffic, small
-    objects, some hashing), about 0.1 s on this machine."""
+    """Python's own kind of work (a loop, dictionary look-ups, small strings, some
+    hashing), about 0.05-0.08 s on this machine."""
     table: dict[int, int] = {}
     total = 0
     for n in range(REFERENCE_ROUNDS):

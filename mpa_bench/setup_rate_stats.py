@@ -142,8 +142,9 @@ class GatewayResult:
 
     @property
     def cpu_per_sa_in_reference(self) -> float:
-        """CPU per IKE SA in units of the reference work (the mean of its two runs): a
-        figure that a machine's changes of speed between runs and gateways leave alone."""
+        """CPU per IKE SA in units of the reference work (the mean of its two runs): less
+        moved than the CPU itself by the machine's changes of speed between runs and
+        gateways, as far as two snapshots of that speed tell."""
         reference = sum(self.reference_ms) / 2
         return ratio(self.cpu_s_per_sa * 1000, reference)
 
