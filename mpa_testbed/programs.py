@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mpa_ike.node import control_client
 from mpa_testbed.topology import Testbed
 
 GATEWAYS = {"ngw": ("b", "mn-b"), "gwc": ("c", "mn-c")}
@@ -252,7 +253,11 @@ class MpaPrograms:
 
     def begin_handover(self, gateway: str, timeout: float = 15.0) -> subprocess.Popen[str]:
         """``mpa-mobile handover gateway`` in the background, returned once the daemon
-        waits for the link (the CLI's own start-up must not count in an outage)."""
+        waits for the link (the CLI's own start-up must not count in an outage).
+
+        The daemon is asked on its control socket from this process: a status command
+        line per poll would start an interpreter each time, seconds in a slow kernel,
+        which the daemon's wait for the link would spend before the link changed."""
         cmd = [sys.executable, "-m", "mobile.cli", "-c", str(self.workdir / "mobile.yaml")]
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.bed.ns("mn"), *cmd, "handover", gateway],
@@ -263,9 +268,10 @@ class MpaPrograms:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if gateway in self.status()["waiting_for_link"]:
+                status = control_client.call(self.workdir / "mn.sock", "status", timeout=2.0)
+                if gateway in status["waiting_for_link"]:
                     return proc
-            except ProgramError:  # a daemon slow to answer (a loaded machine): ask again
+            except control_client.ControlError:  # slow to answer (a loaded machine): again
                 pass
             time.sleep(0.02)
         return proc  # it ended already (the link was up, or it failed)

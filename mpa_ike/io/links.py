@@ -90,6 +90,13 @@ class LinkWatcher:
             self._state[index] = link_is_up(name)
         self.loop.add_reader(self.netlink.fileno(), self._readable)
 
+    def read_anew(self) -> None:
+        """Every interface's state as the flags say now, as if each had been reported:
+        after events were lost, a change among them reaches the listeners and waiters."""
+        now = self.loop.time()
+        for index, name in socket.if_nameindex():
+            self._changed(index, link_is_up(name), now)
+
     async def wait_up(self, name: str, timeout: float) -> float:
         """Return when ``name`` has link (at once if it has); the loop time it came up."""
         index = socket.if_nametoindex(name)
@@ -111,8 +118,9 @@ class LinkWatcher:
                 messages = self.netlink.receive()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # ENOBUFS: events lost; states are read anew
-                log.warning("link events: %s", error.strerror)
+            except OSError as error:  # ENOBUFS: events lost
+                log.warning("link events: %s; link states read anew", error.strerror)
+                self.read_anew()
                 return
             now = self.loop.time()
             for event in link_events(messages):
