@@ -121,6 +121,7 @@ PRE = 0.6  # seconds of flow before the link event
 POST = 0.6  # seconds of flow after the method says it is done
 HEARTBEAT = 0.05  # how often the probe sender tells of its newest echo
 TAIL = 0.3  # the flow's last seconds, left out (still in flight when it is stopped)
+CATCH_UP_LIMIT = 5.0  # the longest wait for a flow's echoes to catch up before it stops
 PROBE_PORT = 9000
 STATIC_HOST = 0x50  # the MN's static address on B: .80 / ::50, outside the pool
 IKE_FILTER = (
@@ -504,6 +505,7 @@ def handover(
         if error is None:
             wait_for_flow(flows, time.monotonic(), t0 + ctx.timeout)
         time.sleep(POST + ctx.settle)
+        catch_up(flows, TAIL + ctx.settle, CATCH_UP_LIMIT)
         stopped = time.monotonic()
         logs = [trim(flow.stop(), stopped - TAIL - ctx.settle) for flow in flows]
         usable = event.usable() if ctx.b_version == 6 else None
@@ -540,6 +542,21 @@ def wait_for_flow(flows: list[ProbeFlow], since: float, deadline: float) -> bool
     return False
 
 
+def catch_up(flows: list[ProbeFlow], lag: float, limit: float) -> bool:
+    """Until one of ``flows`` has had echoes for its probes up to ``lag`` seconds ago,
+    at most ``limit`` seconds. A machine that stalls (a user-mode kernel) holds echoes
+    back for longer than the tail left out when a flow stops: they would count as lost,
+    and a flow that came back as one that did not. A flow that died waits the limit."""
+    deadline = time.monotonic() + limit
+    while True:
+        now = time.monotonic()
+        if any((flow.echoed_probe() or 0.0) >= now - lag for flow in flows):
+            return True
+        if now >= deadline:
+            return False
+        time.sleep(HEARTBEAT)
+
+
 @contextlib.contextmanager
 def capture(bed: Testbed, node: str, path: Path, what: str = CAPTURE_FILTER) -> Iterator[Path]:
     """``what`` (IKE, DHCP and ND) on every interface of ``node`` (``tcpdump -i any``)
@@ -573,7 +590,7 @@ def mpa_programs(ctx: Context, run: int, **options: Any) -> Iterator[MpaPrograms
 
 
 def _socket(programs: MpaPrograms) -> Path:
-    return programs.workdir / "mn.sock"
+    return programs.control_socket("mn")
 
 
 def _ask(programs: MpaPrograms, command: str, timeout: float) -> str:

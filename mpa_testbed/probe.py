@@ -286,8 +286,9 @@ def run_sender(
     The schedule is absolute; a sender that falls more than one interval behind
     re-anchors instead of bursting. A failed send (no route during a handover) is logged
     as sent: that packet is lost. With ``heartbeat``, every so many seconds a line
-    ``echo <time>`` on stdout tells when the newest echo arrived (when it is new): the
-    flow works both ways since then.
+    ``echo <time> <sent>`` on stdout tells when the newest echo arrived and when its
+    probe left (when it is new): the flow works both ways since then, and has carried
+    what was sent until then.
     """
     stop = _Stop()
     sock, addr = _socket_for(host)
@@ -330,7 +331,7 @@ def run_sender(
 
 
 class _Heartbeat:
-    """The ``echo <time>`` lines of :func:`run_sender`."""
+    """The ``echo <time> <sent>`` lines of :func:`run_sender`."""
 
     def __init__(self, every: float | None, log: FlowLog) -> None:
         self.every, self.log = every, log
@@ -343,7 +344,9 @@ class _Heartbeat:
         self.next = now + self.every
         if len(self.log.reverse) > self.told:
             self.told = len(self.log.reverse)
-            print(f"echo {self.log.reverse[-1].received!r}", flush=True)
+            newest = self.log.reverse[-1]
+            sent = self.log.sent[newest.seq][1] if newest.seq < len(self.log.sent) else 0.0
+            print(f"echo {newest.received!r} {sent!r}", flush=True)
 
 
 def _drain(sock: socket.socket, log: FlowLog, timeout: float, peer: str) -> None:
@@ -466,6 +469,7 @@ class ProbeFlow:
         self.echo = echo
         self.heartbeat = heartbeat
         self._last_echo: float | None = None
+        self._echoed_probe: float | None = None
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="probe")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.sender: subprocess.Popen[bytes] | None = None
@@ -507,16 +511,27 @@ class ProbeFlow:
     def last_echo(self) -> float | None:
         """When the newest echo reached the sender, as its heartbeat has told so far
         (``heartbeat`` set; monotonic clock, shared by the namespaces)."""
+        self._read_heartbeat()
+        return self._last_echo
+
+    def echoed_probe(self) -> float | None:
+        """When the probe of the newest echo left the sender, as its heartbeat has told
+        so far: what was sent before has had its chance to come back."""
+        self._read_heartbeat()
+        return self._echoed_probe
+
+    def _read_heartbeat(self) -> None:
         stdout = self.sender.stdout if self.sender is not None else None
         if stdout is None or stdout.closed:
-            return self._last_echo
+            return
         while select.select([stdout], [], [], 0)[0]:
             line = stdout.readline()
             if not line:
                 break
             if line.startswith(b"echo "):
-                self._last_echo = float(line.split()[1])
-        return self._last_echo
+                fields = line.split()
+                self._last_echo = float(fields[1])
+                self._echoed_probe = float(fields[2])
 
     def wait(self, timeout: float | None = None) -> FlowLog:
         """Wait for a bounded sender to finish, then stop the reflector."""

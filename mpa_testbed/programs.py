@@ -36,7 +36,7 @@ PSK = "mpa-ike testbed gateway key"
 CN_NETWORKS = {4: "10.0.9.0/24", 6: "fd00:ff:9::/64"}
 IKE = "aes128-sha256-x25519"
 ESP = "aes128gcm16"
-DAEMON_START = 15.0
+DAEMON_START = 30.0
 COMMAND_TIMEOUT = 20.0
 
 ProgramFamily = Literal[4, 6, "split"]
@@ -128,7 +128,7 @@ class MpaPrograms:
             "local_ts": [CN_NETWORKS[self.inner_version]],
             "eap": {"method": self.eap, "users": {EAP_USER: EAP_PASSWORD}},
             "mobike": {"address_policy": self.address_policy},
-            "control_socket": str(self.workdir / f"{gateway}.sock"),
+            "control_socket": str(self.control_socket(gateway)),
             "leases": str(self.workdir / f"{gateway}-leases.sqlite3"),
             "datapath": self.datapath,
             "log_level": self.log_level,
@@ -155,7 +155,7 @@ class MpaPrograms:
         data = {
             "identity": f"{EAP_USER}@mpa-ike.test",
             "eap": {"method": self.eap, "password": EAP_PASSWORD, "identity": EAP_USER},
-            "control_socket": str(self.workdir / "mn.sock"),
+            "control_socket": str(self.control_socket("mn")),
             "datapath": self.datapath,
             "log_level": self.log_level,
             "gateways": entries,
@@ -183,18 +183,24 @@ class MpaPrograms:
         )
         log.close()
 
+    def control_socket(self, node: str) -> Path:
+        """The control socket of ``node``'s daemon (a gateway's name, or ``mn``)."""
+        return self.workdir / f"{node}.sock"
+
     def _wait_ready(self, node: str) -> None:
+        """Until ``node``'s daemon answers on its control socket, asked from this process
+        (a command line per poll would start an interpreter, seconds in a slow kernel)."""
         deadline = time.monotonic() + DAEMON_START
         while True:
             proc = self._procs[node]
             if proc.poll() is not None:
                 raise ProgramError(f"{node}: daemon exited: {self.log_tail(node)}")
             try:
-                self.status(node)
+                control_client.call(self.control_socket(node), "status", timeout=2.0)
                 return
-            except ProgramError:
+            except control_client.ControlError as error:
                 if time.monotonic() > deadline:
-                    raise
+                    raise ProgramError(f"{node}: {error}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -268,7 +274,7 @@ class MpaPrograms:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                status = control_client.call(self.workdir / "mn.sock", "status", timeout=2.0)
+                status = control_client.call(self.control_socket("mn"), "status", timeout=2.0)
                 if gateway in status["waiting_for_link"]:
                     return proc
             except control_client.ControlError:  # slow to answer (a loaded machine): again

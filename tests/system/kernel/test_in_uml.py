@@ -16,7 +16,7 @@ REPO = HERE.parents[2]
 RUN = REPO / "deploy" / "uml" / "run"
 UML_MODULES = Path("/usr/lib/uml/modules")
 # The whole group inside, boot included; the runner stops the kernel after it.
-INNER_TIMEOUT = 360
+INNER_TIMEOUT = 540
 
 
 def uml_unavailable() -> str | None:

@@ -372,6 +372,28 @@ def test_the_heartbeat_tells_when_the_flow_works_both_ways() -> None:
     assert any(abs(a.received - told) < 1e-9 for a in log.reverse)
 
 
+def test_a_flow_stops_once_its_echoes_have_caught_up() -> None:
+    """Before a flow stops, its echoes catch up with what it sent (``catch_up``): a
+    flow that echoes has echoed probes sent a moment ago; one that never echoes waits
+    out the limit, and its echoed probe stays unknown."""
+    from mpa_bench.handover_methods import catch_up
+
+    echoing = ProbeFlow([], [], "127.0.0.1", port=_free_udp_port(), heartbeat=0.02)
+    silent = ProbeFlow([], [], "127.0.0.1", port=_free_udp_port(), heartbeat=0.02, echo=False)
+    with echoing, silent:
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert catch_up([echoing], 0.3, 5.0)
+        probe = echoing.echoed_probe()
+        assert probe is not None and probe >= started - 0.3
+        started = time.monotonic()
+        assert not catch_up([silent], 0.3, 0.4)
+        assert time.monotonic() - started >= 0.4
+        assert silent.echoed_probe() is None
+        log = echoing.stop()
+    assert any(abs(sent - probe) < 1e-9 for _, sent in log.sent)
+
+
 def test_idle_is_the_longest_silence_before_the_event() -> None:
     # 30 probes lost half a second before the event (a stalled machine), 20 at it: the
     # handover's outage is its own, the stall before it is the idle figure.
