@@ -304,18 +304,22 @@ class IkeTransport:
                 self.process()
 
     def process(self) -> None:
-        """Send what the endpoint has to send, re-arm the timer, dispatch its events."""
+        """Dispatch the endpoint's events, send what it has to send, re-arm the timer.
+
+        Events first: a CHILD SA the core established or moved along with its answer is
+        in the datapath before the answer leaves, so the peer's first packets on it,
+        sent the moment the answer arrives, find it (as a kernel's SAD would have it)."""
         if self._batching:
             self._deferred = True
             return
-        for datagram in self.endpoint.datagrams_to_send(self.now()):
-            self._send(datagram)
-        self._arm_timer()
         while (event := self.endpoint.next_event()) is not None:
             try:
                 self.on_event(event)
             except Exception:
                 log.exception("event handler failed on %r", event)
+        for datagram in self.endpoint.datagrams_to_send(self.now()):
+            self._send(datagram)
+        self._arm_timer()
 
     def send_raw(self, payload: bytes, src: Address, dst: Address) -> bool:
         """Send ``payload`` as is from our socket ``src`` (the datapath's ESP in UDP)."""

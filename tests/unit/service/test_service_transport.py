@@ -107,6 +107,51 @@ def test_exchange_between_two_transports() -> None:
     run(test)
 
 
+class CountingTransport(IkeTransport):
+    """Counts the datagrams it sends."""
+
+    sent = 0
+
+    def send_raw(self, payload: bytes, src: Address, dst: Address) -> bool:
+        self.sent += 1
+        return super().send_raw(payload, src, dst)
+
+
+def test_the_child_sa_is_in_the_datapath_before_the_answer_leaves() -> None:
+    """The gateway's datapath has the CHILD SA (its event handled) before the last
+    IKE_AUTH response is sent: the mobile node's first packet finds it."""
+
+    async def test() -> None:
+        pool: AddressPool[object] = AddressPool([ip_network("10.3.0.0/28")])
+        sent_when_installed: list[int] = []
+        sent_when_up: list[int] = []
+
+        def on_gateway_event(event: Event) -> None:
+            if isinstance(event, ChildSaEstablished):
+                sent_when_installed.append(gateway.sent)
+
+        def on_mobile_event(event: Event) -> None:
+            if isinstance(event, ChildSaEstablished):
+                sent_when_up.append(gateway.sent)
+
+        gateway = CountingTransport(Endpoint(responder=responder(pool)), on_gateway_event)
+        mobile = IkeTransport(Endpoint(), on_mobile_event)
+        gw_local: Address = (LOOPBACK, free_port())
+        mn_local: Address = (LOOPBACK, free_port())
+        await gateway.bind(LOOPBACK, (gw_local[1],))
+        await mobile.bind(LOOPBACK, (mn_local[1],))
+        try:
+            mobile.endpoint.initiate(initiator(), mn_local, gw_local, mobile.now())
+            mobile.process()
+            await until(lambda: bool(sent_when_up))
+            assert sent_when_up[0] == sent_when_installed[0] + 1  # the last answer only
+        finally:
+            gateway.close()
+            mobile.close()
+
+    run(test)
+
+
 def test_nat_t_framing_esp_hook_keepalives_and_retransmission() -> None:
     async def test() -> None:
         esp: list[tuple[bytes, Address, Address]] = []
