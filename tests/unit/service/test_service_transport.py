@@ -77,6 +77,16 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
+async def connect(gateway: IkeTransport, mobile: IkeTransport) -> None:
+    """Both transports on free loopback ports, and the mobile node's set-up started."""
+    gw_local: Address = (LOOPBACK, free_port())
+    mn_local: Address = (LOOPBACK, free_port())
+    await gateway.bind(LOOPBACK, (gw_local[1],))
+    await mobile.bind(LOOPBACK, (mn_local[1],))
+    mobile.endpoint.initiate(initiator(), mn_local, gw_local, mobile.now())
+    mobile.process()
+
+
 def test_exchange_between_two_transports() -> None:
     async def test() -> None:
         gw_events: list[Event] = []
@@ -84,13 +94,8 @@ def test_exchange_between_two_transports() -> None:
         pool: AddressPool[object] = AddressPool([ip_network("10.3.0.0/28")])
         gateway = IkeTransport(Endpoint(responder=responder(pool)), gw_events.append)
         mobile = IkeTransport(Endpoint(), mn_events.append)
-        gw_local: Address = (LOOPBACK, free_port())
-        mn_local: Address = (LOOPBACK, free_port())
-        await gateway.bind(LOOPBACK, (gw_local[1],))
-        await mobile.bind(LOOPBACK, (mn_local[1],))
         try:
-            mobile.endpoint.initiate(initiator(), mn_local, gw_local, mobile.now())
-            mobile.process()
+            await connect(gateway, mobile)
             await until(lambda: any(isinstance(e, ChildSaEstablished) for e in gw_events))
             await until(lambda: any(isinstance(e, ChildSaEstablished) for e in mn_events))
             [sa] = list(mobile.endpoint)
@@ -136,13 +141,8 @@ def test_the_child_sa_is_in_the_datapath_before_the_answer_leaves() -> None:
 
         gateway = CountingTransport(Endpoint(responder=responder(pool)), on_gateway_event)
         mobile = IkeTransport(Endpoint(), on_mobile_event)
-        gw_local: Address = (LOOPBACK, free_port())
-        mn_local: Address = (LOOPBACK, free_port())
-        await gateway.bind(LOOPBACK, (gw_local[1],))
-        await mobile.bind(LOOPBACK, (mn_local[1],))
         try:
-            mobile.endpoint.initiate(initiator(), mn_local, gw_local, mobile.now())
-            mobile.process()
+            await connect(gateway, mobile)
             await until(lambda: bool(sent_when_up))
             assert sent_when_up[0] == sent_when_installed[0] + 1  # the last answer only
         finally:
